@@ -1,0 +1,322 @@
+"""Layers with explicit forward and backward passes.
+
+Every layer follows one contract:
+
+* ``params`` maps a short name (``"W"``, ``"b"``, ``"gamma"`` ...) to an array the optimizer
+  updates in place; ``grads`` holds arrays of the same shapes under the same keys.
+* ``buffers`` holds state that is saved with the weights but not trained (BatchNorm's running
+  statistics).
+* ``forward(x)`` caches only what ``backward`` needs; ``backward(grad_out)`` fills ``grads`` and
+  returns the gradient with respect to the input, never mutating ``grad_out``.
+* ``training`` switches Dropout and BatchNorm between their training and inference behaviour.
+* ``spec()`` returns the JSON-able description that :func:`layer_from_spec` rebuilds the layer from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from model.initializers import initialize
+
+Array = np.ndarray
+
+
+class Layer:
+    """Base class: a layer without parameters whose backward is the identity."""
+
+    kind = "layer"
+
+    def __init__(self) -> None:
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self.buffers: dict[str, Array] = {}
+        self.training = True
+
+    def forward(self, x: Array) -> Array:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def backward(self, grad_out: Array) -> Array:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind}
+
+    def astype(self, dtype: np.dtype) -> None:
+        """Convert parameters, gradients and buffers to ``dtype`` in place of the old arrays."""
+        for store in (self.params, self.grads, self.buffers):
+            for key, value in store.items():
+                store[key] = np.ascontiguousarray(value, dtype=dtype)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = x @ W + b``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of the input and output rows.
+    init : str
+        Weight initializer name (see :mod:`model.initializers`); biases start at zero.
+    rng : numpy.random.Generator, optional
+        Source of randomness for the initial weights.
+    dtype : numpy dtype
+        Parameter dtype (float32 for training and serving, float64 for gradient checks).
+    """
+
+    kind = "dense"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        init: str = "he",
+        rng: np.random.Generator | None = None,
+        dtype: np.dtype = np.float32,
+    ) -> None:
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.init = init
+        self.params["W"] = initialize(init, (self.in_features, self.out_features), rng, dtype)
+        self.params["b"] = np.zeros(self.out_features, dtype=dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._x: Array | None = None
+
+    def forward(self, x: Array) -> Array:
+        """x : ndarray of shape (batch, in_features) -> ndarray of shape (batch, out_features)."""
+        self._x = x
+        out = x @ self.params["W"]
+        out += self.params["b"]
+        return out
+
+    def backward(self, grad_out: Array) -> Array:
+        """grad_out : (batch, out_features) -> grad_in : (batch, in_features)."""
+        # Write into the preallocated gradient arrays: no new buffers on the hot path.
+        np.matmul(self._x.T, grad_out, out=self.grads["W"])
+        np.sum(grad_out, axis=0, out=self.grads["b"])
+        return grad_out @ self.params["W"].T
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind, "in_features": self.in_features,
+                "out_features": self.out_features, "init": self.init}
+
+
+class Sigmoid(Layer):
+    """Logistic function ``1 / (1 + exp(-x))``, computed without overflow for large |x|."""
+
+    kind = "sigmoid"
+
+    def forward(self, x: Array) -> Array:
+        self._out = sigmoid(x)
+        return self._out
+
+    def backward(self, grad_out: Array) -> Array:
+        out = self._out
+        return grad_out * out * (1.0 - out)
+
+
+class Tanh(Layer):
+    """Hyperbolic tangent."""
+
+    kind = "tanh"
+
+    def forward(self, x: Array) -> Array:
+        self._out = np.tanh(x)
+        return self._out
+
+    def backward(self, grad_out: Array) -> Array:
+        out = self._out
+        return grad_out * (1.0 - out * out)
+
+
+class ReLU(Layer):
+    """Rectified linear unit ``max(x, 0)``; the gradient at exactly 0 is taken as 0."""
+
+    kind = "relu"
+
+    def forward(self, x: Array) -> Array:
+        self._mask = x > 0
+        return np.multiply(x, self._mask, dtype=x.dtype)
+
+    def backward(self, grad_out: Array) -> Array:
+        return np.multiply(grad_out, self._mask, dtype=grad_out.dtype)
+
+
+class LeakyReLU(Layer):
+    """``x`` for positive inputs, ``negative_slope * x`` otherwise."""
+
+    kind = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: Array) -> Array:
+        self._scale = np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype, copy=False)
+        return x * self._scale
+
+    def backward(self, grad_out: Array) -> Array:
+        return grad_out * self._scale
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind, "negative_slope": self.negative_slope}
+
+
+class Softmax(Layer):
+    """Row-wise softmax, stable by subtracting the row max.
+
+    Training normally fuses softmax into :class:`model.losses.SoftmaxCrossEntropy`; this layer
+    exists for networks that end in probabilities with another loss, and its backward is the
+    full Jacobian-vector product ``s * (g - sum(g * s))``.
+    """
+
+    kind = "softmax"
+
+    def forward(self, x: Array) -> Array:
+        self._out = softmax(x)
+        return self._out
+
+    def backward(self, grad_out: Array) -> Array:
+        s = self._out
+        inner = np.sum(grad_out * s, axis=1, keepdims=True)
+        return s * (grad_out - inner)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each unit with probability ``p`` and scale the rest by
+    ``1 / (1 - p)``, so inference is the identity and needs no rescaling."""
+
+    kind = "dropout"
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self._mask: Array | None = None
+
+    def forward(self, x: Array) -> Array:
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64)
+        self._mask = (keep >= self.p).astype(x.dtype)
+        self._mask *= 1.0 / (1.0 - self.p)
+        return x * self._mask
+
+    def backward(self, grad_out: Array) -> Array:
+        if self._mask is None:
+            return grad_out
+        return grad_out * self._mask
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind, "p": self.p}
+
+
+class BatchNorm1d(Layer):
+    """Batch normalisation over the batch axis of (batch, features) inputs.
+
+    In training the batch mean and (biased) variance normalise the input and update the running
+    statistics with ``momentum`` (PyTorch's convention: ``running = (1 - m) * running + m * batch``,
+    the running variance unbiased); in inference the running statistics are used.
+    """
+
+    kind = "batchnorm1d"
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
+                 dtype: np.dtype = np.float32) -> None:
+        super().__init__()
+        self.num_features = int(num_features)
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+        self.params["gamma"] = np.ones(self.num_features, dtype=dtype)
+        self.params["beta"] = np.zeros(self.num_features, dtype=dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.buffers["running_mean"] = np.zeros(self.num_features, dtype=dtype)
+        self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
+
+    def forward(self, x: Array) -> Array:
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        if not self.training:
+            scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
+            return (x - self.buffers["running_mean"]) * scale + beta
+        batch = x.shape[0]
+        mean = x.mean(axis=0)
+        centered = x - mean
+        var = np.mean(centered * centered, axis=0)
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        x_hat = centered * inv_std
+        m = self.momentum
+        unbiased = var * (batch / max(batch - 1, 1))
+        self.buffers["running_mean"] *= 1.0 - m
+        self.buffers["running_mean"] += m * mean
+        self.buffers["running_var"] *= 1.0 - m
+        self.buffers["running_var"] += m * unbiased
+        self._x_hat, self._inv_std = x_hat, inv_std
+        return x_hat * gamma + beta
+
+    def backward(self, grad_out: Array) -> Array:
+        x_hat, inv_std = self._x_hat, self._inv_std
+        np.sum(grad_out * x_hat, axis=0, out=self.grads["gamma"])
+        np.sum(grad_out, axis=0, out=self.grads["beta"])
+        # Standard compact form of d(loss)/dx for y = gamma * x_hat + beta.
+        g_hat = grad_out * self.params["gamma"]
+        mean_g = g_hat.mean(axis=0)
+        mean_gx = np.mean(g_hat * x_hat, axis=0)
+        return (g_hat - mean_g - x_hat * mean_gx) * inv_std
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind, "num_features": self.num_features,
+                "momentum": self.momentum, "eps": self.eps}
+
+
+def sigmoid(x: Array) -> Array:
+    """Logistic function, stable for large |x| (no overflow warning in exp)."""
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def softmax(x: Array) -> Array:
+    """Row-wise softmax of x : (batch, classes), shifted by the row max so exp never overflows."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.kind: cls
+    for cls in (Dense, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Dropout, BatchNorm1d)
+}
+
+
+def layer_from_spec(spec: dict[str, Any], rng: np.random.Generator | None = None,
+                    dtype: np.dtype = np.float32) -> Layer:
+    """Build a layer from the dict that :meth:`Layer.spec` returned."""
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
+    cls = LAYER_TYPES[kind]
+    try:
+        if cls in (Dense,):
+            return cls(rng=rng, dtype=dtype, **spec)
+        if cls is BatchNorm1d:
+            return cls(dtype=dtype, **spec)
+        if cls is Dropout:
+            return cls(rng=rng, **spec)
+        return cls(**spec)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for layer {kind!r}: {exc}") from None

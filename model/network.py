@@ -1,0 +1,157 @@
+"""A sequential network: layers applied in order, then an output head.
+
+The network's ``forward`` returns *logits* (the last layer's output). The ``head`` names the
+function that turns logits into what a user sees (``softmax`` probabilities, ``sigmoid``
+probabilities, or ``identity``); training pairs it with the fused loss of the same name, so the
+probabilities are never differentiated through separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from model.layers import Layer, layer_from_spec, sigmoid, softmax
+
+HEADS = ("softmax", "sigmoid", "identity")
+
+
+class Sequential:
+    """Chain of layers.
+
+    Parameters
+    ----------
+    layers : iterable of Layer
+    head : {"softmax", "sigmoid", "identity"}
+        Output function applied by :meth:`predict_proba`.
+    """
+
+    def __init__(self, layers: Iterable[Layer], head: str = "softmax") -> None:
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; known: {HEADS}")
+        self.layers = list(layers)
+        self.head = head
+
+    # -- the two passes -------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x : (batch, in_features) -> logits : (batch, out_features)."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Backpropagate d(loss)/d(logits); fills every layer's ``grads`` and returns d/dx."""
+        for layer in reversed(self.layers):
+            grad_out = layer.backward(grad_out)
+        return grad_out
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Inference: forward in evaluation mode, then the head. Restores the previous mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self.forward(x)
+        finally:
+            self.train(was_training)
+        return apply_head(self.head, logits)
+
+    # -- modes ------------------------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        return any(layer.training for layer in self.layers)
+
+    def train(self, mode: bool = True) -> Sequential:
+        for layer in self.layers:
+            layer.training = mode
+        return self
+
+    def eval(self) -> Sequential:
+        return self.train(False)
+
+    # -- parameters -------------------------------------------------------------------------
+    def named_params(self) -> dict[str, np.ndarray]:
+        """Trainable arrays by stable name ``"<layer index>.<key>"`` (the arrays themselves)."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+
+    def named_grads(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+
+    def named_buffers(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.buffers.items()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything that is saved: parameters and buffers."""
+        return {**self.named_params(), **self.named_buffers()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the network's own (shape and dtype must already match)."""
+        for name, target in self.state().items():
+            np.copyto(target, state[name])
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.named_params().values()))
+
+    @property
+    def dtype(self) -> np.dtype:
+        params = self.named_params()
+        return next(iter(params.values())).dtype if params else np.dtype(np.float32)
+
+    def astype(self, dtype: np.dtype) -> Sequential:
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    # -- description and copies -------------------------------------------------------------
+    def architecture(self) -> dict[str, Any]:
+        return {"layers": [layer.spec() for layer in self.layers], "head": self.head}
+
+    @classmethod
+    def from_architecture(cls, architecture: dict[str, Any], rng: np.random.Generator | None = None,
+                          dtype: np.dtype = np.float32) -> Sequential:
+        """Build a fresh (randomly initialised) network from :meth:`architecture`'s output."""
+        try:
+            specs = architecture["layers"]
+            head = architecture.get("head", "softmax")
+        except (TypeError, KeyError):
+            raise ValueError("architecture must be a mapping with a 'layers' list") from None
+        if not isinstance(specs, list) or not specs:
+            raise ValueError("architecture 'layers' must be a non-empty list")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        return cls([layer_from_spec(spec, rng=rng, dtype=dtype) for spec in specs], head=head)
+
+    def copy(self, dtype: np.dtype | None = None) -> Sequential:
+        """Deep copy (optionally converted to ``dtype``); the copy starts in evaluation mode."""
+        dtype = np.dtype(dtype) if dtype is not None else self.dtype
+        clone = Sequential.from_architecture(self.architecture(), dtype=dtype)
+        for name, value in self.state().items():
+            layer_index, key = name.split(".", 1)
+            layer = clone.layers[int(layer_index)]
+            store = layer.params if key in layer.params else layer.buffers
+            store[key] = np.array(value, dtype=dtype, copy=True)
+        for layer in clone.layers:
+            layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
+        return clone.eval()
+
+    @property
+    def input_features(self) -> int | None:
+        for layer in self.layers:
+            if hasattr(layer, "in_features"):
+                return layer.in_features
+            if hasattr(layer, "num_features"):
+                return layer.num_features
+        return None
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([{inner}], head={self.head!r})"
+
+
+def apply_head(head: str, logits: np.ndarray) -> np.ndarray:
+    if head == "softmax":
+        return softmax(logits)
+    if head == "sigmoid":
+        return sigmoid(logits)
+    return logits

@@ -1,0 +1,107 @@
+"""Optimizers. ``step(params, grads)`` updates every array of ``params`` in place.
+
+``params`` and ``grads`` are dicts keyed by the same stable names (``Sequential.named_params()``);
+state (velocities, moments) is kept per name, allocated on the first step, and every update
+writes into preallocated buffers so the step creates no temporaries on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+
+class Optimizer:
+    def __init__(self, lr: float) -> None:
+        if lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = float(lr)
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+
+    def step(self, params: Arrays, grads: Arrays) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _buffers(self, name: str, like: np.ndarray, *keys: str) -> list[np.ndarray]:
+        slot = self.state.get(name)
+        if slot is None:
+            slot = self.state[name] = {k: np.zeros_like(like) for k in keys}
+        return [slot[k] for k in keys]
+
+
+class SGD(Optimizer):
+    """Plain gradient descent: ``w -= lr * g``."""
+
+    def step(self, params: Arrays, grads: Arrays) -> None:
+        for name, p in params.items():
+            (scratch,) = self._buffers(name, p, "scratch")
+            np.multiply(grads[name], self.lr, out=scratch)
+            p -= scratch
+
+
+class Momentum(Optimizer):
+    """SGD with momentum, PyTorch's formulation: ``v = mu v + g; w -= lr v``.
+
+    With ``nesterov=True`` the step uses the look-ahead gradient ``g + mu v``.
+    """
+
+    def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False) -> None:
+        super().__init__(lr)
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def step(self, params: Arrays, grads: Arrays) -> None:
+        mu = self.momentum
+        for name, p in params.items():
+            v, scratch = self._buffers(name, p, "velocity", "scratch")
+            g = grads[name]
+            v *= mu
+            v += g
+            if self.nesterov:
+                np.multiply(v, mu, out=scratch)
+                scratch += g
+            else:
+                np.copyto(scratch, v)
+            scratch *= self.lr
+            p -= scratch
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), bias-corrected, with PyTorch's placement of ``eps``:
+
+    ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
+    ``w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    """
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8) -> None:
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.t = 0
+
+    def step(self, params: Arrays, grads: Arrays) -> None:
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        step_size = self.lr / (1.0 - b1 ** self.t)
+        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2 ** self.t)
+        for name, p in params.items():
+            m, v, scratch = self._buffers(name, p, "m", "v", "scratch")
+            g = grads[name]
+            m *= b1
+            np.multiply(g, 1.0 - b1, out=scratch)
+            m += scratch
+            v *= b2
+            np.multiply(g, g, out=scratch)
+            scratch *= 1.0 - b2
+            v += scratch
+            np.sqrt(v, out=scratch)
+            scratch *= inv_sqrt_bc2
+            scratch += self.eps
+            np.divide(m, scratch, out=scratch)
+            scratch *= step_size
+            p -= scratch
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}

@@ -1,0 +1,109 @@
+"""``python -m training``: train the shipped models, or reproduce the classic results.
+
+    python -m training xor|digits|mnist|all [--epochs N] [--seed S] [--out DIR] [--data-dir DIR] ...
+    python -m training reproduce [--skip-mnist] [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from model.io import WeightsFileError
+from training.mnist import DatasetError
+
+log = logging.getLogger("training")
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "model_repository"
+MODELS = ("xor", "digits", "mnist")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", choices=[*MODELS, "all", "reproduce"],
+                        help="model to train, 'all', or 'reproduce' for the classic-results table")
+    parser.add_argument("--epochs", type=positive_int, help="override the recipe's epoch count")
+    parser.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
+    parser.add_argument("--lr", type=positive_float, help="override the learning rate")
+    parser.add_argument("--batch-size", type=positive_int, help="override the batch size")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="model repository to write <name>/<version>/ into (default: %(default)s)")
+    parser.add_argument("--version", type=positive_int,
+                        help="version number to write (default: one more than the newest present)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing version")
+    parser.add_argument("--data-dir", type=Path,
+                        help="MNIST IDX files (default: $MNIST_DIR, else a user cache it downloads into)")
+    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading MNIST")
+    parser.add_argument("--no-plot", action="store_true", help="skip curves.png")
+    parser.add_argument("--skip-mnist", action="store_true", help="reproduce: only the quick experiments")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.target == "reproduce":
+            return reproduce(args)
+        return train(args)
+    except (DatasetError, WeightsFileError, FileExistsError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def train(args: argparse.Namespace) -> int:
+    from training.recipes import run
+
+    overrides = {"epochs": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size}
+    names = MODELS if args.target == "all" else (args.target,)
+    if args.version is not None and len(names) > 1 and not args.force:
+        log.error("--version with 'all' writes the same version for every model; add --force to confirm")
+        return 2
+    failed = []
+    for name in names:
+        target, report = run(name, args.out, data_dir=args.data_dir, download=not args.no_download,
+                             overrides=overrides, version=args.version, force=args.force,
+                             progress=not args.quiet, plot=not args.no_plot)
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
+        met = report["targets"]["met"]
+        log.info("wrote %s: %s (targets %s)", target, metrics, "met" if met else "NOT met")
+        if not met:
+            failed.append(name)
+    if failed:
+        log.error("targets not met for: %s", ", ".join(failed))
+        return 1
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    from training.reproduce import format_table, mnist_experiments, quick_experiments
+
+    experiments = quick_experiments()
+    if not args.skip_mnist:
+        experiments += mnist_experiments(args.data_dir, download=not args.no_download)
+    results = []
+    for experiment in experiments:
+        result = experiment()
+        log.info("%s: %s", result.name, result.ours)
+        results.append(result)
+    sys.stdout.write(format_table(results) + "\n")
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,130 @@
+"""The three datasets: XOR, the 5x5 digit glyphs (with augmentation and a noisy held-out set), MNIST."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from training.mnist import load_mnist
+
+
+@dataclass
+class Dataset:
+    """Float32 rows ``x`` (n, features), integer class indices ``y`` (n,), and what describes them."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    labels: list[str]
+    input_shape: list[int]
+    eval_sets: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def xor() -> Dataset:
+    """The four XOR points with labels 0, 1, 1, 0."""
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+    y = np.array([0, 1, 1, 0], dtype=np.int64)
+    return Dataset("xor", x, y, labels=["0", "1"], input_shape=[2])
+
+
+# --- 5x5 digits ---------------------------------------------------------------------------------
+
+def digit_glyphs() -> tuple[np.ndarray, list[str], str]:
+    """The five 5x5 training glyphs as float32 (5, 25), their labels, and the file's SHA-256."""
+    raw = resources.files("training").joinpath("data/digits5x5.json").read_bytes()
+    doc = json.loads(raw)
+    images = np.asarray(doc["images"], dtype=np.float32).reshape(len(doc["images"]), 25)
+    return images, list(doc["labels"]), hashlib.sha256(raw).hexdigest()
+
+
+def flip_pixels(images: np.ndarray, flips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Copy of binary ``images`` (n, 25) where row i has ``flips[i]`` distinct pixels inverted."""
+    out = images.copy()
+    for i, k in enumerate(flips):
+        idx = rng.choice(out.shape[1], size=int(k), replace=False)
+        out[i, idx] = 1.0 - out[i, idx]
+    return out
+
+
+def shift_glyphs(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shift each 5x5 glyph by up to one pixel in each direction where no ink falls off the edge."""
+    grids = images.reshape(-1, 5, 5)
+    out = grids.copy()
+    for i, g in enumerate(grids):
+        dy, dx = rng.integers(-1, 2, size=2)
+        shifted = np.roll(g, (dy, dx), axis=(0, 1))
+        if shifted.sum() == g.sum() and _no_wrap(g, dy, dx):
+            out[i] = shifted
+    return out.reshape(len(images), 25)
+
+
+def _no_wrap(g: np.ndarray, dy: int, dx: int) -> bool:
+    rows = {1: g[-1], -1: g[0]}.get(dy)
+    cols = {1: g[:, -1], -1: g[:, 0]}.get(dx)
+    return (rows is None or not rows.any()) and (cols is None or not cols.any())
+
+
+def noisy_digits(n_per_class: int, seed: int, max_flips: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out set: each glyph with 1..max_flips random pixels inverted (fixed seed)."""
+    glyphs, _, _ = digit_glyphs()
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(glyphs)), n_per_class)
+    flips = rng.integers(1, max_flips + 1, size=len(y))
+    return flip_pixels(glyphs[y], flips, rng), y
+
+
+def digits(samples_per_class: int = 400, seed: int = 0, heldout_seed: int = 12345) -> Dataset:
+    """Augmented 5x5 digits: the clean glyphs plus copies with 0-2 flipped pixels and small shifts.
+
+    ``eval_sets`` holds the clean glyphs and a noisy held-out set of 200 per class (1-2 flips)
+    drawn with ``heldout_seed``, a stream independent of the training augmentation.
+    """
+    glyphs, labels, checksum = digit_glyphs()
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(glyphs)), samples_per_class)
+    x = shift_glyphs(glyphs[y], rng)
+    x = flip_pixels(x, rng.integers(0, 3, size=len(y)), rng)
+    x = np.concatenate([glyphs, x]).astype(np.float32)
+    y = np.concatenate([np.arange(len(glyphs)), y])
+    noisy_x, noisy_y = noisy_digits(200, heldout_seed)
+    return Dataset("digits", x, y, labels=labels, input_shape=[5, 5],
+                   eval_sets={"glyphs": (glyphs, np.arange(len(glyphs))), "noisy": (noisy_x, noisy_y)},
+                   checksums={"digits5x5.json": checksum})
+
+
+# --- MNIST --------------------------------------------------------------------------------------
+
+def mnist(data_dir: str | Path | None = None, *, download: bool = True, progress: bool = False) -> Dataset:
+    """MNIST as float32 rows in [0, 1] (pixel / 255); ``eval_sets["test"]`` is the 10k test set."""
+    from training.mnist import SHA256
+
+    splits = load_mnist(data_dir, download=download, progress=progress)
+    (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
+    return Dataset("mnist", to_rows(xtr), ytr.astype(np.int64), labels=[str(d) for d in range(10)],
+                   input_shape=[28, 28], eval_sets={"test": (to_rows(xte), yte.astype(np.int64))},
+                   checksums=dict(SHA256))
+
+
+def to_rows(images: np.ndarray) -> np.ndarray:
+    """uint8 images (n, h, w) -> contiguous float32 rows (n, h*w) scaled to [0, 1]."""
+    return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.float32) / np.float32(255.0)
+
+
+def random_shift(batch: np.ndarray, rng: np.random.Generator, side: int = 28, max_shift: int = 2) -> np.ndarray:
+    """Translate each flattened ``side`` x ``side`` image by up to ``max_shift`` pixels (zero fill)."""
+    n = len(batch)
+    pad = max_shift
+    padded = np.zeros((n, side + 2 * pad, side + 2 * pad), dtype=batch.dtype)
+    padded[:, pad:pad + side, pad:pad + side] = batch.reshape(n, side, side)
+    oy = rng.integers(0, 2 * pad + 1, size=n)
+    ox = rng.integers(0, 2 * pad + 1, size=n)
+    rows = oy[:, None] + np.arange(side)[None, :]
+    cols = ox[:, None] + np.arange(side)[None, :]
+    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return np.ascontiguousarray(out.reshape(n, side * side))

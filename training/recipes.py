@@ -1,0 +1,219 @@
+"""The recipes that produce the shipped models, and writing a trained model into a model repository.
+
+A model repository is ``<root>/<name>/<version>/`` with numeric versions from 1; each version
+directory holds ``model.npz`` (weights and metadata), ``metrics.json`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.io import atomic_writer, save_model
+from model.layers import Dense, Dropout, Layer, ReLU, Tanh
+from model.losses import loss_for_head
+from model.network import Sequential
+from model.optimizers import OPTIMIZERS, Optimizer
+from training import datasets
+from training.trainer import History, cosine_schedule, fit
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS: dict[str, type[Layer]] = {"relu": ReLU, "tanh": Tanh}
+
+
+@dataclass
+class Recipe:
+    """Everything that determines a training run (stored in the weights' metadata)."""
+
+    name: str
+    hidden: list[int]
+    activation: str = "relu"
+    init: str = "he"
+    dropout: float = 0.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    epochs: int = 10
+    batch_size: int = 100
+    seed: int = 0
+    augment: str = "none"
+    targets: dict[str, float] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {
+    "xor": Recipe("xor", hidden=[8], activation="tanh", init="xavier", optimizer="adam", lr=0.05,
+                  epochs=500, batch_size=4, targets={"train_accuracy": 1.0, "min_margin": 0.4}),
+    "digits": Recipe("digits", hidden=[20, 20, 20], activation="relu", init="he", optimizer="adam", lr=3e-3,
+                     epochs=60, batch_size=32, augment="flips+shifts",
+                     targets={"glyphs_accuracy": 1.0, "noisy_accuracy": 0.95}),
+    "mnist": Recipe("mnist", hidden=[512, 512], activation="relu", init="he", dropout=0.2, optimizer="adam",
+                    lr=1e-3, lr_schedule="cosine", epochs=15, batch_size=100, augment="shift2",
+                    targets={"test_accuracy": 0.985}),
+}
+
+PREPROCESSING = {
+    "xor": {"input_range": [0.0, 1.0], "scale": 1.0, "description": "two numbers in [0, 1]"},
+    "digits": {"input_range": [0.0, 1.0], "scale": 1.0, "description": "25 pixels, 1 = ink, row-major 5x5"},
+    "mnist": {"input_range": [0.0, 1.0], "scale": 1.0 / 255.0,
+              "description": "784 pixels in [0, 1] (raw 8-bit grey / 255), row-major 28x28, white ink on black"},
+}
+
+
+def build_network(recipe: Recipe, in_features: int, classes: int, rng: np.random.Generator) -> Sequential:
+    layers: list[Layer] = []
+    sizes = [in_features, *recipe.hidden]
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [Dense(fan_in, fan_out, init=recipe.init, rng=rng), ACTIVATIONS[recipe.activation]()]
+        if recipe.dropout:
+            layers.append(Dropout(recipe.dropout, rng=rng))
+    layers.append(Dense(sizes[-1], classes, init=recipe.init, rng=rng))
+    return Sequential(layers, head="softmax")
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True,
+                 progress: bool = False) -> datasets.Dataset:
+    if name == "xor":
+        return datasets.xor()
+    if name == "digits":
+        return datasets.digits()
+    if name == "mnist":
+        return datasets.mnist(data_dir, download=download, progress=progress)
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def train_recipe(recipe: Recipe, dataset: datasets.Dataset, *, progress: bool = False) -> tuple[Sequential, History]:
+    rng = np.random.default_rng(recipe.seed)
+    net = build_network(recipe, dataset.x.shape[1], len(dataset.labels), rng)
+    optimizer: Optimizer = OPTIMIZERS[recipe.optimizer](lr=recipe.lr)
+    schedule = cosine_schedule(recipe.lr, recipe.epochs, recipe.lr / 100) if recipe.lr_schedule == "cosine" else None
+    augment = None
+    if recipe.augment == "shift2":
+        def augment(batch: np.ndarray, r: np.random.Generator) -> np.ndarray:
+            return datasets.random_shift(batch, r, max_shift=2)
+    eval_sets = dict(dataset.eval_sets)
+    if recipe.name == "xor":
+        eval_sets = {}
+    history = fit(net, loss_for_head(net.head), optimizer, dataset.x, dataset.y, epochs=recipe.epochs,
+                  batch_size=recipe.batch_size, rng=rng, eval_sets=eval_sets, augment=augment,
+                  lr_schedule=schedule, progress=progress)
+    return net, history
+
+
+def final_metrics(net: Sequential, dataset: datasets.Dataset, history: History) -> dict[str, float]:
+    """Metrics of the finished network, computed afresh in evaluation mode (not the running ones)."""
+    from training.trainer import accuracy
+
+    metrics = {"train_accuracy": accuracy(net, dataset.x, dataset.y), "final_loss": history.last().get("loss", float("nan"))}
+    for name, (ex, ey) in dataset.eval_sets.items():
+        metrics[f"{name}_accuracy"] = accuracy(net, ex, ey)
+    if dataset.name == "xor":
+        probs = net.predict_proba(dataset.x)[np.arange(len(dataset.y)), dataset.y]
+        metrics["min_margin"] = float(np.min(probs - 0.5))
+    return metrics
+
+
+def targets_met(recipe: Recipe, metrics: dict[str, float]) -> bool:
+    return all(metrics.get(k, -np.inf) >= v for k, v in recipe.targets.items())
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("numpy-nets")
+    except PackageNotFoundError:
+        pkg = "0+unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{pkg}+g{commit}" if commit else pkg
+
+
+def next_version(model_root: Path) -> int:
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Sequential, history: History,
+                version: int | None = None, force: bool = False, plot: bool = True) -> Path:
+    """Write ``model.npz``, ``metrics.json`` and (if matplotlib is there) ``curves.png``."""
+    model_root = out / recipe.name
+    version = version if version is not None else next_version(model_root)
+    target = model_root / str(version)
+    if (target / "model.npz").exists() and not force:
+        raise FileExistsError(f"{target / 'model.npz'} exists (pass --force to overwrite)")
+    metrics = final_metrics(net, dataset, history)
+    metadata: dict[str, Any] = {
+        "name": recipe.name,
+        "version": version,
+        "labels": dataset.labels,
+        "input_shape": dataset.input_shape,
+        "preprocessing": PREPROCESSING[recipe.name],
+        "training": asdict(recipe),
+        "metrics": metrics,
+        "targets": {"required": recipe.targets, "met": targets_met(recipe, metrics)},
+        "datasets": dataset.checksums,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "train_seconds": round(sum(history.series("seconds")), 2),
+    }
+    save_model(target / "model.npz", net, metadata)
+    with atomic_writer(target / "metrics.json", "w") as fh:
+        json.dump({"metrics": metrics, "targets": metadata["targets"], "history": history.epochs}, fh, indent=2)
+    if plot:
+        plot_history(history, target / "curves.png", title=f"{recipe.name} v{version}")
+    return target
+
+
+def plot_history(history: History, path: Path, title: str) -> bool:
+    """Loss and accuracy per epoch as a PNG; returns False (and logs) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install '.[train]'): no curves.png")
+        return False
+    epochs = history.series("epoch")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, history.series("loss"), label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_yscale("log")
+    ax_loss.legend()
+    for key in sorted({k for e in history.epochs for k in e if k.endswith("_accuracy")}):
+        ax_acc.plot(epochs, history.series(key), label=key.replace("_", " "))
+    ax_acc.set_xlabel("epoch")
+    ax_acc.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_writer(path) as fh:
+        fig.savefig(fh, format="png", dpi=80)
+    plt.close(fig)
+    return True
+
+
+def run(name: str, out: Path, *, data_dir: str | Path | None = None, download: bool = True,
+        overrides: dict[str, Any] | None = None, version: int | None = None, force: bool = False,
+        progress: bool = False, plot: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Train the recipe ``name`` (with ``overrides``) and write it into the repository at ``out``."""
+    recipe = Recipe(**{**asdict(RECIPES[name]), **{k: v for k, v in (overrides or {}).items() if v is not None}})
+    dataset = load_dataset(name, data_dir, download=download, progress=progress)
+    start = time.perf_counter()
+    net, history = train_recipe(recipe, dataset, progress=progress)
+    log.info("%s trained in %.1f s", name, time.perf_counter() - start)
+    target = write_model(out, recipe, dataset, net, history, version=version, force=force, plot=plot)
+    metrics = json.loads((target / "metrics.json").read_text())
+    return target, metrics

@@ -1,0 +1,144 @@
+"""The mini-batch training loop, evaluation, and a per-epoch history."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model.losses import Loss
+from model.network import Sequential
+from model.optimizers import Optimizer
+
+log = logging.getLogger(__name__)
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass
+class History:
+    """Per-epoch records: ``{"epoch", "loss", "train_accuracy", "<set>_accuracy", "seconds", "lr"}``."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+    def series(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs if key in e]
+
+
+def predict_labels(net: Sequential, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
+    """Class indices predicted by ``net`` (argmax, or threshold 0.5 for a one-output sigmoid)."""
+    outs = [net.predict_proba(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    probs = np.concatenate(outs) if outs else np.empty((0, 1))
+    if probs.shape[1] == 1:
+        return (probs[:, 0] > 0.5).astype(np.int64)
+    return probs.argmax(axis=1)
+
+
+def accuracy(net: Sequential, x: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows of ``x`` whose predicted class index equals ``labels``."""
+    return float(np.mean(predict_labels(net, x) == np.asarray(labels).reshape(-1)))
+
+
+def cosine_schedule(base_lr: float, epochs: int, floor: float = 0.0) -> Callable[[int], float]:
+    """Learning rate for epoch ``e`` (0-based): cosine decay from ``base_lr`` to ``floor``."""
+    def lr(e: int) -> float:
+        return floor + 0.5 * (base_lr - floor) * (1.0 + math.cos(math.pi * e / max(epochs, 1)))
+    return lr
+
+
+def fit(
+    net: Sequential,
+    loss: Loss,
+    optimizer: Optimizer,
+    x: np.ndarray,
+    targets: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    labels: np.ndarray | None = None,
+    eval_sets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    augment: Augment | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
+    shuffle: bool = True,
+    progress: bool = False,
+    max_steps: int | None = None,
+) -> History:
+    """Train ``net`` in place with mini-batches; returns the per-epoch history.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, features)
+    targets : ndarray
+        What ``loss`` takes, row-aligned with ``x`` (class indices, or one-hot / real targets).
+    labels : ndarray of shape (n,), optional
+        Class indices for the training accuracy; defaults to ``targets`` when they are 1-D.
+    eval_sets : {name: (x, labels)}
+        Evaluated after each epoch, reported as ``<name>_accuracy``.
+    augment : callable(batch, rng) -> batch, optional
+        Applied to each training batch (never to evaluation data).
+    max_steps : int, optional
+        Stop after this many optimizer steps (for iteration-count recipes); the last partial
+        epoch is still recorded.
+    """
+    eval_sets = eval_sets or {}
+    labels = labels if labels is not None else (targets if np.ndim(targets) == 1 else None)
+    n = len(x)
+    history = History()
+    steps = 0
+    epoch_iter = range(epochs)
+    bar = None
+    if progress:
+        from tqdm import tqdm  # imported lazily: only the CLI shows bars
+
+        bar = tqdm(total=epochs * math.ceil(n / batch_size), unit="batch", leave=False)
+    for epoch in epoch_iter:
+        if lr_schedule is not None:
+            optimizer.lr = lr_schedule(epoch)
+        start = time.perf_counter()
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        net.train()
+        total, correct, seen = 0.0, 0, 0
+        params, grads = net.named_params(), net.named_grads()
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            xb = x[idx]
+            if augment is not None:
+                xb = augment(xb, rng)
+            tb = targets[idx]
+            logits = net.forward(xb)
+            total += loss.forward(logits, tb) * len(idx)
+            net.backward(loss.backward())
+            optimizer.step(params, grads)
+            if labels is not None:
+                pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(axis=1)
+                correct += int(np.sum(pred == labels[idx]))
+            seen += len(idx)
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+            if max_steps is not None and steps >= max_steps:
+                break
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": optimizer.lr,
+                                  "seconds": time.perf_counter() - start}
+        if labels is not None:
+            record["train_accuracy"] = correct / max(seen, 1)
+        for name, (ex, ey) in eval_sets.items():
+            record[f"{name}_accuracy"] = accuracy(net, ex, ey)
+        history.epochs.append(record)
+        log.info("epoch %d/%d %s", epoch + 1, epochs,
+                 " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
+        if max_steps is not None and steps >= max_steps:
+            break
+    if bar is not None:
+        bar.close()
+    net.eval()
+    return history
