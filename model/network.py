@@ -8,6 +8,7 @@ probabilities are never differentiated through separately.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -123,17 +124,24 @@ class Sequential:
         return cls([layer_from_spec(spec, rng=rng, dtype=dtype) for spec in specs], head=head)
 
     def copy(self, dtype: np.dtype | None = None) -> Sequential:
-        """Deep copy (optionally converted to ``dtype``); the copy starts in evaluation mode."""
+        """Deep copy (optionally converted to ``dtype``); the copy starts in evaluation mode.
+
+        The layer objects themselves are cloned (not rebuilt from :meth:`architecture`), so a
+        subclass keeps its own forward and backward, and forward caches are not carried over.
+        """
         dtype = np.dtype(dtype) if dtype is not None else self.dtype
-        clone = Sequential.from_architecture(self.architecture(), dtype=dtype)
-        for name, value in self.state().items():
-            layer_index, key = name.split(".", 1)
-            layer = clone.layers[int(layer_index)]
-            store = layer.params if key in layer.params else layer.buffers
-            store[key] = np.array(value, dtype=dtype, copy=True)
-        for layer in clone.layers:
-            layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
-        return clone.eval()
+        layers = []
+        for layer in self.layers:
+            clone = copy.copy(layer)
+            for attr in [a for a in vars(clone) if a.startswith("_")]:
+                setattr(clone, attr, None)
+            if isinstance(getattr(clone, "rng", None), np.random.Generator):
+                clone.rng = copy.deepcopy(layer.rng)
+            clone.params = {k: np.array(v, dtype=dtype, copy=True) for k, v in layer.params.items()}
+            clone.buffers = {k: np.array(v, dtype=dtype, copy=True) for k, v in layer.buffers.items()}
+            clone.grads = {k: np.zeros_like(v) for k, v in clone.params.items()}
+            layers.append(clone)
+        return Sequential(layers, head=self.head).eval()
 
     @property
     def input_features(self) -> int | None:

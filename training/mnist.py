@@ -65,9 +65,11 @@ def parse_idx(payload: bytes, expected_ndim: int | None = None) -> np.ndarray:
 
 
 def read_payload(path: Path) -> bytes:
-    """Bytes of an IDX file, decompressing ``.gz``."""
+    """Bytes of an IDX file, decompressed if it is gzip (judged by its magic bytes, not its name)."""
     try:
-        if path.suffix == ".gz":
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+        if gzipped:
             with gzip.open(path, "rb") as fh:
                 return fh.read()
         return path.read_bytes()

@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to the repository, the shipped model repository and the real MNIST files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def model_repository() -> Path:
+    return ROOT / "model_repository"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST files (../shared/data/mnist, or $MNIST_DIR). Tests need them: no fake data."""
+    import os
+
+    path = Path(os.environ.get("MNIST_DIR", SHARED_MNIST))
+    if not (path / "t10k-images-idx3-ubyte.gz").exists() and not (path / "t10k-images-idx3-ubyte").exists():
+        pytest.fail(f"MNIST files not found in {path}; set MNIST_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_data(mnist_dir):
+    from training.datasets import mnist
+
+    return mnist(mnist_dir, download=False)

@@ -1,0 +1,126 @@
+"""Weights files: bit-for-bit round trips, atomic writes, and clear rejection of bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from model import io as model_io
+from model.io import WeightsFileError, load_model, save_model
+from model.layers import BatchNorm1d, Dense, Dropout, ReLU
+from model.network import Sequential
+
+
+@pytest.fixture
+def net():
+    rng = np.random.default_rng(0)
+    network = Sequential([Dense(6, 5, rng=rng), BatchNorm1d(5), ReLU(), Dropout(0.2, rng=rng), Dense(5, 3, rng=rng)])
+    network.forward(rng.standard_normal((10, 6)).astype(np.float32))  # move the BN running stats
+    return network
+
+
+@pytest.fixture
+def saved(tmp_path, net):
+    path = tmp_path / "model.npz"
+    save_model(path, net, {"name": "demo", "labels": ["a", "b", "c"]})
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_is_bit_for_bit(tmp_path, net, dtype):
+    net = net.copy(dtype)
+    path = save_model(tmp_path / "m.npz", net, {"name": "demo", "metrics": {"acc": 0.5}})
+    loaded = load_model(path)
+    assert loaded.metadata["name"] == "demo" and loaded.metadata["metrics"] == {"acc": 0.5}
+    assert loaded.metadata["architecture"] == net.architecture()
+    for name, value in net.state().items():
+        other = loaded.network.state()[name]
+        assert other.dtype == value.dtype
+        assert other.tobytes() == value.tobytes()
+    x = np.random.default_rng(1).standard_normal((4, 6)).astype(dtype)
+    assert net.predict_proba(x).tobytes() == loaded.network.predict_proba(x).tobytes()
+    assert len(loaded.sha256) == 64
+
+
+def test_no_pickle_in_archive(saved):
+    with np.load(saved, allow_pickle=False) as archive:
+        for key in archive.files:
+            assert archive[key].dtype != object
+
+
+def rewrite(path, mutate):
+    """Re-save ``path`` after ``mutate(arrays)`` changed its dict of arrays."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    mutate(arrays)
+    np.savez(path, **arrays)
+
+
+def set_meta(**changes):
+    def mutate(arrays):
+        meta = json.loads(str(arrays["__metadata__"]))
+        meta.update(changes)
+        arrays["__metadata__"] = np.array(json.dumps(meta))
+    return mutate
+
+
+BAD_FILES = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+    "not a zip": lambda p: p.write_bytes(b"hello, I am not weights"),
+    "empty": lambda p: p.write_bytes(b""),
+    "missing array": lambda p: rewrite(p, lambda a: a.pop("params.0.W")),
+    "extra array": lambda p: rewrite(p, lambda a: a.update(extra=np.zeros(3))),
+    "wrong shape": lambda p: rewrite(p, lambda a: a.update({"params.0.W": np.zeros((5, 6), np.float32)})),
+    "wrong dtype": lambda p: rewrite(p, lambda a: a.update({"params.0.W": a["params.0.W"].astype(np.float64)})),
+    "nan weights": lambda p: rewrite(p, lambda a: a["params.4.b"].__setitem__(0, np.nan)),
+    "no metadata": lambda p: rewrite(p, lambda a: a.pop("__metadata__")),
+    "metadata not json": lambda p: rewrite(p, lambda a: a.update(__metadata__=np.array("{oops"))),
+    "metadata not a string": lambda p: rewrite(p, lambda a: a.update(__metadata__=np.zeros(2))),
+    "future format": lambda p: rewrite(p, set_meta(format_version=99)),
+    "unknown layer": lambda p: rewrite(p, set_meta(architecture={"layers": [{"type": "conv9d"}]})),
+    "bad dtype": lambda p: rewrite(p, set_meta(dtype="int8")),
+    "pickled object": lambda p: np.savez(p, __metadata__=np.array([{"evil": 1}], dtype=object)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_files_are_rejected_with_a_clear_error(saved, case):
+    BAD_FILES[case](saved)
+    with pytest.raises(WeightsFileError) as info:
+        load_model(saved)
+    message = str(info.value)
+    assert str(saved) in message and "\n" not in message
+
+
+def test_corrupted_byte_is_detected(saved):
+    data = bytearray(saved.read_bytes())
+    with zipfile.ZipFile(saved) as zf:
+        info = zf.getinfo("params.0.W.npy")
+    offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200  # inside the payload
+    data[offset] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(WeightsFileError):
+        load_model(saved)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WeightsFileError, match="no such file"):
+        load_model(tmp_path / "nope.npz")
+
+
+def test_crash_during_write_leaves_old_file_and_no_temp(saved, net, monkeypatch):
+    before = saved.read_bytes()
+
+    def exploding_savez(fh, **arrays):
+        fh.write(b"PK half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model_io.np, "savez", exploding_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(saved, net, {})
+    assert saved.read_bytes() == before
+    assert os.listdir(saved.parent) == [saved.name]

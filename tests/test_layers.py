@@ -1,0 +1,136 @@
+"""Every layer's backward pass against central differences in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.gradcheck import numerical_gradient, relative_error
+from model.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, sigmoid, softmax
+
+F64 = np.float64
+
+
+def make_layer(kind: str, rng: np.random.Generator):
+    return {
+        "dense": lambda: Dense(6, 4, rng=rng, dtype=F64),
+        "dense_xavier": lambda: Dense(6, 4, init="xavier", rng=rng, dtype=F64),
+        "dense_uniform": lambda: Dense(6, 4, init="uniform", rng=rng, dtype=F64),
+        "sigmoid": Sigmoid,
+        "tanh": Tanh,
+        "relu": ReLU,
+        "leaky_relu": lambda: LeakyReLU(0.1),
+        "softmax": Softmax,
+        "batchnorm_train": lambda: BatchNorm1d(6, dtype=F64),
+        "dropout_eval": lambda: Dropout(0.5, rng=rng),
+    }[kind]()
+
+
+KINDS = ["dense", "dense_xavier", "dense_uniform", "sigmoid", "tanh", "relu", "leaky_relu", "softmax",
+         "batchnorm_train", "dropout_eval"]
+
+
+def scalar_loss(layer, x, weights):
+    """L = sum(forward(x) * weights): its gradient w.r.t. the output is exactly ``weights``."""
+    return float(np.sum(layer.forward(x) * weights))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_matches_numerical_gradient(kind):
+    rng = np.random.default_rng(1)
+    layer = make_layer(kind, rng)
+    if kind == "dropout_eval":
+        layer.training = False
+    x = rng.standard_normal((5, 6))
+    # Keep ReLU inputs away from the kink so central differences never straddle it.
+    x[np.abs(x) < 1e-2] = 0.5
+    out = layer.forward(x)
+    weights = rng.standard_normal(out.shape)
+    grad_out = weights.copy()
+    grad_in = layer.backward(grad_out)
+    np.testing.assert_array_equal(grad_out, weights)  # backward must not mutate its argument
+
+    f = lambda: scalar_loss(layer, x, weights)  # noqa: E731
+    num_in = numerical_gradient(f, x)
+    assert relative_error(grad_in, num_in).max() < 1e-6
+    for key, param in layer.params.items():
+        num = numerical_gradient(f, param)
+        assert relative_error(layer.grads[key], num).max() < 1e-6, key
+
+
+def test_dropout_training_mask_and_scale():
+    rng = np.random.default_rng(0)
+    layer = Dropout(0.3, rng=rng)
+    x = np.ones((200, 100), dtype=np.float32)
+    out = layer.forward(x)
+    kept = out != 0
+    assert 0.65 < kept.mean() < 0.75
+    np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
+    grad = layer.backward(np.ones_like(x))
+    np.testing.assert_array_equal(grad, out)  # same mask, same scale
+    layer.training = False
+    np.testing.assert_array_equal(layer.forward(x), x)
+
+
+def test_dropout_rejects_bad_probability():
+    with pytest.raises(ValueError):
+        Dropout(1.0)
+
+
+def test_batchnorm_running_statistics_and_inference():
+    rng = np.random.default_rng(0)
+    bn = BatchNorm1d(3, momentum=0.1, dtype=F64)
+    x = rng.normal(5.0, 2.0, size=(64, 3))
+    y = bn.forward(x)
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=0), 1, rtol=1e-3)
+    np.testing.assert_allclose(bn.buffers["running_mean"], 0.1 * x.mean(axis=0))
+    np.testing.assert_allclose(bn.buffers["running_var"], 0.9 + 0.1 * x.var(axis=0, ddof=1))
+    bn.training = False
+    expected = (x - bn.buffers["running_mean"]) / np.sqrt(bn.buffers["running_var"] + bn.eps)
+    np.testing.assert_allclose(bn.forward(x), expected)
+
+
+def test_softmax_and_sigmoid_are_stable_for_extreme_inputs():
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        p = softmax(np.array([[1000.0, 0.0, -1000.0], [-1e4, -1e4, -1e4]]))
+        s = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    np.testing.assert_allclose(p[0], [1, 0, 0])
+    np.testing.assert_allclose(p[1], [1 / 3] * 3)
+    np.testing.assert_allclose(s, [0, 0.5, 1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_preserved(dtype):
+    rng = np.random.default_rng(0)
+    layer = Dense(4, 3, rng=rng, dtype=dtype)
+    x = rng.standard_normal((2, 4)).astype(dtype)
+    assert layer.forward(x).dtype == dtype
+    assert ReLU().forward(x).dtype == dtype
+
+
+@pytest.mark.parametrize("kind", ["dense", "sigmoid", "tanh", "relu", "softmax", "batchnorm_train"])
+def test_against_pytorch(kind):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    layer = make_layer(kind, rng)
+    x = rng.standard_normal((5, 6))
+    weights = rng.standard_normal((5, 4 if kind.startswith("dense") else 6))
+    out = layer.forward(x)
+    grad_in = layer.backward(weights)
+    tx = torch.tensor(x, requires_grad=True)
+    if kind == "dense":
+        W = torch.tensor(layer.params["W"], requires_grad=True)
+        b = torch.tensor(layer.params["b"], requires_grad=True)
+        tout = tx @ W + b
+    elif kind == "batchnorm_train":
+        tout = torch.nn.functional.batch_norm(tx, None, None, training=True, eps=layer.eps)
+    else:
+        tout = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+                "softmax": lambda t: torch.softmax(t, dim=1)}[kind](tx)
+    (tout * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad_in, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    if kind == "dense":
+        np.testing.assert_allclose(layer.grads["W"], W.grad.numpy(), rtol=1e-10)
+        np.testing.assert_allclose(layer.grads["b"], b.grad.numpy(), rtol=1e-10)

@@ -1,0 +1,81 @@
+"""Loss values against hand-computed ones, and their gradients against central differences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from model.gradcheck import numerical_gradient, relative_error
+from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, loss_for_head
+
+
+def test_mse_value_and_gradient_by_hand():
+    y = np.array([[1.0, 2.0], [3.0, 4.0]])
+    t = np.array([[0.0, 2.0], [3.0, 0.0]])
+    loss = MeanSquaredError()
+    assert loss.forward(y, t) == pytest.approx(0.5 * (1 + 16) / 2)  # mean over batch of 0.5 * sum sq
+    np.testing.assert_allclose(loss.backward(), (y - t) / 2)
+
+
+def test_softmax_cross_entropy_by_hand():
+    loss = SoftmaxCrossEntropy()
+    assert loss.forward(np.array([[0.0, 0.0]]), np.array([0])) == pytest.approx(math.log(2))
+    logits = np.array([[1.0, 2.0, 3.0]])
+    expected = -math.log(math.exp(1) / (math.exp(1) + math.exp(2) + math.exp(3)))
+    assert loss.forward(logits, np.array([0])) == pytest.approx(expected, rel=1e-12)
+    p = np.exp(logits) / np.exp(logits).sum()
+    np.testing.assert_allclose(loss.backward(), p - [[1, 0, 0]], rtol=1e-12)
+
+
+def test_softmax_cross_entropy_one_hot_equals_indices():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 3))
+    idx = np.array([0, 2, 1, 2])
+    a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+    assert a.forward(logits, idx) == pytest.approx(b.forward(logits, np.eye(3)[idx]), rel=1e-14)
+    np.testing.assert_allclose(a.backward(), b.backward())
+
+
+def test_binary_cross_entropy_by_hand():
+    loss = SigmoidBinaryCrossEntropy()
+    assert loss.forward(np.array([[0.0]]), np.array([1.0])) == pytest.approx(math.log(2))
+    z, t = 0.3, 0.0
+    p = 1 / (1 + math.exp(-z))
+    assert loss.forward(np.array([[z]]), np.array([t])) == pytest.approx(-math.log(1 - p), rel=1e-12)
+    assert loss.backward()[0, 0] == pytest.approx(p - t)
+
+
+@pytest.mark.parametrize("loss_cls", [SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy])
+def test_no_overflow_or_log_zero_for_extreme_logits(loss_cls):
+    logits = np.array([[1000.0, -1000.0], [-1000.0, 1000.0]])
+    targets = np.array([1, 0]) if loss_cls is SoftmaxCrossEntropy else np.array([[0.0, 1.0], [1.0, 0.0]])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        value = loss_cls().forward(logits, targets)
+    assert np.isfinite(value) and value == pytest.approx(2000.0 if loss_cls is SoftmaxCrossEntropy else 2000.0)
+
+
+@pytest.mark.parametrize("loss_cls,targets", [
+    (MeanSquaredError, lambda rng: rng.standard_normal((4, 3))),
+    (SigmoidBinaryCrossEntropy, lambda rng: rng.integers(0, 2, (4, 3)).astype(float)),
+    (SoftmaxCrossEntropy, lambda rng: rng.integers(0, 3, 4)),
+    (SoftmaxCrossEntropy, lambda rng: rng.dirichlet(np.ones(3), 4)),
+])
+def test_loss_gradient_matches_numerical(loss_cls, targets):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((4, 3)) * 3
+    t = targets(rng)
+    loss = loss_cls()
+    loss.forward(z, t)
+    analytic = loss.backward().copy()
+    numeric = numerical_gradient(lambda: loss_cls().forward(z, t), z)
+    assert relative_error(analytic, numeric).max() < 1e-6
+
+
+def test_loss_for_head():
+    assert isinstance(loss_for_head("softmax"), SoftmaxCrossEntropy)
+    assert isinstance(loss_for_head("sigmoid"), SigmoidBinaryCrossEntropy)
+    assert isinstance(loss_for_head("identity"), MeanSquaredError)
+    with pytest.raises(ValueError):
+        loss_for_head("nope")
