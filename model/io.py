@@ -59,6 +59,8 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; a weights file must be readable by the (non-root) server user too.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

@@ -296,6 +296,8 @@ def softmax(x: Array) -> Array:
     return shifted
 
 
+ACTIVATIONS: dict[str, type[Layer]] = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU}
+
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.kind: cls
     for cls in (Dense, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Dropout, BatchNorm1d)

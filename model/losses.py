@@ -77,7 +77,7 @@ class SoftmaxCrossEntropy(Loss):
     head = "softmax"
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
-        batch, classes = logits.shape
+        batch = logits.shape[0]
         targets = np.asarray(targets)
         if targets.ndim == 1:
             onehot = np.zeros_like(logits)

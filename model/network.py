@@ -9,12 +9,13 @@ probabilities are never differentiated through separately.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from model.layers import Layer, layer_from_spec, sigmoid, softmax
+from model.layers import ACTIVATIONS, Dense, Dropout, Layer, layer_from_spec, sigmoid, softmax
 
 HEADS = ("softmax", "sigmoid", "identity")
 
@@ -163,3 +164,19 @@ def apply_head(head: str, logits: np.ndarray) -> np.ndarray:
     if head == "sigmoid":
         return sigmoid(logits)
     return logits
+
+
+def mlp(sizes: list[int], *, activation: str = "relu", init: str = "he", dropout: float = 0.0,
+        head: str = "softmax", rng: np.random.Generator | None = None, dtype: np.dtype = np.float32) -> Sequential:
+    """Multi-layer perceptron ``sizes[0] -> ... -> sizes[-1]``: Dense + activation (+ dropout) per hidden layer.
+
+    ``mlp([784, 256, 256, 10])`` is two hidden ReLU layers of 256 and a 10-way softmax head.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    layers: list[Layer] = []
+    for fan_in, fan_out in itertools.pairwise(sizes[:-1]):
+        layers += [Dense(fan_in, fan_out, init=init, rng=rng, dtype=dtype), ACTIVATIONS[activation]()]
+        if dropout:
+            layers.append(Dropout(dropout, rng=rng))
+    layers.append(Dense(sizes[-2], sizes[-1], init=init, rng=rng, dtype=dtype))
+    return Sequential(layers, head=head)

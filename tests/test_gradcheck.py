@@ -122,3 +122,37 @@ def test_rejects_unknown_mode():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError):
         gradient_check(mixed_net(rng), *batch(rng), mode="psychic")
+
+
+def test_kink_crossings_are_skipped_not_reported():
+    # One ReLU unit sits 1e-7 from its kink: every step of 1e-5 that moves it crosses.
+    net = Sequential([Dense(2, 2, rng=np.random.default_rng(0), dtype=np.float64), ReLU(),
+                      Dense(2, 2, rng=np.random.default_rng(1), dtype=np.float64)])
+    net.layers[0].params["W"][...] = [[1.0, 0.5], [0.0, 0.5]]
+    net.layers[0].params["b"][...] = [-1.0 + 1e-7, 0.3]
+    x, t = np.array([[1.0, 1.0]]), np.array([1])
+    result = gradient_check(net, x, t, mode="full")
+    assert result.passed, result.errors
+    assert result.skipped["0.b"] >= 1 and result.skipped["0.W"] >= 1
+    assert result.checked["0.b"] + result.skipped["0.b"] == 2
+
+
+def test_floor_follows_the_loss_and_still_catches_real_errors():
+    from model.gradcheck import relative_error, roundoff_floor
+
+    floor = roundoff_floor(1.0, 1e-5, 1e-6)
+    assert 1e-5 < floor < 1e-3
+    assert roundoff_floor(100.0, 1e-5, 1e-6) == pytest.approx(100 * floor)
+    # a 1% error in a gradient of 1e-3 (above the floor) fails; roundoff of 1e-12 passes
+    assert relative_error(1e-3, 1.01e-3, floor) > 1e-6
+    assert relative_error(1e-7, 1e-7 + 1e-12, floor) < 1e-6
+
+
+def test_trained_mnist_passes_with_real_images(mnist_data, model_repository):
+    from model.io import load_model
+
+    net = load_model(model_repository / "mnist" / "1" / "model.npz").network
+    x, y = mnist_data.eval_sets["test"]
+    for mode in ("sampled", "directional"):
+        result = gradient_check(net, x[:16], y[:16], mode=mode, samples=10)
+        assert result.passed, (mode, result.errors)

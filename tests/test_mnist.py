@@ -10,6 +10,7 @@ import struct
 import threading
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_missing_files_without_download(tmp_path):
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with HTTP Range support (what real mirrors do), recording the Range headers."""
 
-    ranges: list[str] = []
+    ranges: ClassVar[list[str]] = []
 
     def log_message(self, *args):
         pass

@@ -36,6 +36,7 @@ def test_noisy_heldout_is_fixed_and_independent_of_training_seed():
     x1, y1 = noisy_digits(10, seed=12345)
     x2, y2 = noisy_digits(10, seed=12345)
     np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
     flips = np.abs(x1 - np.repeat(digits().eval_sets["glyphs"][0], 10, axis=0)).sum(axis=1)
     assert set(flips) <= {1.0, 2.0}
 

@@ -18,16 +18,13 @@ from typing import Any
 import numpy as np
 
 from model.io import atomic_writer, save_model
-from model.layers import Dense, Dropout, Layer, ReLU, Tanh
 from model.losses import loss_for_head
-from model.network import Sequential
+from model.network import Sequential, mlp
 from model.optimizers import OPTIMIZERS, Optimizer
 from training import datasets
 from training.trainer import History, cosine_schedule, fit
 
 log = logging.getLogger(__name__)
-
-ACTIVATIONS: dict[str, type[Layer]] = {"relu": ReLU, "tanh": Tanh}
 
 
 @dataclass
@@ -69,14 +66,8 @@ PREPROCESSING = {
 
 
 def build_network(recipe: Recipe, in_features: int, classes: int, rng: np.random.Generator) -> Sequential:
-    layers: list[Layer] = []
-    sizes = [in_features, *recipe.hidden]
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [Dense(fan_in, fan_out, init=recipe.init, rng=rng), ACTIVATIONS[recipe.activation]()]
-        if recipe.dropout:
-            layers.append(Dropout(recipe.dropout, rng=rng))
-    layers.append(Dense(sizes[-1], classes, init=recipe.init, rng=rng))
-    return Sequential(layers, head="softmax")
+    return mlp([in_features, *recipe.hidden, classes], activation=recipe.activation, init=recipe.init,
+               dropout=recipe.dropout, rng=rng)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True,
@@ -112,7 +103,8 @@ def final_metrics(net: Sequential, dataset: datasets.Dataset, history: History) 
     """Metrics of the finished network, computed afresh in evaluation mode (not the running ones)."""
     from training.trainer import accuracy
 
-    metrics = {"train_accuracy": accuracy(net, dataset.x, dataset.y), "final_loss": history.last().get("loss", float("nan"))}
+    metrics = {"train_accuracy": accuracy(net, dataset.x, dataset.y),
+               "final_loss": history.last().get("loss", float("nan"))}
     for name, (ex, ey) in dataset.eval_sets.items():
         metrics[f"{name}_accuracy"] = accuracy(net, ex, ey)
     if dataset.name == "xor":

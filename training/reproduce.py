@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from model.gradcheck import loss_closure, numerical_gradient
-from model.layers import Dense, Dropout, ReLU, Sigmoid
+from model.layers import Dense, ReLU, Sigmoid
 from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
-from model.network import Sequential
+from model.network import Sequential, mlp
 from model.optimizers import SGD, Adam
 from training import datasets
 from training.trainer import accuracy, fit
@@ -88,11 +88,7 @@ def digits_classic(seed: int = 0, epochs: int = 10_000) -> np.ndarray:
     glyphs, _, _ = datasets.digit_glyphs()
     x, y = glyphs.astype(np.float64), np.arange(5)
     rng = np.random.default_rng(seed)
-    sizes = [25, 20, 20, 20]
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [Dense(a, b, init="he", rng=rng, dtype=np.float64), ReLU()]
-    net = Sequential([*layers, Dense(20, 5, init="he", rng=rng, dtype=np.float64)], head="softmax")
+    net = mlp([25, 20, 20, 20, 5], activation="relu", init="he", rng=rng, dtype=np.float64)
     fit(net, SoftmaxCrossEntropy(), SGD(0.01), x, y, epochs=epochs, batch_size=1, rng=rng, shuffle=False)
     return net.predict_proba(x)[np.arange(5), y]
 
@@ -102,14 +98,7 @@ def mnist_mlp(ds: datasets.Dataset, hidden: list[int], *, activation: str, optim
               init: str = "he", seed: int = 0) -> tuple[float, float]:
     """Train an MLP on MNIST; returns (train accuracy, test accuracy)."""
     rng = np.random.default_rng(seed)
-    act = {"relu": ReLU, "sigmoid": Sigmoid}[activation]
-    sizes = [784, *hidden]
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [Dense(a, b, init=init, rng=rng), act()]
-        if dropout:
-            layers.append(Dropout(dropout, rng=rng))
-    net = Sequential([*layers, Dense(sizes[-1], 10, init=init, rng=rng)])
+    net = mlp([784, *hidden, 10], activation=activation, init=init, dropout=dropout, rng=rng)
     opt = Adam(lr) if optimizer == "adam" else SGD(lr)
     n_epochs = epochs if epochs is not None else -(-iterations * 100 // len(ds.x))
     fit(net, SoftmaxCrossEntropy(), opt, ds.x, ds.y, epochs=n_epochs, batch_size=100, rng=rng, max_steps=iterations)

@@ -1,0 +1,207 @@
+"""The Flask application factory: blueprints per area, one error handler, a log line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Request, Response, g, redirect, request
+from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
+
+from service import metrics
+from service.config import Settings
+from service.errors import register_error_handlers, validation_error_response
+from service.exceptions import ServiceError
+from service.registry import ModelRegistry, label_indices, timed, to_batch
+from service.schemas import (
+    ErrorResponse,
+    GradcheckRequest,
+    GradcheckResponse,
+    Health,
+    ModelInfo,
+    ModelList,
+    ModelPath,
+    PredictRequest,
+    PredictResponse,
+    Readiness,
+)
+
+log = logging.getLogger("service.requests")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ERRORS = {400: ErrorResponse, 404: ErrorResponse, 413: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse,
+          503: ErrorResponse}
+
+inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")], abp_responses=ERRORS)
+models = APIBlueprint("models", __name__, abp_tags=[Tag(name="models")], abp_responses=ERRORS)
+health = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
+
+
+class StrictJSONRequest(Request):
+    """A request whose malformed JSON body is a 400 that says what is wrong."""
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        raise ServiceError(400, "bad_request", f"request body is not valid JSON: {e}")
+
+
+def registry() -> ModelRegistry:
+    from flask import current_app
+
+    return current_app.extensions["model_registry"]
+
+
+def settings() -> Settings:
+    from flask import current_app
+
+    return current_app.extensions["settings"]
+
+
+def check_batch(n: int) -> None:
+    limit = settings().max_batch
+    if n > limit:
+        raise ServiceError(413, "batch_too_large", f"batch of {n} samples exceeds MAX_BATCH={limit}",
+                           {"loc": "inputs", "limit": limit, "got": n})
+
+
+# -- inference ------------------------------------------------------------------------------------
+@inference.post("/predict", responses={200: PredictResponse})
+def predict(body: PredictRequest) -> dict[str, Any]:
+    """Class probabilities for a batch of samples, in one vectorised forward pass."""
+    g.model = body.model
+    check_batch(len(body.inputs))
+    entry = registry().get(body.model, body.version)
+    batch = to_batch(body.inputs, entry)
+    g.batch_size = len(batch)
+    metrics.BATCH.labels(body.model).observe(len(batch))
+    probs = registry().predict(entry, batch)
+    labels = entry.labels
+    top = probs.argmax(axis=1)
+    predictions = [{"label": labels[k], "probabilities": row}
+                   for k, row in zip(top.tolist(), probs.tolist(), strict=True)]
+    return {"model": entry.name, "version": entry.version, "labels": labels, "predictions": predictions}
+
+
+@inference.post("/gradcheck", responses={200: GradcheckResponse})
+def gradcheck(body: GradcheckRequest) -> dict[str, Any]:
+    """Compare backprop with central differences on a float64 copy of the model."""
+    g.model = body.model
+    cfg = settings()
+    if len(body.inputs) > cfg.gradcheck_max_batch:
+        raise ServiceError(422, "gradcheck_too_large", f"gradcheck takes at most {cfg.gradcheck_max_batch} inputs",
+                           {"loc": "inputs", "limit": cfg.gradcheck_max_batch, "got": len(body.inputs)})
+    if body.samples > cfg.gradcheck_max_samples:
+        raise ServiceError(422, "gradcheck_too_large", f"samples is limited to {cfg.gradcheck_max_samples}",
+                           {"loc": "samples", "limit": cfg.gradcheck_max_samples, "got": body.samples})
+    if len(body.labels) != len(body.inputs):
+        raise ServiceError(422, "validation_error", f"{len(body.labels)} labels for {len(body.inputs)} inputs",
+                           [{"loc": "labels", "message": "needs one label per input", "type": "value_error"}])
+    entry = registry().get(body.model, body.version)
+    if body.mode == "full" and entry.network.num_params > cfg.gradcheck_full_max_params:
+        raise ServiceError(422, "gradcheck_too_large",
+                           f"mode 'full' is limited to models of at most {cfg.gradcheck_full_max_params} parameters; "
+                           f"{entry.name} has {entry.network.num_params}: use 'sampled' or 'directional'",
+                           {"loc": "mode", "limit": cfg.gradcheck_full_max_params, "got": entry.network.num_params})
+    batch = to_batch(body.inputs, entry)
+    targets = label_indices(body.labels, entry)
+    g.batch_size = len(batch)
+    result, seconds = timed(registry().gradcheck, entry, batch, targets, mode=body.mode, epsilon=body.epsilon,
+                            samples=body.samples, seed=body.seed, tolerance=body.tolerance)
+    return {"model": entry.name, "version": entry.version, "mode": result.mode, "epsilon": result.epsilon,
+            "tolerance": result.tolerance, "samples": body.samples, "errors": result.errors,
+            "checked": result.checked, "max_error": result.max_error, "passed": result.passed,
+            "seconds": round(seconds, 6)}
+
+
+# -- metadata -------------------------------------------------------------------------------------
+@models.get("/models", responses={200: ModelList})
+def list_models() -> dict[str, Any]:
+    """Every model with its versions and metadata."""
+    reg = registry()
+    return {"models": [reg.describe(name) for name in sorted(reg.models)]}
+
+
+@models.get("/models/<name>", responses={200: ModelInfo})
+def get_model(path: ModelPath) -> dict[str, Any]:
+    """One model's versions: input shape, labels, architecture, parameter count, metrics, SHA-256."""
+    g.model = path.name
+    return registry().describe(path.name)
+
+
+# -- health ---------------------------------------------------------------------------------------
+@health.get("/healthz", responses={200: Health})
+def healthz() -> dict[str, Any]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz", responses={200: Readiness, 503: Readiness})
+def readyz() -> tuple[dict[str, Any], int]:
+    """Readiness: every model version found is loaded (503 with the reasons otherwise)."""
+    ready, states = registry().status()
+    return {"ready": ready, "models": states}, 200 if ready else 503
+
+
+@health.get("/metrics", doc_ui=False)
+def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+# -- the factory ----------------------------------------------------------------------------------
+def create_app(config: Settings | dict[str, Any] | None = None, model_registry: ModelRegistry | None = None) -> OpenAPI:
+    """Build the app. ``config`` overrides the environment's settings; models load here, once."""
+    cfg = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+    app = OpenAPI(__name__, info=Info(title="numpy-nets model server", version="1"), doc_prefix="/docs",
+                  validation_error_status=422, validation_error_callback=validation_error_response)
+    app.request_class = StrictJSONRequest
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["settings"] = cfg
+    reg = model_registry or ModelRegistry(cfg.model_dir).load_all()
+    for key in reg.failures():
+        metrics.LOAD_FAILURES.labels(key.split("/")[0]).inc()
+    app.extensions["model_registry"] = reg
+    register_error_handlers(app)
+    for bp in (inference, models, health):
+        app.register_api(bp)
+
+    @app.get("/openapi.json", doc_ui=False)
+    def openapi_json() -> Response:
+        return app.json.response(app.api_doc)
+
+    @app.get("/docs", doc_ui=False)
+    def docs() -> Response:
+        return redirect("/docs/swagger", code=302)
+
+    app.before_request(_before)
+    app.after_request(_after)
+    return app
+
+
+def _before() -> None:
+    g.start = time.perf_counter()
+    supplied = request.headers.get("X-Request-ID", "")
+    g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    g.model, g.batch_size = None, None
+    if request.method == "POST":
+        if not request.is_json:
+            raise ServiceError(415, "unsupported_media_type",
+                               f"send the body as application/json (got {request.mimetype or 'no content type'})")
+        # Parse once, strictly (a 400 for malformed JSON); flask-openapi3 then reads the cached result.
+        request.get_json(silent=False)
+
+
+def _after(response: Response) -> Response:
+    elapsed = time.perf_counter() - g.get("start", time.perf_counter())
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    model = g.get("model") or ""
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    if endpoint != "/metrics":
+        metrics.REQUESTS.labels(endpoint, model, str(response.status_code)).inc()
+        metrics.LATENCY.labels(endpoint, model).observe(elapsed)
+    log.info("request", extra={"fields": {
+        "method": request.method, "path": request.path, "model": g.get("model"), "batch_size": g.get("batch_size"),
+        "status": response.status_code, "latency_ms": round(elapsed * 1000, 3), "request_id": g.get("request_id")}})
+    return response

@@ -1,0 +1,40 @@
+"""Settings from the environment (12-factor), validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+class Settings(BaseModel):
+    """Service settings; every field can be set by the environment variable of its upper-case name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    model_dir: Path = DEFAULT_MODEL_DIR
+    max_batch: int = Field(1024, ge=1, le=65536)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")
+    gradcheck_max_batch: int = Field(64, ge=1)
+    gradcheck_max_samples: int = Field(100, ge=1)
+    gradcheck_full_max_params: int = Field(20_000, ge=1)
+    graceful_timeout: int = Field(30, ge=1)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(name.upper())
+            if raw not in (None, ""):
+                values[name] = raw.lower() if name == "log_level" else raw
+        values.update(overrides)
+        return cls(**values)

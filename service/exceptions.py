@@ -1,0 +1,23 @@
+"""The service's one error type (no Flask import, so the registry can raise it too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """An error answered to the client with ``status`` and a stable machine-readable ``code``."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def not_found(message: str) -> ServiceError:
+    return ServiceError(404, "not_found", message)
+
+
+def invalid(loc: str, message: str) -> ServiceError:
+    """A 422 for one field, in the same shape as pydantic's errors."""
+    return ServiceError(422, "validation_error", f"{loc}: {message}",
+                        [{"loc": loc, "message": message, "type": "value_error"}])

@@ -1,0 +1,122 @@
+"""Request and response bodies: pydantic v2 models, the single source of validation and of the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Model name, e.g. mnist")
+]
+Sample = Annotated[
+    list[float] | list[list[float]],
+    Field(description="One input: a flat list (e.g. 784 numbers) or the nested image (e.g. 28 x 28), values in [0, 1]"),
+]
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors, and NaN / Infinity are never accepted as numbers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# -- /predict -----------------------------------------------------------------------------------
+class PredictRequest(StrictModel):
+    model: ModelName
+    version: int | None = Field(None, ge=1, description="Model version; the newest loaded one if omitted")
+    inputs: list[Sample] = Field(..., min_length=1, description="A batch of samples (at most MAX_BATCH)")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "xor", "inputs": [[0, 1], [1, 1]]}]})
+
+
+class Prediction(StrictModel):
+    label: str = Field(..., description="The most probable class name")
+    probabilities: list[float] = Field(..., description="One probability per class, aligned with the model's labels")
+
+
+class PredictResponse(StrictModel):
+    model: str
+    version: int
+    labels: list[str]
+    predictions: list[Prediction]
+
+
+# -- /gradcheck ---------------------------------------------------------------------------------
+class GradcheckRequest(StrictModel):
+    model: ModelName
+    version: int | None = Field(None, ge=1)
+    inputs: list[Sample] = Field(..., min_length=1)
+    labels: list[str] = Field(..., min_length=1, description="One class name per input, as /predict names them")
+    mode: Literal["sampled", "directional", "full"] = "sampled"
+    epsilon: float = Field(1e-5, gt=0, le=1e-2, description="Central-difference step")
+    samples: int = Field(10, ge=1, description="Coordinates (sampled) or directions (directional) per tensor")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    tolerance: float = Field(1e-6, gt=0, le=1.0, description="Largest relative error that passes")
+
+    model_config = ConfigDict(json_schema_extra={
+        "examples": [{"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "mode": "full"}]})
+
+
+class GradcheckResponse(StrictModel):
+    model: str
+    version: int
+    mode: str
+    epsilon: float
+    tolerance: float
+    samples: int
+    errors: dict[str, float] = Field(..., description="Max relative error per parameter tensor")
+    checked: dict[str, int] = Field(..., description="Comparisons made per parameter tensor")
+    max_error: float
+    passed: bool
+    seconds: float
+
+
+# -- metadata and health ------------------------------------------------------------------------
+class ModelPath(StrictModel):
+    name: ModelName
+
+
+class VersionInfo(StrictModel):
+    version: int
+    status: Literal["ready", "failed"]
+    error: str | None = None
+    input_shape: list[int] | None = None
+    labels: list[str] | None = None
+    architecture: dict[str, Any] | None = None
+    parameter_count: int | None = None
+    metrics: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    preprocessing: dict[str, Any] | None = None
+    sha256: str | None = None
+    created_at: str | None = None
+    loaded_at: str | None = None
+
+
+class ModelInfo(StrictModel):
+    name: str
+    latest_version: int | None
+    versions: list[VersionInfo]
+
+
+class ModelList(StrictModel):
+    models: list[ModelInfo]
+
+
+class Health(StrictModel):
+    status: Literal["ok"]
+
+
+class Readiness(StrictModel):
+    ready: bool
+    models: dict[str, str] = Field(..., description="'<name>/<version>' -> 'ready' or the reason it is not")
+
+
+class ErrorBody(StrictModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(StrictModel):
+    error: ErrorBody
