@@ -14,7 +14,7 @@ from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
 from service import metrics
 from service.config import Settings
 from service.errors import register_error_handlers, validation_error_response
-from service.exceptions import ServiceError
+from service.exceptions import ServiceError, invalid, too_large
 from service.registry import ModelRegistry, label_indices, timed, to_batch
 from service.schemas import (
     ErrorResponse,
@@ -61,8 +61,7 @@ def settings() -> Settings:
 def check_batch(n: int) -> None:
     limit = settings().max_batch
     if n > limit:
-        raise ServiceError(413, "batch_too_large", f"batch of {n} samples exceeds MAX_BATCH={limit}",
-                           {"loc": "inputs", "limit": limit, "got": n})
+        raise too_large(413, "batch_too_large", "inputs", f"batch of {n} samples exceeds MAX_BATCH={limit}", limit, n)
 
 
 # -- inference ------------------------------------------------------------------------------------
@@ -89,20 +88,20 @@ def gradcheck(body: GradcheckRequest) -> dict[str, Any]:
     g.model = body.model
     cfg = settings()
     if len(body.inputs) > cfg.gradcheck_max_batch:
-        raise ServiceError(422, "gradcheck_too_large", f"gradcheck takes at most {cfg.gradcheck_max_batch} inputs",
-                           {"loc": "inputs", "limit": cfg.gradcheck_max_batch, "got": len(body.inputs)})
+        raise too_large(422, "gradcheck_too_large", "inputs", f"gradcheck takes at most {cfg.gradcheck_max_batch} "
+                        "inputs", cfg.gradcheck_max_batch, len(body.inputs))
     if body.samples > cfg.gradcheck_max_samples:
-        raise ServiceError(422, "gradcheck_too_large", f"samples is limited to {cfg.gradcheck_max_samples}",
-                           {"loc": "samples", "limit": cfg.gradcheck_max_samples, "got": body.samples})
+        raise too_large(422, "gradcheck_too_large", "samples", f"samples is limited to {cfg.gradcheck_max_samples}",
+                        cfg.gradcheck_max_samples, body.samples)
     if len(body.labels) != len(body.inputs):
-        raise ServiceError(422, "validation_error", f"{len(body.labels)} labels for {len(body.inputs)} inputs",
-                           [{"loc": "labels", "message": "needs one label per input", "type": "value_error"}])
+        raise invalid("labels", f"{len(body.labels)} labels for {len(body.inputs)} inputs: one label per input")
     entry = registry().get(body.model, body.version)
-    if body.mode == "full" and entry.network.num_params > cfg.gradcheck_full_max_params:
-        raise ServiceError(422, "gradcheck_too_large",
-                           f"mode 'full' is limited to models of at most {cfg.gradcheck_full_max_params} parameters; "
-                           f"{entry.name} has {entry.network.num_params}: use 'sampled' or 'directional'",
-                           {"loc": "mode", "limit": cfg.gradcheck_full_max_params, "got": entry.network.num_params})
+    params = entry.network.num_params
+    if body.mode == "full" and params > cfg.gradcheck_full_max_params:
+        raise too_large(422, "gradcheck_too_large", "mode",
+                        f"mode 'full' is limited to models of at most {cfg.gradcheck_full_max_params} parameters; "
+                        f"{entry.name} has {params}: use 'sampled' or 'directional'",
+                        cfg.gradcheck_full_max_params, params)
     batch = to_batch(body.inputs, entry)
     targets = label_indices(body.labels, entry)
     g.batch_size = len(batch)
@@ -110,7 +109,8 @@ def gradcheck(body: GradcheckRequest) -> dict[str, Any]:
                             samples=body.samples, seed=body.seed, tolerance=body.tolerance)
     return {"model": entry.name, "version": entry.version, "mode": result.mode, "epsilon": result.epsilon,
             "tolerance": result.tolerance, "samples": body.samples, "errors": result.errors,
-            "checked": result.checked, "max_error": result.max_error, "passed": result.passed,
+            "checked": result.checked, "skipped": result.skipped, "tiny": result.tiny, "loss": result.loss,
+            "max_error": result.max_error, "passed": result.passed,
             "seconds": round(seconds, 6)}
 
 
@@ -160,6 +160,8 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.json.sort_keys = False
     app.extensions["settings"] = cfg
     reg = model_registry or ModelRegistry(cfg.model_dir).load_all()
+    for name in reg.models:  # a zero sample per model, so "no failures" is visible as 0
+        metrics.LOAD_FAILURES.labels(name)
     for key in reg.failures():
         metrics.LOAD_FAILURES.labels(key.split("/")[0]).inc()
     app.extensions["model_registry"] = reg
@@ -185,7 +187,7 @@ def _before() -> None:
     supplied = request.headers.get("X-Request-ID", "")
     g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
     g.model, g.batch_size = None, None
-    if request.method == "POST":
+    if request.method == "POST" and request.routing_exception is None:  # a 404/405 is answered as such
         if not request.is_json:
             raise ServiceError(415, "unsupported_media_type",
                                f"send the body as application/json (got {request.mimetype or 'no content type'})")

@@ -41,14 +41,16 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     the member tags are dropped from the path.
     """
     errors = exc.errors(include_url=False, include_input=False)
-    branches: dict[tuple[Any, ...], dict[str, int]] = {}
+    # per union: member -> (errors, -deepest path); fewest errors wins, then the one that got furthest
+    branches: dict[tuple[Any, ...], dict[str, tuple[int, int]]] = {}
     for e in errors:
         for k, part in enumerate(e["loc"]):
             if is_branch(part):
-                counts = branches.setdefault(tuple(e["loc"][:k]), {})
-                counts[part] = counts.get(part, 0) + 1
+                scores = branches.setdefault(tuple(e["loc"][:k]), {})
+                count, depth = scores.get(part, (0, 0))
+                scores[part] = (count + 1, min(depth, -len(e["loc"])))
                 break
-    chosen = {prefix: min(counts, key=counts.get) for prefix, counts in branches.items()}
+    chosen = {prefix: min(scores, key=scores.get) for prefix, scores in branches.items()}
     details = []
     for e in errors:
         loc = e["loc"]

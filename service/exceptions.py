@@ -21,3 +21,9 @@ def invalid(loc: str, message: str) -> ServiceError:
     """A 422 for one field, in the same shape as pydantic's errors."""
     return ServiceError(422, "validation_error", f"{loc}: {message}",
                         [{"loc": loc, "message": message, "type": "value_error"}])
+
+
+def too_large(status: int, code: str, loc: str, message: str, limit: int, got: int) -> ServiceError:
+    """A limit was exceeded: ``details`` names the field, the limit and what was sent."""
+    return ServiceError(status, code, message,
+                        [{"loc": loc, "message": message, "type": "limit_exceeded", "limit": limit, "got": got}])

@@ -67,6 +67,9 @@ class GradcheckResponse(StrictModel):
     samples: int
     errors: dict[str, float] = Field(..., description="Max relative error per parameter tensor")
     checked: dict[str, int] = Field(..., description="Comparisons made per parameter tensor")
+    skipped: dict[str, int] = Field(..., description="Comparisons skipped because a ReLU unit crossed its kink")
+    tiny: float = Field(..., description="Gradients below this are compared by absolute error (roundoff floor)")
+    loss: float = Field(..., description="Loss of the checked batch")
     max_error: float
     passed: bool
     seconds: float

@@ -36,3 +36,11 @@ def mnist_data(mnist_dir):
     from training.datasets import mnist
 
     return mnist(mnist_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def container(request):
+    """The running container (tests/container/engine.py); skipped when no engine is available."""
+    from tests.container.engine import running_container
+
+    yield from running_container(request)

@@ -1,0 +1,115 @@
+"""The running service under test: a real gunicorn server started here, or any instance at a URL.
+
+``base_url`` is parametrised over targets, so every integration test runs against each:
+
+* ``gunicorn``: ``python -m service`` on a free loopback port with 2 workers (started here);
+* ``container``: the Docker image, built and run by ``tests/container/engine.py`` (skipped when
+  no container engine exists, unless ``REQUIRE_CONTAINER=1``, as CI sets).
+
+``SERVICE_URL=http://host:port`` instead points every test at an instance you started yourself;
+give it the environment in ``SERVER_ENV`` so the limits the tests probe are the same.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER_ENV = {"WORKERS": "2", "MAX_BATCH": "1024", "MAX_BODY_BYTES": str(8 * 1024 * 1024), "LOG_LEVEL": "info"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            r = requests.get(f"{url}/readyz", timeout=2)
+            if r.status_code == 200:
+                return
+            last = f"{r.status_code} {r.text[:200]}"
+        except requests.ConnectionError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s: {last}")
+
+
+class LocalServer:
+    """``python -m service`` as a subprocess, with its log captured to a file."""
+
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"server-{self.port}.log"
+        environ = {**os.environ, **SERVER_ENV, "HOST": "127.0.0.1", "PORT": str(self.port),
+                   "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"), **env}
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environ,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def start(self) -> LocalServer:
+        try:
+            wait_ready(self.url, proc=self.proc)
+        except RuntimeError:
+            self.stop()
+            print(self.read_log())
+            raise
+        return self
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def gunicorn_server(tmp_path_factory) -> Iterator[LocalServer]:
+    server = LocalServer(tmp_path_factory.mktemp("server")).start()
+    yield server
+    code = server.stop()
+    assert code == 0, f"server exited with {code}:\n{server.read_log()[-3000:]}"
+
+
+@pytest.fixture(scope="session", params=["gunicorn", "container"])
+def base_url(request) -> str:
+    if os.environ.get("SERVICE_URL"):
+        if request.param != "gunicorn":
+            pytest.skip("SERVICE_URL given: one target only")
+        url = os.environ["SERVICE_URL"].rstrip("/")
+        wait_ready(url)
+        return url
+    if request.param == "gunicorn":
+        return request.getfixturevalue("gunicorn_server").url
+    return request.getfixturevalue("container").url
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session

@@ -1,0 +1,147 @@
+"""Every client mistake gets the right status and one JSON error shape; never a 500, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.integration.conftest import SERVER_ENV
+
+MAX_BATCH = int(SERVER_ENV["MAX_BATCH"])
+MAX_BODY = int(SERVER_ENV["MAX_BODY_BYTES"])
+XOR_OK = {"model": "xor", "inputs": [[0, 1]]}
+
+
+def assert_error(r: requests.Response, status: int, code: str | None = None, loc: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["message"]
+    details = body["error"]["details"]
+    assert details is None or (isinstance(details, list) and all({"loc", "message", "type"} <= set(d) for d in details))
+    if code:
+        assert body["error"]["code"] == code
+    if loc:
+        assert loc in [d["loc"] for d in body["error"]["details"]], body
+    return body["error"]
+
+
+def post_raw(http, base_url, path, data, content_type="application/json"):
+    return http.post(f"{base_url}{path}", data=data, headers={"Content-Type": content_type}, timeout=30)
+
+
+@pytest.mark.parametrize("path", ["/predict", "/gradcheck"])
+def test_malformed_json_is_400(base_url, http, path):
+    err = assert_error(post_raw(http, base_url, path, b'{"model": "xor", "inputs": [[0, 1]'), 400, "bad_request")
+    assert "not valid JSON" in err["message"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_wrong_content_type_is_415(base_url, http, content_type):
+    assert_error(post_raw(http, base_url, "/predict", json.dumps(XOR_OK), content_type), 415, "unsupported_media_type")
+
+
+def test_unknown_model_and_version_are_404(base_url, http):
+    err = assert_error(http.post(f"{base_url}/predict", json={"model": "resnet", "inputs": [[0, 1]]}), 404,
+                       "not_found")
+    assert "resnet" in err["message"]
+    assert_error(http.post(f"{base_url}/predict", json={**XOR_OK, "version": 99}), 404, "not_found")
+    assert_error(http.get(f"{base_url}/models/resnet"), 404, "not_found")
+    assert_error(http.get(f"{base_url}/no/such/route"), 404, "not_found")
+
+
+def test_wrong_sample_length_names_the_sample(base_url, http):
+    inputs = [[0.0] * 784] * 3 + [[0.0] * 783]
+    err = assert_error(http.post(f"{base_url}/predict", json={"model": "mnist", "inputs": inputs}), 422,
+                       "validation_error", loc="inputs.3")
+    assert "783" in err["message"] and "784" in err["message"]
+
+
+def test_wrong_nested_shape(base_url, http):
+    inputs = [[[0.0] * 28] * 27]
+    assert_error(http.post(f"{base_url}/predict", json={"model": "mnist", "inputs": inputs}), 422, loc="inputs.0")
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_422(base_url, http, literal):
+    body = f'{{"model": "xor", "inputs": [[0, 1], [1, {literal}]]}}'
+    assert_error(post_raw(http, base_url, "/predict", body), 422, "validation_error", loc="inputs.1.1")
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1])
+def test_out_of_range_pixels_are_422(base_url, http, value):
+    err = assert_error(http.post(f"{base_url}/predict", json={"model": "xor", "inputs": [[0, value]]}), 422,
+                       loc="inputs.0")
+    assert "outside [0, 1]" in err["message"]
+
+
+@pytest.mark.parametrize("body,loc", [
+    ({"inputs": [[0, 1]]}, "model"),
+    ({"model": "xor"}, "inputs"),
+    ({"model": "xor", "inputs": []}, "inputs"),
+    ({"model": "xor", "inputs": [[0, "one"]]}, "inputs.0.1"),
+    ({"model": "xor", "inputs": [[0, 1]], "surprise": True}, "surprise"),
+    ({"model": "xor", "inputs": [[0, 1]], "version": 0}, "version"),
+    ({"model": "../etc/passwd", "inputs": [[0, 1]]}, "model"),
+    (["not", "an", "object"], ""),
+])
+def test_schema_violations_are_422_with_field_paths(base_url, http, body, loc):
+    r = http.post(f"{base_url}/predict", json=body)
+    assert_error(r, 422, "validation_error", loc=loc)
+
+
+def test_batch_over_max_batch_is_413(base_url, http):
+    r = http.post(f"{base_url}/predict", json={"model": "xor", "inputs": [[0, 1]] * (MAX_BATCH + 1)})
+    err = assert_error(r, 413, "batch_too_large")
+    assert err["details"] == [{"loc": "inputs", "message": err["message"], "type": "limit_exceeded",
+                               "limit": MAX_BATCH, "got": MAX_BATCH + 1}]
+    ok = http.post(f"{base_url}/predict", json={"model": "xor", "inputs": [[0, 1]] * MAX_BATCH})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == MAX_BATCH
+
+
+def test_body_over_max_body_bytes_is_413(base_url, http):
+    body = json.dumps({"model": "xor", "inputs": [[0, 1]], "pad": "x" * MAX_BODY})
+    r = post_raw(http, base_url, "/predict", body)
+    assert_error(r, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("method,path", [("get", "/predict"), ("put", "/gradcheck"), ("delete", "/models"),
+                                         ("post", "/healthz")])
+def test_wrong_method_is_405(base_url, http, method, path):
+    assert_error(getattr(http, method)(f"{base_url}{path}"), 405, "method_not_allowed")
+
+
+def test_gradcheck_limits_are_422(base_url, http):
+    mnist_full = {"model": "mnist", "inputs": [[0.0] * 784], "labels": ["0"], "mode": "full"}
+    err = assert_error(http.post(f"{base_url}/gradcheck", json=mnist_full), 422, "gradcheck_too_large", loc="mode")
+    assert "sampled" in err["message"]
+    many = {"model": "xor", "inputs": [[0, 1]] * 65, "labels": ["1"] * 65}
+    assert_error(http.post(f"{base_url}/gradcheck", json=many), 422, "gradcheck_too_large", loc="inputs")
+    samples = {"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "samples": 101}
+    assert_error(http.post(f"{base_url}/gradcheck", json=samples), 422, "gradcheck_too_large", loc="samples")
+
+
+@pytest.mark.parametrize("changes,loc", [
+    ({"labels": ["1", "0"]}, "labels"),
+    ({"labels": ["7"]}, "labels.0"),
+    ({"mode": "psychic"}, "mode"),
+    ({"epsilon": 0}, "epsilon"),
+    ({"epsilon": 1.0}, "epsilon"),
+    ({"samples": 0}, "samples"),
+])
+def test_gradcheck_bad_arguments_are_422(base_url, http, changes, loc):
+    body = {"model": "xor", "inputs": [[0, 1]], "labels": ["1"], **changes}
+    assert_error(http.post(f"{base_url}/gradcheck", json=body), 422, loc=loc)
+
+
+def test_request_id_is_echoed_or_made(base_url, http):
+    r = http.post(f"{base_url}/predict", json=XOR_OK, headers={"X-Request-ID": "trace-42"})
+    assert r.headers["X-Request-ID"] == "trace-42"
+    r = http.post(f"{base_url}/predict", json=XOR_OK, headers={"X-Request-ID": "bad id\twith spaces"})
+    assert r.headers["X-Request-ID"] != "bad id\twith spaces" and len(r.headers["X-Request-ID"]) == 32
+    err = http.get(f"{base_url}/models/nope", headers={"X-Request-ID": "trace-43"})
+    assert err.headers["X-Request-ID"] == "trace-43"

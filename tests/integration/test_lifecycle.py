@@ -1,0 +1,85 @@
+"""What only a server we start ourselves can show: a bad model file, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.integration.conftest import LocalServer
+
+
+@pytest.fixture
+def broken_repository(tmp_path, model_repository):
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    (repo / "mnist" / "2").mkdir()
+    data = (repo / "mnist" / "1" / "model.npz").read_bytes()
+    (repo / "mnist" / "2" / "model.npz").write_bytes(data[: len(data) // 3])  # truncated upload
+    return repo
+
+
+def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_repository):
+    server = LocalServer(tmp_path, MODEL_DIR=str(broken_repository))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                ready = requests.get(f"{server.url}/readyz", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert ready.status_code == 503
+        states = ready.json()["models"]
+        assert states["mnist/1"] == "ready" and states["xor/1"] == "ready"
+        assert states["mnist/2"].startswith("failed:") and "not a readable .npz" in states["mnist/2"]
+        assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
+        # the newest *loaded* version serves; the broken one answers 503 with its reason
+        ok = requests.post(f"{server.url}/predict", json={"model": "mnist", "inputs": [[0.0] * 784]}, timeout=10)
+        assert ok.status_code == 200 and ok.json()["version"] == 1
+        broken = requests.post(f"{server.url}/predict", json={"model": "mnist", "version": 2, "inputs": [[0.0] * 784]},
+                               timeout=10)
+        assert broken.status_code == 503 and broken.json()["error"]["code"] == "model_unavailable"
+        info = requests.get(f"{server.url}/models/mnist", timeout=10).json()
+        assert [v["status"] for v in info["versions"]] == ["ready", "failed"] and info["latest_version"] == 1
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        assert 'nn_model_load_failures_total{model="mnist"} 1.0' in text
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
+    server = LocalServer(tmp_path).start()
+    x, y = mnist_data.eval_sets["test"]
+    slow = {"model": "mnist", "inputs": x[:64].tolist(), "labels": [str(v) for v in y[:64]],
+            "mode": "directional", "samples": 100}
+    results: list[requests.Response | Exception] = []
+
+    def call() -> None:
+        try:
+            results.append(requests.post(f"{server.url}/gradcheck", json=slow, timeout=60))
+        except requests.RequestException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # both requests are being worked on
+    start = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    code = server.stop()
+    elapsed = time.monotonic() - start
+    log = server.read_log()
+    assert code == 0, log[-2000:]
+    assert [getattr(r, "status_code", r) for r in results] == [200, 200], log[-2000:]
+    assert all(r.json()["passed"] for r in results)
+    assert "Handling signal: term" in log
+    print(f"\nSIGTERM with 2 in-flight requests: stopped in {elapsed:.2f} s")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/healthz", timeout=2)

@@ -1,0 +1,83 @@
+"""Metadata, health, metrics and the OpenAPI document of the running service."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def test_models_list(base_url, http):
+    body = http.get(f"{base_url}/models").json()
+    names = [m["name"] for m in body["models"]]
+    assert names == ["digits", "mnist", "xor"]
+
+
+@pytest.mark.parametrize("name,shape,labels,params", [
+    ("xor", [2], ["0", "1"], 2 * 8 + 8 + 8 * 2 + 2),
+    ("digits", [5, 5], ["1", "2", "3", "4", "5"], 25 * 20 + 20 + 2 * (20 * 20 + 20) + 20 * 5 + 5),
+    ("mnist", [28, 28], [str(d) for d in range(10)], 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10),
+])
+def test_model_metadata(base_url, http, name, shape, labels, params):
+    v = http.get(f"{base_url}/models/{name}").json()["versions"][0]
+    assert v["input_shape"] == shape and v["labels"] == labels
+    assert v["parameter_count"] == params
+    assert v["architecture"]["layers"][0]["type"] == "dense"
+    assert re.fullmatch(r"[0-9a-f]{64}", v["sha256"])
+    assert v["loaded_at"] and v["created_at"]
+    assert v["metrics"]["train_accuracy"] > 0.9
+
+
+def test_health_and_readiness(base_url, http):
+    assert http.get(f"{base_url}/healthz").json() == {"status": "ok"}
+    ready = http.get(f"{base_url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "models": {"digits/1": "ready", "mnist/1": "ready", "xor/1": "ready"}}
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_move_across_workers(base_url, http):
+    before = http.get(f"{base_url}/metrics").text
+    for _ in range(6):  # spread over both workers
+        r = http.post(f"{base_url}/predict", json={"model": "digits", "inputs": [[0] * 25] * 3})
+        assert r.status_code == 200
+    assert http.post(f"{base_url}/predict", json={"model": "digits", "inputs": [[2] * 25]}).status_code == 422
+    after = http.get(f"{base_url}/metrics")
+    assert after.headers["Content-Type"].startswith("text/plain")
+    text = after.text
+    labels = {"endpoint": "/predict", "model": "digits"}
+    assert counter(text, "nn_requests_total", status="200", **labels) - \
+        counter(before, "nn_requests_total", status="200", **labels) == 6
+    assert counter(text, "nn_requests_total", status="422", **labels) - \
+        counter(before, "nn_requests_total", status="422", **labels) == 1
+    batch_sum = counter(text, "nn_batch_size_sum", model="digits") - \
+        counter(before, "nn_batch_size_sum", model="digits")
+    assert batch_sum == 18
+    assert counter(text, "nn_request_duration_seconds_count", **labels) > 0
+    assert counter(text, "nn_model_load_failures_total", model="mnist") == 0
+
+
+def test_openapi_document_comes_from_the_schemas(base_url, http):
+    doc = http.get(f"{base_url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/predict", "/gradcheck", "/models", "/models/{name}", "/healthz", "/readyz"} <= set(doc["paths"])
+    schemas = doc["components"]["schemas"]
+    assert {"PredictRequest", "PredictResponse", "GradcheckRequest", "GradcheckResponse",
+            "ErrorResponse"} <= set(schemas)
+    assert schemas["PredictRequest"]["additionalProperties"] is False
+    predict = doc["paths"]["/predict"]["post"]
+    assert {"200", "404", "413", "415", "422"} <= set(predict["responses"])
+
+
+def test_interactive_docs(base_url, http):
+    r = http.get(f"{base_url}/docs")
+    assert r.status_code == 200 and "swagger" in r.text.lower()

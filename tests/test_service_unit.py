@@ -1,0 +1,105 @@
+"""The service in-process: settings, input validation, error rendering, and the app factory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.config import Settings
+from service.errors import validation_details
+from service.exceptions import ServiceError
+from service.registry import ModelRegistry, label_indices, to_batch
+from service.schemas import PredictRequest
+
+
+@pytest.fixture(scope="module")
+def registry(model_repository):
+    return ModelRegistry(model_repository).load_all()
+
+
+@pytest.fixture(scope="module")
+def client(registry):
+    return create_app({"max_batch": 8}, model_registry=registry).test_client()
+
+
+def test_settings_from_environment():
+    s = Settings.from_env({"PORT": "9000", "WORKERS": "3", "MAX_BATCH": "16", "LOG_LEVEL": "DEBUG", "HOST": ""})
+    assert (s.port, s.workers, s.max_batch, s.log_level, s.host) == (9000, 3, 16, "debug", "0.0.0.0")
+    with pytest.raises(ValidationError):
+        Settings.from_env({"PORT": "70000"})
+    with pytest.raises(ValidationError):
+        Settings.from_env({"LOG_LEVEL": "chatty"})
+
+
+def test_to_batch_accepts_flat_and_nested(registry):
+    entry = registry.get("digits")
+    flat = to_batch([[1.0] * 25, [0.0] * 25], entry)
+    nested = to_batch([[[1.0] * 5] * 5, [[0.0] * 5] * 5], entry)
+    assert flat.dtype == np.float32 and flat.shape == (2, 25) and flat.flags.c_contiguous
+    np.testing.assert_array_equal(flat, nested)
+
+
+@pytest.mark.parametrize("inputs,loc,words", [
+    ([[0.0] * 25, [0.0] * 24], "inputs.1", "24 values, expected 25 values (or 5x5)"),
+    ([[[0.0] * 5] * 4], "inputs.0", "shape 4x5"),
+    ([[[0.0] * 5] * 4 + [[0.0] * 4]], "inputs.0", "unequal length"),
+    ([[0.0] * 25, [[0.0] * 5] * 5], "inputs", "mix flat and nested"),
+    ([[0.0] * 24 + [2.0]], "inputs.0", "value 2 at position 24 is outside [0, 1]"),
+    ([[0.0] * 24 + [1e300]], "inputs.0", "outside"),
+])
+def test_to_batch_errors_name_the_sample(registry, inputs, loc, words):
+    with pytest.raises(ServiceError) as info:
+        to_batch(inputs, registry.get("digits"))
+    assert info.value.status == 422 and info.value.details[0]["loc"] == loc
+    assert words in info.value.message
+
+
+def test_label_indices(registry):
+    entry = registry.get("digits")
+    assert label_indices(["1", "5"], entry).tolist() == [0, 4]
+    with pytest.raises(ServiceError, match=r"labels\.1"):
+        label_indices(["1", "6"], entry)
+
+
+def test_union_branches_are_pruned_from_error_paths():
+    with pytest.raises(ValidationError) as info:
+        PredictRequest.model_validate({"model": "m", "inputs": [[[0.1, float("nan")]]]})
+    assert validation_details(info.value) == [
+        {"loc": "inputs.0.0.1", "message": "Input should be a finite number", "type": "finite_number"}]
+
+
+def test_unexpected_exception_is_a_clean_500(registry, caplog):
+    app = create_app(model_registry=registry)
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internal detail")
+
+    r = app.test_client().get("/boom", headers={"X-Request-ID": "req-500"})
+    assert r.status_code == 500
+    body = r.get_json()
+    assert body["error"]["code"] == "internal_error" and body["error"]["details"] == {"request_id": "req-500"}
+    assert "secret" not in r.get_data(as_text=True) and "Traceback" not in r.get_data(as_text=True)
+    assert "req-500" in caplog.text and "secret internal detail" in caplog.text
+
+
+def test_missing_model_dir_is_not_ready(tmp_path):
+    client = create_app({"model_dir": str(tmp_path / "nowhere")}).test_client()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "does not exist" in r.get_json()["models"]["model_dir"]
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 404
+
+
+def test_max_batch_from_config(client):
+    assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]] * 9}).status_code == 413
+    assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]] * 8}).status_code == 200
+
+
+def test_predictions_are_independent_of_batch_composition(client):
+    """A sample's probabilities do not depend on what else is in the batch (eval mode, no BN stats)."""
+    one = client.post("/predict", json={"model": "digits", "inputs": [[1.0] * 25]}).get_json()
+    two = client.post("/predict", json={"model": "digits", "inputs": [[0.0] * 25, [1.0] * 25]}).get_json()
+    assert one["predictions"][0] == two["predictions"][1]
