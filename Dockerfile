@@ -1,0 +1,64 @@
+# numpy-nets model server: gunicorn + Flask serving the shipped NumPy models.
+#
+#   docker build -t numpy-nets .                      # the server (default target)
+#   docker build --target train -t numpy-nets-train . # plus the training CLI and its extras
+#
+# PYTHON_IMAGE lets machines without a registry build on a local base with the same layout.
+ARG PYTHON_IMAGE=python:3.12-slim
+
+# ---- build: a virtual environment from the hash-pinned lock file, then the project itself ----
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY requirements.lock requirements-build.lock ./
+# /opt/venv is what ships; /opt/build only holds the pinned build backend that makes our wheel.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock \
+    && python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements-build.lock
+COPY pyproject.toml README.md ./
+COPY model ./model
+COPY training ./training
+COPY service ./service
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl
+
+# ---- build-train: the same environment plus tqdm and matplotlib ----
+FROM build AS build-train
+COPY requirements-train.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements-train.lock
+
+# ---- common runtime layout: no compilers, no pip cache, an unprivileged user ----
+FROM ${PYTHON_IMAGE} AS base
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MODEL_DIR=/srv/model_repository \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/metrics \
+    HOME=/tmp
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app
+WORKDIR /srv
+
+# ---- train: retrain inside a container, e.g. with -v $PWD/model_repository:/srv/model_repository ----
+FROM base AS train
+COPY --from=build-train /opt/venv /opt/venv
+COPY --chown=app:app model_repository /srv/model_repository
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "training"]
+CMD ["--help"]
+
+# ---- runtime (default): the server ----
+FROM base AS runtime
+COPY --from=build /opt/venv /opt/venv
+# Weights are read-only data for the server: owned by root, readable by the app user.
+COPY model_repository /srv/model_repository
+USER 10001:10001
+EXPOSE 8000
+# Ready means every model loaded; the standard library is enough (no curl in the image).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2).status == 200 else 1)"]
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "service"]

@@ -1,0 +1,52 @@
+# The two commands a newcomer needs:
+#   make serve   start the server with the shipped weights (http://localhost:8000)
+#   make test    lint, unit, integration (real gunicorn) and container tests (where an engine runs)
+# Both create the virtual environment .venv on first use; PYTHON picks the interpreter (3.11+).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: serve test lint bench train reproduce image clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.12 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Runtime: exactly the pinned, hash-checked dependencies of the image, then the project itself.
+$(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	@touch $@
+
+# Development: plus the train and test extras.
+$(VENV)/.dev: $(VENV)/.runtime requirements-train.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements-train.lock
+	$(BIN)/pip install --quiet -e '.[train,test]'
+	@touch $@
+
+serve: $(VENV)/.runtime
+	$(BIN)/python -m service
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.train_epoch
+	$(BIN)/python -m bench.serve_load
+
+train: $(VENV)/.dev
+	$(BIN)/python -m training all
+
+reproduce: $(VENV)/.dev
+	$(BIN)/python -m training reproduce
+
+image:
+	$${CONTAINER_ENGINE:-docker} build $${CONTAINER_BUILD_FLAGS:-} -t numpy-nets .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

