@@ -40,6 +40,10 @@ class Layer:
     def backward(self, grad_out: Array) -> Array:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def backward_params(self, grad_out: Array) -> None:
+        """Fill ``grads`` only, when nobody needs the input gradient (the first layer in training)."""
+        self.backward(grad_out)
+
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind}
 
@@ -98,10 +102,13 @@ class Dense(Layer):
 
     def backward(self, grad_out: Array) -> Array:
         """grad_out : (batch, out_features) -> grad_in : (batch, in_features)."""
+        self.backward_params(grad_out)
+        return grad_out @ self.params["W"].T
+
+    def backward_params(self, grad_out: Array) -> None:
         # Write into the preallocated gradient arrays: no new buffers on the hot path.
         np.matmul(self._x.T, grad_out, out=self.grads["W"])
         np.sum(grad_out, axis=0, out=self.grads["b"])
-        return grad_out @ self.params["W"].T
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "in_features": self.in_features,

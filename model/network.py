@@ -43,11 +43,18 @@ class Sequential:
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Backpropagate d(loss)/d(logits); fills every layer's ``grads`` and returns d/dx."""
-        for layer in reversed(self.layers):
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate d(loss)/d(logits); fills every layer's ``grads`` and returns d/dx.
+
+        With ``input_grad=False`` (training) the first layer skips its input gradient, which
+        nothing uses: for MNIST that is the largest matmul of the backward pass.
+        """
+        for layer in reversed(self.layers[1:]):
             grad_out = layer.backward(grad_out)
-        return grad_out
+        if not input_grad:
+            self.layers[0].backward_params(grad_out)
+            return None
+        return self.layers[0].backward(grad_out)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Inference: forward in evaluation mode, then the head. Restores the previous mode."""

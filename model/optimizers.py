@@ -73,6 +73,11 @@ class Adam(Optimizer):
 
     ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
     ``w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+
+    The moments are stored scaled, ``m' = m / (1 - b1)`` and ``v' = v / (1 - b2)``, so their
+    updates are ``m' = b1 m' + g`` and ``v' = b2 v' + g^2`` and the constant factors fold into
+    two scalars: 10 passes over each array per step instead of 13 (Adam is about a quarter of
+    an MNIST training step). The arithmetic is the same update.
     """
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
@@ -84,23 +89,23 @@ class Adam(Optimizer):
     def step(self, params: Arrays, grads: Arrays) -> None:
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        step_size = self.lr / (1.0 - b1 ** self.t)
-        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2 ** self.t)
+        # sqrt(v) / sqrt(1 - b2^t) = c * sqrt(v'), with c = sqrt((1 - b2) / (1 - b2^t))
+        c = math.sqrt((1.0 - b2) / (1.0 - b2 ** self.t))
+        # lr / (1 - b1^t) * m = step * m', with step = lr * (1 - b1) / (1 - b1^t)
+        step = self.lr * (1.0 - b1) / (1.0 - b1 ** self.t)
+        eps_scaled = self.eps / c
         for name, p in params.items():
             m, v, scratch = self._buffers(name, p, "m", "v", "scratch")
             g = grads[name]
             m *= b1
-            np.multiply(g, 1.0 - b1, out=scratch)
-            m += scratch
+            m += g
             v *= b2
             np.multiply(g, g, out=scratch)
-            scratch *= 1.0 - b2
             v += scratch
             np.sqrt(v, out=scratch)
-            scratch *= inv_sqrt_bc2
-            scratch += self.eps
+            scratch += eps_scaled  # c * (sqrt(v') + eps / c) = denominator
             np.divide(m, scratch, out=scratch)
-            scratch *= step_size
+            scratch *= step / c
             p -= scratch
 
 

@@ -15,6 +15,7 @@ from service import metrics
 from service.config import Settings
 from service.errors import register_error_handlers, validation_error_response
 from service.exceptions import ServiceError, invalid, too_large
+from service.jsonio import ORJSONProvider
 from service.registry import ModelRegistry, label_indices, timed, to_batch
 from service.schemas import (
     ErrorResponse,
@@ -157,7 +158,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
                   validation_error_status=422, validation_error_callback=validation_error_response)
     app.request_class = StrictJSONRequest
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
-    app.json.sort_keys = False
+    app.json = ORJSONProvider(app)
     app.extensions["settings"] = cfg
     reg = model_registry or ModelRegistry(cfg.model_dir).load_all()
     for name in reg.models:  # a zero sample per model, so "no failures" is visible as 0

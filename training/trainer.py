@@ -116,7 +116,7 @@ def fit(
             tb = targets[idx]
             logits = net.forward(xb)
             total += loss.forward(logits, tb) * len(idx)
-            net.backward(loss.backward())
+            net.backward(loss.backward(), input_grad=False)
             optimizer.step(params, grads)
             if labels is not None:
                 pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(axis=1)
