@@ -83,3 +83,13 @@ def test_cli_missing_mnist_is_a_clear_error(tmp_path, caplog):
 def test_classic_results_reproduce(experiment):
     result = experiment()
     assert result.ok, f"{result.name}: published {result.published}, ours {result.ours}"
+
+
+def test_cli_works_without_the_train_extra(tmp_path, monkeypatch):
+    """A runtime-only install has neither tqdm nor matplotlib: training still works, without extras."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["xor", "--out", str(tmp_path), "--epochs", "300"]) == 0
+    assert {p.name for p in (tmp_path / "xor" / "1").iterdir()} == {"model.npz", "metrics.json"}

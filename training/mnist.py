@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.progress import progress_bar
+
 log = logging.getLogger(__name__)
 
 FILES = {
@@ -148,21 +150,15 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float) -> None:
         resumed = offset and response.status == 206
         total = response.length
         mode = "ab" if resumed else "wb"
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=(total or 0) + (offset if resumed else 0), initial=offset if resumed else 0,
-                       unit="B", unit_scale=True, desc=part.name, leave=False)
+        bar = progress_bar(progress, total=(total or 0) + (offset if resumed else 0),
+                           initial=offset if resumed else 0, unit="B", unit_scale=True, desc=part.name, leave=False)
         with open(part, mode) as fh:
             for chunk in iter(lambda: response.read(1 << 16), b""):
                 fh.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
             fh.flush()
             os.fsync(fh.fileno())
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 __all__ = ["DatasetError", "download_file", "load_mnist", "parse_idx"]

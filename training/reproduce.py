@@ -106,9 +106,10 @@ def mnist_mlp(ds: datasets.Dataset, hidden: list[int], *, activation: str, optim
     return accuracy(net, ds.x, ds.y), accuracy(net, xte, yte)
 
 
-def _outputs(name: str, published: str, values: np.ndarray, expected: np.ndarray, tol: float) -> Result:
+def _outputs(name: str, published: str, values: np.ndarray, expected: np.ndarray, tol: float,
+             digits: int = 3) -> Result:
     ok = bool(np.all(np.abs(values - expected) <= tol))
-    return Result(name, published, _fmt(values, 3), ok, [float(v) for v in values])
+    return Result(name, published, _fmt(values, digits), ok, [float(v) for v in values])
 
 
 def quick_experiments() -> list[Callable[[], Result]]:
@@ -127,7 +128,7 @@ def quick_experiments() -> list[Callable[[], Result]]:
 
     def xor_ce() -> Result:
         return _outputs("XOR 3-4-1 sigmoid, cross-entropy delta, 5,000 epochs", "0.0001, 0.9993, 0.9998, 0.0011",
-                        xor_341(True), np.array([0.0001, 0.9993, 0.9998, 0.0011]), 0.005)
+                        xor_341(True), np.array([0.0001, 0.9993, 0.9998, 0.0011]), 0.005, digits=4)
 
     def xor_num() -> Result:
         values = xor_numerical()
@@ -154,7 +155,7 @@ def mnist_experiments(data_dir: str | Path | None, download: bool = True) -> lis
     def acc(name: str, published: dict[str, float], **kwargs) -> Result:
         train, test = mnist_mlp(ds(), **kwargs)
         ours = {"train": train, "test": test}
-        ok = all(abs(ours[k] - v) <= 0.005 or (k == "test" and ours[k] > v) for k, v in published.items())
+        ok = all(abs(ours[k] - v) <= 0.005 for k, v in published.items())  # "within about half a point"
         return Result(name, ", ".join(f"{k} {v:.4f}" for k, v in published.items()),
                       ", ".join(f"{k} {ours[k]:.4f}" for k in published), ok, [ours[k] for k in published])
 

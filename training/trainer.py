@@ -14,6 +14,7 @@ import numpy as np
 from model.losses import Loss
 from model.network import Sequential
 from model.optimizers import Optimizer
+from training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,8 @@ def fit(
     n = len(x)
     history = History()
     steps = 0
-    epoch_iter = range(epochs)
-    bar = None
-    if progress:
-        from tqdm import tqdm  # imported lazily: only the CLI shows bars
-
-        bar = tqdm(total=epochs * math.ceil(n / batch_size), unit="batch", leave=False)
-    for epoch in epoch_iter:
+    bar = progress_bar(progress, total=epochs * math.ceil(n / batch_size), unit="batch", leave=False)
+    for epoch in range(epochs):
         if lr_schedule is not None:
             optimizer.lr = lr_schedule(epoch)
         start = time.perf_counter()
@@ -123,8 +119,7 @@ def fit(
                 correct += int(np.sum(pred == labels[idx]))
             seen += len(idx)
             steps += 1
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if max_steps is not None and steps >= max_steps:
                 break
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": optimizer.lr,
@@ -138,7 +133,6 @@ def fit(
                  " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
         if max_steps is not None and steps >= max_steps:
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     net.eval()
     return history

@@ -55,20 +55,20 @@ def require_engine() -> None:
         pytest.skip(reason)
 
 
+def build(tag: str, *extra: str) -> str:
+    flags = shlex.split(os.environ.get("CONTAINER_BUILD_FLAGS", ""))
+    if ENGINE == "podman":
+        flags.append("--format=docker")  # OCI images drop HEALTHCHECK
+    start = time.monotonic()
+    engine("build", *flags, *extra, "-t", tag, str(ROOT), timeout=1800)
+    print(f"\nbuilt {tag} with {ENGINE} in {time.monotonic() - start:.1f} s")
+    return tag
+
+
 def image() -> str:
     """The image under test: ``CONTAINER_IMAGE``, or built once per session from the checkout."""
     if "tag" not in _image:
-        given = os.environ.get("CONTAINER_IMAGE")
-        if given:
-            _image["tag"] = given
-        else:
-            flags = shlex.split(os.environ.get("CONTAINER_BUILD_FLAGS", ""))
-            if ENGINE == "podman":
-                flags.append("--format=docker")  # OCI images drop HEALTHCHECK
-            start = time.monotonic()
-            engine("build", *flags, "-t", TAG, str(ROOT), timeout=1800)
-            print(f"\nbuilt {TAG} with {ENGINE} in {time.monotonic() - start:.1f} s")
-            _image["tag"] = TAG
+        _image["tag"] = os.environ.get("CONTAINER_IMAGE") or build(TAG)
     return _image["tag"]
 
 

@@ -10,7 +10,8 @@ import time
 
 import requests
 
-from tests.container.engine import ENGINE, engine, image, image_size_mb, run
+from model.io import load_model
+from tests.container.engine import ENGINE, build, engine, image, image_size_mb, require_engine, run
 
 
 def test_image_runs_as_non_root(container):
@@ -66,3 +67,19 @@ def test_stop_is_graceful_and_well_before_the_kill_timeout(mnist_data):
         assert "Shutting down: Master" in container.logs()
     finally:
         container.remove()
+
+
+def test_train_target_retrains_into_a_mounted_repository(tmp_path):
+    """``--target train``: the training CLI in a read-only container, writing to a mounted directory."""
+    require_engine()
+    tag = build("numpy-nets-train:test", "--target", "train")
+    out = tmp_path / "repo"
+    out.mkdir()
+    out.chmod(0o777)  # the container user is uid 10001
+    run_args = ["run", "--rm", "--read-only", "--tmpfs", "/tmp", "-v", f"{out}:/out", tag]
+    engine(*run_args, "digits", "--out", "/out", "--quiet", timeout=600)
+    files = {p.name for p in (out / "digits" / "1").iterdir()}
+    assert files == {"model.npz", "metrics.json", "curves.png"}
+    assert load_model(out / "digits" / "1" / "model.npz").metadata["targets"]["met"]
+    missing = engine(*run_args, "mnist", "--data-dir", "/nowhere", "--no-download", "--out", "/out", check=False)
+    assert missing.returncode == 2 and "not found in /nowhere" in missing.stderr
