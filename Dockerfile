@@ -22,13 +22,16 @@ COPY pyproject.toml README.md ./
 COPY model ./model
 COPY training ./training
 COPY service ./service
+# The shipped venv needs no installer: pip and setuptools (25 MB) leave it once our wheel is in.
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
-    && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # ---- build-train: the same environment plus tqdm and matplotlib ----
 FROM build AS build-train
 COPY requirements-train.lock ./
-RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements-train.lock
+RUN /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes --only-binary=:all: \
+    -r requirements-train.lock
 
 # ---- common runtime layout: no compilers, no pip cache, an unprivileged user ----
 FROM ${PYTHON_IMAGE} AS base

