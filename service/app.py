@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -32,12 +33,39 @@ from service.schemas import (
 
 log = logging.getLogger("service.requests")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-ERRORS = {400: ErrorResponse, 404: ErrorResponse, 413: ErrorResponse, 415: ErrorResponse, 422: ErrorResponse,
-          503: ErrorResponse}
+# The errors each kind of endpoint can answer with, all in the one ErrorResponse shape.
+BODY_ERRORS = {status: ErrorResponse for status in (400, 404, 413, 415, 422, 503)}
+LOOKUP_ERRORS = {status: ErrorResponse for status in (404, 422)}
 
-inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")], abp_responses=ERRORS)
-models = APIBlueprint("models", __name__, abp_tags=[Tag(name="models")], abp_responses=ERRORS)
+inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")], abp_responses=BODY_ERRORS)
+models = APIBlueprint("models", __name__, abp_tags=[Tag(name="models")])
 health = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
+
+
+class ServiceAPI(OpenAPI):
+    """flask-openapi3, with its generated document corrected to describe this server exactly.
+
+    Two things it generates do not hold here: ``components.securitySchemes`` is ``null`` when
+    there are none (invalid OpenAPI), and operations that declare no 422 get one in its own
+    validation-error format, which this server never sends (its 422s are ``ErrorResponse``,
+    declared where they can happen). Both are fixed once, when the document is first built.
+    """
+
+    def generate_spec_json(self) -> None:
+        super().generate_spec_json()
+        doc = self.spec_json
+        components = doc.get("components", {})
+        if components.get("securitySchemes") is None:
+            components.pop("securitySchemes", None)
+        foreign = f"#/components/schemas/{self.validation_error_model.__name__}"
+        for path_item in doc["paths"].values():
+            for operation in path_item.values():
+                response = operation.get("responses", {}).get(self.validation_error_status, {})
+                if foreign in json.dumps(response):
+                    del operation["responses"][self.validation_error_status]
+        if foreign not in json.dumps(doc["paths"]):
+            for name in (self.validation_error_model.__name__, "Context"):
+                components.get("schemas", {}).pop(name, None)
 
 
 class StrictJSONRequest(Request):
@@ -123,7 +151,7 @@ def list_models() -> dict[str, Any]:
     return {"models": [reg.describe(name) for name in sorted(reg.models)]}
 
 
-@models.get("/models/<name>", responses={200: ModelInfo})
+@models.get("/models/<name>", responses={200: ModelInfo, **LOOKUP_ERRORS})
 def get_model(path: ModelPath) -> dict[str, Any]:
     """One model's versions: input shape, labels, architecture, parameter count, metrics, SHA-256."""
     g.model = path.name
@@ -154,7 +182,7 @@ def prometheus_metrics() -> Response:
 def create_app(config: Settings | dict[str, Any] | None = None, model_registry: ModelRegistry | None = None) -> OpenAPI:
     """Build the app. ``config`` overrides the environment's settings; models load here, once."""
     cfg = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
-    app = OpenAPI(__name__, info=Info(title="numpy-nets model server", version="1"), doc_prefix="/docs",
+    app = ServiceAPI(__name__, info=Info(title="numpy-nets model server", version="1"), doc_prefix="/docs",
                   validation_error_status=422, validation_error_callback=validation_error_response)
     app.request_class = StrictJSONRequest
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes

@@ -85,7 +85,11 @@ def register_error_handlers(app: Flask) -> None:
         if exc.response is not None:  # a ready response passed to abort(), e.g. by flask-openapi3
             return exc.response
         status = exc.code or 500
-        return error_response(status, HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+        response = error_response(status, HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

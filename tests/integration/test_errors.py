@@ -112,7 +112,9 @@ def test_body_over_max_body_bytes_is_413(base_url, http):
 @pytest.mark.parametrize("method,path", [("get", "/predict"), ("put", "/gradcheck"), ("delete", "/models"),
                                          ("post", "/healthz")])
 def test_wrong_method_is_405(base_url, http, method, path):
-    assert_error(getattr(http, method)(f"{base_url}{path}"), 405, "method_not_allowed")
+    r = getattr(http, method)(f"{base_url}{path}")
+    assert_error(r, 405, "method_not_allowed")
+    assert "GET" in r.headers["Allow"] or "POST" in r.headers["Allow"]
 
 
 def test_gradcheck_limits_are_422(base_url, http):

@@ -75,7 +75,14 @@ def test_openapi_document_comes_from_the_schemas(base_url, http):
             "ErrorResponse"} <= set(schemas)
     assert schemas["PredictRequest"]["additionalProperties"] is False
     predict = doc["paths"]["/predict"]["post"]
-    assert {"200", "404", "413", "415", "422"} <= set(predict["responses"])
+    assert {"200", "400", "404", "413", "415", "422", "503"} == set(predict["responses"])
+    assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200"}
+    assert set(doc["paths"]["/models/{name}"]["get"]["responses"]) == {"200", "404", "422"}
+
+
+def test_openapi_document_is_valid_openapi(base_url, http):
+    openapi_spec_validator = pytest.importorskip("openapi_spec_validator")
+    openapi_spec_validator.validate(http.get(f"{base_url}/openapi.json").json())
 
 
 def test_interactive_docs(base_url, http):
