@@ -1,4 +1,4 @@
-"""The Flask application factory: blueprints per area, one error handler, a log line per request."""
+"""The Flask application factory: the blueprints, one error handler, a log line per request."""
 
 from __future__ import annotations
 
@@ -10,36 +10,20 @@ import uuid
 from typing import Any
 
 from flask import Request, Response, g, redirect, request
-from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
+from flask_openapi3 import Info, OpenAPI
 
 from service import metrics
+from service.blueprints.health import health
+from service.blueprints.inference import inference
+from service.blueprints.models import models
 from service.config import Settings
 from service.errors import register_error_handlers, validation_error_response
-from service.exceptions import ServiceError, invalid, too_large
+from service.exceptions import ServiceError
 from service.jsonio import ORJSONProvider
-from service.registry import ModelRegistry, label_indices, timed, to_batch
-from service.schemas import (
-    ErrorResponse,
-    GradcheckRequest,
-    GradcheckResponse,
-    Health,
-    ModelInfo,
-    ModelList,
-    ModelPath,
-    PredictRequest,
-    PredictResponse,
-    Readiness,
-)
+from service.registry import ModelRegistry
 
 log = logging.getLogger("service.requests")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# The errors each kind of endpoint can answer with, all in the one ErrorResponse shape.
-BODY_ERRORS = {status: ErrorResponse for status in (400, 404, 413, 415, 422, 503)}
-LOOKUP_ERRORS = {status: ErrorResponse for status in (404, 422)}
-
-inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")], abp_responses=BODY_ERRORS)
-models = APIBlueprint("models", __name__, abp_tags=[Tag(name="models")])
-health = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 
 
 class ServiceAPI(OpenAPI):
@@ -73,109 +57,6 @@ class StrictJSONRequest(Request):
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         raise ServiceError(400, "bad_request", f"request body is not valid JSON: {e}")
-
-
-def registry() -> ModelRegistry:
-    from flask import current_app
-
-    return current_app.extensions["model_registry"]
-
-
-def settings() -> Settings:
-    from flask import current_app
-
-    return current_app.extensions["settings"]
-
-
-def check_batch(n: int) -> None:
-    limit = settings().max_batch
-    if n > limit:
-        raise too_large(413, "batch_too_large", "inputs", f"batch of {n} samples exceeds MAX_BATCH={limit}", limit, n)
-
-
-# -- inference ------------------------------------------------------------------------------------
-@inference.post("/predict", responses={200: PredictResponse})
-def predict(body: PredictRequest) -> dict[str, Any]:
-    """Class probabilities for a batch of samples, in one vectorised forward pass."""
-    g.model = body.model
-    check_batch(len(body.inputs))
-    entry = registry().get(body.model, body.version)
-    batch = to_batch(body.inputs, entry)
-    g.batch_size = len(batch)
-    metrics.BATCH.labels(body.model).observe(len(batch))
-    probs = registry().predict(entry, batch)
-    labels = entry.labels
-    top = probs.argmax(axis=1)
-    predictions = [{"label": labels[k], "probabilities": row}
-                   for k, row in zip(top.tolist(), probs.tolist(), strict=True)]
-    return {"model": entry.name, "version": entry.version, "labels": labels, "predictions": predictions}
-
-
-@inference.post("/gradcheck", responses={200: GradcheckResponse})
-def gradcheck(body: GradcheckRequest) -> dict[str, Any]:
-    """Compare backprop with central differences on a float64 copy of the model."""
-    g.model = body.model
-    cfg = settings()
-    if len(body.inputs) > cfg.gradcheck_max_batch:
-        raise too_large(422, "gradcheck_too_large", "inputs", f"gradcheck takes at most {cfg.gradcheck_max_batch} "
-                        "inputs", cfg.gradcheck_max_batch, len(body.inputs))
-    if body.samples > cfg.gradcheck_max_samples:
-        raise too_large(422, "gradcheck_too_large", "samples", f"samples is limited to {cfg.gradcheck_max_samples}",
-                        cfg.gradcheck_max_samples, body.samples)
-    if len(body.labels) != len(body.inputs):
-        raise invalid("labels", f"{len(body.labels)} labels for {len(body.inputs)} inputs: one label per input")
-    entry = registry().get(body.model, body.version)
-    params = entry.network.num_params
-    if body.mode == "full" and params > cfg.gradcheck_full_max_params:
-        raise too_large(422, "gradcheck_too_large", "mode",
-                        f"mode 'full' is limited to models of at most {cfg.gradcheck_full_max_params} parameters; "
-                        f"{entry.name} has {params}: use 'sampled' or 'directional'",
-                        cfg.gradcheck_full_max_params, params)
-    batch = to_batch(body.inputs, entry)
-    targets = label_indices(body.labels, entry)
-    g.batch_size = len(batch)
-    result, seconds = timed(registry().gradcheck, entry, batch, targets, mode=body.mode, epsilon=body.epsilon,
-                            samples=body.samples, seed=body.seed, tolerance=body.tolerance)
-    return {"model": entry.name, "version": entry.version, "mode": result.mode, "epsilon": result.epsilon,
-            "tolerance": result.tolerance, "samples": body.samples, "errors": result.errors,
-            "checked": result.checked, "skipped": result.skipped, "tiny": result.tiny, "loss": result.loss,
-            "max_error": result.max_error, "passed": result.passed,
-            "seconds": round(seconds, 6)}
-
-
-# -- metadata -------------------------------------------------------------------------------------
-@models.get("/models", responses={200: ModelList})
-def list_models() -> dict[str, Any]:
-    """Every model with its versions and metadata."""
-    reg = registry()
-    return {"models": [reg.describe(name) for name in sorted(reg.models)]}
-
-
-@models.get("/models/<name>", responses={200: ModelInfo, **LOOKUP_ERRORS})
-def get_model(path: ModelPath) -> dict[str, Any]:
-    """One model's versions: input shape, labels, architecture, parameter count, metrics, SHA-256."""
-    g.model = path.name
-    return registry().describe(path.name)
-
-
-# -- health ---------------------------------------------------------------------------------------
-@health.get("/healthz", responses={200: Health})
-def healthz() -> dict[str, Any]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
-
-
-@health.get("/readyz", responses={200: Readiness, 503: Readiness})
-def readyz() -> tuple[dict[str, Any], int]:
-    """Readiness: every model version found is loaded (503 with the reasons otherwise)."""
-    ready, states = registry().status()
-    return {"ready": ready, "models": states}, 200 if ready else 503
-
-
-@health.get("/metrics", doc_ui=False)
-def prometheus_metrics() -> Response:
-    body, content_type = metrics.render()
-    return Response(body, content_type=content_type)
 
 
 # -- the factory ----------------------------------------------------------------------------------
