@@ -93,6 +93,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error (request_id=%s)", g.get("request_id", "-"))
-        return error_response(500, "internal_error", "internal server error; see the server log for this request id",
-                              {"request_id": g.get("request_id")})
+        request_id = g.get("request_id", "-")
+        log.exception("unhandled error (request_id=%s)", request_id)
+        return error_response(500, "internal_error",
+                              f"internal server error; the server log has the details under request id {request_id}")
