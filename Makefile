@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint bench train reproduce image clean
+.PHONY: serve test lint bench train reproduce image lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.12 ...")'
@@ -20,10 +20,10 @@ $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
-# Development: plus the train and test extras.
-$(VENV)/.dev: $(VENV)/.runtime requirements-train.lock
-	$(BIN)/pip install --quiet --require-hashes -r requirements-train.lock
-	$(BIN)/pip install --quiet -e '.[train,test]'
+# Development: plus the train and test extras, hash-pinned too, so CI cannot change under us.
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
 serve: $(VENV)/.runtime
@@ -44,6 +44,16 @@ train: $(VENV)/.dev
 
 reproduce: $(VENV)/.dev
 	$(BIN)/python -m training reproduce
+
+# Regenerate every lock file from pyproject.toml (after changing a dependency).
+LOCK := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet pip-tools
+	$(LOCK) -o requirements.lock pyproject.toml
+	$(LOCK) --extra train -o requirements-train.lock pyproject.toml
+	$(LOCK) --extra train --extra test -o requirements-dev.lock pyproject.toml
+	echo 'setuptools>=77' | $(LOCK) -o requirements-build.lock -
 
 image:
 	$${CONTAINER_ENGINE:-docker} build $${CONTAINER_BUILD_FLAGS:-} -t numpy-nets .

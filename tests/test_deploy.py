@@ -70,3 +70,20 @@ def test_dockerfile_contract(repo_root):
     assert "--require-hashes" in text and "HEALTHCHECK" in text and "/readyz" in text
     ignored = (repo_root / ".dockerignore").read_text().splitlines()
     assert ignored[ignored.index("*") + 1:].count("!tests/") == 0 and "*" in ignored
+
+
+def pins(path):
+    return dict(line.split(" ", 1)[0].split("==") for line in path.read_text().splitlines() if "==" in line
+                and not line.startswith((" ", "#")))
+
+
+def test_lock_files_agree(repo_root):
+    """The image, the train image and the dev environment run the same versions of what they share."""
+    locks = {name: pins(repo_root / name) for name in ("requirements.lock", "requirements-train.lock",
+                                                        "requirements-dev.lock")}
+    runtime = locks["requirements.lock"]
+    assert {"numpy", "flask", "pydantic", "gunicorn", "flask-openapi3", "prometheus-client", "orjson"} <= set(runtime)
+    for name, pinned in locks.items():
+        for package, version in pinned.items():
+            for other, other_pins in locks.items():
+                assert other_pins.get(package, version) == version, f"{package}: {name} vs {other}"
