@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.layers import Dropout, LeakyReLU, ReLU
+from model.layers import Dropout
 from model.losses import Loss, loss_for_head
 from model.network import Sequential
 
@@ -176,7 +176,7 @@ def gradient_check(
 
 
 class _KinkAwareLoss:
-    """The loss at the current weights, and whether any ReLU/leaky-ReLU unit changed side.
+    """The loss at the current weights, and whether any piecewise-linear unit changed side.
 
     A central difference across a kink measures the average of two one-sided slopes, not the
     gradient; such comparisons are skipped (and counted) rather than reported as errors.
@@ -184,61 +184,65 @@ class _KinkAwareLoss:
 
     def __init__(self, net: Sequential, loss: Loss, x: np.ndarray, targets: np.ndarray) -> None:
         self.net, self.loss, self.x, self.targets = net, loss, x, targets
-        self.kinked = [layer for layer in net.layers if isinstance(layer, ReLU | LeakyReLU)]
-        self.value()
+        self.loss.forward(self.net.forward(self.x), self.targets)
         self.base = self._state()
 
     def _state(self) -> list[np.ndarray]:
-        return [(layer._mask if isinstance(layer, ReLU) else layer._scale).copy() for layer in self.kinked]
-
-    def value(self) -> float:
-        return self.loss.forward(self.net.forward(self.x), self.targets)
+        return [state.copy() for layer in self.net.layers if (state := layer.kink_state()) is not None]
 
     def __call__(self) -> tuple[float, bool]:
-        value = self.value()
+        value = self.loss.forward(self.net.forward(self.x), self.targets)
         crossed = any(not np.array_equal(a, b) for a, b in zip(self._state(), self.base, strict=True))
         return value, crossed
+
+    def central_difference(self, flat: np.ndarray, original: np.ndarray | float, step: np.ndarray | float,
+                           where: np.ndarray | int | slice) -> float | None:
+        """``(L(w + step) - L(w - step)) / 2|step|`` along ``flat[where]``, or None across a kink.
+
+        ``flat`` is restored to ``original`` at ``where`` afterwards.
+        """
+        flat[where] = original + step
+        upper, crossed_up = self()
+        flat[where] = original - step
+        lower, crossed_down = self()
+        flat[where] = original
+        if crossed_up or crossed_down:
+            return None
+        return (upper - lower) / (2.0 * float(np.linalg.norm(step)))
 
 
 def _coordinates(probe: _KinkAwareLoss, param: np.ndarray, g: np.ndarray, h: float, order: np.ndarray,
                  want: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Central differences along single coordinates, in ``order``, until ``want`` succeed."""
     flat = param.reshape(-1)
     a, n, skipped = [], [], 0
     for i in order:
         if len(a) == want:
             break
-        original = flat[i]
-        flat[i] = original + h
-        upper, crossed_up = probe()
-        flat[i] = original - h
-        lower, crossed_down = probe()
-        flat[i] = original
-        if crossed_up or crossed_down:
+        slope = probe.central_difference(flat, flat[i], h, i)
+        if slope is None:
             skipped += 1
             continue
         a.append(g[i])
-        n.append((upper - lower) / (2.0 * h))
+        n.append(slope)
     return np.array(a), np.array(n), skipped
 
 
 def _directional(probe: _KinkAwareLoss, param: np.ndarray, g: np.ndarray, h: float, samples: int,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """Central differences along random unit directions (redrawn across kinks, within a bound)."""
     flat = param.reshape(-1)
     original = flat.copy()
     a, n, skipped = [], [], 0
-    for _ in range(samples * 4):  # redraw a direction that crosses a kink, within a bound
+    for _ in range(samples * 4):
         if len(a) == samples:
             break
         v = rng.standard_normal(flat.size)
         v /= np.linalg.norm(v)
-        np.add(original, h * v, out=flat)
-        upper, crossed_up = probe()
-        np.subtract(original, h * v, out=flat)
-        lower, crossed_down = probe()
-        if crossed_up or crossed_down:
+        slope = probe.central_difference(flat, original, h * v, slice(None))
+        if slope is None:
             skipped += 1
             continue
         a.append(g @ v)
-        n.append((upper - lower) / (2.0 * h))
-    np.copyto(flat, original)
+        n.append(slope)
     return np.array(a), np.array(n), skipped

@@ -44,6 +44,14 @@ class Layer:
         """Fill ``grads`` only, when nobody needs the input gradient (the first layer in training)."""
         self.backward(grad_out)
 
+    def kink_state(self) -> Array | None:
+        """For piecewise-linear layers, which side of each kink the last forward's inputs were on.
+
+        The gradient check compares it before and after a perturbation: a change means the
+        central difference straddled a kink. Smooth layers return None.
+        """
+        return None
+
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind}
 
@@ -155,6 +163,9 @@ class ReLU(Layer):
     def backward(self, grad_out: Array) -> Array:
         return np.multiply(grad_out, self._mask, dtype=grad_out.dtype)
 
+    def kink_state(self) -> Array:
+        return self._mask
+
 
 class LeakyReLU(Layer):
     """``x`` for positive inputs, ``negative_slope * x`` otherwise."""
@@ -171,6 +182,9 @@ class LeakyReLU(Layer):
 
     def backward(self, grad_out: Array) -> Array:
         return grad_out * self._scale
+
+    def kink_state(self) -> Array:
+        return self._scale == 1.0
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "negative_slope": self.negative_slope}

@@ -124,9 +124,10 @@ def test_rejects_unknown_mode():
         gradient_check(mixed_net(rng), *batch(rng), mode="psychic")
 
 
-def test_kink_crossings_are_skipped_not_reported():
-    # One ReLU unit sits 1e-7 from its kink: every step of 1e-5 that moves it crosses.
-    net = Sequential([Dense(2, 2, rng=np.random.default_rng(0), dtype=np.float64), ReLU(),
+@pytest.mark.parametrize("activation", [ReLU, lambda: LeakyReLU(0.1)], ids=["relu", "leaky_relu"])
+def test_kink_crossings_are_skipped_not_reported(activation):
+    # One unit sits 1e-7 from its kink: every step of 1e-5 that moves it crosses.
+    net = Sequential([Dense(2, 2, rng=np.random.default_rng(0), dtype=np.float64), activation(),
                       Dense(2, 2, rng=np.random.default_rng(1), dtype=np.float64)])
     net.layers[0].params["W"][...] = [[1.0, 0.5], [0.0, 0.5]]
     net.layers[0].params["b"][...] = [-1.0 + 1e-7, 0.3]
