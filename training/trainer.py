@@ -34,13 +34,17 @@ class History:
         return [e[key] for e in self.epochs if key in e]
 
 
+def decide(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class indices from scores (batch, k): argmax, or ``score > threshold`` when k is 1."""
+    if scores.shape[1] == 1:
+        return (scores[:, 0] > threshold).astype(np.int64)
+    return scores.argmax(axis=1)
+
+
 def predict_labels(net: Sequential, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-    """Class indices predicted by ``net`` (argmax, or threshold 0.5 for a one-output sigmoid)."""
+    """Class indices predicted by ``net`` (argmax, or probability > 0.5 for one output)."""
     outs = [net.predict_proba(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    probs = np.concatenate(outs) if outs else np.empty((0, 1))
-    if probs.shape[1] == 1:
-        return (probs[:, 0] > 0.5).astype(np.int64)
-    return probs.argmax(axis=1)
+    return decide(np.concatenate(outs) if outs else np.empty((0, 1)))
 
 
 def accuracy(net: Sequential, x: np.ndarray, labels: np.ndarray) -> float:
@@ -93,6 +97,9 @@ def fit(
     eval_sets = eval_sets or {}
     labels = labels if labels is not None else (targets if np.ndim(targets) == 1 else None)
     n = len(x)
+    # Deciding on raw outputs skips the head: a sigmoid head's p > 0.5 is logit > 0; other heads
+    # (identity after a Sigmoid layer, softmax's argmax) are decided on the outputs as they are.
+    logit_threshold = 0.0 if net.head == "sigmoid" else 0.5
     history = History()
     steps = 0
     bar = progress_bar(progress, total=epochs * math.ceil(n / batch_size), unit="batch", leave=False)
@@ -115,8 +122,7 @@ def fit(
             net.backward(loss.backward(), input_grad=False)
             optimizer.step(params, grads)
             if labels is not None:
-                pred = (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(axis=1)
-                correct += int(np.sum(pred == labels[idx]))
+                correct += int(np.sum(decide(logits, logit_threshold) == labels[idx]))
             seen += len(idx)
             steps += 1
             bar.update(1)
