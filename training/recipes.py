@@ -22,7 +22,7 @@ from model.losses import loss_for_head
 from model.network import Sequential, mlp
 from model.optimizers import OPTIMIZERS, Optimizer
 from training import datasets
-from training.trainer import History, cosine_schedule, fit
+from training.trainer import History, accuracy, cosine_schedule, fit
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,14 @@ def train_recipe(recipe: Recipe, dataset: datasets.Dataset, *, progress: bool = 
     if recipe.augment == "shift2":
         def augment(batch: np.ndarray, r: np.random.Generator) -> np.ndarray:
             return datasets.random_shift(batch, r, max_shift=2)
-    eval_sets = dict(dataset.eval_sets)
-    if recipe.name == "xor":
-        eval_sets = {}
     history = fit(net, loss_for_head(net.head), optimizer, dataset.x, dataset.y, epochs=recipe.epochs,
-                  batch_size=recipe.batch_size, rng=rng, eval_sets=eval_sets, augment=augment,
+                  batch_size=recipe.batch_size, rng=rng, eval_sets=dataset.eval_sets, augment=augment,
                   lr_schedule=schedule, progress=progress)
     return net, history
 
 
 def final_metrics(net: Sequential, dataset: datasets.Dataset, history: History) -> dict[str, float]:
     """Metrics of the finished network, computed afresh in evaluation mode (not the running ones)."""
-    from training.trainer import accuracy
-
     metrics = {"train_accuracy": accuracy(net, dataset.x, dataset.y),
                "final_loss": history.last().get("loss", float("nan"))}
     for name, (ex, ey) in dataset.eval_sets.items():
