@@ -11,6 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (respects CPU sets, e.g. ``docker run --cpuset-cpus``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Settings(BaseModel):
     """Service settings; every field can be set by the environment variable of its upper-case name."""
 
@@ -18,7 +26,7 @@ class Settings(BaseModel):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    workers: int = Field(default_factory=usable_cores, ge=1, le=64)
     model_dir: Path = DEFAULT_MODEL_DIR
     max_batch: int = Field(1024, ge=1, le=65536)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
