@@ -17,6 +17,13 @@ def not_found(message: str) -> ServiceError:
     return ServiceError(404, "not_found", message)
 
 
+def unavailable(message: str, reasons: dict[str, str]) -> ServiceError:
+    """A 503: the model version exists but failed to load; ``reasons`` maps ``"<version>"`` to why."""
+    return ServiceError(503, "model_unavailable", message,
+                        [{"loc": "version", "message": f"version {version}: {reason}", "type": "model_unavailable"}
+                         for version, reason in reasons.items()])
+
+
 def invalid(loc: str, message: str) -> ServiceError:
     """A 422 for one field, in the same shape as pydantic's errors."""
     return ServiceError(422, "validation_error", f"{loc}: {message}",

@@ -21,7 +21,7 @@ import numpy as np
 from model.gradcheck import GradCheckResult, gradient_check
 from model.io import WeightsFileError, load_model
 from model.network import Sequential
-from service.exceptions import ServiceError, invalid, not_found
+from service.exceptions import invalid, not_found, unavailable
 
 log = logging.getLogger("service.registry")
 
@@ -122,27 +122,28 @@ class ModelRegistry:
             states["model_dir"] = f"no models found in {self.root}"
         return bool(states) and all(s == "ready" for s in states.values()), states
 
-    def get(self, name: str, version: int | None = None) -> ModelVersion:
+    def _versions(self, name: str) -> dict[int, ModelVersion]:
         versions = self.models.get(name)
         if not versions:
             raise not_found(f"unknown model {name!r}; available: {sorted(self.models)}")
+        return versions
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        versions = self._versions(name)
         if version is None:
             ready = [v for v in versions.values() if v.ready]
             if not ready:
-                raise ServiceError(503, "model_unavailable", f"no version of {name!r} is loaded",
-                                   {k: v.error for k, v in versions.items()})
+                raise unavailable(f"no version of {name!r} is loaded", {str(k): v.error for k, v in versions.items()})
             return max(ready, key=lambda v: v.version)
         entry = versions.get(version)
         if entry is None:
             raise not_found(f"model {name!r} has no version {version}; available: {sorted(versions)}")
         if not entry.ready:
-            raise ServiceError(503, "model_unavailable", f"{name}/{version} failed to load", {"reason": entry.error})
+            raise unavailable(f"{name}/{version} failed to load", {str(version): entry.error})
         return entry
 
     def describe(self, name: str) -> dict[str, Any]:
-        versions = self.models.get(name)
-        if not versions:
-            raise not_found(f"unknown model {name!r}; available: {sorted(self.models)}")
+        versions = self._versions(name)
         ready = [v.version for v in versions.values() if v.ready]
         return {"name": name, "latest_version": max(ready, default=None),
                 "versions": [versions[k].info() for k in sorted(versions)]}

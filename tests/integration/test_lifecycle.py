@@ -44,6 +44,8 @@ def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_reposit
         broken = requests.post(f"{server.url}/predict", json={"model": "mnist", "version": 2, "inputs": [[0.0] * 784]},
                                timeout=10)
         assert broken.status_code == 503 and broken.json()["error"]["code"] == "model_unavailable"
+        details = broken.json()["error"]["details"]  # the one error shape: a list of {loc, message, type}
+        assert [d["loc"] for d in details] == ["version"] and "not a readable .npz" in details[0]["message"]
         info = requests.get(f"{server.url}/models/mnist", timeout=10).json()
         assert [v["status"] for v in info["versions"]] == ["ready", "failed"] and info["latest_version"] == 1
         text = requests.get(f"{server.url}/metrics", timeout=10).text
