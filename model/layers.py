@@ -8,6 +8,8 @@ Every layer follows one contract:
   statistics).
 * ``forward(x)`` caches only what ``backward`` needs; ``backward(grad_out)`` fills ``grads`` and
   returns the gradient with respect to the input, never mutating ``grad_out``.
+* ``infer(x)`` is the evaluation-mode forward pass with no side effects: it caches nothing and
+  reads no mode, so one network serves concurrent requests without a lock.
 * ``training`` switches Dropout and BatchNorm between their training and inference behaviour.
 * ``spec()`` returns the JSON-able description that :func:`layer_from_spec` rebuilds the layer from.
 """
@@ -35,6 +37,10 @@ class Layer:
         self.training = True
 
     def forward(self, x: Array) -> Array:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def infer(self, x: Array) -> Array:  # pragma: no cover - overridden
+        """Evaluation-mode output for x, equal to ``forward`` with ``training`` off; stores nothing."""
         raise NotImplementedError
 
     def backward(self, grad_out: Array) -> Array:  # pragma: no cover - overridden
@@ -108,6 +114,11 @@ class Dense(Layer):
         out += self.params["b"]
         return out
 
+    def infer(self, x: Array) -> Array:
+        out = x @ self.params["W"]
+        out += self.params["b"]
+        return out
+
     def backward(self, grad_out: Array) -> Array:
         """grad_out : (batch, out_features) -> grad_in : (batch, in_features)."""
         self.backward_params(grad_out)
@@ -132,6 +143,9 @@ class Sigmoid(Layer):
         self._out = sigmoid(x)
         return self._out
 
+    def infer(self, x: Array) -> Array:
+        return sigmoid(x)
+
     def backward(self, grad_out: Array) -> Array:
         out = self._out
         return grad_out * out * (1.0 - out)
@@ -146,6 +160,9 @@ class Tanh(Layer):
         self._out = np.tanh(x)
         return self._out
 
+    def infer(self, x: Array) -> Array:
+        return np.tanh(x)
+
     def backward(self, grad_out: Array) -> Array:
         out = self._out
         return grad_out * (1.0 - out * out)
@@ -159,6 +176,9 @@ class ReLU(Layer):
     def forward(self, x: Array) -> Array:
         self._mask = x > 0
         return np.multiply(x, self._mask, dtype=x.dtype)
+
+    def infer(self, x: Array) -> Array:
+        return np.multiply(x, x > 0, dtype=x.dtype)
 
     def backward(self, grad_out: Array) -> Array:
         return np.multiply(grad_out, self._mask, dtype=grad_out.dtype)
@@ -177,8 +197,14 @@ class LeakyReLU(Layer):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x: Array) -> Array:
-        self._scale = np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype, copy=False)
+        self._scale = self._scales(x)
         return x * self._scale
+
+    def infer(self, x: Array) -> Array:
+        return x * self._scales(x)
+
+    def _scales(self, x: Array) -> Array:
+        return np.where(x > 0, 1.0, self.negative_slope).astype(x.dtype, copy=False)
 
     def backward(self, grad_out: Array) -> Array:
         return grad_out * self._scale
@@ -203,6 +229,9 @@ class Softmax(Layer):
     def forward(self, x: Array) -> Array:
         self._out = softmax(x)
         return self._out
+
+    def infer(self, x: Array) -> Array:
+        return softmax(x)
 
     def backward(self, grad_out: Array) -> Array:
         s = self._out
@@ -232,6 +261,9 @@ class Dropout(Layer):
         self._mask = (keep >= self.p).astype(x.dtype)
         self._mask *= 1.0 / (1.0 - self.p)
         return x * self._mask
+
+    def infer(self, x: Array) -> Array:
+        return x  # inverted dropout: inference is the identity
 
     def backward(self, grad_out: Array) -> Array:
         if self._mask is None:
@@ -265,10 +297,9 @@ class BatchNorm1d(Layer):
         self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
 
     def forward(self, x: Array) -> Array:
-        gamma, beta = self.params["gamma"], self.params["beta"]
         if not self.training:
-            scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
-            return (x - self.buffers["running_mean"]) * scale + beta
+            return self.infer(x)
+        gamma, beta = self.params["gamma"], self.params["beta"]
         batch = x.shape[0]
         mean = x.mean(axis=0)
         centered = x - mean
@@ -283,6 +314,10 @@ class BatchNorm1d(Layer):
         self.buffers["running_var"] += m * unbiased
         self._x_hat, self._inv_std = x_hat, inv_std
         return x_hat * gamma + beta
+
+    def infer(self, x: Array) -> Array:
+        scale = self.params["gamma"] / np.sqrt(self.buffers["running_var"] + self.eps)
+        return (x - self.buffers["running_mean"]) * scale + self.params["beta"]
 
     def backward(self, grad_out: Array) -> Array:
         x_hat, inv_std = self._x_hat, self._inv_std

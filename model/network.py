@@ -56,15 +56,19 @@ class Sequential:
             return None
         return self.layers[0].backward(grad_out)
 
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """x : (batch, in_features) -> logits in evaluation mode, whatever the current mode.
+
+        Stores nothing in the layers, so concurrent callers may share one network (the server
+        does: its threads and greenlets run requests on the same weights without a lock).
+        """
+        for layer in self.layers:
+            x = layer.infer(x)
+        return x
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Inference: forward in evaluation mode, then the head. Restores the previous mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            logits = self.forward(x)
-        finally:
-            self.train(was_training)
-        return apply_head(self.head, logits)
+        """Inference: :meth:`infer`, then the head."""
+        return apply_head(self.head, self.infer(x))
 
     # -- modes ------------------------------------------------------------------------------
     @property
@@ -105,8 +109,10 @@ class Sequential:
 
     @property
     def dtype(self) -> np.dtype:
-        params = self.named_params()
-        return next(iter(params.values())).dtype if params else np.dtype(np.float32)
+        for layer in self.layers:
+            for value in layer.params.values():
+                return value.dtype
+        return np.dtype(np.float32)
 
     def astype(self, dtype: np.dtype) -> Sequential:
         for layer in self.layers:

@@ -134,3 +134,39 @@ def test_against_pytorch(kind):
     if kind == "dense":
         np.testing.assert_allclose(layer.grads["W"], W.grad.numpy(), rtol=1e-10)
         np.testing.assert_allclose(layer.grads["b"], b.grad.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "dropout_train"])
+def test_infer_is_forward_in_eval_mode_and_stores_nothing(kind):
+    """The serving path: same numbers as an eval-mode forward, bit for bit, whatever the mode, and no
+    layer state touched (so concurrent requests can share one network without a lock)."""
+    rng = np.random.default_rng(2)
+    layer = make_layer("dropout_eval" if kind == "dropout_train" else kind, rng)
+    if kind == "batchnorm_train":  # non-trivial running statistics
+        for _ in range(3):
+            layer.forward(rng.standard_normal((8, 6)) * 3 + 1)
+    x = rng.standard_normal((5, 6))
+    x_before = x.copy()
+    layer.training = True
+    state_before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(layer).items()
+                    if k.startswith("_")}
+    buffers_before = {k: v.copy() for k, v in layer.buffers.items()}
+    inferred = layer.infer(x)
+    np.testing.assert_array_equal(x, x_before)
+    for k, v in buffers_before.items():
+        np.testing.assert_array_equal(layer.buffers[k], v)
+    assert {k for k in vars(layer) if k.startswith("_")} == set(state_before)
+    layer.training = False
+    np.testing.assert_array_equal(inferred, layer.forward(x))
+
+
+def test_network_infer_matches_predict_and_keeps_the_mode():
+    from model.network import apply_head, mlp
+
+    rng = np.random.default_rng(3)
+    net = mlp([6, 5, 5, 3], dropout=0.5, rng=rng, dtype=F64).train()
+    x = rng.standard_normal((4, 6))
+    logits = net.infer(x)
+    assert net.training  # infer reads no mode and changes none
+    np.testing.assert_array_equal(net.predict_proba(x), apply_head("softmax", logits))
+    np.testing.assert_array_equal(logits, net.eval().forward(x))
