@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
@@ -17,12 +16,13 @@ from service.blueprints.health import health
 from service.blueprints.inference import inference
 from service.blueprints.models import models
 from service.config import Settings
-from service.errors import register_error_handlers, validation_error_response
-from service.exceptions import ServiceError
+from service.dataplane import DataPlane, Limits
+from service.error_handlers import register_error_handlers, validation_error_response
+from service.errors import ServiceError, bad_request
 from service.jsonio import ORJSONProvider
+from service.logs import log_request
 from service.registry import ModelRegistry
 
-log = logging.getLogger("service.requests")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -53,10 +53,12 @@ class ServiceAPI(OpenAPI):
 
 
 class StrictJSONRequest(Request):
-    """A request whose malformed JSON body is a 400 that says what is wrong."""
+    """A request whose malformed JSON body is a 400 that says what is wrong (the one place it is answered)."""
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        raise ServiceError(400, "bad_request", f"request body is not valid JSON: {e}")
+        if isinstance(e, ServiceError):
+            raise e
+        raise bad_request(f"request body is not valid JSON: {e}")
 
 
 # -- the factory ----------------------------------------------------------------------------------
@@ -75,6 +77,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     for key in reg.failures():
         metrics.LOAD_FAILURES.labels(key.split("/")[0]).inc()
     app.extensions["model_registry"] = reg
+    app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg))
     register_error_handlers(app)
     for bp in (inference, models, health):
         app.register_api(bp)
@@ -93,27 +96,30 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
 
 
 def _before() -> None:
-    g.start = time.perf_counter()
-    supplied = request.headers.get("X-Request-ID", "")
-    g.request_id = supplied if REQUEST_ID.match(supplied) else uuid.uuid4().hex
-    g.model, g.batch_size = None, None
-    if request.method == "POST" and request.routing_exception is None:  # a 404/405 is answered as such
-        if not request.is_json:
+    req = request._get_current_object()  # one proxy lookup, not one per attribute (the hot path)
+    ctx = g._get_current_object()
+    ctx.start = time.perf_counter()
+    supplied = req.headers.get("X-Request-ID", "")
+    ctx.request_id = supplied if supplied and REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    if req.method == "POST" and req.routing_exception is None:  # a 404/405 is answered as such
+        if not req.is_json:
             raise ServiceError(415, "unsupported_media_type",
-                               f"send the body as application/json (got {request.mimetype or 'no content type'})")
+                               f"send the body as application/json (got {req.mimetype or 'no content type'})")
         # Parse once, strictly (a 400 for malformed JSON); flask-openapi3 then reads the cached result.
-        request.get_json(silent=False)
+        req.get_json(silent=False)
 
 
 def _after(response: Response) -> Response:
-    elapsed = time.perf_counter() - g.get("start", time.perf_counter())
-    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-    model = g.get("model") or ""
-    response.headers["X-Request-ID"] = g.get("request_id", "")
+    req = request._get_current_object()
+    ctx = g._get_current_object()
+    start = getattr(ctx, "start", None)
+    elapsed = time.perf_counter() - start if start is not None else 0.0
+    endpoint = req.url_rule.rule if req.url_rule else "unmatched"
+    model = getattr(ctx, "model", None)
+    request_id = getattr(ctx, "request_id", "")
+    response.headers["X-Request-ID"] = request_id
     if endpoint != "/metrics":
-        metrics.REQUESTS.labels(endpoint, model, str(response.status_code)).inc()
-        metrics.LATENCY.labels(endpoint, model).observe(elapsed)
-    log.info("request", extra={"fields": {
-        "method": request.method, "path": request.path, "model": g.get("model"), "batch_size": g.get("batch_size"),
-        "status": response.status_code, "latency_ms": round(elapsed * 1000, 3), "request_id": g.get("request_id")}})
+        metrics.observe_request(endpoint, model or "", response.status_code, elapsed)
+    log_request({"method": req.method, "path": req.path, "model": model, "batch_size": getattr(ctx, "batch_size", None),
+                 "status": response.status_code, "latency_ms": round(elapsed * 1000, 3), "request_id": request_id})
     return response

@@ -1,4 +1,4 @@
-"""The model registry: finds, loads, validates and warms up models, and runs them. No Flask here.
+"""The model registry: finds, loads, validates and warms up models, and looks them up. No Flask here.
 
 A model repository is ``<root>/<name>/<version>/model.npz`` with numeric versions. Every version
 found is loaded at start; one that fails is kept as *failed* with its reason (the service stays
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from model.gradcheck import GradCheckResult, gradient_check
 from model.io import WeightsFileError, load_model
 from model.network import Sequential
-from service.exceptions import invalid, not_found, unavailable
+from service.errors import not_found, unavailable
 
 log = logging.getLogger("service.registry")
 
@@ -38,7 +35,6 @@ class ModelVersion:
     sha256: str | None = None
     loaded_at: str | None = None
     error: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -51,6 +47,10 @@ class ModelVersion:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.metadata["input_shape"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.network.dtype
 
     @property
     def input_range(self) -> tuple[float, float]:
@@ -148,16 +148,6 @@ class ModelRegistry:
         return {"name": name, "latest_version": max(ready, default=None),
                 "versions": [versions[k].info() for k in sorted(versions)]}
 
-    # -- running ----------------------------------------------------------------------------
-    def predict(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (batch, classes) for a validated float32 batch, in one forward pass."""
-        with entry.lock:  # layers cache activations in forward; one pass at a time per model
-            return entry.network.predict_proba(batch)
-
-    def gradcheck(self, entry: ModelVersion, batch: np.ndarray, targets: np.ndarray, **options: Any) -> GradCheckResult:
-        """The library's check; it works on its own float64 copy and only reads the served weights."""
-        return gradient_check(entry.network, batch, targets, **options)
-
 
 def check_metadata(network: Sequential, metadata: dict[str, Any]) -> None:
     """The serving metadata must agree with the network's shape."""
@@ -171,53 +161,3 @@ def check_metadata(network: Sequential, metadata: dict[str, Any]) -> None:
     out = network.layers[-1].params["W"].shape[1] if "W" in network.layers[-1].params else None
     if out is not None and out != len(labels):
         raise ValueError(f"{len(labels)} labels for a network with {out} outputs")
-
-
-def to_batch(inputs: list[Any], entry: ModelVersion, field_name: str = "inputs") -> np.ndarray:
-    """Validate samples against the model's input shape and range; return float32 (n, features).
-
-    A sample may be flat (``prod(input_shape)`` numbers) or nested with the exact ``input_shape``.
-    Errors name the offending sample, e.g. ``inputs.3 has 783 values, expected 784 (or 28x28)``.
-    """
-    shape = entry.input_shape
-    size = math.prod(shape)
-    expected = f"{size} values" + (f" (or {'x'.join(map(str, shape))})" if len(shape) > 1 else "")
-    batch = None
-    try:
-        with np.errstate(over="ignore"):  # 1e300 becomes inf in float32 and fails the range check
-            arr = np.asarray(inputs, dtype=np.float32)
-        if arr.shape[1:] in ((size,), shape):
-            batch = arr.reshape(len(inputs), size)
-    except ValueError:  # ragged: some sample has another length
-        pass
-    if batch is None:
-        for i, sample in enumerate(inputs):
-            try:
-                arr = np.asarray(sample, dtype=np.float32)
-            except ValueError:
-                raise invalid(f"{field_name}.{i}", f"rows of unequal length, expected {expected}") from None
-            if arr.shape not in ((size,), shape):
-                got = f"{arr.size} values" if arr.ndim == 1 else f"shape {'x'.join(map(str, arr.shape))}"
-                raise invalid(f"{field_name}.{i}", f"has {got}, expected {expected}")
-        raise invalid(field_name, f"samples mix flat and nested forms; send all flat ({size} values) or all nested")
-    lo, hi = entry.input_range
-    outside = ~((batch >= lo) & (batch <= hi))
-    if outside.any():
-        i, j = np.argwhere(outside)[0]
-        raise invalid(f"{field_name}.{i}", f"value {float(batch[i, j]):g} at position {j} is outside [{lo:g}, {hi:g}]")
-    return np.ascontiguousarray(batch)
-
-
-def label_indices(labels: list[str], entry: ModelVersion) -> np.ndarray:
-    index = {label: i for i, label in enumerate(entry.labels)}
-    out = np.empty(len(labels), dtype=np.int64)
-    for i, label in enumerate(labels):
-        if label not in index:
-            raise invalid(f"labels.{i}", f"unknown class {label!r}; the model's labels are {entry.labels}")
-        out[i] = index[label]
-    return out
-
-
-def timed(fn, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - start

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 ModelName = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Model name, e.g. mnist")
 ]
-Sample = Annotated[
-    list[float] | list[list[float]],
-    Field(description="One input: a flat list (e.g. 784 numbers) or the nested image (e.g. 28 x 28), values in [0, 1]"),
-]
+# A sample is documented as what it is, a flat or nested list of numbers, but pydantic does not walk
+# its elements: the JSON codec converts the whole batch to NumPy in one step and checks every element
+# there (numbers only, regular shape, finite), naming the offending location just as pydantic would.
+SAMPLE_SCHEMA = {
+    "anyOf": [{"type": "array", "items": {"type": "number"}},
+              {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}],
+    "description": "One input: a flat list (e.g. 784 numbers) or the nested image (e.g. 28 x 28), values in [0, 1]",
+}
+Sample = Annotated[Any, WithJsonSchema(SAMPLE_SCHEMA)]
 
 
 class StrictModel(BaseModel):

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from service import jsonio
 from service.app import create_app
 from service.config import Settings
-from service.errors import validation_details
-from service.exceptions import ServiceError
-from service.registry import ModelRegistry, label_indices, to_batch
-from service.schemas import PredictRequest
+from service.dataplane import as_batch, label_indices
+from service.errors import ServiceError, validation_details
+from service.registry import ModelRegistry
+from service.schemas import GradcheckRequest
 
 
 @pytest.fixture(scope="module")
@@ -33,27 +34,49 @@ def test_settings_from_environment():
         Settings.from_env({"LOG_LEVEL": "chatty"})
 
 
+def to_batch(inputs, entry):
+    """What a JSON request goes through: the codec's conversion, then the data plane's checks."""
+    return as_batch(jsonio.to_array(inputs, "inputs"), entry)
+
+
 def test_to_batch_accepts_flat_and_nested(registry):
     entry = registry.get("digits")
     flat = to_batch([[1.0] * 25, [0.0] * 25], entry)
-    nested = to_batch([[[1.0] * 5] * 5, [[0.0] * 5] * 5], entry)
+    nested = to_batch([[[1.0] * 5] * 5, [[0, 0, 0, 0, 0]] * 5], entry)
     assert flat.dtype == np.float32 and flat.shape == (2, 25) and flat.flags.c_contiguous
     np.testing.assert_array_equal(flat, nested)
 
 
 @pytest.mark.parametrize("inputs,loc,words", [
-    ([[0.0] * 25, [0.0] * 24], "inputs.1", "24 values, expected 25 values (or 5x5)"),
+    ([[0.0] * 25, [0.0] * 24], "inputs.1", "has 24 values, but inputs.0 has 25 values"),
+    ([[0.0] * 24, [0.0] * 24], "inputs.0", "has 24 values, expected 25 values (or 5x5)"),
     ([[[0.0] * 5] * 4], "inputs.0", "shape 4x5"),
-    ([[[0.0] * 5] * 4 + [[0.0] * 4]], "inputs.0", "unequal length"),
+    ([[[0.0] * 5] * 4 + [[0.0] * 4]], "inputs.0.4", "unequal length"),
     ([[0.0] * 25, [[0.0] * 5] * 5], "inputs", "mix flat and nested"),
     ([[0.0] * 24 + [2.0]], "inputs.0", "value 2 at position 24 is outside [0, 1]"),
     ([[0.0] * 24 + [1e300]], "inputs.0", "outside"),
+    ([[0.0] * 24 + [10**40]], "inputs.0", "outside"),
+    ([[0.0] * 24 + ["1"]], "inputs.0.24", "not a string"),
+    ([[0.0] * 24 + [True]], "inputs.0.24", "not a boolean"),
+    ([[[0.0] * 5] * 4 + [[0, 0, None, 0, 0]]], "inputs.0.4.2", "not null"),
+    ([[0.0] * 24 + [{"a": 1}]], "inputs.0.24", "not an object"),
+    ([[0.0] * 24 + [float("nan")]], "inputs.0.24", "finite number"),
+    ([[[0.0] * 5] * 4 + [[0, 0, float("inf"), 0, 0]]], "inputs.0.4.2", "finite number"),
+    ([0.5], "inputs", "not a single number"),
 ])
 def test_to_batch_errors_name_the_sample(registry, inputs, loc, words):
     with pytest.raises(ServiceError) as info:
         to_batch(inputs, registry.get("digits"))
-    assert info.value.status == 422 and info.value.details[0]["loc"] == loc
+    assert info.value.status == 422 and info.value.details[0]["loc"] == loc, info.value.details
     assert words in info.value.message
+
+
+def test_deep_nesting_is_refused_not_crashed():
+    for depth in (50, 5000):
+        with pytest.raises(ServiceError) as info:
+            body = jsonio.loads(b"[" * depth + b"0" + b"]" * depth)
+            jsonio.to_array(body, "inputs")
+        assert info.value.status in (400, 422) and "nested too deeply" in info.value.message
 
 
 def test_label_indices(registry):
@@ -64,10 +87,22 @@ def test_label_indices(registry):
 
 
 def test_union_branches_are_pruned_from_error_paths():
+    from pydantic import BaseModel
+
+    class Body(BaseModel):
+        sample: list[float] | list[list[float]]
+
     with pytest.raises(ValidationError) as info:
-        PredictRequest.model_validate({"model": "m", "inputs": [[[0.1, float("nan")]]]})
+        Body.model_validate({"sample": [[0.1, "x"]]})
     assert validation_details(info.value) == [
-        {"loc": "inputs.0.0.1", "message": "Input should be a finite number", "type": "finite_number"}]
+        {"loc": "sample.0.1", "message": "Input should be a valid number, unable to parse string as a number",
+         "type": "float_parsing"}]
+
+
+def test_envelope_errors_name_the_field():
+    with pytest.raises(ValidationError) as info:
+        GradcheckRequest.model_validate({"model": "m", "inputs": [[0.1]], "labels": ["1"], "version": "two"})
+    assert [d["loc"] for d in validation_details(info.value)] == ["version"]
 
 
 def test_unexpected_exception_is_a_clean_500(registry, caplog):

@@ -6,7 +6,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import metrics
-from service.blueprints import registry, respond
+from service.blueprints import dataplane, respond
 from service.schemas import Health, Readiness
 
 health = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
@@ -21,7 +21,7 @@ def healthz() -> Response:
 @health.get("/readyz", responses={200: Readiness, 503: Readiness})
 def readyz() -> Response:
     """Readiness: every model version found is loaded (503 with the reasons otherwise)."""
-    ready, states = registry().status()
+    ready, states = dataplane().readiness()
     return respond(Readiness(ready=ready, models=states), 200 if ready else 503)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
 
-from service.blueprints import registry, respond
+from service.blueprints import dataplane, respond
 from service.schemas import ErrorResponse, ModelInfo, ModelList, ModelPath
 
 models = APIBlueprint("models", __name__, abp_tags=[Tag(name="models")])
@@ -14,12 +14,12 @@ models = APIBlueprint("models", __name__, abp_tags=[Tag(name="models")])
 @models.get("/models", responses={200: ModelList})
 def list_models() -> Response:
     """Every model with its versions and metadata."""
-    reg = registry()
-    return respond(ModelList(models=[ModelInfo.model_validate(reg.describe(name)) for name in sorted(reg.models)]))
+    plane = dataplane()
+    return respond(ModelList(models=[ModelInfo.model_validate(plane.describe(name)) for name in plane.model_names()]))
 
 
 @models.get("/models/<name>", responses={200: ModelInfo, 404: ErrorResponse, 422: ErrorResponse})
 def get_model(path: ModelPath) -> Response:
     """One model's versions: input shape, labels, architecture, parameter count, metrics, SHA-256."""
     g.model = path.name
-    return respond(ModelInfo.model_validate(registry().describe(path.name)))
+    return respond(ModelInfo.model_validate(dataplane().describe(path.name)))

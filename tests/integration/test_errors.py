@@ -72,6 +72,29 @@ def test_non_finite_numbers_are_422(base_url, http, literal):
     assert_error(post_raw(http, base_url, "/predict", body), 422, "validation_error", loc="inputs.1.1")
 
 
+@pytest.mark.parametrize("value,loc,words", [
+    ('"1"', "inputs.0.1", "not a string"),
+    ("true", "inputs.0.1", "not a boolean"),
+    ("null", "inputs.0.1", "not null"),
+    ("[1]", "inputs.0", "mix numbers and lists"),
+])
+def test_inputs_are_numbers_only(base_url, http, value, loc, words):
+    body = f'{{"model": "xor", "inputs": [[0, {value}]]}}'
+    err = assert_error(post_raw(http, base_url, "/predict", body), 422, "validation_error", loc=loc)
+    assert words in err["message"]
+
+
+@pytest.mark.parametrize("depth,status,words", [
+    (20, 422, "has shape 1x1x1"),       # regular: NumPy reads it, the shape is wrong
+    (100, 422, "nested too deeply"),    # beyond NumPy's 64 dimensions
+    (5000, 400, "nested too deeply"),   # beyond the JSON parser's depth limit
+])
+def test_deep_nesting_is_a_client_error(base_url, http, depth, status, words):
+    body = '{"model": "xor", "inputs": ' + "[" * depth + "0" + "]" * depth + "}"
+    err = assert_error(post_raw(http, base_url, "/predict", body), status)
+    assert words in err["message"]
+
+
 @pytest.mark.parametrize("value", [1.5, -0.1])
 def test_out_of_range_pixels_are_422(base_url, http, value):
     err = assert_error(http.post(f"{base_url}/predict", json={"model": "xor", "inputs": [[0, value]]}), 422,
