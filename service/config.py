@@ -35,6 +35,11 @@ class Settings(BaseModel):
     gradcheck_max_samples: int = Field(100, ge=1)
     gradcheck_full_max_params: int = Field(20_000, ge=1)
     graceful_timeout: int = Field(30, ge=1)
+    worker_class: str = Field("service.worker.BufferingGeventWorker", pattern=r"^[A-Za-z0-9_.]+$",
+                              description="gunicorn worker class; others only for the benchmark's comparison")
+    threads: int = Field(1, ge=1, le=256, description="threads per worker (gthread only)")
+    keepalive: int = Field(5, ge=1, le=300)
+    request_timeout: int = Field(10, ge=1, le=600)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,7 +1,8 @@
 """Gunicorn configuration, read from the same environment as the app (see service/config.py).
 
 Models are loaded once in the master (``preload_app``) and shared with the forked workers
-copy-on-write; sync workers suit this CPU-bound work (one request per worker at a time).
+copy-on-write. One worker process per core runs the CPU-bound model; each is a gevent worker that
+reads a request in full, within deadlines, before the app sees it (``service/worker.py`` says why).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = "sync"
+worker_class = _settings.worker_class  # service.worker.BufferingGeventWorker; README "Choosing the worker"
+threads = _settings.threads
+worker_connections = 1000  # open connections per worker; idle ones cost a greenlet, not a thread
 preload_app = True
 graceful_timeout = _settings.graceful_timeout
-timeout = 60
-keepalive = 5
+timeout = 60  # heartbeat: a worker whose event loop is blocked this long is replaced
+keepalive = _settings.keepalive
 loglevel = _settings.log_level
 accesslog = None  # the app logs one structured line per request
+logger_class = "service.logs.ServerLogger"
 errorlog = "-"
 # Nothing is written outside /dev/shm and the metrics directory, so a read-only root works:
 # worker heartbeat files in /dev/shm, and no control socket (gunicorn 23+ puts one in $HOME).

@@ -17,7 +17,32 @@ LATENCY = Histogram("nn_request_duration_seconds", "Time to answer a request", [
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 BATCH = Histogram("nn_batch_size", "Samples per /predict request", ["model"],
                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+REQUEST_TIMEOUTS = Counter("nn_request_timeouts_total", "Requests whose body did not arrive within REQUEST_TIMEOUT")
 LOAD_FAILURES = Counter("nn_model_load_failures_total", "Model versions that failed to load", ["model"])
+
+
+def observe_request(endpoint: str, model: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency (labelled children cached: this runs every request)."""
+    key = (endpoint, model, status)
+    children = _request_children.get(key)
+    if children is None:
+        children = _request_children[key] = (REQUESTS.labels(endpoint, model, str(status)),
+                                              LATENCY.labels(endpoint, model))
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+_request_children: dict[tuple[str, str, int], tuple] = {}
+
+
+def observe_batch(model: str, size: int) -> None:
+    child = _batch_children.get(model)
+    if child is None:
+        child = _batch_children[model] = BATCH.labels(model)
+    child.observe(size)
+
+
+_batch_children: dict[str, Histogram] = {}
 
 
 def render() -> tuple[bytes, str]:

@@ -1,0 +1,112 @@
+"""Slow, silent and hostile connections cost the other clients nothing; kept-alive ones are reused.
+
+The scenario of the serving benchmark, bounded and on loopback: 64 connections trickle a request
+body a byte a second and 16 more stay open and silent, while a well-behaved client sends 200
+sequential ``/predict`` requests. Against the gunicorn server and the container.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from bench.serve_load import SlowClients
+from tests.integration.conftest import LocalServer
+
+XOR = b'{"model": "xor", "inputs": [[0, 1]]}'
+MNIST_ONE = ('{"model": "mnist", "inputs": [[' + ",".join(["0.5"] * 784) + "]]}").encode()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.split("//")[1].split(":")
+    return host, int(port)
+
+
+def raw_request(path: str, body: bytes, host: str = "127.0.0.1") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 response with a Content-Length: (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split()[1]), rest[:length]
+
+
+def test_slow_and_silent_connections_do_not_stall_others(base_url):
+    host, port = host_port(base_url)
+    latencies = []
+    with SlowClients(host, port, "/predict", MNIST_ONE, trickle=64, silent=16), requests.Session() as session:
+        for _ in range(200):
+            start = time.perf_counter()
+            r = session.post(f"{base_url}/predict", data=MNIST_ONE, headers={"Content-Type": "application/json"},
+                             timeout=5)
+            latencies.append(time.perf_counter() - start)
+            assert r.status_code == 200
+        healthz = session.get(f"{base_url}/healthz", timeout=5)
+    p99 = float(np.percentile(latencies, 99)) * 1000
+    print(f"\n200 requests beside 80 slow connections: p50 {np.median(latencies) * 1000:.2f} ms, p99 {p99:.2f} ms")
+    assert healthz.status_code == 200
+    assert p99 < 100
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(base_url):
+    with socket.create_connection(host_port(base_url), timeout=10) as sock:
+        for _ in range(5):
+            sock.sendall(raw_request("/predict", XOR))
+            status, body = read_response(sock)
+            assert status == 200 and b'"label":"1"' in body
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory):
+    server = LocalServer(tmp_path_factory.mktemp("impatient"), KEEPALIVE="1", REQUEST_TIMEOUT="2").start()
+    yield server
+    assert server.stop() == 0
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_closed(impatient_server):
+    with socket.create_connection(host_port(impatient_server.url), timeout=10) as sock:
+        request = raw_request("/predict", XOR)
+        sock.sendall(request[:-5])  # the head and most of the body, then nothing
+        start = time.monotonic()
+        status, body = read_response(sock)
+        waited = time.monotonic() - start
+        assert status == 408 and b'"code":"request_timeout"' in body and b"REQUEST_TIMEOUT=2" in body
+        assert 1.5 < waited < 6
+        assert sock.recv(1) == b""  # and the connection is closed
+    metrics = requests.get(f"{impatient_server.url}/metrics", timeout=5).text
+    assert "nn_request_timeouts_total 1.0" in metrics
+
+
+def test_silent_and_idle_connections_are_closed_after_keepalive(impatient_server):
+    host, port = host_port(impatient_server.url)
+    with socket.create_connection((host, port), timeout=10) as silent, \
+            socket.create_connection((host, port), timeout=10) as idle:
+        idle.sendall(raw_request("/predict", XOR))
+        assert read_response(idle)[0] == 200
+        start = time.monotonic()
+        assert silent.recv(1) == b"" and idle.recv(1) == b""
+        assert time.monotonic() - start < 5
+
+
+def test_a_client_that_hangs_up_mid_body_reaches_no_view(impatient_server):
+    with socket.create_connection(host_port(impatient_server.url), timeout=10) as sock:
+        sock.sendall(raw_request("/predict", XOR)[:-10])
+    time.sleep(0.5)
+    assert '"status":400' not in impatient_server.read_log()  # the half body was never parsed
+    assert requests.get(f"{impatient_server.url}/healthz", timeout=5).status_code == 200
