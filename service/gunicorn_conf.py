@@ -45,3 +45,10 @@ def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_fork(server, worker) -> None:
+    """A SIGTERM that arrives while a worker boots must still stop it (see the function)."""
+    from service.worker import catch_early_stop
+
+    catch_early_stop(server, worker)

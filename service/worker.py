@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import queue
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -59,6 +61,31 @@ def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 _background: ThreadPool | None = None
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def catch_early_stop(server, worker) -> None:
+    """gunicorn ``post_fork`` hook: a stop signal that reaches a worker while it boots is not lost.
+
+    Until the worker installs its own handlers (after gevent's patching, ~90 ms here), a forked
+    worker runs the master's handler, which queues the signal on the worker's inherited copy of
+    the master's queue, where nobody reads it: the worker then served on and ignored the stop
+    (a SIGTERM 90 ms after start left a worker running for good). So stop signals are taken here
+    at once, and any already queued is honoured; gunicorn's own handlers replace these later.
+    """
+    def stop(sig, frame) -> None:
+        worker.alive = False
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    while True:
+        try:
+            if server.SIG_QUEUE.get_nowait() in STOP_SIGNALS:
+                worker.alive = False
+        except queue.Empty:
+            return
+
+
 class BufferingGeventWorker(GeventWorker):
     """``worker_class = "service.worker.BufferingGeventWorker"`` (``service/gunicorn_conf.py``)."""
 
@@ -70,13 +97,15 @@ class BufferingGeventWorker(GeventWorker):
         self.idle: set[socket.socket] = set()
         super().init_process()
 
-    def run(self) -> None:
-        gevent.spawn(self.close_idle_on_stop)
-        super().run()
+    def handle_exit(self, sig, frame) -> None:
+        """SIGTERM: stop accepting (gunicorn), and close connections idle between requests now
+        rather than after their keep-alive time. In a greenlet of its own, out of the signal
+        handler, as gunicorn does for SIGQUIT; a greenlet polling ``alive`` instead could still be
+        asleep when the interpreter exits, and the worker then never ended."""
+        super().handle_exit(sig, frame)
+        gevent.spawn(self.close_idle)
 
-    def close_idle_on_stop(self) -> None:
-        while self.alive:
-            gevent.sleep(0.1)
+    def close_idle(self) -> None:
         for client in list(self.idle):
             with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_RDWR)

@@ -55,6 +55,7 @@ class LocalServer:
     """``python -m service`` as a subprocess, with its log captured to a file."""
 
     def __init__(self, tmp: Path, **env: str) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"server-{self.port}.log"

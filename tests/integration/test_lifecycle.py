@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -50,6 +51,13 @@ def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_reposit
         assert [v["status"] for v in info["versions"]] == ["ready", "failed"] and info["latest_version"] == 1
         text = requests.get(f"{server.url}/metrics", timeout=10).text
         assert 'nn_model_load_failures_total{model="mnist"} 1.0' in text
+        # the standard protocols say the same: V2 readiness by status code, V1 version states
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 400
+        assert requests.get(f"{server.url}/v2/models/mnist/ready", timeout=5).status_code == 200
+        assert requests.get(f"{server.url}/v2/models/mnist/versions/2/ready", timeout=5).status_code == 400
+        states = requests.get(f"{server.url}/v1/models/mnist", timeout=5).json()["model_version_status"]
+        assert [(v["version"], v["state"]) for v in states] == [("1", "AVAILABLE"), ("2", "END")]
+        assert "not a readable .npz" in states[1]["status"]["error_message"]
     finally:
         assert server.stop() == 0
 
@@ -85,3 +93,26 @@ def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
     print(f"\nSIGTERM with 2 in-flight requests: stopped in {elapsed:.2f} s")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/healthz", timeout=2)
+
+
+def test_sigterm_while_a_worker_boots_still_stops_the_server(tmp_path):
+    """gunicorn lost a SIGTERM that reached a worker before its handlers were installed (the worker
+    then served on for good); service.worker.catch_early_stop honours it."""
+    for attempt in range(3):
+        server = LocalServer(tmp_path / str(attempt))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the first answer: the other worker may still be booting
+            try:
+                requests.get(f"{server.url}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        try:
+            code = server.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            code = None
+        log = server.read_log()
+        assert server.stop() == 0 and code == 0, log[-2000:]
+        assert time.monotonic() - start < 15
