@@ -12,9 +12,12 @@ from flask import Request, Response, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
 from service import metrics
+from service.blueprints import ModelNameConverter, VersionConverter
 from service.blueprints.health import health
 from service.blueprints.inference import inference
 from service.blueprints.models import models
+from service.blueprints.v1 import v1
+from service.blueprints.v2 import v2
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.error_handlers import register_error_handlers, validation_error_response
@@ -23,6 +26,7 @@ from service.jsonio import ORJSONProvider
 from service.logs import log_request
 from service.registry import ModelRegistry
 
+JSON_BODY_BLUEPRINTS = {"inference"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -79,7 +83,8 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.extensions["model_registry"] = reg
     app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg))
     register_error_handlers(app)
-    for bp in (inference, models, health):
+    app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
+    for bp in (inference, models, health, v2, v1):
         app.register_api(bp)
 
     @app.get("/openapi.json", doc_ui=False)
@@ -101,7 +106,9 @@ def _before() -> None:
     ctx.start = time.perf_counter()
     supplied = req.headers.get("X-Request-ID", "")
     ctx.request_id = supplied if supplied and REQUEST_ID.match(supplied) else uuid.uuid4().hex
-    if req.method == "POST" and req.routing_exception is None:  # a 404/405 is answered as such
+    # This service's own protocol takes JSON only; the standard protocols' codecs read their bodies
+    # themselves (an Open Inference Protocol body may be JSON followed by raw tensor bytes).
+    if req.method == "POST" and req.routing_exception is None and req.blueprint in JSON_BODY_BLUEPRINTS:
         if not req.is_json:
             raise ServiceError(415, "unsupported_media_type",
                                f"send the body as application/json (got {req.mimetype or 'no content type'})")

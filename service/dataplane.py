@@ -19,7 +19,7 @@ import numpy as np
 from model.gradcheck import GradCheckResult, gradient_check
 from service import metrics
 from service.config import Settings
-from service.errors import invalid, too_large
+from service.errors import ServiceError, invalid, too_large
 from service.registry import ModelRegistry, ModelVersion
 
 
@@ -36,6 +36,30 @@ class Limits:
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(settings.max_batch, settings.gradcheck_max_batch, settings.gradcheck_max_samples,
                    settings.gradcheck_full_max_params)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a model's signature; ``-1`` marks the batch dimension."""
+
+    name: str
+    datatype: str  # the Open Inference Protocol's names: FP32, BYTES ...
+    shape: tuple[int, ...]
+
+
+# The tensors every model here takes and gives; each protocol names them from here.
+INPUT = "input"
+PROBABILITIES = "probabilities"  # (batch, classes) FP32, aligned with the model's labels
+LABEL = "label"  # (batch,) BYTES, the most probable class name
+# Input datatypes a request may use (converted to the model's float32); others are refused.
+INPUT_DATATYPES = {"FP32": "<f4", "FP64": "<f8", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+                   "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
+
+
+def signature(entry: ModelVersion) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of a model version."""
+    return ([TensorSpec(INPUT, "FP32", (-1, *entry.input_shape))],
+            [TensorSpec(PROBABILITIES, "FP32", (-1, len(entry.labels))), TensorSpec(LABEL, "BYTES", (-1,))])
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,19 @@ class DataPlane:
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
         """The version to serve: the one named, or the newest loaded one (404 / 503 otherwise)."""
         return self.registry.get(name, version)
+
+    def is_ready(self, name: str, version: int | None = None) -> bool:
+        """Whether the model (or that version) can serve now; an unknown one is a 404 error."""
+        try:
+            self.resolve(name, version)
+        except ServiceError as exc:
+            if exc.status == 503:
+                return False
+            raise
+        return True
+
+    def ready_versions(self, name: str) -> list[int]:
+        return [v["version"] for v in self.describe(name)["versions"] if v["status"] == "ready"]
 
     # -- running ----------------------------------------------------------------------------
     def infer(self, name: str, version: int | None, inputs: np.ndarray, field: str = "inputs") -> Inference:

@@ -28,13 +28,26 @@ def error_body(exc: ServiceError) -> bytes:
     return body.model_dump_json().encode()
 
 
-# blueprint name -> body for an error raised under its routes (a protocol's own error shape)
-RENDERERS: dict[str, Callable[[ServiceError], bytes]] = {}
+def default_renderer(exc: ServiceError) -> tuple[int, bytes]:
+    return exc.status, error_body(exc)
+
+
+Renderer = Callable[[ServiceError], tuple[int, bytes]]
+# path prefix -> (status, body) for an error under it: a protocol's own error shape and status
+# codes (the Open Inference Protocol answers {"error": "..."}, with 400 for a 422). By path, not by
+# blueprint, so a URL that matches no route (a 404) still answers in its protocol's shape.
+RENDERERS: dict[str, Renderer] = {}
+
+
+def register_renderer(path_prefix: str, renderer: Renderer) -> None:
+    RENDERERS[path_prefix] = renderer
 
 
 def render(exc: ServiceError) -> Response:
-    renderer = RENDERERS.get(request.blueprint or "", error_body)
-    response = Response(renderer(exc), status=exc.status, mimetype="application/json")
+    path = request.path
+    renderer = next((r for prefix, r in RENDERERS.items() if path.startswith(prefix)), default_renderer)
+    status, body = renderer(exc)
+    response = Response(body, status=status, mimetype="application/json")
     for name, value in exc.headers.items():
         response.headers[name] = value
     return response

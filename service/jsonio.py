@@ -60,6 +60,11 @@ def may_hold_booleans(body: bytes) -> bool:
     return b"true" in body or b"false" in body
 
 
+def count_booleans(body: bytes) -> int:
+    """How many ``true``/``false`` the text could hold at most (a string may contain them too)."""
+    return body.count(b"true") + body.count(b"false")
+
+
 def to_array(value: list[Any], loc: str, booleans: bool = True) -> np.ndarray:
     """A JSON array of numbers, nested to any regular shape, as an int64 or float64 array.
 

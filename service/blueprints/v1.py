@@ -1,0 +1,135 @@
+"""The TensorFlow Serving REST API (also KServe's V1 protocol), as a codec of the data plane.
+
+``POST /v1/models/{m}[/versions/{n}]:predict`` takes ``{"instances": [...]}`` (row format, answered
+``{"predictions": [...]}``) or ``{"inputs": ...}`` (columnar, answered ``{"outputs": ...}``); each
+prediction is the probabilities aligned with the model's labels (``GET /models/{m}``). The one
+signature is ``serving_default``. Version status and signature metadata as TF Serving gives them.
+Errors are ``{"error": "<message>"}``: 400 for a client mistake, 404 for an unknown model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Response, g, request
+from flask_openapi3 import APIBlueprint, Tag
+
+from service import jsonio
+from service.blueprints import dataplane, parses_own_body, respond_json
+from service.dataplane import INPUT, signature
+from service.error_handlers import register_renderer
+from service.errors import ServiceError, bad_request
+from service.schemas_v1 import Error, Metadata, ModelPath, ModelStatus, PredictRequest, PredictResponse, VersionPath
+
+SIGNATURE = "serving_default"
+ERRORS = {status: Error for status in (400, 404, 413, 503)}
+TF_DTYPES = {"FP32": "DT_FLOAT", "BYTES": "DT_STRING"}
+
+v1 = APIBlueprint("v1", __name__, abp_tags=[Tag(name="tensorflow serving / kserve v1")])
+
+
+def v1_error(exc: ServiceError) -> tuple[int, bytes]:
+    return (400 if exc.status == 422 else exc.status), orjson.dumps({"error": exc.message})
+
+
+register_renderer("/v1/", v1_error)
+
+
+@v1.post("/v1/models/<model:name>:predict", responses={200: PredictResponse, **ERRORS})
+@parses_own_body(ModelPath)
+def predict(path: ModelPath, body: PredictRequest) -> Response:
+    """Probabilities for each instance, from the newest serving version."""
+    return run_predict(path.name, None)
+
+
+@v1.post("/v1/models/<model:name>/versions/<version:version>:predict", responses={200: PredictResponse, **ERRORS})
+@parses_own_body(VersionPath)
+def predict_version(path: VersionPath, body: PredictRequest) -> Response:
+    """Probabilities for each instance, from one version."""
+    return run_predict(path.name, int(path.version))
+
+
+def run_predict(name: str, version: int | None) -> Response:
+    g.model = name
+    raw = request.get_data()
+    req = PredictRequest.model_validate(jsonio.loads(raw))
+    if req.signature_name not in (None, "", SIGNATURE):
+        raise bad_request(f"unknown signature_name {req.signature_name!r}; the model has '{SIGNATURE}'")
+    if (req.instances is None) == (req.inputs is None):
+        raise bad_request("send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    rows = req.instances is not None
+    tensor = named_input(req.instances if rows else req.inputs, "instances" if rows else "inputs")
+    if not isinstance(tensor, list) or not tensor:
+        raise bad_request(f"'{'instances' if rows else 'inputs'}' must be a non-empty list of samples")
+    batch = jsonio.to_array(tensor, "instances" if rows else "inputs", jsonio.may_hold_booleans(raw))
+    result = dataplane().infer(name, version, batch, field="instances" if rows else "inputs")
+    g.batch_size = len(result.classes)
+    return respond_json({"predictions" if rows else "outputs": result.probabilities})
+
+
+def named_input(value: Any, field: str) -> Any:
+    """Rows or columns may name the input: ``[{"input": [...]}, ...]`` or ``{"input": [...]}``."""
+    def unwrap(obj: dict[str, Any], where: str) -> Any:
+        if set(obj) != {INPUT}:
+            raise bad_request(f"{where}: the model takes one input named '{INPUT}', got {sorted(obj)}")
+        return obj[INPUT]
+    if isinstance(value, dict):
+        return unwrap(value, field)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [unwrap(v, f"{field}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+# -- status and metadata ------------------------------------------------------------------------------
+def status(name: str, version: int | None) -> Response:
+    g.model = name
+    versions = dataplane().describe(name)["versions"]
+    if version is not None:
+        versions = [v for v in versions if v["version"] == version]
+        if not versions:
+            dataplane().resolve(name, version)  # the 404, worded as everywhere
+    return respond_json({"model_version_status": [
+        {"version": str(v["version"]), "state": "AVAILABLE" if v["status"] == "ready" else "END",
+         "status": {"error_code": "OK" if v["status"] == "ready" else "UNKNOWN", "error_message": v["error"] or ""}}
+        for v in versions]})
+
+
+@v1.get("/v1/models/<model:name>", responses={200: ModelStatus, **ERRORS})
+def model_status(path: ModelPath) -> Response:
+    """Every version's state: AVAILABLE, or END with the reason it failed to load."""
+    return status(path.name, None)
+
+
+@v1.get("/v1/models/<model:name>/versions/<version:version>", responses={200: ModelStatus, **ERRORS})
+def version_status(path: VersionPath) -> Response:
+    """One version's state."""
+    return status(path.name, int(path.version))
+
+
+def metadata(name: str, version: int | None) -> Response:
+    g.model = name
+    entry = dataplane().resolve(name, version)
+    inputs, outputs = signature(entry)
+
+    def tensors(specs) -> dict[str, Any]:
+        return {s.name: {"dtype": TF_DTYPES[s.datatype], "name": s.name, "tensor_shape": {
+            "dim": [{"size": str(d), "name": ""} for d in s.shape], "unknown_rank": False}}
+            for s in specs if s.datatype == "FP32" or s.name == INPUT}
+
+    return respond_json({"model_spec": {"name": name, "signature_name": "", "version": str(entry.version)},
+                         "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
+                             "inputs": tensors(inputs), "outputs": tensors(outputs),
+                             "method_name": "tensorflow/serving/predict"}}}}})
+
+
+@v1.get("/v1/models/<model:name>/metadata", responses={200: Metadata, **ERRORS})
+def model_metadata(path: ModelPath) -> Response:
+    """The serving_default signature: input and output tensors (-1: the batch dimension)."""
+    return metadata(path.name, None)
+
+
+@v1.get("/v1/models/<model:name>/versions/<version:version>/metadata", responses={200: Metadata, **ERRORS})
+def version_metadata(path: VersionPath) -> Response:
+    """One version's signature."""
+    return metadata(path.name, int(path.version))

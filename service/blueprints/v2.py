@@ -1,0 +1,255 @@
+"""The Open Inference Protocol ("V2": Triton, MLServer, KServe) over REST, as a codec of the data plane.
+
+Health, server and model metadata, readiness, and inference with JSON tensors or with the binary
+tensor data extension: a request body may be a JSON header of ``Inference-Header-Content-Length``
+bytes followed by the raw little-endian bytes of each input that names its
+``parameters.binary_data_size``; outputs asked for with ``parameters.binary_data`` (or all, with the
+request's ``parameters.binary_data_output``) come back the same way, with that header set on the
+response. Errors are ``{"error": "<message>"}``: 400 for a client mistake, 404 for an unknown model
+or version, 413 for a batch or body over the limits, 503 for a version that failed to load.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Response, g, request
+from flask_openapi3 import APIBlueprint, Tag
+
+from service import jsonio
+from service.blueprints import dataplane, empty, parses_own_body, respond_json
+from service.dataplane import INPUT, INPUT_DATATYPES, LABEL, PROBABILITIES, Inference, signature
+from service.error_handlers import register_renderer
+from service.errors import ServiceError, bad_request
+from service.schemas_v2 import (
+    Error,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ModelPath,
+    RequestInput,
+    RequestOutput,
+    ServerMetadata,
+    VersionPath,
+)
+
+SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"
+EXTENSIONS = ["binary_tensor_data"]
+HEADER_LENGTH = "Inference-Header-Content-Length"
+ERRORS = {status: Error for status in (400, 404, 413, 503)}
+BINARY_DOC = (
+    "Binary tensor data extension: send the JSON header, then each input's raw little-endian bytes in "
+    "input order, an input naming its byte count in parameters.binary_data_size instead of data, and the "
+    f"header's length in the {HEADER_LENGTH} request header. Outputs asked for with parameters.binary_data "
+    "(or all of them, with the request's parameters.binary_data_output) come back the same way: raw bytes "
+    f"after the JSON header, whose length is the response's {HEADER_LENGTH} header; a BYTES element is a "
+    "4-byte little-endian length and its UTF-8 bytes.")
+
+v2 = APIBlueprint("v2", __name__, abp_tags=[Tag(name="open inference protocol (v2)")])
+
+
+def v2_error(exc: ServiceError) -> tuple[int, bytes]:
+    status = 400 if exc.status == 422 else exc.status
+    return status, orjson.dumps({"error": exc.message})
+
+
+register_renderer("/v2", v2_error)
+
+
+# -- health and metadata ------------------------------------------------------------------------------
+@v2.get("/v2", responses={200: ServerMetadata})
+def server_metadata() -> Response:
+    """Server name, version and the protocol extensions it supports."""
+    return respond_json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+
+
+@v2.get("/v2/health/live", responses={200: None})
+def live() -> Response:
+    """200 while the process answers."""
+    return empty()
+
+
+@v2.get("/v2/health/ready", responses={200: None, 400: None})
+def ready() -> Response:
+    """200 when every model version found is loaded (as /readyz), else 400."""
+    return empty(200 if dataplane().readiness()[0] else 400)
+
+
+def model_ready(name: str, version: int | None) -> Response:
+    g.model = name
+    return empty(200 if dataplane().is_ready(name, version) else 400)
+
+
+@v2.get("/v2/models/<name>/ready", responses={200: None, 400: None, 404: Error})
+def model_is_ready(path: ModelPath) -> Response:
+    """200 when the model has a version that serves, 400 when it has none, 404 for an unknown model."""
+    return model_ready(path.name, None)
+
+
+@v2.get("/v2/models/<name>/versions/<version>/ready", responses={200: None, 400: None, 404: Error})
+def version_is_ready(path: VersionPath) -> Response:
+    """200 when that version serves, 400 when it failed to load, 404 when there is no such version."""
+    return model_ready(path.name, int(path.version))
+
+
+def metadata(name: str, version: int | None) -> Response:
+    g.model = name
+    plane = dataplane()
+    entry = plane.resolve(name, version)
+    versions = [version] if version is not None else plane.ready_versions(name)
+    inputs, outputs = signature(entry)
+    return respond_json({"name": name, "versions": [str(v) for v in versions], "platform": "numpy",
+                          "inputs": [tensor_metadata(t) for t in inputs],
+                          "outputs": [tensor_metadata(t) for t in outputs]})
+
+
+def tensor_metadata(spec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+@v2.get("/v2/models/<name>", responses={200: ModelMetadata, **ERRORS})
+def model_metadata(path: ModelPath) -> Response:
+    """The model's serving versions and its input and output tensors (-1: the batch dimension)."""
+    return metadata(path.name, None)
+
+
+@v2.get("/v2/models/<name>/versions/<version>", responses={200: ModelMetadata, **ERRORS})
+def version_metadata(path: VersionPath) -> Response:
+    """One version's input and output tensors."""
+    return metadata(path.name, int(path.version))
+
+
+# -- inference ----------------------------------------------------------------------------------------
+@v2.post("/v2/models/<name>/infer", responses={200: InferenceResponse, **ERRORS}, description=BINARY_DOC)
+@parses_own_body(ModelPath)
+def infer(path: ModelPath, body: InferenceRequest) -> Response:
+    """Inference on the newest serving version: JSON tensors, or the binary tensor data extension."""
+    return run_inference(path.name, None)
+
+
+@v2.post("/v2/models/<name>/versions/<version>/infer", responses={200: InferenceResponse, **ERRORS},
+         description=BINARY_DOC)
+@parses_own_body(VersionPath)
+def infer_version(path: VersionPath, body: InferenceRequest) -> Response:
+    """Inference on one version."""
+    return run_inference(path.name, int(path.version))
+
+
+def run_inference(name: str, version: int | None) -> Response:
+    g.model = name
+    head, binary = split_body(request.get_data())
+    req = InferenceRequest.model_validate(jsonio.loads(head))
+    if len(req.inputs) != 1 or req.inputs[0].name != INPUT:
+        names = [i.name for i in req.inputs]
+        raise bad_request(f"model '{name}' takes one input named '{INPUT}'; the request has {names}")
+    # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
+    booleans = jsonio.count_booleans(head) > sum(count_booleans(p) for p in parameter_dicts(req))
+    tensor = decode_input(req.inputs[0], binary, booleans)
+    result = dataplane().infer(name, version, tensor, field=INPUT)
+    g.batch_size = len(result.classes)
+    return encode_outputs(req, result)
+
+
+def split_body(raw: bytes) -> tuple[bytes, memoryview]:
+    """(JSON header, binary tail) per the Inference-Header-Content-Length request header."""
+    header = request.headers.get(HEADER_LENGTH)
+    if header is None:
+        return raw, memoryview(b"")
+    if not header.isdigit() or not 0 < int(header) <= len(raw):
+        raise bad_request(f"{HEADER_LENGTH} must be a byte count from 1 to the body's {len(raw)}, got {header!r}")
+    n = int(header)
+    return raw[:n], memoryview(raw)[n:]
+
+
+def parameter_dicts(req: InferenceRequest) -> list[dict[str, Any]]:
+    dicts = [req.parameters or {}, *((i.parameters or {}) for i in req.inputs)]
+    return dicts + [o.parameters or {} for o in req.outputs or []]
+
+
+def count_booleans(value: Any) -> int:
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, dict):
+        return sum(count_booleans(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(count_booleans(v) for v in value)
+    return 0
+
+
+def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.ndarray:
+    """The input tensor in its declared shape and datatype, from JSON data or the binary tail."""
+    dtype = INPUT_DATATYPES.get(inp.datatype)
+    if dtype is None:
+        raise bad_request(f"input '{inp.name}' has datatype {inp.datatype}; use FP32, FP64 or an integer type "
+                          f"({', '.join(INPUT_DATATYPES)})")
+    count = math.prod(inp.shape)
+    params = inp.parameters or {}
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad_request(f"input '{inp.name}': binary_data_size must be a byte count, got {size!r}")
+        if inp.data is not None:
+            raise bad_request(f"input '{inp.name}' has both data and binary_data_size; send one")
+        if size != len(binary):
+            raise bad_request(f"input '{inp.name}' declares {size} bytes of binary data, but {len(binary)} bytes "
+                              f"follow the JSON header")
+        needed = count * np.dtype(dtype).itemsize
+        if size != needed:
+            raise bad_request(f"input '{inp.name}': shape {inp.shape} of {inp.datatype} is {needed} bytes, but "
+                              f"binary_data_size is {size}")
+        return np.frombuffer(binary, dtype=dtype).reshape(inp.shape)
+    if len(binary):
+        raise bad_request(f"{len(binary)} bytes follow the JSON header, but no input names binary_data_size")
+    if not isinstance(inp.data, list):
+        raise bad_request(f"input '{inp.name}' has no data: send 'data' (a list) or binary_data_size")
+    arr = jsonio.to_array(inp.data, inp.name, booleans)
+    if arr.size != count:
+        raise bad_request(f"input '{inp.name}': shape {inp.shape} holds {count} values, but data has {arr.size}")
+    if np.dtype(dtype).kind in "iu":
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
+            raise bad_request(f"input '{inp.name}' is {inp.datatype} but its data holds non-integer values")
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise bad_request(f"input '{inp.name}' holds values outside the range of {inp.datatype}")
+    return arr.reshape(inp.shape)
+
+
+def encode_outputs(req: InferenceRequest, result: Inference) -> Response:
+    all_binary = bool((req.parameters or {}).get("binary_data_output", False))
+    wanted = req.outputs or [RequestOutput(name=PROBABILITIES)]
+    outputs, tail = [], []
+    for out in wanted:
+        params = out.parameters or {}
+        binary = bool(params.get("binary_data", all_binary))
+        if out.name == PROBABILITIES:
+            tensor = result.probabilities
+            spec = {"name": PROBABILITIES, "datatype": "FP32", "shape": list(tensor.shape)}
+            raw = np.ascontiguousarray(tensor, dtype="<f4").tobytes() if binary else None
+            data = tensor.ravel() if not binary else None
+        elif out.name == LABEL:
+            labels = result.predicted()
+            spec = {"name": LABEL, "datatype": "BYTES", "shape": [len(labels)]}
+            raw = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in labels)) if binary else None
+            data = labels if not binary else None
+        else:
+            raise bad_request(f"unknown output '{out.name}'; the model gives '{PROBABILITIES}' and '{LABEL}'")
+        if raw is not None:
+            spec["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:
+            spec["data"] = data
+        outputs.append(spec)
+    body: dict[str, Any] = {"model_name": result.model, "model_version": str(result.version)}
+    if req.id is not None:
+        body["id"] = req.id
+    body["outputs"] = outputs
+    head = jsonio.dumps(body)
+    if not tail:
+        return Response(head, mimetype="application/json")
+    response = Response(head + b"".join(tail), mimetype="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(len(head))
+    return response

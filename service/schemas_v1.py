@@ -1,0 +1,58 @@
+"""TensorFlow Serving REST API bodies (also KServe's V1 protocol), for validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, WithJsonSchema
+
+from service.schemas import ModelName, StrictModel
+
+Tensor = Annotated[Any, WithJsonSchema({"description": "A list of samples (nested lists of numbers), or an "
+                                                       "object naming the input: {\"input\": [...]}"})]
+
+
+class PredictRequest(StrictModel):
+    signature_name: str | None = Field(None, description="'serving_default' (the only signature) or omitted")
+    instances: list[Tensor] | None = Field(None, description="Row format: one entry per sample")
+    inputs: Tensor = Field(None, description="Columnar format: the batch as one tensor")
+
+    model_config = StrictModel.model_config | {"json_schema_extra": {"examples": [{"instances": [[0, 1], [1, 1]]}]}}
+
+
+class PredictResponse(StrictModel):
+    predictions: list[list[float]] | None = Field(None, description="Row format: probabilities per sample")
+    outputs: list[list[float]] | None = Field(None, description="Columnar format: the probabilities tensor")
+
+
+class VersionStatusCode(StrictModel):
+    error_code: str
+    error_message: str
+
+
+class VersionStatus(StrictModel):
+    version: str
+    state: str = Field(..., description="AVAILABLE, or END for a version that failed to load")
+    status: VersionStatusCode
+
+
+class ModelStatus(StrictModel):
+    model_version_status: list[VersionStatus]
+
+
+class Metadata(StrictModel):
+    model_spec: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class Error(StrictModel):
+    error: str
+
+
+class ModelPath(StrictModel):
+    name: ModelName
+
+
+class VersionPath(StrictModel):
+    name: ModelName
+    version: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}$")]
