@@ -21,9 +21,14 @@ $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 	@touch $@
 
 # Development: plus the train and test extras, hash-pinned too, so CI cannot change under us.
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+# KServe's generated API models (for the offline InferenceService check), without kserve's server
+# dependencies: the hash-pinned wheel alone, in a folder of its own (update: pip download --no-deps
+# kserve==X; pip hash the wheel into requirements-kserve.lock).
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps --require-hashes --upgrade --target $(VENV)/kserve-models \
+		-r requirements-kserve.lock
 	@touch $@
 
 serve: $(VENV)/.runtime
