@@ -103,8 +103,9 @@ def server(app: str, workers: int, tmp: Path, **env: str) -> Iterator[Server]:
 
 # -- load ---------------------------------------------------------------------------------------------
 def wrk(url: str, body: Path | None, connections: int, seconds: float, max_requests: int = 0,
-        timeout: float = 10) -> dict:
-    env = {**os.environ, "BODY": str(body or ""), "MAX_REQUESTS": str(max_requests)}
+        timeout: float = 10, header_length: int | None = None) -> dict:
+    env = {**os.environ, "BODY": str(body or ""), "MAX_REQUESTS": str(max_requests),
+           "INFERENCE_HEADER_LENGTH": str(header_length or ""), "CONTENT_TYPE": "application/json"}
     threads = min(2, connections)
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{math.ceil(seconds)}s", f"--timeout={math.ceil(timeout)}s",
            "-s", str(LUA), url]
@@ -217,21 +218,28 @@ def timed(fn) -> float:
 
 
 # -- the run ------------------------------------------------------------------------------------------
-def bodies(tmp: Path, data_dir: Path | None) -> dict[str, tuple[Path, int]]:
+def bodies(tmp: Path, data_dir: Path | None) -> dict[str, tuple[Path, int, int | None]]:
     ds = mnist(data_dir, download=data_dir is None)
     x, y = ds.eval_sets["test"]
     out = {}
 
-    def write(name: str, doc: dict, images: int) -> None:
-        path = tmp / f"{name}.json"
-        path.write_text(json.dumps(doc))
-        out[name] = (path, images)
+    def write(name: str, doc: dict, images: int, tail: bytes = b"") -> None:
+        path = tmp / f"{name}.body"
+        head = json.dumps(doc).encode()
+        path.write_bytes(head + tail)
+        out[name] = (path, images, len(head) if tail else None)
 
     for n in (1, 32, 256):
         write(f"mnist{n}", {"model": "mnist", "inputs": [[float(v) for v in row] for row in x[:n]]}, n)
     write("xor1", {"model": "xor", "inputs": [[0, 1]]}, 1)
     write("gradcheck", {"model": "mnist", "inputs": [[float(v) for v in row] for row in x[:16]],
                         "labels": [str(v) for v in y[:16]]}, 16)
+    batch = np.ascontiguousarray(x[:256], dtype="<f4")
+    tensor = {"name": "input", "shape": [256, 784], "datatype": "FP32"}
+    binary_out = [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    write("v2json256", {"inputs": [{**tensor, "data": [float(v) for v in batch.ravel()]}]}, 256)
+    write("v2bin256", {"inputs": [{**tensor, "parameters": {"binary_data_size": batch.nbytes}}],
+                       "outputs": binary_out}, 256, batch.tobytes())
     return out
 
 
@@ -255,11 +263,14 @@ def full_run(args, tmp: Path) -> list[dict]:
             add("HTTP ceiling (bare Flask)", 1, c, wrk(f"{srv.url}/predict", data["mnist1"][0], c, args.seconds))
     with server(SERVICE_APP, args.workers, tmp, LOG_LEVEL="info") as srv:
         wrk(f"{srv.url}/predict", data["mnist1"][0], 4, 1)
-        for name, label in (("xor1", "/predict xor, 1"), ("mnist1", "/predict mnist, 1"),
-                            ("mnist32", "/predict mnist, 32"), ("mnist256", "/predict mnist, 256")):
-            body, images = data[name]
+        for name, label, path in (
+                ("xor1", "/predict xor, 1", "/predict"), ("mnist1", "/predict mnist, 1", "/predict"),
+                ("mnist32", "/predict mnist, 32", "/predict"), ("mnist256", "/predict mnist, 256", "/predict"),
+                ("v2json256", "V2 infer mnist, 256, JSON", "/v2/models/mnist/infer"),
+                ("v2bin256", "V2 infer mnist, 256, binary", "/v2/models/mnist/infer")):
+            body, images, header_length = data[name]
             for c in args.concurrency:
-                add(label, images, c, wrk(f"{srv.url}/predict", body, c, args.seconds))
+                add(label, images, c, wrk(f"{srv.url}{path}", body, c, args.seconds, header_length=header_length))
         add("slow clients: 200 sequential", 1, 1, slow_client_row(srv, data["mnist1"][0]))
         for c in args.concurrency:
             add("/gradcheck mnist, 16 images", 0, c, wrk(f"{srv.url}/gradcheck", data["gradcheck"][0], c,
@@ -310,7 +321,7 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['scenario']} | | | {r['images_per_s']:,.0f} | | | | 1.00 |")
             continue
         ratio = ""
-        if r["scenario"].startswith("/predict") and r["concurrency"] in http:
+        if r["scenario"].startswith(("/predict", "V2")) and r["concurrency"] in http:
             images = r["images_per_s"]
             ratio = (f"{r['rps'] / http[r['concurrency']]:.2f} of HTTP" if images == r["rps"] else
                      f"{images / compute:.2f} of compute")

@@ -1,5 +1,6 @@
 -- wrk script for bench/serve_load.py: one request shape, optional request cap, a JSON summary.
---   BODY=<file> (POST with that body; GET without), CONTENT_TYPE, MAX_REQUESTS (per thread, 0 = no cap)
+--   BODY=<file> (POST with that body; GET without), CONTENT_TYPE, MAX_REQUESTS (per thread, 0 = no cap),
+--   INFERENCE_HEADER_LENGTH (for a V2 body with binary tensors)
 local body_file = os.getenv("BODY")
 if body_file and body_file ~= "" then
   local f = assert(io.open(body_file, "rb"))
@@ -7,6 +8,10 @@ if body_file and body_file ~= "" then
   f:close()
   wrk.method = "POST"
   wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE") or "application/json"
+end
+local header_length = os.getenv("INFERENCE_HEADER_LENGTH")  -- V2 binary tensors: the JSON header's size
+if header_length and header_length ~= "" then
+  wrk.headers["Inference-Header-Content-Length"] = header_length
 end
 local cap = tonumber(os.getenv("MAX_REQUESTS") or "0")
 local count = 0
