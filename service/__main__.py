@@ -34,6 +34,9 @@ def main() -> None:
         path.mkdir(parents=True, exist_ok=True)
     else:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nn-metrics-")
+    # Where workers share the repository API's state (models unloaded); a fresh one per server.
+    if not os.environ.get("STATE_DIR"):
+        os.environ["STATE_DIR"] = tempfile.mkdtemp(prefix="nn-state-")
     config = Path(__file__).with_name("gunicorn_conf.py")
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(config), *sys.argv[1:],
                               "service.wsgi:app"])

@@ -16,6 +16,7 @@ from service.blueprints import ModelNameConverter, VersionConverter
 from service.blueprints.health import health
 from service.blueprints.inference import inference
 from service.blueprints.models import models
+from service.blueprints.repository import repository
 from service.blueprints.v1 import v1
 from service.blueprints.v2 import v2
 from service.config import Settings
@@ -24,6 +25,7 @@ from service.error_handlers import register_error_handlers, validation_error_res
 from service.errors import ServiceError, bad_request
 from service.jsonio import ORJSONProvider
 from service.logs import log_request
+from service.policy import VersionPolicy
 from service.registry import ModelRegistry
 
 JSON_BODY_BLUEPRINTS = {"inference"}
@@ -70,22 +72,25 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     """Build the app. ``config`` overrides the environment's settings; models load here, once."""
     cfg = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
     app = ServiceAPI(__name__, info=Info(title="numpy-nets model server", version="1"), doc_prefix="/docs",
-                  validation_error_status=422, validation_error_callback=validation_error_response)
+                     security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+                     validation_error_status=422, validation_error_callback=validation_error_response)
     app.request_class = StrictJSONRequest
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json = ORJSONProvider(app)
     app.extensions["settings"] = cfg
-    reg = model_registry or ModelRegistry(cfg.model_dir).load_all()
+    reg = model_registry or ModelRegistry(
+        cfg.model_dir, VersionPolicy.parse(cfg.version_policy), cfg.model_settle_seconds,
+        cfg.state_dir / "repository.json" if cfg.state_dir else None).load_all()
     for name in reg.models:  # a zero sample per model, so "no failures" is visible as 0
         metrics.LOAD_FAILURES.labels(name)
-    for key in reg.failures():
-        metrics.LOAD_FAILURES.labels(key.split("/")[0]).inc()
     app.extensions["model_registry"] = reg
     app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg))
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
     for bp in (inference, models, health, v2, v1):
         app.register_api(bp)
+    if cfg.admin_token is not None:  # the repository API exists only with a token (README: Rolling out)
+        app.register_api(repository)
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Response:

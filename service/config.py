@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from service.policy import VersionPolicy
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository"
 
@@ -38,8 +40,18 @@ class Settings(BaseModel):
     worker_class: str = Field("service.worker.BufferingGeventWorker", pattern=r"^[A-Za-z0-9_.]+$",
                               description="gunicorn worker class; others only for the benchmark's comparison")
     threads: int = Field(1, ge=1, le=256, description="threads per worker (gthread only)")
+    version_policy: str = Field("latest:1", description="latest, latest:N, all or specific:V1,V2")
+    model_poll_seconds: float = Field(5.0, ge=0, description="rescan the repository this often; 0: never")
+    model_settle_seconds: float = Field(2.0, ge=0, description="a weights file this recently modified waits")
+    admin_token: SecretStr | None = Field(None, description="bearer token of the repository API; none: API off")
+    state_dir: Path | None = Field(None, description="where workers share repository API state")
     keepalive: int = Field(5, ge=1, le=300)
     request_timeout: int = Field(10, ge=1, le=600)
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        return str(VersionPolicy.parse(value))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

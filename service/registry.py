@@ -1,14 +1,29 @@
-"""The model registry: finds, loads, validates and warms up models, and looks them up. No Flask here.
+"""The model registry: which versions of which models serve, kept in step with the disk. No Flask here.
 
-A model repository is ``<root>/<name>/<version>/model.npz`` with numeric versions. Every version
-found is loaded at start; one that fails is kept as *failed* with its reason (the service stays
-up, and readiness reports it), so a bad file never takes the others down.
+A model repository is ``<root>/<name>/<version>/model.npz`` with numeric versions. A scan
+(:meth:`ModelRegistry.refresh`) lists what is on disk, applies each model's version policy
+(``service/policy.py``), loads, validates and warms up what is new or changed, and swaps the result
+in as one immutable :class:`Snapshot`: a request holds the version it started with, and the
+unchanged versions are reused, not reloaded. A version that fails to load is never served; it is
+kept as *failed* with its reason (readiness and the model metadata report it) until its file
+changes, and the version before it keeps serving.
+
+A weights file is read only once it has settled: its modification time at least ``settle_seconds``
+in the past, so a copy still being written (``cp``) is left for a later scan. The training CLI
+writes to a temporary name and renames it into place, so its versions are complete at once.
+
+Each gunicorn worker keeps its own registry and rescans every ``MODEL_POLL_SECONDS``
+(``service/worker.py``); models unloaded through the repository API are recorded in a state file
+that every worker reads, so all workers serve the same versions within one poll interval.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,9 +33,13 @@ import numpy as np
 
 from model.io import WeightsFileError, load_model
 from model.network import Sequential
+from service import metrics
 from service.errors import not_found, unavailable
+from service.policy import VersionPolicy, model_policy
 
 log = logging.getLogger("service.registry")
+WEIGHTS_FILE = "model.npz"
+Signature = tuple[int, int, int]  # (inode, size, mtime_ns) of a weights file
 
 
 @dataclass
@@ -30,6 +49,7 @@ class ModelVersion:
     name: str
     version: int
     path: Path
+    signature: Signature | None = None
     network: Sequential | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
@@ -70,29 +90,102 @@ class ModelVersion:
         return base
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What serves, swapped in whole: model -> version -> entry, ready ones and failed ones apart."""
+
+    serving: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+    failed: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+    policies: dict[str, str] = field(default_factory=dict)
+    unloaded: frozenset[str] = frozenset()
+    scan_error: str | None = None
+
+
 class ModelRegistry:
-    """All versions of all models under ``root``."""
+    """The models under ``root`` and the versions of each that serve."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, policy: VersionPolicy | None = None, settle_seconds: float = 0.0,
+                 state_file: str | Path | None = None) -> None:
         self.root = Path(root)
-        self.models: dict[str, dict[int, ModelVersion]] = {}
-        self.scan_error: str | None = None
+        self.policy = policy or VersionPolicy()
+        self.settle_seconds = settle_seconds
+        self.state_file = Path(state_file) if state_file else None
+        self.snapshot = Snapshot()
+        self.unloaded: set[str] = set()  # without a state file (in-process use), kept here
+        self._state_mtime: int | None = None
 
-    # -- loading ----------------------------------------------------------------------------
+    @property
+    def models(self) -> dict[str, dict[int, ModelVersion]]:
+        """Every model on disk and not unloaded -> its versions that serve."""
+        snap = self.snapshot
+        return {name: snap.serving.get(name, {}) for name in sorted(set(snap.serving) | set(snap.failed))}
+
+    # -- scanning and loading --------------------------------------------------------------------
     def load_all(self) -> ModelRegistry:
-        if not self.root.is_dir():
-            self.scan_error = f"model directory {self.root} does not exist"
-            log.error(self.scan_error)
-            return self
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for version_dir in sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                                      key=lambda p: int(p.name)):
-                entry = self.load_version(model_dir.name, int(version_dir.name), version_dir / "model.npz")
-                self.models.setdefault(model_dir.name, {})[entry.version] = entry
+        """The first scan, at start: every file present is read, settled or not (a copy still
+        under way then fails validation, and is read again once its file changes)."""
+        self.refresh(settle=False)
         return self
 
-    def load_version(self, name: str, version: int, path: Path) -> ModelVersion:
-        entry = ModelVersion(name=name, version=version, path=path)
+    def refresh(self, settle: bool = True) -> bool:
+        """Scan the repository and swap in what serves now; True when anything changed."""
+        old = self.snapshot
+        unloaded = frozenset(self.read_unloaded())
+        if not self.root.is_dir():
+            error = f"model directory {self.root} does not exist"
+            if old.scan_error != error:
+                log.error(error)
+            self.snapshot = Snapshot(scan_error=error, unloaded=unloaded)
+            return old.scan_error != error
+        serving: dict[str, dict[int, ModelVersion]] = {}
+        failed: dict[str, dict[int, ModelVersion]] = {}
+        policies: dict[str, str] = {}
+        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            name = model_dir.name
+            if name in unloaded:
+                continue
+            policy = model_policy(model_dir, self.policy)
+            policies[name] = str(policy)
+            found = self.settled_versions(model_dir, self.settle_seconds if settle else 0.0)
+            serving[name], failed[name] = {}, {}
+            for version in policy.candidates(list(found)):
+                entry = self.entry(old, name, version, found[version])
+                (serving if entry.ready else failed)[name][version] = entry
+                if policy.done(len(serving[name])):
+                    break
+        new = Snapshot(serving, failed, policies, unloaded)
+        changed = self.describe_all(new) != self.describe_all(old)
+        self.snapshot = new  # one assignment: a request sees the old snapshot or the new, never half
+        if changed:
+            log.info("serving %s", {name: sorted(vs) for name, vs in serving.items()})
+        return changed
+
+    def settled_versions(self, model_dir: Path, settle_seconds: float) -> dict[int, Signature]:
+        """Numbered version directories whose weights file has settled -> the file's signature."""
+        out: dict[int, Signature] = {}
+        now = time.time()
+        for version_dir in model_dir.iterdir():
+            if not (version_dir.is_dir() and version_dir.name.isdigit() and int(version_dir.name) >= 1):
+                continue
+            try:
+                st = (version_dir / WEIGHTS_FILE).stat()
+            except OSError:
+                continue  # no weights file (yet)
+            if now - st.st_mtime < settle_seconds:
+                continue  # still being written, perhaps: the next scan looks again
+            out[int(version_dir.name)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        return out
+
+    def entry(self, old: Snapshot, name: str, version: int, signature: Signature) -> ModelVersion:
+        """The loaded version, reused when its file has not changed, else loaded now."""
+        for table in (old.serving, old.failed):
+            previous = table.get(name, {}).get(version)
+            if previous is not None and previous.signature == signature:
+                return previous
+        return self.load_version(name, version, self.root / name / str(version) / WEIGHTS_FILE, signature)
+
+    def load_version(self, name: str, version: int, path: Path, signature: Signature | None = None) -> ModelVersion:
+        entry = ModelVersion(name=name, version=version, path=path, signature=signature)
         try:
             loaded = load_model(path)
             check_metadata(loaded.network, loaded.metadata)
@@ -101,6 +194,7 @@ class ModelRegistry:
         except (WeightsFileError, ValueError, KeyError, TypeError) as exc:
             entry.error = str(exc)
             log.error("model %s/%s failed to load: %s", name, version, exc)
+            metrics.LOAD_FAILURES.labels(name).inc()
             return entry
         entry.network, entry.metadata, entry.sha256 = loaded.network, loaded.metadata, loaded.sha256
         entry.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -108,45 +202,107 @@ class ModelRegistry:
                  entry.sha256[:12])
         return entry
 
-    # -- queries ----------------------------------------------------------------------------
+    # -- unloading (the repository API) ----------------------------------------------------------
+    def read_unloaded(self) -> set[str]:
+        if self.state_file is None:
+            return set(self.unloaded)
+        try:
+            return set(json.loads(self.state_file.read_text())["unloaded"])
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring the repository state file %s: %s", self.state_file, exc)
+            return set()
+
+    def set_unloaded(self, name: str, unloaded: bool) -> None:
+        """Mark a model unloaded (or not) for every worker; this worker rescans at once."""
+        names = self.read_unloaded()
+        names = names | {name} if unloaded else names - {name}
+        if self.state_file is None:
+            self.unloaded = names
+        else:
+            tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"unloaded": sorted(names)}))
+            os.replace(tmp, self.state_file)  # whole or not at all, for the other workers
+        self.refresh()
+
+    def state_changed(self) -> bool:
+        """Whether the state file changed since the last call (a cheap stat, checked every second)."""
+        if self.state_file is None:
+            return False
+        try:
+            mtime = self.state_file.stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        changed, self._state_mtime = mtime != self._state_mtime, mtime
+        return changed
+
+    # -- queries ----------------------------------------------------------------------------------
     def failures(self) -> dict[str, str]:
-        return {f"{v.name}/{v.version}": v.error for vs in self.models.values() for v in vs.values() if v.error}
+        return {f"{v.name}/{v.version}": v.error for vs in self.snapshot.failed.values() for v in vs.values()}
 
     def status(self) -> tuple[bool, dict[str, str]]:
-        """Readiness: every version found loaded, and at least one model exists."""
-        states = {f"{v.name}/{v.version}": "ready" if v.ready else f"failed: {v.error}"
-                  for vs in self.models.values() for v in vs.values()}
-        if self.scan_error:
-            states["model_dir"] = self.scan_error
-        elif not states:
+        """Readiness: every model (not unloaded) has a serving version; failed versions are reported."""
+        snap = self.snapshot
+        states = {f"{v.name}/{v.version}": "ready" for vs in snap.serving.values() for v in vs.values()}
+        states.update({f"{v.name}/{v.version}": f"failed: {v.error}" for vs in snap.failed.values()
+                       for v in vs.values()})
+        ready = True
+        for name in set(snap.serving) | set(snap.failed):
+            if not snap.serving.get(name):
+                ready = False
+                states.setdefault(name, "no version serves")
+        if snap.scan_error:
+            states["model_dir"] = snap.scan_error
+        elif not snap.serving and not snap.failed:
             states["model_dir"] = f"no models found in {self.root}"
-        return bool(states) and all(s == "ready" for s in states.values()), states
+        return ready and bool(snap.serving), dict(sorted(states.items()))
 
-    def _versions(self, name: str) -> dict[int, ModelVersion]:
-        versions = self.models.get(name)
-        if not versions:
-            raise not_found(f"unknown model {name!r}; available: {sorted(self.models)}")
-        return versions
+    def describe_all(self, snap: Snapshot) -> dict[str, Any]:
+        return {name: ({v: e.signature for v, e in snap.serving.get(name, {}).items()},
+                       {v: e.signature for v, e in snap.failed.get(name, {}).items()})
+                for name in set(snap.serving) | set(snap.failed)} | {"unloaded": sorted(snap.unloaded)}
+
+    def _versions(self, name: str) -> tuple[dict[int, ModelVersion], dict[int, ModelVersion]]:
+        snap = self.snapshot
+        if name in snap.unloaded:
+            raise unavailable(f"model {name!r} is unloaded (POST /v2/repository/models/{name}/load serves it again)",
+                              {})
+        if name not in snap.serving and name not in snap.failed:
+            known = sorted(set(snap.serving) | set(snap.failed))
+            raise not_found(f"unknown model {name!r}; available: {known}")
+        return snap.serving.get(name, {}), snap.failed.get(name, {})
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
-        versions = self._versions(name)
+        """The version named, or the newest serving one: 404 if not served, 503 if it failed to load."""
+        serving, failed = self._versions(name)
         if version is None:
-            ready = [v for v in versions.values() if v.ready]
-            if not ready:
-                raise unavailable(f"no version of {name!r} is loaded", {str(k): v.error for k, v in versions.items()})
-            return max(ready, key=lambda v: v.version)
-        entry = versions.get(version)
-        if entry is None:
-            raise not_found(f"model {name!r} has no version {version}; available: {sorted(versions)}")
-        if not entry.ready:
-            raise unavailable(f"{name}/{version} failed to load", {str(version): entry.error})
-        return entry
+            if not serving:
+                raise unavailable(f"no version of {name!r} is loaded", {str(k): v.error for k, v in failed.items()})
+            return serving[max(serving)]
+        if version in serving:
+            return serving[version]
+        if version in failed:
+            raise unavailable(f"{name}/{version} failed to load", {str(version): failed[version].error})
+        policy = self.snapshot.policies.get(name, str(self.policy))
+        raise not_found(f"model {name!r} has no version {version} serving (version policy {policy}); "
+                        f"serving: {sorted(serving)}")
 
     def describe(self, name: str) -> dict[str, Any]:
-        versions = self._versions(name)
-        ready = [v.version for v in versions.values() if v.ready]
-        return {"name": name, "latest_version": max(ready, default=None),
+        serving, failed = self._versions(name)
+        versions = {**failed, **serving}
+        return {"name": name, "latest_version": max(serving, default=None),
                 "versions": [versions[k].info() for k in sorted(versions)]}
+
+    def index(self) -> list[dict[str, Any]]:
+        """Every model and version on record, with its state (the repository API's index)."""
+        snap = self.snapshot
+        rows = [{"name": name, "version": str(v), "state": "READY", "reason": ""}
+                for name, vs in snap.serving.items() for v in sorted(vs)]
+        rows += [{"name": name, "version": str(v), "state": "UNAVAILABLE", "reason": e.error or ""}
+                 for name, vs in snap.failed.items() for v, e in sorted(vs.items())]
+        rows += [{"name": name, "state": "UNAVAILABLE", "reason": "unloaded"} for name in sorted(snap.unloaded)]
+        return sorted(rows, key=lambda r: (r["name"], int(r.get("version", 0))))
 
 
 def check_metadata(network: Sequential, metadata: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ On top of gunicorn's gevent worker this adds what a buffering proxy would do in 
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * a gradcheck runs on the worker's background thread (:func:`off_loop`), not on the event loop;
 * connections take turns: each yields to the others after every request;
+* the model repository is rescanned every ``MODEL_POLL_SECONDS`` (``service/registry.py``);
 * on a graceful stop, connections waiting idle between requests are closed at once instead of
   holding the stop for their keep-alive time.
 """
@@ -28,6 +29,7 @@ import io
 import queue
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -97,11 +99,32 @@ class BufferingGeventWorker(GeventWorker):
         self.idle: set[socket.socket] = set()
         super().init_process()
 
+    def run(self) -> None:
+        registry = getattr(self.wsgi, "extensions", {}).get("model_registry")
+        if registry is not None:
+            gevent.spawn(self.watch_repository, registry, Settings.from_env().model_poll_seconds)
+        super().run()
+
+    def watch_repository(self, registry, poll_seconds: float) -> None:
+        """Rescan the model repository every ``poll_seconds`` (0: never), and at once when another
+        worker changed the repository API's state; a scan loads on this greenlet, so scans never
+        overlap, and requests hold the snapshot they started with."""
+        registry.state_changed()  # the baseline
+        last = time.monotonic()
+        while self.alive:
+            gevent.sleep(min(1.0, poll_seconds) if poll_seconds > 0 else 1.0)
+            due = poll_seconds > 0 and time.monotonic() - last >= poll_seconds
+            if due or registry.state_changed():
+                last = time.monotonic()
+                try:
+                    registry.refresh()
+                except Exception:  # a bug must not end the watching; the log has it
+                    self.log.exception("model repository scan failed")
+
     def handle_exit(self, sig, frame) -> None:
         """SIGTERM: stop accepting (gunicorn), and close connections idle between requests now
-        rather than after their keep-alive time. In a greenlet of its own, out of the signal
-        handler, as gunicorn does for SIGQUIT; a greenlet polling ``alive`` instead could still be
-        asleep when the interpreter exits, and the worker then never ended."""
+        rather than after their keep-alive time; in a greenlet of its own, out of the signal
+        handler, as gunicorn does for SIGQUIT."""
         super().handle_exit(sig, frame)
         gevent.spawn(self.close_idle)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -139,3 +141,63 @@ def test_predictions_are_independent_of_batch_composition(client):
     one = client.post("/predict", json={"model": "digits", "inputs": [[1.0] * 25]}).get_json()
     two = client.post("/predict", json={"model": "digits", "inputs": [[0.0] * 25, [1.0] * 25]}).get_json()
     assert one["predictions"][0] == two["predictions"][1]
+
+
+def rss_bytes() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS from /proc (Linux)")
+def test_unloaded_versions_give_their_memory_back(tmp_path, model_repository):
+    """Three MNIST versions (2.6 MB of weights each) loaded, then unloaded: RSS comes back down."""
+    import gc
+    import shutil
+
+    from service.policy import VersionPolicy
+
+    for version in (1, 2, 3):
+        shutil.copytree(model_repository / "mnist" / "1", tmp_path / "mnist" / str(version))
+    gc.collect()
+    before = rss_bytes()
+    reg = ModelRegistry(tmp_path, VersionPolicy.parse("all")).load_all()
+    assert sorted(reg.models["mnist"]) == [1, 2, 3]
+    loaded = rss_bytes()
+    reg.set_unloaded("mnist", True)
+    gc.collect()
+    after = rss_bytes()
+    print(f"\nRSS: {before / 1e6:.1f} MB, {loaded / 1e6:.1f} MB with 3 versions, {after / 1e6:.1f} MB unloaded")
+    assert reg.models == {} and loaded - before > 6e6
+    assert loaded - after > 0.75 * (loaded - before)
+
+
+@pytest.mark.parametrize("text,kind,served", [
+    ("latest", "latest:1", [3]), ("latest:2", "latest:2", [3, 2]), ("all", "all", [3, 2, 1]),
+    ("specific:1,3", "specific:1,3", [3, 1]),
+])
+def test_version_policies(tmp_path, model_repository, text, kind, served):
+    import shutil
+
+    from service.policy import VersionPolicy
+
+    for version in (1, 2, 3):
+        shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / str(version))
+    reg = ModelRegistry(tmp_path, VersionPolicy.parse(text)).load_all()
+    assert str(VersionPolicy.parse(text)) == kind
+    assert sorted(reg.models["xor"], reverse=True) == served
+
+
+def test_a_model_may_set_its_own_policy_and_bad_policies_are_refused(tmp_path, model_repository):
+    import json
+    import shutil
+
+    from service.policy import VersionPolicy
+
+    for version in (1, 2):
+        shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / str(version))
+    (tmp_path / "xor" / "config.json").write_text(json.dumps({"version_policy": "all"}))
+    assert sorted(ModelRegistry(tmp_path).load_all().models["xor"]) == [1, 2]
+    for bad in ("newest", "latest:0", "specific:", "all:2", "specific:a"):
+        with pytest.raises(ValueError):
+            VersionPolicy.parse(bad)
+    with pytest.raises(ValidationError):
+        Settings.from_env({"VERSION_POLICY": "newest"})

@@ -91,12 +91,14 @@ class Container:
         engine("rm", "-f", self.name, check=False)
 
 
-def run(tag: str, **env: str) -> Container:
-    """Start the container as an operator should: read-only root, tmpfs /tmp, no capabilities."""
+def run(tag: str, mounts: tuple[str, ...] = (), **env: str) -> Container:
+    """Start the container as an operator should: read-only root, tmpfs /tmp, no capabilities.
+    ``mounts`` are ``-v`` arguments (``host:container[:ro]``)."""
     name = f"nn-test-{uuid.uuid4().hex[:8]}"
     environ = [arg for key, value in {**SERVER_ENV, **env}.items() for arg in ("-e", f"{key}={value}")]
+    volumes = [arg for mount in mounts for arg in ("-v", mount)]
     engine("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp:rw,size=64m", "--cap-drop", "ALL",
-           "--security-opt", "no-new-privileges", "-p", "127.0.0.1::8000", *environ, tag)
+           "--security-opt", "no-new-privileges", "-p", "127.0.0.1::8000", *volumes, *environ, tag)
     mapping = engine("port", name, "8000/tcp").stdout.strip().splitlines()[0]
     host, port = mapping.rsplit(":", 1)
     container = Container(name, f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}")

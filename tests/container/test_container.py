@@ -5,6 +5,7 @@ The whole integration suite also runs against the container (``base_url[containe
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -83,3 +84,29 @@ def test_train_target_retrains_into_a_mounted_repository(tmp_path):
     assert load_model(out / "digits" / "1" / "model.npz").metadata["targets"]["met"]
     missing = engine(*run_args, "mnist", "--data-dir", "/nowhere", "--no-download", "--out", "/out", check=False)
     assert missing.returncode == 2 and "not found in /nowhere" in missing.stderr
+
+
+def test_a_new_version_in_a_mounted_repository_serves_without_a_restart(tmp_path, model_repository):
+    """The operator's path: the repository mounted read-only, a retrained version copied in."""
+    require_engine()
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository / "xor", repo / "xor")
+    for path in [tmp_path, *repo.rglob("*")]:  # readable by the image's uid 10001
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    box = run(image(), mounts=(f"{repo}:/srv/model_repository:ro",), MODEL_POLL_SECONDS="1",
+              MODEL_SETTLE_SECONDS="0.5")
+    try:
+        def version() -> int:
+            return requests.post(f"{box.url}/predict", json={"model": "xor", "inputs": [[0, 1]]}, timeout=10).json()[
+                "version"]
+
+        assert version() == 1
+        (repo / "xor" / "2").mkdir(mode=0o755)
+        shutil.copy(repo / "xor" / "1" / "model.npz", repo / "xor" / "2" / "model.npz")
+        (repo / "xor" / "2" / "model.npz").chmod(0o644)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and {version() for _ in range(20)} != {2}:
+            time.sleep(0.5)
+        assert {version() for _ in range(20)} == {2}, box.logs()[-3000:]
+    finally:
+        box.remove()

@@ -34,7 +34,8 @@ def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_reposit
                 break
             except requests.ConnectionError:
                 time.sleep(0.2)
-        assert ready.status_code == 503
+        # ready: every model has a version that serves (mnist/1); the failed one is reported
+        assert ready.status_code == 200
         states = ready.json()["models"]
         assert states["mnist/1"] == "ready" and states["xor/1"] == "ready"
         assert states["mnist/2"].startswith("failed:") and "not a readable .npz" in states["mnist/2"]
@@ -52,7 +53,7 @@ def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_reposit
         text = requests.get(f"{server.url}/metrics", timeout=10).text
         assert 'nn_model_load_failures_total{model="mnist"} 1.0' in text
         # the standard protocols say the same: V2 readiness by status code, V1 version states
-        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 400
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
         assert requests.get(f"{server.url}/v2/models/mnist/ready", timeout=5).status_code == 200
         assert requests.get(f"{server.url}/v2/models/mnist/versions/2/ready", timeout=5).status_code == 400
         states = requests.get(f"{server.url}/v1/models/mnist", timeout=5).json()["model_version_status"]
