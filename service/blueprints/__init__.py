@@ -14,11 +14,16 @@ from pydantic import BaseModel
 from werkzeug.routing import BaseConverter
 
 from service import jsonio
+from service.config import Settings
 from service.dataplane import DataPlane
 
 
 def dataplane() -> DataPlane:
     return current_app.extensions["dataplane"]
+
+
+def settings() -> Settings:
+    return current_app.extensions["settings"]
 
 
 def respond(body: BaseModel, status: int = 200) -> Response:

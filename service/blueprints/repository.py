@@ -1,0 +1,96 @@
+"""Triton's model repository API: list what is on disk and load or unload models, while serving.
+
+``POST /v2/repository/index``, ``POST /v2/repository/models/{m}/load`` and ``.../unload``. They
+change what the server serves, so they need ``Authorization: Bearer <ADMIN_TOKEN>``; without an
+``ADMIN_TOKEN`` in the environment the API is off: its routes are not registered (404) and not in
+the OpenAPI document. A missing token is a
+401, a wrong one a 403 (compared in constant time, never logged). A change made through any worker
+reaches every worker within a second (``service/registry.py``). Errors are the Open Inference
+Protocol's ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from flask import Response, g, request
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import Field, RootModel
+
+from service import jsonio
+from service.blueprints import dataplane, empty, respond_json, settings
+from service.errors import ServiceError, not_found
+from service.schemas import ModelName, StrictModel
+from service.schemas_v2 import Error
+
+
+class RepositoryModel(StrictModel):
+    name: str
+    version: str | None = None
+    state: Annotated[str, Field(description="READY or UNAVAILABLE")]
+    reason: str
+
+
+class RepositoryIndex(RootModel[list[RepositoryModel]]):
+    pass
+
+
+class IndexRequest(StrictModel):
+    ready: bool | None = Field(None, description="true: only what serves")
+
+
+class RepositoryPath(StrictModel):
+    name: ModelName
+
+
+ERRORS = {status: Error for status in (400, 401, 403, 404)}
+repository = APIBlueprint("repository", __name__, abp_tags=[Tag(name="model repository (admin)")],
+                          abp_security=[{"bearer": []}])
+
+
+@repository.before_request
+def require_token() -> None:
+    token = settings().admin_token
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ServiceError(401, "unauthorized", "the repository API needs 'Authorization: Bearer <ADMIN_TOKEN>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise ServiceError(403, "forbidden", "wrong token for the repository API")
+
+
+@repository.post("/v2/repository/index", responses={200: RepositoryIndex, **ERRORS})
+def index() -> Response:
+    """Every model and version on disk, with its state (READY, or UNAVAILABLE and why)."""
+    raw = request.get_data()
+    only_ready = IndexRequest.model_validate(jsonio.loads(raw)).ready if raw.strip() else None
+    rows = dataplane().registry.index()
+    return respond_json([r for r in rows if r["state"] == "READY"] if only_ready else rows)
+
+
+def model_dir_exists(name: str) -> None:
+    if not (dataplane().registry.root / name).is_dir():
+        raise not_found(f"no model {name!r} in the repository")
+
+
+@repository.post("/v2/repository/models/<model:name>/load", responses={200: None, **ERRORS})
+def load(path: RepositoryPath) -> Response:
+    """Serve the model again (after an unload) and rescan it now; 400 if no version of it loads."""
+    g.model = path.name
+    model_dir_exists(path.name)
+    registry = dataplane().registry
+    registry.set_unloaded(path.name, False)
+    if not registry.models.get(path.name):
+        reasons = "; ".join(f"{k}: {v}" for k, v in registry.failures().items() if k.startswith(f"{path.name}/"))
+        raise ServiceError(400, "load_failed", f"failed to load {path.name!r}: {reasons or 'no version found'}")
+    return empty()
+
+
+@repository.post("/v2/repository/models/<model:name>/unload", responses={200: None, **ERRORS})
+def unload(path: RepositoryPath) -> Response:
+    """Stop serving the model in every worker (its files stay; load serves it again)."""
+    g.model = path.name
+    model_dir_exists(path.name)
+    dataplane().registry.set_unloaded(path.name, True)
+    return empty()
