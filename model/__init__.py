@@ -1,9 +1,10 @@
 """A small neural-network library in NumPy: layers, losses, optimizers, gradient checks, weights files."""
 
 from model.gradcheck import GradCheckResult, gradient_check, numerical_gradient
+from model.heads import loss_for_head
 from model.io import LoadedModel, WeightsFileError, load_model, save_model
 from model.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, loss_for_head
+from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from model.network import Sequential
 from model.optimizers import SGD, Adam, Momentum
 

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.heads import loss_for_head
 from model.layers import Dropout
-from model.losses import Loss, loss_for_head
+from model.losses import Loss
 from model.network import Sequential
 
 MODES = ("full", "sampled", "directional")

@@ -45,7 +45,6 @@ class WeightsFileError(ValueError):
 class LoadedModel:
     network: Sequential
     metadata: dict[str, Any]
-    path: Path
     sha256: str
 
 
@@ -129,7 +128,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         if not np.all(np.isfinite(value)):
             raise WeightsFileError(f"{path}: {key} holds NaN or infinite values")
         np.copyto(target, value)
-    return LoadedModel(network=network.eval(), metadata=metadata, path=path, sha256=file_sha256(path))
+    return LoadedModel(network=network.eval(), metadata=metadata, sha256=file_sha256(path))
 
 
 def _read_metadata(path: Path, raw: np.ndarray | None) -> dict[str, Any]:

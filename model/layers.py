@@ -25,10 +25,28 @@ from model.initializers import initialize
 Array = np.ndarray
 
 
+LAYER_TYPES: dict[str, type[Layer]] = {}  # kind -> class, filled by each class as it is defined
+
+
 class Layer:
-    """Base class: a layer without parameters whose backward is the identity."""
+    """Base class: a layer without parameters whose backward is the identity.
+
+    A subclass with its own ``kind`` registers itself in ``LAYER_TYPES``, so defining the class is
+    all it takes to make a new layer type loadable from a weights file.
+    """
 
     kind = "layer"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            LAYER_TYPES[cls.kind] = cls
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], rng: np.random.Generator | None, dtype: np.dtype) -> Layer:
+        """Rebuild from :meth:`spec`'s output (less ``type``); layers with weights or randomness
+        take ``rng`` and ``dtype`` too."""
+        return cls(**spec)
 
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
@@ -133,6 +151,20 @@ class Dense(Layer):
         return {"type": self.kind, "in_features": self.in_features,
                 "out_features": self.out_features, "init": self.init}
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], rng: np.random.Generator | None, dtype: np.dtype) -> Dense:
+        return cls(rng=rng, dtype=dtype, **spec)
+
+
+def sigmoid(x: Array) -> Array:
+    """Logistic function, stable for large |x| (no overflow warning in exp)."""
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
 
 class Sigmoid(Layer):
     """Logistic function ``1 / (1 + exp(-x))``, computed without overflow for large |x|."""
@@ -216,6 +248,14 @@ class LeakyReLU(Layer):
         return {"type": self.kind, "negative_slope": self.negative_slope}
 
 
+def softmax(x: Array) -> Array:
+    """Row-wise softmax of x : (batch, classes), shifted by the row max so exp never overflows."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
 class Softmax(Layer):
     """Row-wise softmax, stable by subtracting the row max.
 
@@ -272,6 +312,10 @@ class Dropout(Layer):
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "p": self.p}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], rng: np.random.Generator | None, dtype: np.dtype) -> Dropout:
+        return cls(rng=rng, **spec)
 
 
 class BatchNorm1d(Layer):
@@ -333,32 +377,12 @@ class BatchNorm1d(Layer):
         return {"type": self.kind, "num_features": self.num_features,
                 "momentum": self.momentum, "eps": self.eps}
 
-
-def sigmoid(x: Array) -> Array:
-    """Logistic function, stable for large |x| (no overflow warning in exp)."""
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
-
-
-def softmax(x: Array) -> Array:
-    """Row-wise softmax of x : (batch, classes), shifted by the row max so exp never overflows."""
-    shifted = x - x.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], rng: np.random.Generator | None, dtype: np.dtype) -> BatchNorm1d:
+        return cls(dtype=dtype, **spec)
 
 
 ACTIVATIONS: dict[str, type[Layer]] = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU}
-
-LAYER_TYPES: dict[str, type[Layer]] = {
-    cls.kind: cls
-    for cls in (Dense, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Dropout, BatchNorm1d)
-}
-
 
 def layer_from_spec(spec: dict[str, Any], rng: np.random.Generator | None = None,
                     dtype: np.dtype = np.float32) -> Layer:
@@ -367,14 +391,7 @@ def layer_from_spec(spec: dict[str, Any], rng: np.random.Generator | None = None
     kind = spec.pop("type", None)
     if kind not in LAYER_TYPES:
         raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
-    cls = LAYER_TYPES[kind]
     try:
-        if cls in (Dense,):
-            return cls(rng=rng, dtype=dtype, **spec)
-        if cls is BatchNorm1d:
-            return cls(dtype=dtype, **spec)
-        if cls is Dropout:
-            return cls(rng=rng, **spec)
-        return cls(**spec)
+        return LAYER_TYPES[kind].from_spec(spec, rng=rng, dtype=dtype)
     except TypeError as exc:
         raise ValueError(f"bad arguments for layer {kind!r}: {exc}") from None

@@ -16,9 +16,7 @@ from model.layers import sigmoid
 
 
 class Loss:
-    """Base class; subclasses set ``name`` (the network head they pair with)."""
-
-    head = "identity"
+    """Base class. Which loss pairs with which network head is ``model/heads.py``'s table."""
 
     def forward(self, outputs: np.ndarray, targets: np.ndarray) -> float:  # pragma: no cover
         raise NotImplementedError
@@ -36,8 +34,6 @@ class MeanSquaredError(Loss):
     The 0.5 makes the gradient the plain error ``(y - t) / batch`` of the classic delta rule.
     """
 
-    head = "identity"
-
     def forward(self, outputs: np.ndarray, targets: np.ndarray) -> float:
         targets = np.asarray(targets, dtype=outputs.dtype).reshape(outputs.shape)
         self._diff = outputs - targets
@@ -53,8 +49,6 @@ class SigmoidBinaryCrossEntropy(Loss):
     Per element ``-(t log p + (1 - t) log(1 - p))`` with ``p = sigmoid(z)``, computed as
     ``softplus(z) - t z`` (stable for any z); summed over the k outputs, mean over the batch.
     """
-
-    head = "sigmoid"
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
         targets = np.asarray(targets, dtype=logits.dtype).reshape(logits.shape)
@@ -73,8 +67,6 @@ class SoftmaxCrossEntropy(Loss):
     ``targets`` are class indices of shape (batch,) or target distributions (one-hot) of shape
     (batch, classes). Loss is the mean over the batch of ``logsumexp(z) - sum_j t_j z_j``.
     """
-
-    head = "softmax"
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
         batch = logits.shape[0]
@@ -112,10 +104,3 @@ LOSSES: dict[str, type[Loss]] = {
     "cross_entropy": SoftmaxCrossEntropy,
 }
 
-
-def loss_for_head(head: str) -> Loss:
-    """The loss that pairs with a network head (softmax -> CE, sigmoid -> BCE, identity -> MSE)."""
-    for cls in LOSSES.values():
-        if cls.head == head:
-            return cls()
-    raise ValueError(f"no loss for head {head!r}")

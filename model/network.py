@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from model.layers import ACTIVATIONS, Dense, Dropout, Layer, layer_from_spec, sigmoid, softmax
-
-HEADS = ("softmax", "sigmoid", "identity")
+from model.heads import HEADS, head
+from model.layers import ACTIVATIONS, Dense, Dropout, Layer, layer_from_spec
 
 
 class Sequential:
@@ -32,7 +31,7 @@ class Sequential:
 
     def __init__(self, layers: Iterable[Layer], head: str = "softmax") -> None:
         if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; known: {HEADS}")
+            raise ValueError(f"unknown head {head!r}; known: {sorted(HEADS)}")
         self.layers = list(layers)
         self.head = head
 
@@ -68,7 +67,7 @@ class Sequential:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Inference: :meth:`infer`, then the head."""
-        return apply_head(self.head, self.infer(x))
+        return head(self.head).activation(self.infer(x))
 
     # -- modes ------------------------------------------------------------------------------
     @property
@@ -97,11 +96,6 @@ class Sequential:
     def state(self) -> dict[str, np.ndarray]:
         """Everything that is saved: parameters and buffers."""
         return {**self.named_params(), **self.named_buffers()}
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Copy arrays into the network's own (shape and dtype must already match)."""
-        for name, target in self.state().items():
-            np.copyto(target, state[name])
 
     @property
     def num_params(self) -> int:
@@ -158,6 +152,15 @@ class Sequential:
         return Sequential(layers, head=self.head).eval()
 
     @property
+    def output_features(self) -> int | None:
+        """Width of the network's output (the last layer that sets one)."""
+        for layer in reversed(self.layers):
+            for attr in ("out_features", "num_features"):
+                if hasattr(layer, attr):
+                    return getattr(layer, attr)
+        return None
+
+    @property
     def input_features(self) -> int | None:
         for layer in self.layers:
             if hasattr(layer, "in_features"):
@@ -169,14 +172,6 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], head={self.head!r})"
-
-
-def apply_head(head: str, logits: np.ndarray) -> np.ndarray:
-    if head == "softmax":
-        return softmax(logits)
-    if head == "sigmoid":
-        return sigmoid(logits)
-    return logits
 
 
 def mlp(sizes: list[int], *, activation: str = "relu", init: str = "he", dropout: float = 0.0,

@@ -8,9 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from model.repository import DEFAULT_ROOT
 from service.policy import VersionPolicy
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository"
 
 
 def usable_cores() -> int:
@@ -29,7 +28,7 @@ class Settings(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(default_factory=usable_cores, ge=1, le=64)
-    model_dir: Path = DEFAULT_MODEL_DIR
+    model_dir: Path = DEFAULT_ROOT
     max_batch: int = Field(1024, ge=1, le=65536)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")

@@ -19,8 +19,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.repository import CONFIG_FILE
+
 log = logging.getLogger("service.registry")
-CONFIG_FILE = "config.json"
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,12 @@ import numpy as np
 
 from model.io import WeightsFileError, load_model
 from model.network import Sequential
+from model.repository import WEIGHTS_FILE, model_dirs, version_dir, versions
 from service import metrics
 from service.errors import not_found, unavailable
 from service.policy import VersionPolicy, model_policy
 
 log = logging.getLogger("service.registry")
-WEIGHTS_FILE = "model.npz"
 Signature = tuple[int, int, int]  # (inode, size, mtime_ns) of a weights file
 
 
@@ -48,7 +48,6 @@ class ModelVersion:
 
     name: str
     version: int
-    path: Path
     signature: Signature | None = None
     network: Sequential | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -140,7 +139,7 @@ class ModelRegistry:
         serving: dict[str, dict[int, ModelVersion]] = {}
         failed: dict[str, dict[int, ModelVersion]] = {}
         policies: dict[str, str] = {}
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for model_dir in model_dirs(self.root):
             name = model_dir.name
             if name in unloaded:
                 continue
@@ -164,16 +163,14 @@ class ModelRegistry:
         """Numbered version directories whose weights file has settled -> the file's signature."""
         out: dict[int, Signature] = {}
         now = time.time()
-        for version_dir in model_dir.iterdir():
-            if not (version_dir.is_dir() and version_dir.name.isdigit() and int(version_dir.name) >= 1):
-                continue
+        for version in versions(model_dir):
             try:
-                st = (version_dir / WEIGHTS_FILE).stat()
+                st = (model_dir / str(version) / WEIGHTS_FILE).stat()
             except OSError:
                 continue  # no weights file (yet)
             if now - st.st_mtime < settle_seconds:
                 continue  # still being written, perhaps: the next scan looks again
-            out[int(version_dir.name)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+            out[version] = (st.st_ino, st.st_size, st.st_mtime_ns)
         return out
 
     def entry(self, old: Snapshot, name: str, version: int, signature: Signature) -> ModelVersion:
@@ -182,10 +179,10 @@ class ModelRegistry:
             previous = table.get(name, {}).get(version)
             if previous is not None and previous.signature == signature:
                 return previous
-        return self.load_version(name, version, self.root / name / str(version) / WEIGHTS_FILE, signature)
+        return self.load_version(name, version, version_dir(self.root, name, version) / WEIGHTS_FILE, signature)
 
     def load_version(self, name: str, version: int, path: Path, signature: Signature | None = None) -> ModelVersion:
-        entry = ModelVersion(name=name, version=version, path=path, signature=signature)
+        entry = ModelVersion(name=name, version=version, signature=signature)
         try:
             loaded = load_model(path)
             check_metadata(loaded.network, loaded.metadata)
@@ -314,6 +311,6 @@ def check_metadata(network: Sequential, metadata: dict[str, Any]) -> None:
         raise ValueError("metadata 'input_shape' must be a list of positive integers")
     if math.prod(shape) != network.input_features:
         raise ValueError(f"input_shape {shape} does not match the network's {network.input_features} inputs")
-    out = network.layers[-1].params["W"].shape[1] if "W" in network.layers[-1].params else None
+    out = network.output_features
     if out is not None and out != len(labels):
         raise ValueError(f"{len(labels)} labels for a network with {out} outputs")

@@ -161,12 +161,13 @@ def test_infer_is_forward_in_eval_mode_and_stores_nothing(kind):
 
 
 def test_network_infer_matches_predict_and_keeps_the_mode():
-    from model.network import apply_head, mlp
+    from model.heads import head
+    from model.network import mlp
 
     rng = np.random.default_rng(3)
     net = mlp([6, 5, 5, 3], dropout=0.5, rng=rng, dtype=F64).train()
     x = rng.standard_normal((4, 6))
     logits = net.infer(x)
     assert net.training  # infer reads no mode and changes none
-    np.testing.assert_array_equal(net.predict_proba(x), apply_head("softmax", logits))
+    np.testing.assert_array_equal(net.predict_proba(x), head("softmax").activation(logits))
     np.testing.assert_array_equal(logits, net.eval().forward(x))

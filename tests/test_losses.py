@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from model.gradcheck import numerical_gradient, relative_error
-from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, loss_for_head
+from model.heads import loss_for_head
+from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 
 
 def test_mse_value_and_gradient_by_hand():

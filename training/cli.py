@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from model.io import WeightsFileError
+from model.repository import DEFAULT_ROOT
 from training.mnist import DatasetError
 
 log = logging.getLogger("training")
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "model_repository"
 MODELS = ("xor", "digits", "mnist")
 
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
     parser.add_argument("--lr", type=positive_float, help="override the learning rate")
     parser.add_argument("--batch-size", type=positive_int, help="override the batch size")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    parser.add_argument("--out", type=Path, default=DEFAULT_ROOT,
                         help="model repository to write <name>/<version>/ into (default: %(default)s)")
     parser.add_argument("--version", type=positive_int,
                         help="version number to write (default: one more than the newest present)")

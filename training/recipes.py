@@ -1,8 +1,5 @@
-"""The recipes that produce the shipped models, and writing a trained model into a model repository.
-
-A model repository is ``<root>/<name>/<version>/`` with numeric versions from 1; each version
-directory holds ``model.npz`` (weights and metadata), ``metrics.json`` and ``curves.png``.
-"""
+"""The recipes that produce the shipped models, and writing a trained model into a model repository
+(its layout: ``model/repository.py``)."""
 
 from __future__ import annotations
 
@@ -17,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from model.heads import loss_for_head
 from model.io import atomic_writer, save_model
-from model.losses import loss_for_head
 from model.network import Sequential, mlp
 from model.optimizers import OPTIMIZERS, Optimizer
+from model.repository import CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, next_version, version_dir
 from training import datasets
 from training.trainer import History, accuracy, cosine_schedule, fit
 
@@ -128,19 +126,13 @@ def code_version() -> str:
     return f"{pkg}+g{commit}" if commit else pkg
 
 
-def next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Sequential, history: History,
                 version: int | None = None, force: bool = False, plot: bool = True) -> Path:
     """Write ``model.npz``, ``metrics.json`` and (if matplotlib is there) ``curves.png``."""
-    model_root = out / recipe.name
-    version = version if version is not None else next_version(model_root)
-    target = model_root / str(version)
-    if (target / "model.npz").exists() and not force:
-        raise FileExistsError(f"{target / 'model.npz'} exists (pass --force to overwrite)")
+    version = version if version is not None else next_version(out / recipe.name)
+    target = version_dir(out, recipe.name, version)
+    if (target / WEIGHTS_FILE).exists() and not force:
+        raise FileExistsError(f"{target / WEIGHTS_FILE} exists (pass --force to overwrite)")
     metrics = final_metrics(net, dataset, history)
     metadata: dict[str, Any] = {
         "name": recipe.name,
@@ -156,11 +148,11 @@ def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Seque
         "code_version": code_version(),
         "train_seconds": round(sum(history.series("seconds")), 2),
     }
-    save_model(target / "model.npz", net, metadata)
-    with atomic_writer(target / "metrics.json", "w") as fh:
+    save_model(target / WEIGHTS_FILE, net, metadata)
+    with atomic_writer(target / METRICS_FILE, "w") as fh:
         json.dump({"metrics": metrics, "targets": metadata["targets"], "history": history.epochs}, fh, indent=2)
     if plot:
-        plot_history(history, target / "curves.png", title=f"{recipe.name} v{version}")
+        plot_history(history, target / CURVES_FILE, title=f"{recipe.name} v{version}")
     return target
 
 

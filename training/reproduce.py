@@ -18,14 +18,14 @@ from model.gradcheck import loss_closure, numerical_gradient
 from model.layers import Dense, ReLU, Sigmoid
 from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from model.network import Sequential, mlp
-from model.optimizers import SGD, Adam
+from model.optimizers import OPTIMIZERS, SGD
 from training import datasets
 from training.trainer import accuracy, fit
 
 log = logging.getLogger(__name__)
 
-XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
-XOR_Y = np.array([0, 1, 1, 0], dtype=np.float64)
+XOR_X = datasets.xor().x.astype(np.float64)  # the classic experiments run in float64
+XOR_Y = datasets.xor().y.astype(np.float64)
 COPY_X1_Y = np.array([0, 0, 1, 1], dtype=np.float64)
 
 
@@ -99,7 +99,7 @@ def mnist_mlp(ds: datasets.Dataset, hidden: list[int], *, activation: str, optim
     """Train an MLP on MNIST; returns (train accuracy, test accuracy)."""
     rng = np.random.default_rng(seed)
     net = mlp([784, *hidden, 10], activation=activation, init=init, dropout=dropout, rng=rng)
-    opt = Adam(lr) if optimizer == "adam" else SGD(lr)
+    opt = OPTIMIZERS[optimizer](lr=lr)
     n_epochs = epochs if epochs is not None else -(-iterations * 100 // len(ds.x))
     fit(net, SoftmaxCrossEntropy(), opt, ds.x, ds.y, epochs=n_epochs, batch_size=100, rng=rng, max_steps=iterations)
     xte, yte = ds.eval_sets["test"]

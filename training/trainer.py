@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from model.heads import head
 from model.losses import Loss
 from model.network import Sequential
 from model.optimizers import Optimizer
@@ -34,17 +35,10 @@ class History:
         return [e[key] for e in self.epochs if key in e]
 
 
-def decide(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class indices from scores (batch, k): argmax, or ``score > threshold`` when k is 1."""
-    if scores.shape[1] == 1:
-        return (scores[:, 0] > threshold).astype(np.int64)
-    return scores.argmax(axis=1)
-
-
 def predict_labels(net: Sequential, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
     """Class indices predicted by ``net`` (argmax, or probability > 0.5 for one output)."""
     outs = [net.predict_proba(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return decide(np.concatenate(outs) if outs else np.empty((0, 1)))
+    return head(net.head).decide(np.concatenate(outs) if outs else np.empty((0, 1)))
 
 
 def accuracy(net: Sequential, x: np.ndarray, labels: np.ndarray) -> float:
@@ -97,9 +91,6 @@ def fit(
     eval_sets = eval_sets or {}
     labels = labels if labels is not None else (targets if np.ndim(targets) == 1 else None)
     n = len(x)
-    # Deciding on raw outputs skips the head: a sigmoid head's p > 0.5 is logit > 0; other heads
-    # (identity after a Sigmoid layer, softmax's argmax) are decided on the outputs as they are.
-    logit_threshold = 0.0 if net.head == "sigmoid" else 0.5
     history = History()
     steps = 0
     bar = progress_bar(progress, total=epochs * math.ceil(n / batch_size), unit="batch", leave=False)
@@ -109,29 +100,14 @@ def fit(
         start = time.perf_counter()
         order = rng.permutation(n) if shuffle else np.arange(n)
         net.train()
-        total, correct, seen = 0.0, 0, 0
-        params, grads = net.named_params(), net.named_grads()
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            xb = x[idx]
-            if augment is not None:
-                xb = augment(xb, rng)
-            tb = targets[idx]
-            logits = net.forward(xb)
-            total += loss.forward(logits, tb) * len(idx)
-            net.backward(loss.backward(), input_grad=False)
-            optimizer.step(params, grads)
-            if labels is not None:
-                correct += int(np.sum(decide(logits, logit_threshold) == labels[idx]))
-            seen += len(idx)
-            steps += 1
-            bar.update(1)
-            if max_steps is not None and steps >= max_steps:
-                break
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": optimizer.lr,
+        stats = train_epoch(net, loss, optimizer, x, targets, labels, order, batch_size=batch_size, rng=rng,
+                            augment=augment, max_steps=None if max_steps is None else max_steps - steps,
+                            on_step=bar.update)
+        steps += stats.steps
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": stats.loss_sum / max(stats.seen, 1), "lr": optimizer.lr,
                                   "seconds": time.perf_counter() - start}
         if labels is not None:
-            record["train_accuracy"] = correct / max(seen, 1)
+            record["train_accuracy"] = stats.correct / max(stats.seen, 1)
         for name, (ex, ey) in eval_sets.items():
             record[f"{name}_accuracy"] = accuracy(net, ex, ey)
         history.epochs.append(record)
@@ -142,3 +118,40 @@ def fit(
     bar.close()
     net.eval()
     return history
+
+
+@dataclass
+class EpochStats:
+    loss_sum: float = 0.0  # sum over samples of the batch-mean loss times the batch size
+    correct: int = 0  # running accuracy's hits, decided on the training-mode logits
+    seen: int = 0
+    steps: int = 0
+
+
+def train_epoch(net: Sequential, loss: Loss, optimizer: Optimizer, x: np.ndarray, targets: np.ndarray,
+                labels: np.ndarray | None, order: np.ndarray, *, batch_size: int, rng: np.random.Generator,
+                augment: Augment | None, max_steps: int | None,
+                on_step: Callable[[int], Any] = lambda n: None) -> EpochStats:
+    """One pass over the rows of ``x`` in ``order``, in mini-batches: forward, loss, backward, step.
+
+    Stops after ``max_steps`` optimizer steps if given. The running accuracy skips the head
+    (``model/heads.py`` says why that gives the same classes).
+    """
+    decide_logits = head(net.head).decide_logits
+    params, grads = net.named_params(), net.named_grads()
+    stats = EpochStats()
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        xb = x[idx] if augment is None else augment(x[idx], rng)
+        logits = net.forward(xb)
+        stats.loss_sum += loss.forward(logits, targets[idx]) * len(idx)
+        net.backward(loss.backward(), input_grad=False)
+        optimizer.step(params, grads)
+        if labels is not None:
+            stats.correct += int(np.sum(decide_logits(logits) == labels[idx]))
+        stats.seen += len(idx)
+        stats.steps += 1
+        on_step(1)
+        if max_steps is not None and stats.steps >= max_steps:
+            break
+    return stats

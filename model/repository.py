@@ -1,0 +1,39 @@
+"""The model repository's layout, one home for its writer (``training``) and its reader (``service``).
+
+    <root>/<name>/<version>/model.npz      weights and metadata (model/io.py)
+                           /metrics.json   final metrics and the per-epoch history
+                           /curves.png     loss and accuracy per epoch
+    <root>/<name>/config.json              optional: the model's own version policy (service/policy.py)
+
+Versions are numbered directories from 1; a new version is one more than the newest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
+WEIGHTS_FILE = "model.npz"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.png"
+CONFIG_FILE = "config.json"
+
+
+def model_dirs(root: Path) -> list[Path]:
+    """Each model's directory under ``root``, by name (hidden ones skipped)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The model's version numbers on disk, ascending (its numbered directories; none if it is absent)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) >= 1)
+
+
+def version_dir(root: Path, name: str, version: int) -> Path:
+    return root / name / str(version)
+
+
+def next_version(model_dir: Path) -> int:
+    return max(versions(model_dir), default=0) + 1
