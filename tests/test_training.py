@@ -17,15 +17,15 @@ from training.reproduce import quick_experiments
 @pytest.mark.parametrize("name", ["xor", "digits"])
 def test_small_recipes_meet_their_targets(name):
     recipe = recipes.RECIPES[name]
-    ds = recipes.load_dataset(name)
+    ds = recipe.load_data()
     net, history = recipes.train_recipe(recipe, ds)
-    metrics = recipes.final_metrics(net, ds, history)
+    metrics = recipes.final_metrics(recipe, net, ds, history)
     assert recipes.targets_met(recipe, metrics), metrics
 
 
 def test_training_is_reproducible_bit_for_bit():
-    ds = recipes.load_dataset("digits")
-    recipe = recipes.Recipe(**{**recipes.asdict(recipes.RECIPES["digits"]), "epochs": 3})
+    recipe = recipes.replace(recipes.RECIPES["digits"], epochs=3)
+    ds = recipe.load_data()
     a, _ = recipes.train_recipe(recipe, ds)
     b, _ = recipes.train_recipe(recipe, ds)
     for key, value in a.state().items():

@@ -14,10 +14,11 @@ from pathlib import Path
 from model.io import WeightsFileError
 from model.repository import DEFAULT_ROOT
 from training.mnist import DatasetError
+from training.recipes import RECIPES
 
 log = logging.getLogger("training")
 
-MODELS = ("xor", "digits", "mnist")
+MODELS = tuple(RECIPES)
 
 
 def positive_int(text: str) -> int:

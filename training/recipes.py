@@ -7,7 +7,8 @@ import json
 import logging
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,31 @@ from training.trainer import History, accuracy, cosine_schedule, fit
 log = logging.getLogger(__name__)
 
 
-@dataclass
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+Loader = Callable[[str | Path | None, bool, bool], datasets.Dataset]  # (data_dir, download, progress)
+BEHAVIOUR = {"config": False}  # a field that says how to train, not a setting stored with the weights
+
+
+def shift2(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random shifts of up to 2 pixels, per training batch (MNIST)."""
+    return datasets.random_shift(batch, rng, max_shift=2)
+
+
+def no_extra_metrics(net: Sequential, dataset: datasets.Dataset) -> dict[str, float]:
+    return {}
+
+
+def xor_margin(net: Sequential, dataset: datasets.Dataset) -> dict[str, float]:
+    """How far every output is on the right side of 0.5 (the XOR target asks for 0.4)."""
+    probs = net.predict_proba(dataset.x)[np.arange(len(dataset.y)), dataset.y]
+    return {"min_margin": float(np.min(probs - 0.5))}
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """Everything that determines a training run (stored in the weights' metadata)."""
+    """Everything that determines a training run: its settings (stored in the weights' metadata,
+    :meth:`config`) and its behaviour (where its data comes from, how batches are augmented, what
+    the inputs mean, which extra metrics it reports)."""
 
     name: str
     hidden: list[int]
@@ -40,26 +63,42 @@ class Recipe:
     epochs: int = 10
     batch_size: int = 100
     seed: int = 0
-    augment: str = "none"
+    augment: str = "none"  # a description of the augmentation, for the metadata
     targets: dict[str, float] = field(default_factory=dict)
+    dataset: Loader = field(default=lambda data_dir, download, progress: datasets.xor(), metadata=BEHAVIOUR)
+    augmenter: Augment | None = field(default=None, metadata=BEHAVIOUR)
+    preprocessing: dict[str, Any] = field(default_factory=dict, metadata=BEHAVIOUR)
+    extra_metrics: Callable[[Sequential, datasets.Dataset], dict[str, float]] = field(
+        default=no_extra_metrics, metadata=BEHAVIOUR)
+
+    def config(self) -> dict[str, Any]:
+        """The settings, as stored in the weights' metadata under ``training``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("config", True)}
+
+    def load_data(self, data_dir: str | Path | None = None, *, download: bool = True,
+                  progress: bool = False) -> datasets.Dataset:
+        return self.dataset(data_dir, download, progress)
 
 
 RECIPES: dict[str, Recipe] = {
     "xor": Recipe("xor", hidden=[8], activation="tanh", init="xavier", optimizer="adam", lr=0.05,
-                  epochs=500, batch_size=4, targets={"train_accuracy": 1.0, "min_margin": 0.4}),
+                  epochs=500, batch_size=4, targets={"train_accuracy": 1.0, "min_margin": 0.4},
+                  dataset=lambda data_dir, download, progress: datasets.xor(), extra_metrics=xor_margin,
+                  preprocessing={"input_range": [0.0, 1.0], "scale": 1.0, "description": "two numbers in [0, 1]"}),
     "digits": Recipe("digits", hidden=[20, 20, 20], activation="relu", init="he", optimizer="adam", lr=3e-3,
-                     epochs=60, batch_size=32, augment="flips+shifts",
-                     targets={"glyphs_accuracy": 1.0, "noisy_accuracy": 0.95}),
+                     epochs=60, batch_size=32, augment="flips+shifts",  # made by datasets.digits()
+                     targets={"glyphs_accuracy": 1.0, "noisy_accuracy": 0.95},
+                     dataset=lambda data_dir, download, progress: datasets.digits(),
+                     preprocessing={"input_range": [0.0, 1.0], "scale": 1.0,
+                                    "description": "25 pixels, 1 = ink, row-major 5x5"}),
     "mnist": Recipe("mnist", hidden=[512, 512], activation="relu", init="he", dropout=0.2, optimizer="adam",
                     lr=1e-3, lr_schedule="cosine", epochs=15, batch_size=100, augment="shift2",
-                    targets={"test_accuracy": 0.985}),
-}
-
-PREPROCESSING = {
-    "xor": {"input_range": [0.0, 1.0], "scale": 1.0, "description": "two numbers in [0, 1]"},
-    "digits": {"input_range": [0.0, 1.0], "scale": 1.0, "description": "25 pixels, 1 = ink, row-major 5x5"},
-    "mnist": {"input_range": [0.0, 1.0], "scale": 1.0 / 255.0,
-              "description": "784 pixels in [0, 1] (raw 8-bit grey / 255), row-major 28x28, white ink on black"},
+                    targets={"test_accuracy": 0.985}, augmenter=shift2,
+                    dataset=lambda data_dir, download, progress: datasets.mnist(data_dir, download=download,
+                                                                                progress=progress),
+                    preprocessing={"input_range": [0.0, 1.0], "scale": 1.0 / 255.0,
+                                   "description": "784 pixels in [0, 1] (raw 8-bit grey / 255), row-major 28x28, "
+                                                  "white ink on black"}),
 }
 
 
@@ -68,42 +107,24 @@ def build_network(recipe: Recipe, in_features: int, classes: int, rng: np.random
                dropout=recipe.dropout, rng=rng)
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True,
-                 progress: bool = False) -> datasets.Dataset:
-    if name == "xor":
-        return datasets.xor()
-    if name == "digits":
-        return datasets.digits()
-    if name == "mnist":
-        return datasets.mnist(data_dir, download=download, progress=progress)
-    raise ValueError(f"unknown dataset {name!r}")
-
-
 def train_recipe(recipe: Recipe, dataset: datasets.Dataset, *, progress: bool = False) -> tuple[Sequential, History]:
     rng = np.random.default_rng(recipe.seed)
     net = build_network(recipe, dataset.x.shape[1], len(dataset.labels), rng)
     optimizer: Optimizer = OPTIMIZERS[recipe.optimizer](lr=recipe.lr)
     schedule = cosine_schedule(recipe.lr, recipe.epochs, recipe.lr / 100) if recipe.lr_schedule == "cosine" else None
-    augment = None
-    if recipe.augment == "shift2":
-        def augment(batch: np.ndarray, r: np.random.Generator) -> np.ndarray:
-            return datasets.random_shift(batch, r, max_shift=2)
     history = fit(net, loss_for_head(net.head), optimizer, dataset.x, dataset.y, epochs=recipe.epochs,
-                  batch_size=recipe.batch_size, rng=rng, eval_sets=dataset.eval_sets, augment=augment,
+                  batch_size=recipe.batch_size, rng=rng, eval_sets=dataset.eval_sets, augment=recipe.augmenter,
                   lr_schedule=schedule, progress=progress)
     return net, history
 
 
-def final_metrics(net: Sequential, dataset: datasets.Dataset, history: History) -> dict[str, float]:
+def final_metrics(recipe: Recipe, net: Sequential, dataset: datasets.Dataset, history: History) -> dict[str, float]:
     """Metrics of the finished network, computed afresh in evaluation mode (not the running ones)."""
     metrics = {"train_accuracy": accuracy(net, dataset.x, dataset.y),
                "final_loss": history.last().get("loss", float("nan"))}
     for name, (ex, ey) in dataset.eval_sets.items():
         metrics[f"{name}_accuracy"] = accuracy(net, ex, ey)
-    if dataset.name == "xor":
-        probs = net.predict_proba(dataset.x)[np.arange(len(dataset.y)), dataset.y]
-        metrics["min_margin"] = float(np.min(probs - 0.5))
-    return metrics
+    return metrics | recipe.extra_metrics(net, dataset)
 
 
 def targets_met(recipe: Recipe, metrics: dict[str, float]) -> bool:
@@ -127,20 +148,21 @@ def code_version() -> str:
 
 
 def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Sequential, history: History,
-                version: int | None = None, force: bool = False, plot: bool = True) -> Path:
-    """Write ``model.npz``, ``metrics.json`` and (if matplotlib is there) ``curves.png``."""
+                version: int | None = None, force: bool = False, plot: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Write ``model.npz``, ``metrics.json`` and (if matplotlib is there) ``curves.png``; return the
+    version's directory and its report (``metrics`` and ``targets``, as in ``metrics.json``)."""
     version = version if version is not None else next_version(out / recipe.name)
     target = version_dir(out, recipe.name, version)
     if (target / WEIGHTS_FILE).exists() and not force:
         raise FileExistsError(f"{target / WEIGHTS_FILE} exists (pass --force to overwrite)")
-    metrics = final_metrics(net, dataset, history)
+    metrics = final_metrics(recipe, net, dataset, history)
     metadata: dict[str, Any] = {
         "name": recipe.name,
         "version": version,
         "labels": dataset.labels,
         "input_shape": dataset.input_shape,
-        "preprocessing": PREPROCESSING[recipe.name],
-        "training": asdict(recipe),
+        "preprocessing": recipe.preprocessing,
+        "training": recipe.config(),
         "metrics": metrics,
         "targets": {"required": recipe.targets, "met": targets_met(recipe, metrics)},
         "datasets": dataset.checksums,
@@ -149,11 +171,12 @@ def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Seque
         "train_seconds": round(sum(history.series("seconds")), 2),
     }
     save_model(target / WEIGHTS_FILE, net, metadata)
+    report = {"metrics": metrics, "targets": metadata["targets"]}
     with atomic_writer(target / METRICS_FILE, "w") as fh:
-        json.dump({"metrics": metrics, "targets": metadata["targets"], "history": history.epochs}, fh, indent=2)
+        json.dump({**report, "history": history.epochs}, fh, indent=2)
     if plot:
         plot_history(history, target / CURVES_FILE, title=f"{recipe.name} v{version}")
-    return target
+    return target, report
 
 
 def plot_history(history: History, path: Path, title: str) -> bool:
@@ -188,11 +211,9 @@ def run(name: str, out: Path, *, data_dir: str | Path | None = None, download: b
         overrides: dict[str, Any] | None = None, version: int | None = None, force: bool = False,
         progress: bool = False, plot: bool = True) -> tuple[Path, dict[str, Any]]:
     """Train the recipe ``name`` (with ``overrides``) and write it into the repository at ``out``."""
-    recipe = Recipe(**{**asdict(RECIPES[name]), **{k: v for k, v in (overrides or {}).items() if v is not None}})
-    dataset = load_dataset(name, data_dir, download=download, progress=progress)
+    recipe = replace(RECIPES[name], **{k: v for k, v in (overrides or {}).items() if v is not None})
+    dataset = recipe.load_data(data_dir, download=download, progress=progress)
     start = time.perf_counter()
     net, history = train_recipe(recipe, dataset, progress=progress)
     log.info("%s trained in %.1f s", name, time.perf_counter() - start)
-    target = write_model(out, recipe, dataset, net, history, version=version, force=force, plot=plot)
-    metrics = json.loads((target / "metrics.json").read_text())
-    return target, metrics
+    return write_model(out, recipe, dataset, net, history, version=version, force=force, plot=plot)
