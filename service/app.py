@@ -84,7 +84,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     for name in reg.models:  # a zero sample per model, so "no failures" is visible as 0
         metrics.LOAD_FAILURES.labels(name)
     app.extensions["model_registry"] = reg
-    app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg))
+    app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg), cfg.state_dir)
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
     for bp in (inference, models, health, v2, v1):

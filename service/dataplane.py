@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from service import metrics
 from service.config import Settings
 from service.errors import ServiceError, invalid, too_large
 from service.registry import ModelRegistry, ModelVersion
+from service.slots import Slots
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,14 @@ class Limits:
     gradcheck_max_batch: int = 64
     gradcheck_max_samples: int = 100
     gradcheck_full_max_params: int = 20_000
+    gradcheck_max_cost: float = 1e10  # estimated multiply-adds of one gradcheck (~1 s on one core here)
+    gradcheck_concurrency: int = 1  # gradchecks at once across the server
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
+        concurrency = settings.gradcheck_concurrency or max(1, settings.workers - 1)
         return cls(settings.max_batch, settings.gradcheck_max_batch, settings.gradcheck_max_samples,
-                   settings.gradcheck_full_max_params)
+                   settings.gradcheck_full_max_params, settings.gradcheck_max_cost, concurrency)
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,11 @@ class Gradcheck:
 class DataPlane:
     """Models by name and version, and the two things a client can run on them."""
 
-    def __init__(self, registry: ModelRegistry, limits: Limits | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, limits: Limits | None = None, state_dir: Path | None = None) -> None:
         self.registry = registry
         self.limits = limits or Limits()
+        # at most gradcheck_concurrency at once across all workers, so one worker stays free for /predict
+        self.gradcheck_slots = Slots(self.limits.gradcheck_concurrency, state_dir, "gradcheck")
 
     # -- metadata ---------------------------------------------------------------------------
     def model_names(self) -> list[str]:
@@ -156,15 +163,34 @@ class DataPlane:
                             f"mode 'full' is limited to models of at most {limits.gradcheck_full_max_params} "
                             f"parameters; {entry.name} has {params}: use 'sampled' or 'directional'",
                             limits.gradcheck_full_max_params, params)
+        cost = gradcheck_cost(entry.network, len(inputs), mode, samples)
+        if cost > limits.gradcheck_max_cost:
+            raise too_large(422, "gradcheck_too_large", "samples",
+                            f"this gradcheck would take about {cost:.3g} multiply-adds, over GRADCHECK_MAX_COST="
+                            f"{limits.gradcheck_max_cost:.3g}: send fewer inputs or samples",
+                            int(limits.gradcheck_max_cost), int(cost))
         batch = as_batch(inputs, entry, field)
         targets = label_indices(labels, entry)
-        start = time.perf_counter()
-        result = gradient_check(entry.network, batch, targets, mode=mode, epsilon=epsilon, samples=samples, seed=seed,
-                                tolerance=tolerance)
+        with self.gradcheck_slots.hold() as held:
+            if not held:
+                raise ServiceError(503, "gradcheck_busy", f"{limits.gradcheck_concurrency} gradcheck(s) already "
+                                   "running, the server's limit (GRADCHECK_CONCURRENCY); retry shortly",
+                                   headers={"Retry-After": "1"})
+            start = time.perf_counter()
+            result = gradient_check(entry.network, batch, targets, mode=mode, epsilon=epsilon, samples=samples,
+                                    seed=seed, tolerance=tolerance)
         return Gradcheck(entry.name, entry.version, samples, result, time.perf_counter() - start)
 
 
 # -- the rules for one batch ----------------------------------------------------------------------
+def gradcheck_cost(network, inputs: int, mode: str, samples: int) -> float:
+    """Multiply-adds a gradcheck costs, about: two forward passes of the batch per comparison (full:
+    one comparison per parameter; sampled and directional: ``samples`` per parameter tensor)."""
+    params = network.num_params
+    comparisons = params if mode == "full" else samples * len(network.named_params())
+    return 2.0 * comparisons * params * inputs
+
+
 def check_batch_size(inputs: np.ndarray | list[Any], limit: int, field: str = "inputs") -> None:
     if len(inputs) > limit:
         raise too_large(413, "batch_too_large", field, f"batch of {len(inputs)} samples exceeds MAX_BATCH={limit}",

@@ -54,3 +54,55 @@ def test_mnist_gradcheck_defaults_are_quick(base_url, http, mnist_data):
         assert r.status_code == 200
         seconds.append(r.json()["seconds"])
     print(f"\nmnist /gradcheck with defaults (16 inputs): median {np.median(seconds):.3f} s")
+
+
+def test_a_gradcheck_over_its_cost_bound_is_refused(base_url, http, mnist_data):
+    inputs, labels = payload("mnist", mnist_data, n=64)
+    r = http.post(f"{base_url}/gradcheck", json={"model": "mnist", "inputs": inputs, "labels": labels,
+                                                 "mode": "directional", "samples": 100}, timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "gradcheck_too_large"
+    assert "GRADCHECK_MAX_COST" in r.json()["error"]["message"]
+
+
+def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicorn_server, mnist_data):
+    """Two clients loop on the largest gradchecks the bounds allow while a third sends /predict: at
+    most WORKERS - 1 gradchecks run (the others are told to retry), so /predict's p99 stays low."""
+    import threading
+    import time
+
+    import requests
+
+    url = gunicorn_server.url
+    inputs, labels = payload("mnist", mnist_data, n=12)
+    big = {"model": "mnist", "inputs": inputs, "labels": labels, "mode": "directional", "samples": 100}  # 9.6e9
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                r = s.post(f"{url}/gradcheck", json=big, timeout=60)
+                statuses.append(r.status_code)
+                if r.status_code == 503:
+                    assert r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "gradcheck_busy"
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    latencies = []
+    x = mnist_data.eval_sets["test"][0]
+    for i in range(150):  # a new connection each time, so both workers are reached
+        start = time.perf_counter()
+        r = requests.post(f"{url}/predict", json={"model": "mnist", "inputs": [x[i].tolist()]}, timeout=30)
+        latencies.append(time.perf_counter() - start)
+        assert r.status_code == 200
+    stop.set()
+    for t in threads:
+        t.join(60)
+    p99 = float(np.percentile(latencies, 99)) * 1000
+    print(f"\n/predict beside looping gradchecks: p50 {np.median(latencies) * 1000:.1f} ms, p99 {p99:.1f} ms; "
+          f"gradchecks {statuses.count(200)} run, {statuses.count(503)} told to retry")
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1
+    assert p99 < 100

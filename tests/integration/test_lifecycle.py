@@ -64,7 +64,8 @@ def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_reposit
 
 
 def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
-    server = LocalServer(tmp_path).start()
+    # two long gradchecks at once: lift the per-request cost bound and the concurrency bound
+    server = LocalServer(tmp_path, GRADCHECK_MAX_COST="1e12", GRADCHECK_CONCURRENCY="2").start()
     x, y = mnist_data.eval_sets["test"]
     slow = {"model": "mnist", "inputs": x[:64].tolist(), "labels": [str(v) for v in y[:64]],
             "mode": "directional", "samples": 100}
