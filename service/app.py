@@ -130,6 +130,7 @@ def _after(response: Response) -> Response:
     model = getattr(ctx, "model", None)
     request_id = getattr(ctx, "request_id", "")
     response.headers["X-Request-ID"] = request_id
+    response.headers["X-Content-Type-Options"] = "nosniff"  # an API's bodies are never to be sniffed
     if endpoint != "/metrics":
         metrics.observe_request(endpoint, model or "", response.status_code, elapsed)
     log_request({"method": req.method, "path": req.path, "model": model, "batch_size": getattr(ctx, "batch_size", None),

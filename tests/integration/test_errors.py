@@ -170,3 +170,10 @@ def test_request_id_is_echoed_or_made(base_url, http):
     assert r.headers["X-Request-ID"] != "bad id\twith spaces" and len(r.headers["X-Request-ID"]) == 32
     err = http.get(f"{base_url}/models/nope", headers={"X-Request-ID": "trace-43"})
     assert err.headers["X-Request-ID"] == "trace-43"
+
+
+def test_responses_carry_no_version_banner_and_are_not_sniffed(base_url, http):
+    for r in (http.get(f"{base_url}/healthz"), http.get(f"{base_url}/nope"),
+              http.post(f"{base_url}/predict", json=XOR_OK)):
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers.get("Server", "") in ("", "gunicorn")  # no version
