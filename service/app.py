@@ -22,7 +22,7 @@ from service.blueprints.v2 import v2
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.error_handlers import register_error_handlers, validation_error_response
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError, bad_request, invalid
 from service.jsonio import ORJSONProvider
 from service.logs import log_request
 from service.policy import VersionPolicy
@@ -118,7 +118,9 @@ def _before() -> None:
             raise ServiceError(415, "unsupported_media_type",
                                f"send the body as application/json (got {req.mimetype or 'no content type'})")
         # Parse once, strictly (a 400 for malformed JSON); flask-openapi3 then reads the cached result.
-        req.get_json(silent=False)
+        # Only an object can be a request; flask-openapi3 would re-parse a JSON string as JSON text.
+        if not isinstance(req.get_json(silent=False), dict):
+            raise invalid("", "Input should be a valid dictionary (a JSON object)", "model_type")
 
 
 def _after(response: Response) -> Response:
