@@ -118,3 +118,44 @@ def test_sigterm_while_a_worker_boots_still_stops_the_server(tmp_path):
         log = server.read_log()
         assert server.stop() == 0 and code == 0, log[-2000:]
         assert time.monotonic() - start < 15
+
+
+def worker_pids(server: LocalServer) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_kill_9_of_a_worker_under_load_loses_at_most_its_requests_in_flight(tmp_path):
+    import os
+
+    from tests.integration.test_hot_reload import LoadLoop
+
+    server = LocalServer(tmp_path).start()
+    try:
+        before = worker_pids(server)
+        assert len(before) == 2
+        with LoadLoop(server.url) as load:  # two clients: at most 2 requests in flight at any time
+            time.sleep(2.0)
+            victim = min(before)
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and (len(worker_pids(server)) < 2 or victim in worker_pids(server)):
+                time.sleep(0.1)
+            replaced = time.monotonic() - killed_at
+            time.sleep(2.0)
+        after = worker_pids(server)
+        failed = load.failures()
+        late = [r for r in load.results if r[0] > killed_at + replaced + 0.5]
+        print(f"\nkill -9: replaced in {replaced:.2f} s; {len(load.results)} requests, {len(failed)} failed "
+              f"({[r[1] for r in failed]}); {len(late)} answered after the replacement")
+        assert len(after) == 2 and victim not in after
+        assert len(failed) <= 2  # only what was in flight on the killed worker
+        assert late and all(r[1] == 200 for r in late)  # throughput is back
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        ok = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith('nn_requests_total{endpoint="/predict",model="xor",status="200"}'))
+        successes = sum(1 for r in load.results if r[1] == 200)
+        assert successes - 2 <= ok <= successes + 2  # the dead worker's counts stay in the sum
+    finally:
+        assert server.stop() == 0
