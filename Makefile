@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint bench train reproduce image lock clean
+.PHONY: serve test lint bench stress train reproduce image lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.12 ...")'
@@ -43,6 +43,10 @@ test: lint
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.train_epoch
 	$(BIN)/python -m bench.serve_load
+
+# The stress suite (about 9 minutes): fuzzing at scale, a 5-minute soak, kill -9, SIGTERM, hostile input.
+stress: $(VENV)/.dev
+	$(BIN)/python -m bench.stress
 
 train: $(VENV)/.dev
 	$(BIN)/python -m training all

@@ -47,7 +47,7 @@ def test_image_size_is_reported():
 
 
 def test_stop_is_graceful_and_well_before_the_kill_timeout(mnist_data):
-    container = run(image())
+    container = run(image(), GRADCHECK_MAX_COST="1e12")  # a gradcheck of seconds, to be in flight at the stop
     try:
         x, y = mnist_data.eval_sets["test"]
         slow = {"model": "mnist", "inputs": x[:64].tolist(), "labels": [str(v) for v in y[:64]],

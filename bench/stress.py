@@ -1,0 +1,216 @@
+"""The stress suite: fuzzing at scale, a soak, kill -9 and SIGTERM under load, hostile input; one table.
+
+Every part runs the real ``python -m service`` on loopback, is bounded in time, and stops by itself:
+
+* fuzz: schemathesis from the OpenAPI document, every route (the repository API on), at least 5,000
+  generated cases, positive and negative: no 5xx, every status and body as documented;
+* soak: ``--soak-seconds`` of every kind of request in turn at a steady pace (wrk, ``bench/soak.lua``):
+  no failed request, worker RSS growing less than 5 % after warm-up, open file descriptors flat;
+* kill -9: one worker killed under load: at most its requests in flight fail, the master replaces
+  it, the load is answered again;
+* SIGTERM under load: in-flight requests finish and the server exits 0;
+* hostile: ``tests/integration/test_hostile.py`` against the running server.
+
+    python -m bench.stress [--soak-seconds 300] [--fuzz-examples 250]     (make stress)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.train_epoch import machine
+from tests.integration.conftest import LocalServer
+from training.datasets import mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def write_bodies(directory: Path, data_dir: Path | None) -> None:
+    x = mnist(data_dir, download=data_dir is None).eval_sets["test"][0]
+    docs = {
+        "predict-xor.json": {"model": "xor", "inputs": [[0, 1], [1, 1]]},
+        "predict-digits.json": {"model": "digits", "inputs": [[0.0] * 25]},
+        "predict-mnist1.json": {"model": "mnist", "inputs": x[:1].tolist()},
+        "predict-mnist32.json": {"model": "mnist", "inputs": x[:32].tolist()},
+        "predict-mnist256.json": {"model": "mnist", "inputs": x[:256].tolist()},
+        "infer-mnist8.json": {"inputs": [{"name": "input", "shape": [8, 784], "datatype": "FP32",
+                                          "data": x[:8].ravel().tolist()}]},
+        "gradcheck.json": {"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "mode": "full"},
+    }
+    for name, doc in docs.items():
+        (directory / name).write_text(json.dumps(doc))
+
+
+def workers(server: LocalServer) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fds(pid: int) -> int:
+    """Open descriptors other than sockets (connections come and go; files and pipes must not grow)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return count
+
+
+def wrk(url: str, seconds: float, connections: int, script: Path, **env: str) -> dict:
+    out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{int(seconds)}s",
+                          "--timeout=10s", "-s", str(script), url], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=seconds + 60)
+    return json.loads(next(ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("{")))
+
+
+# -- the parts ------------------------------------------------------------------------------------------
+def fuzz(tmp: Path, examples: int) -> dict:
+    server = LocalServer(tmp / "fuzz", ADMIN_TOKEN="stress-token").start()
+    try:
+        out = subprocess.run([str(BIN / "schemathesis"), "run", f"{server.url}/openapi.json", "--url", server.url,
+                              "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+                              "--max-examples", str(examples), "--generation-deterministic"],
+                             capture_output=True, text=True, timeout=1800)
+    finally:
+        server.stop()
+    generated = re.search(r"(\d+) generated", out.stdout)
+    failures = re.search(r"(\d+) found (\d+) unique failures", out.stdout)
+    return {"part": "fuzz (schemathesis, every route)", "cases": int(generated.group(1)) if generated else 0,
+            "failures": int(failures.group(2)) if failures else (0 if out.returncode == 0 else 1),
+            "note": "no 5xx, statuses and bodies as documented" if out.returncode == 0 else out.stdout[-1500:]}
+
+
+def soak(tmp: Path, bodies: Path, seconds: float) -> dict:
+    server = LocalServer(tmp / "soak").start()
+    try:
+        pids = workers(server)
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(wrk(
+            f"{server.url}/predict", seconds, 8, ROOT / "bench" / "soak.lua", BODIES=str(bodies), PACE_MS="20")))
+        thread.start()
+        time.sleep(min(30.0, seconds / 5))  # warm-up
+        rss0, fd0 = [rss_mb(p) for p in pids], [fds(p) for p in pids]
+        thread.join()
+        rss1, fd1 = [rss_mb(p) for p in pids], [fds(p) for p in pids]
+    finally:
+        server.stop()
+    growth = max((b - a) / a for a, b in zip(rss0, rss1, strict=True))
+    failed = result["errors"] + result["non_2xx"]
+    return {"part": f"soak ({seconds:.0f} s, every endpoint in turn)", "cases": result["requests"], "failures": failed,
+            "p99_ms": result["p99_us"] / 1000, "rss": f"{'/'.join(f'{v:.0f}' for v in rss0)} -> "
+            f"{'/'.join(f'{v:.0f}' for v in rss1)} MB",
+            "fds": f"{'/'.join(map(str, fd0))} -> {'/'.join(map(str, fd1))} (not sockets)",
+            "ok": failed == 0 and growth < 0.05 and fd1 == fd0, "note": f"worker RSS growth {growth:+.1%}"}
+
+
+def kill_9(tmp: Path, bodies: Path) -> dict:
+    server = LocalServer(tmp / "kill").start()
+    try:
+        victim = workers(server)[0]
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(wrk(
+            f"{server.url}/predict", 10, 4, ROOT / "bench" / "wrk.lua", BODY=str(bodies / "predict-mnist1.json"))))
+        thread.start()
+        time.sleep(3)
+        os.kill(victim, signal.SIGKILL)
+        start = time.monotonic()
+        while victim in workers(server) or len(workers(server)) < 2:
+            time.sleep(0.05)
+        replaced = time.monotonic() - start
+        thread.join()
+        after = wrk(f"{server.url}/predict", 3, 4, ROOT / "bench" / "wrk.lua", BODY=str(bodies / "predict-mnist1.json"))
+    finally:
+        server.stop()
+    failed = result["connect_errors"] + result["read_errors"] + result["write_errors"] + result["timeouts"] + \
+        result["non_2xx"]
+    return {"part": "kill -9 of one worker under load (4 connections)", "cases": result["requests"],
+            "failures": failed, "p99_ms": result["p99_us"] / 1000,
+            "ok": failed <= 4 and after["requests"] > 0 and after["non_2xx"] + after["read_errors"] == 0,
+            "note": f"replaced in {replaced:.2f} s; at most the 4 in flight may fail; "
+                    f"{after['requests']} requests after, all answered"}
+
+
+def sigterm(tmp: Path, bodies: Path) -> dict:
+    server = LocalServer(tmp / "term").start()
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(wrk(
+        f"{server.url}/predict", 6, 4, ROOT / "bench" / "wrk.lua", BODY=str(bodies / "predict-mnist256.json"))))
+    thread.start()
+    time.sleep(2)
+    server.proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    code = server.proc.wait(60)
+    stopped = time.monotonic() - start
+    thread.join()
+    server.stop()
+    return {"part": "SIGTERM under load (256-image batches)", "cases": result["requests"],
+            "failures": result["non_2xx"] + result["timeouts"], "p99_ms": result["p99_us"] / 1000,
+            "ok": code == 0 and result["non_2xx"] == 0,
+            "note": f"exit {code} after {stopped:.2f} s; after it, new connections are refused "
+                    f"({result['connect_errors']} refused, {result['read_errors']} closed mid-keep-alive)"}
+
+
+def hostile(tmp: Path) -> dict:
+    server = LocalServer(tmp / "hostile").start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "tests/integration/test_hostile.py"], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "SERVICE_URL": server.url}, timeout=600)
+    finally:
+        server.stop()
+    passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", out.stdout)) else 0
+    failed = int(m.group(1)) if (m := re.search(r"(\d+) failed", out.stdout)) else 0
+    return {"part": "hostile bodies and headers", "cases": passed + failed, "failures": failed,
+            "note": "each a 4xx or a closed connection; /healthz answers after each"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--soak-seconds", type=float, default=300)
+    parser.add_argument("--fuzz-examples", type=int, default=250, help="per operation (x 24 operations)")
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stress.json")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stress-") as tmp_name:
+        tmp = Path(tmp_name)
+        bodies = tmp / "bodies"
+        bodies.mkdir()
+        write_bodies(bodies, args.data_dir)
+        for part in (lambda: fuzz(tmp, args.fuzz_examples), lambda: soak(tmp, bodies, args.soak_seconds),
+                     lambda: kill_9(tmp, bodies), lambda: sigterm(tmp, bodies), lambda: hostile(tmp)):
+            row = part()
+            row.setdefault("ok", row["failures"] == 0)
+            rows.append(row)
+            print(f"  {row['part']}: {row['cases']} cases, {row['failures']} failures, {row['note']}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2, default=str))
+    print("\n| part | cases / requests | failures | p99 ms | worker RSS | open fds | verdict | notes |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        p99 = f"{r['p99_ms']:.1f}" if "p99_ms" in r else ""
+        print(f"| {r['part']} | {r['cases']:,} | {r['failures']} | {p99} | {r.get('rss', '')} | {r.get('fds', '')} | "
+              f"{'ok' if r['ok'] else 'FAILED'} | {r['note']} |")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
