@@ -44,7 +44,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.train_epoch
 	$(BIN)/python -m bench.serve_load
 
-# The stress suite (about 9 minutes): fuzzing at scale, a 5-minute soak, kill -9, SIGTERM, hostile input.
+# The stress suite (about 12 minutes): fuzzing at scale, a 5-minute soak, kill -9, SIGTERM, hostile input.
 stress: $(VENV)/.dev
 	$(BIN)/python -m bench.stress
 
