@@ -5,6 +5,7 @@ The whole integration suite also runs against the container (``base_url[containe
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -110,3 +111,14 @@ def test_a_new_version_in_a_mounted_repository_serves_without_a_restart(tmp_path
         assert {version() for _ in range(20)} == {2}, box.logs()[-3000:]
     finally:
         box.remove()
+
+
+def test_no_shell_is_needed_at_run_time(container):
+    """The server, its health check and its stop need no shell: every command is in exec form."""
+    def field(template: str):
+        return json.loads(engine("image", "inspect", "--format", "{{json " + template + "}}", image()).stdout)
+
+    assert field(".Config.Cmd") == ["python", "-m", "service"] and not field(".Config.Entrypoint")
+    healthcheck = field(".Config.Healthcheck")["Test"]
+    assert healthcheck[0] == "CMD" and healthcheck[1] == "python"  # not CMD-SHELL
+    assert container.exec("python", "-c", "import os; print(os.getpid())").returncode == 0

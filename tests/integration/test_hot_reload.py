@@ -187,3 +187,54 @@ def test_repository_api_is_off_without_a_token(base_url):
     r = admin(base_url, "/v2/repository/index")
     assert r.status_code == 404 and set(r.json()) == {"error"}
     assert not any("repository" in p for p in requests.get(f"{base_url}/openapi.json", timeout=10).json()["paths"])
+
+
+def bad_weights(kind: str, good: Path, target: Path) -> None:
+    """A weights file that must be refused, of one kind."""
+    import json
+
+    import numpy as np
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "random bytes":
+        target.write_bytes(np.random.default_rng(0).bytes(4096))
+        return
+    with np.load(good, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    if kind == "wrong shapes":
+        arrays["params.0.W"] = arrays["params.0.W"][:, :-1]
+    elif kind == "a pickled object array":
+        arrays["params.0.W"] = np.array([{"pickle": "me"}], dtype=object)
+    elif kind == "metadata that is not JSON":
+        arrays["__metadata__"] = np.array("{not json")
+    elif kind == "metadata that lies about the input":
+        meta = json.loads(str(arrays["__metadata__"]))
+        arrays["__metadata__"] = np.array(json.dumps({**meta, "input_shape": [3]}))
+    with open(target, "wb") as f:
+        np.savez(f, **arrays)
+
+
+KINDS = ["random bytes", "wrong shapes", "a pickled object array", "metadata that is not JSON",
+         "metadata that lies about the input"]
+
+
+def test_bad_weights_files_are_refused_at_reload_and_the_good_version_serves(server, repo):
+    good = repo / "xor" / "1" / "model.npz"
+    with LoadLoop(server.url) as load:
+        for i, kind in enumerate(KINDS):
+            bad_weights(kind, good, repo / "xor" / str(20 + i) / "model.npz")
+        wait_for(lambda: all(f"xor/{20 + i}" in requests.get(f"{server.url}/readyz", timeout=5).json()["models"]
+                             for i in range(len(KINDS))))
+        # a bad file replaced by another bad one is read again (its signature changed) and refused again
+        bad_weights("wrong shapes", good, repo / "xor" / "20" / "model.npz")
+        time.sleep(2 * POLL + 1)
+        states = requests.get(f"{server.url}/readyz", timeout=5).json()["models"]
+        assert versions_now(server.url) == {1}
+    assert load.failures() == []
+    for i, kind in enumerate(KINDS):
+        assert states[f"xor/{20 + i}"].startswith("failed:"), (kind, states)
+    assert "does not match" in states["xor/20"] or "shape" in states["xor/20"], states["xor/20"]
+    log = server.read_log()
+    for i in range(len(KINDS)):
+        assert f"model xor/{20 + i} failed to load" in log
+        shutil.rmtree(repo / "xor" / str(20 + i))
