@@ -85,6 +85,17 @@ class ModelPath(StrictModel):
     name: ModelName
 
 
+class VersionPath(StrictModel):
+    name: ModelName
+    version: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}$", description="A version number")]
+
+
+class ProtocolError(StrictModel):
+    """The standard protocols' error body (Open Inference Protocol and TF Serving): ``{"error": "..."}``."""
+
+    error: str
+
+
 class VersionInfo(StrictModel):
     version: int
     status: Literal["ready", "failed"]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, WithJsonSchema
 
-from service.schemas import ModelName, StrictModel
+from service.schemas import StrictModel
 
 Tensor = Annotated[Any, WithJsonSchema({"description": "A list of samples (nested lists of numbers), or an "
                                                        "object naming the input: {\"input\": [...]}"})]
@@ -44,15 +44,3 @@ class Metadata(StrictModel):
     model_spec: dict[str, Any]
     metadata: dict[str, Any]
 
-
-class Error(StrictModel):
-    error: str
-
-
-class ModelPath(StrictModel):
-    name: ModelName
-
-
-class VersionPath(StrictModel):
-    name: ModelName
-    version: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}$")]

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, WithJsonSchema
 
-from service.schemas import ModelName, StrictModel
+from service.schemas import StrictModel
 
 Parameters = Annotated[dict[str, Any], Field(description="Free-form parameters, e.g. binary_data_size")]
 TensorData = Annotated[Any, WithJsonSchema({
@@ -77,15 +77,3 @@ class ModelMetadata(StrictModel):
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
 
-
-class Error(StrictModel):
-    error: str
-
-
-class ModelPath(StrictModel):
-    name: ModelName
-
-
-class VersionPath(StrictModel):
-    name: ModelName
-    version: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}$", description="A version number")]

@@ -21,8 +21,7 @@ from pydantic import Field, RootModel
 from service import jsonio
 from service.blueprints import dataplane, empty, respond_json, settings
 from service.errors import ServiceError, not_found
-from service.schemas import ModelName, StrictModel
-from service.schemas_v2 import Error
+from service.schemas import ModelName, ProtocolError, StrictModel
 
 
 class RepositoryModel(StrictModel):
@@ -44,7 +43,7 @@ class RepositoryPath(StrictModel):
     name: ModelName
 
 
-ERRORS = {status: Error for status in (400, 401, 403, 404)}
+ERRORS = {status: ProtocolError for status in (400, 401, 403, 404)}
 repository = APIBlueprint("repository", __name__, abp_tags=[Tag(name="model repository (admin)")],
                           abp_security=[{"bearer": []}])
 

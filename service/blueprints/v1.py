@@ -20,10 +20,11 @@ from service.blueprints import dataplane, parses_own_body, respond_json
 from service.dataplane import INPUT, signature
 from service.error_handlers import register_renderer
 from service.errors import ServiceError, bad_request
-from service.schemas_v1 import Error, Metadata, ModelPath, ModelStatus, PredictRequest, PredictResponse, VersionPath
+from service.schemas import ModelPath, ProtocolError, VersionPath
+from service.schemas_v1 import Metadata, ModelStatus, PredictRequest, PredictResponse
 
 SIGNATURE = "serving_default"
-ERRORS = {status: Error for status in (400, 404, 413, 503)}
+ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
 TF_DTYPES = {"FP32": "DT_FLOAT", "BYTES": "DT_STRING"}
 
 v1 = APIBlueprint("v1", __name__, abp_tags=[Tag(name="tensorflow serving / kserve v1")])

@@ -25,22 +25,20 @@ from service.blueprints import dataplane, empty, parses_own_body, respond_json
 from service.dataplane import INPUT, INPUT_DATATYPES, LABEL, PROBABILITIES, Inference, signature
 from service.error_handlers import register_renderer
 from service.errors import ServiceError, bad_request
+from service.schemas import ModelPath, ProtocolError, VersionPath
 from service.schemas_v2 import (
-    Error,
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
-    ModelPath,
     RequestInput,
     RequestOutput,
     ServerMetadata,
-    VersionPath,
 )
 
 SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
-ERRORS = {status: Error for status in (400, 404, 413, 503)}
+ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
 BINARY_DOC = (
     "Binary tensor data extension: send the JSON header, then each input's raw little-endian bytes in "
     "input order, an input naming its byte count in parameters.binary_data_size instead of data, and the "
@@ -84,13 +82,13 @@ def model_ready(name: str, version: int | None) -> Response:
     return empty(200 if dataplane().is_ready(name, version) else 400)
 
 
-@v2.get("/v2/models/<name>/ready", responses={200: None, 400: None, 404: Error})
+@v2.get("/v2/models/<name>/ready", responses={200: None, 400: None, 404: ProtocolError})
 def model_is_ready(path: ModelPath) -> Response:
     """200 when the model has a version that serves, 400 when it has none, 404 for an unknown model."""
     return model_ready(path.name, None)
 
 
-@v2.get("/v2/models/<name>/versions/<version>/ready", responses={200: None, 400: None, 404: Error})
+@v2.get("/v2/models/<name>/versions/<version>/ready", responses={200: None, 400: None, 404: ProtocolError})
 def version_is_ready(path: VersionPath) -> Response:
     """200 when that version serves, 400 when it failed to load, 404 when there is no such version."""
     return model_ready(path.name, int(path.version))
