@@ -62,8 +62,6 @@ class StrictJSONRequest(Request):
     """A request whose malformed JSON body is a 400 that says what is wrong (the one place it is answered)."""
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        if isinstance(e, ServiceError):
-            raise e
         raise bad_request(f"request body is not valid JSON: {e}")
 
 

@@ -76,7 +76,6 @@ class Inference:
     labels: list[str]
     probabilities: np.ndarray
     classes: np.ndarray  # (batch,) index of the most probable label
-    seconds: float
 
     def predicted(self) -> list[str]:
         return [self.labels[k] for k in self.classes.tolist()]
@@ -138,10 +137,8 @@ class DataPlane:
         entry = self.resolve(name, version)
         batch = as_batch(inputs, entry, field)
         metrics.observe_batch(entry.name, len(batch))
-        start = time.perf_counter()
         probabilities = entry.network.predict_proba(batch)
-        seconds = time.perf_counter() - start
-        return Inference(entry.name, entry.version, entry.labels, probabilities, probabilities.argmax(axis=1), seconds)
+        return Inference(entry.name, entry.version, entry.labels, probabilities, probabilities.argmax(axis=1))
 
     def gradcheck(self, name: str, version: int | None, inputs: np.ndarray, labels: list[str], *, mode: str,
                   epsilon: float, samples: int, seed: int, tolerance: float, field: str = "inputs") -> Gradcheck:

@@ -55,11 +55,6 @@ class ORJSONProvider(DefaultJSONProvider):
 
 
 # -- JSON arrays to NumPy -------------------------------------------------------------------------
-def may_hold_booleans(body: bytes) -> bool:
-    """Whether a JSON text can contain ``true`` or ``false`` at all (a fast byte scan)."""
-    return b"true" in body or b"false" in body
-
-
 def count_booleans(body: bytes) -> int:
     """How many ``true``/``false`` the text could hold at most (a string may contain them too)."""
     return body.count(b"true") + body.count(b"false")

@@ -31,6 +31,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import gevent
@@ -95,6 +96,7 @@ class BufferingGeventWorker(GeventWorker):
         settings = Settings.from_env()
         self.request_timeout = float(settings.request_timeout)
         self.max_body = settings.max_body_bytes
+        self.poll_seconds = settings.model_poll_seconds
         self.clients: dict[gevent.Greenlet, socket.socket] = {}
         self.idle: set[socket.socket] = set()
         super().init_process()
@@ -102,7 +104,7 @@ class BufferingGeventWorker(GeventWorker):
     def run(self) -> None:
         registry = getattr(self.wsgi, "extensions", {}).get("model_registry")
         if registry is not None:
-            gevent.spawn(self.watch_repository, registry, Settings.from_env().model_poll_seconds)
+            gevent.spawn(self.watch_repository, registry, self.poll_seconds)
         super().run()
 
     def watch_repository(self, registry, poll_seconds: float) -> None:
@@ -187,7 +189,7 @@ class BufferingGeventWorker(GeventWorker):
         from service.error_handlers import error_body
 
         body = error_body(error)
-        head = (f"HTTP/1.1 {error.status} Request Timeout\r\nContent-Type: application/json\r\n"
+        head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         with contextlib.suppress(OSError):
             sock.sendall(head + body)

@@ -18,7 +18,7 @@ inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")]
 
 def decode_inputs(body: PredictRequest | GradcheckRequest):
     """The ``inputs`` list as one NumPy array, numbers only (see :func:`service.jsonio.to_array`)."""
-    return jsonio.to_array(body.inputs, "inputs", booleans=jsonio.may_hold_booleans(request.get_data()))
+    return jsonio.to_array(body.inputs, "inputs", booleans=jsonio.count_booleans(request.get_data()) > 0)
 
 
 @inference.post("/predict", responses={200: PredictResponse})

@@ -63,7 +63,7 @@ def run_predict(name: str, version: int | None) -> Response:
     tensor = named_input(req.instances if rows else req.inputs, "instances" if rows else "inputs")
     if not isinstance(tensor, list) or not tensor:
         raise bad_request(f"'{'instances' if rows else 'inputs'}' must be a non-empty list of samples")
-    batch = jsonio.to_array(tensor, "instances" if rows else "inputs", jsonio.may_hold_booleans(raw))
+    batch = jsonio.to_array(tensor, "instances" if rows else "inputs", jsonio.count_booleans(raw) > 0)
     result = dataplane().infer(name, version, batch, field="instances" if rows else "inputs")
     g.batch_size = len(result.classes)
     return respond_json({"predictions" if rows else "outputs": result.probabilities})

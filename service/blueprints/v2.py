@@ -145,7 +145,7 @@ def run_inference(name: str, version: int | None) -> Response:
         names = [i.name for i in req.inputs]
         raise bad_request(f"model '{name}' takes one input named '{INPUT}'; the request has {names}")
     # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
-    booleans = jsonio.count_booleans(head) > sum(count_booleans(p) for p in parameter_dicts(req))
+    booleans = jsonio.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
     tensor = decode_input(req.inputs[0], binary, booleans)
     result = dataplane().infer(name, version, tensor, field=INPUT)
     g.batch_size = len(result.classes)
@@ -168,13 +168,14 @@ def parameter_dicts(req: InferenceRequest) -> list[dict[str, Any]]:
     return dicts + [o.parameters or {} for o in req.outputs or []]
 
 
-def count_booleans(value: Any) -> int:
+def booleans_in(value: Any) -> int:
+    """How many booleans a parsed JSON value holds."""
     if isinstance(value, bool):
         return 1
     if isinstance(value, dict):
-        return sum(count_booleans(v) for v in value.values())
+        return sum(booleans_in(v) for v in value.values())
     if isinstance(value, list):
-        return sum(count_booleans(v) for v in value)
+        return sum(booleans_in(v) for v in value)
     return 0
 
 
