@@ -17,6 +17,7 @@ from service.blueprints.health import health
 from service.blueprints.inference import inference
 from service.blueprints.models import models
 from service.blueprints.repository import repository
+from service.blueprints.ui import ui
 from service.blueprints.v1 import v1
 from service.blueprints.v2 import v2
 from service.config import Settings
@@ -87,6 +88,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
     for bp in (inference, models, health, v2, v1):
         app.register_api(bp)
+    app.register_blueprint(ui)  # the page at / (plain Flask: not part of the API document)
     if cfg.admin_token is not None:  # the repository API exists only with a token (README: Rolling out)
         app.register_api(repository)
 

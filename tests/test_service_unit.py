@@ -215,3 +215,17 @@ def test_a_model_may_set_its_own_policy_and_bad_policies_are_refused(tmp_path, m
             VersionPolicy.parse(bad)
     with pytest.raises(ValidationError):
         Settings.from_env({"VERSION_POLICY": "newest"})
+
+
+def test_the_page_is_served_with_a_strict_policy_and_stays_out_of_the_api_document(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert b'<script type="module" src="/static/app.js">' in page.data
+    script = client.get("/static/drawing.js")
+    assert script.status_code == 200 and "javascript" in script.mimetype
+    assert client.get("/ui/glyphs.json").json["labels"] == ["1", "2", "3", "4", "5"]
+    assert client.get("/static/nope.js").status_code == 404
+    assert "Content-Security-Policy" not in client.get("/healthz").headers  # the API is not a page
+    paths = client.get("/openapi.json").json["paths"]
+    assert "/" not in paths and not any(p.startswith(("/static", "/ui")) for p in paths)

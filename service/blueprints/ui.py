@@ -1,0 +1,53 @@
+"""``GET /``: the page to try the models (``service/static/``), and the glyph presets it offers.
+
+The page is plain HTML, CSS and JavaScript modules served from the package (no build step, no
+CDN): it works offline and in the read-only container. It is a client of the public API like any
+other; only what a page needs beyond the API lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flask import Blueprint, Response, current_app, send_from_directory
+
+from service.blueprints import respond_json
+
+ui = Blueprint("ui", __name__)
+
+# Everything the page loads comes from this server; nothing may frame it.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@ui.get("/")
+def index() -> Response:
+    """The page: draw a digit, click a 5x5 glyph, toggle XOR, check gradients."""
+    response = send_from_directory(current_app.static_folder, "index.html")
+    response.headers["Cache-Control"] = "no-cache"  # revalidate (ETag): a new release shows at once
+    return response
+
+
+@ui.get("/ui/glyphs.json")
+def glyphs() -> Response:
+    """The five 5x5 training glyphs, as the digits panel's presets."""
+    return respond_json(_glyphs())
+
+
+@functools.cache
+def _glyphs() -> dict[str, list]:
+    from training.datasets import digit_glyphs
+
+    images, labels, _ = digit_glyphs()
+    return {"labels": labels, "images": images.reshape(-1, 5, 5).astype(int).tolist()}
+
+
+@ui.after_app_request
+def page_headers(response: Response) -> Response:
+    """The page and its assets get a strict content security policy and no referrer."""
+    from flask import request
+
+    if request.blueprint == "ui" or request.endpoint == "static":
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["Referrer-Policy"] = "no-referrer"
+    return response

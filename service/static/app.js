@@ -1,0 +1,401 @@
+// The page's behaviour: three panels, each a client of the public API (/predict, /gradcheck, /models).
+import { FIELD, strokesToMnist } from "./drawing.js";
+
+export const PEN_WIDTH = 18; // canvas pixels on the 280 x 280 drawing canvas
+const PREDICT_EVERY_MS = 120; // while a stroke is drawn, predict at most this often
+
+// -- the API, called as any client would ------------------------------------------------------------
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+
+  describe() {
+    return this.status === 0 ? this.message : `${this.status} ${this.code}: ${this.message}`;
+  }
+}
+
+async function call(method, path, body) {
+  const started = performance.now();
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: body === undefined ? {} : { "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, "unreachable", `The server could not be reached (${e.message}).`);
+  }
+  const ms = performance.now() - started;
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null; // e.g. a proxy's HTML error page: reported by status below
+  }
+  if (!response.ok) {
+    const error = data && data.error;
+    if (error && typeof error === "object") throw new ApiError(response.status, error.code, error.message);
+    throw new ApiError(response.status, "http_error", `HTTP ${response.status} ${response.statusText}`.trim());
+  }
+  return { data, ms };
+}
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+const percent = (p) => `${(100 * p).toFixed(1)} %`;
+
+// -- what every panel has: a prediction, its bars, an error line and the model's card --------------
+class Panel {
+  constructor(section) {
+    this.section = section;
+    this.model = section.dataset.model;
+    this.labelOut = section.querySelector("[data-testid=label]");
+    this.latency = section.querySelector(".latency");
+    this.bars = section.querySelector(".bars");
+    this.errorLine = section.querySelector(".error");
+    this.card = section.querySelector(".model-card");
+    this.info = null; // GET /models/<name>
+    this.input = null; // the last input sent
+    this.prediction = null; // its predicted label
+    this.sequence = 0; // answers to older requests are dropped
+    this.buildCard();
+  }
+
+  version() {
+    const raw = this.versionInput.value.trim();
+    return raw === "" ? null : Number(raw);
+  }
+
+  async predict(input) {
+    this.input = input;
+    const sequence = ++this.sequence;
+    const body = { model: this.model, inputs: [input] };
+    if (this.version() !== null) body.version = this.version();
+    try {
+      const { data, ms } = await call("POST", "/predict", body);
+      if (sequence !== this.sequence) return;
+      this.showPrediction(data, ms);
+      this.showError(null);
+    } catch (e) {
+      if (sequence !== this.sequence) return;
+      this.clearPrediction();
+      this.showError(e);
+    }
+  }
+
+  showPrediction(data, ms) {
+    const { label, probabilities } = data.predictions[0];
+    this.prediction = label;
+    this.labelOut.textContent = label;
+    this.latency.textContent = `(v${data.version}, ${ms.toFixed(0)} ms)`;
+    this.bars.replaceChildren(...data.labels.map((name, i) => {
+      const bar = element("span", { class: "bar", "aria-hidden": "true" });
+      bar.style.setProperty("--p", probabilities[i].toFixed(4));
+      return element("li", { class: name === label ? "top" : "" },
+        element("span", { class: "name", text: name }), bar,
+        element("span", { class: "value", text: percent(probabilities[i]) }));
+    }));
+    this.renderFacts(data.version);
+  }
+
+  clearPrediction(message = "-") {
+    this.prediction = null;
+    this.labelOut.textContent = message;
+    this.latency.textContent = "";
+    this.bars.replaceChildren();
+  }
+
+  showError(error) {
+    this.errorLine.hidden = error === null;
+    this.errorLine.textContent = error === null ? "" : error.describe();
+  }
+
+  // The card: the model's facts from /models, a version to use, and the gradient check.
+  buildCard() {
+    const id = `${this.model}-version`;
+    this.facts = element("dl", { class: "facts" });
+    this.versionInput = element("input", { id, type: "number", min: "1", step: "1", inputmode: "numeric",
+                                           placeholder: "latest" });
+    this.checkButton = element("button", { type: "button", class: "check", text: "Check gradients" });
+    this.checkResult = element("div", { class: "gradcheck", "aria-live": "polite" });
+    this.card.append(
+      element("h3", { text: "About this model" }), this.facts,
+      element("div", { class: "actions" },
+        element("label", { for: id, text: "Version " }), this.versionInput, this.checkButton),
+      this.checkResult);
+    this.versionInput.addEventListener("change", () => {
+      this.renderFacts(this.version());
+      this.refresh();
+    });
+    this.checkButton.addEventListener("click", () => this.gradcheck());
+  }
+
+  refresh() {} // predict the panel's current input again (each panel says how)
+
+  async loadInfo() {
+    try {
+      this.info = (await call("GET", `/models/${this.model}`)).data;
+      this.renderFacts(this.version());
+    } catch (e) {
+      this.facts.replaceChildren(element("dd", { class: "error-text", text: `Model facts unavailable: ${e.describe()}` }));
+    }
+  }
+
+  renderFacts(version) {
+    if (!this.info) return;
+    const wanted = version ?? this.info.latest_version;
+    const v = this.info.versions.find((entry) => entry.version === wanted);
+    if (!v || v.status !== "ready") {
+      this.facts.replaceChildren(element("dt", { text: "Version" }),
+        element("dd", { text: v ? `${wanted}: failed to load (${v.error})` : `${wanted}: not loaded` }));
+      return;
+    }
+    const dense = v.architecture.layers.filter((layer) => layer.type === "dense");
+    const shape = [dense[0].in_features, ...dense.map((layer) => layer.out_features)].join(" → ");
+    const kinds = [...new Set(v.architecture.layers.map((l) => l.type).filter((t) => t !== "dense"))];
+    const rows = [
+      ["Version", `${v.version}${v.version === this.info.latest_version ? " (latest)" : ""}`],
+      ["Architecture", `${shape}; ${[...kinds, `${v.architecture.head} head`].join(", ")}`],
+      ["Parameters", v.parameter_count.toLocaleString("en")],
+      ...Object.entries(v.metrics ?? {}).filter(([k]) => k.endsWith("_accuracy"))
+        .map(([k, value]) => [`${k.replace("_accuracy", "").replaceAll("_", " ")} accuracy`, percent(value)]),
+    ];
+    this.facts.replaceChildren(...rows.flatMap(([term, value]) => [element("dt", { text: term }),
+                                                                    element("dd", { text: value })]));
+    this.facts.append(element("dt", { text: "Weights SHA-256" }),
+      element("dd", {}, element("code", { title: v.sha256, text: `${v.sha256.slice(0, 16)}…` })));
+  }
+
+  async gradcheck() {
+    if (this.input === null) return;
+    const labels = this.info?.versions.find((v) => v.status === "ready")?.labels ?? [];
+    const body = { model: this.model, inputs: [this.input], labels: [this.prediction ?? labels[0] ?? "0"],
+                   mode: "sampled", samples: 10 };
+    if (this.version() !== null) body.version = this.version();
+    this.checkButton.disabled = true;
+    this.checkResult.replaceChildren(element("p", { text: "Checking gradients…" }));
+    try {
+      const { data } = await call("POST", "/gradcheck", body);
+      const verdict = element("strong", { class: data.passed ? "passed" : "failed", "data-testid": "verdict",
+                                          text: data.passed ? "passed" : "failed" });
+      const rows = Object.entries(data.errors).map(([tensor, error]) => element("tr", {},
+        element("th", { scope: "row", text: tensor }), element("td", { text: error.toExponential(2) }),
+        element("td", { text: String(data.checked[tensor]) }), element("td", { text: String(data.skipped[tensor]) })));
+      this.checkResult.replaceChildren(
+        element("p", {}, "Gradient check ", verdict,
+          `: largest relative error ${data.max_error.toExponential(2)} (tolerance ${data.tolerance}) on label `
+          + `"${body.labels[0]}", ${data.seconds.toFixed(3)} s.`),
+        element("table", {},
+          element("thead", {}, element("tr", {}, ...["tensor", "max relative error", "checked", "skipped at a kink"]
+            .map((h) => element("th", { scope: "col", text: h })))),
+          element("tbody", {}, ...rows)));
+    } catch (e) {
+      this.checkResult.replaceChildren(element("p", { class: "error-text", role: "alert",
+                                                      text: `Gradient check failed: ${e.describe()}` }));
+    } finally {
+      this.checkButton.disabled = false;
+    }
+  }
+}
+
+// -- MNIST: a canvas of pen strokes, preprocessed by drawing.js ------------------------------------
+class MnistPanel extends Panel {
+  constructor(section) {
+    super(section);
+    this.canvas = section.querySelector("#mnist-canvas");
+    this.preview = section.querySelector("#mnist-input");
+    this.strokes = [];
+    this.active = null; // the pointer drawing now
+    this.timer = null;
+    this.bindPointer();
+    section.querySelector("#mnist-undo").addEventListener("click", () => { this.strokes.pop(); this.changed(true); });
+    section.querySelector("#mnist-clear").addEventListener("click", () => { this.strokes = []; this.changed(true); });
+    this.input = Array.from(new Float64Array(FIELD * FIELD));
+    this.changed(true);
+  }
+
+  point(event) {
+    const rect = this.canvas.getBoundingClientRect();
+    return [(event.clientX - rect.left) * (this.canvas.width / rect.width),
+            (event.clientY - rect.top) * (this.canvas.height / rect.height)];
+  }
+
+  bindPointer() {
+    const c = this.canvas;
+    c.addEventListener("pointerdown", (event) => {
+      if (this.active !== null || event.button > 0) return;
+      event.preventDefault();
+      this.active = event.pointerId;
+      c.setPointerCapture(event.pointerId);
+      this.strokes.push([this.point(event)]);
+      this.changed(false);
+    });
+    c.addEventListener("pointermove", (event) => {
+      if (event.pointerId !== this.active) return;
+      const stroke = this.strokes[this.strokes.length - 1];
+      const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+      for (const e of events.length ? events : [event]) stroke.push(this.point(e));
+      this.changed(false);
+    });
+    const end = (event) => {
+      if (event.pointerId !== this.active) return;
+      this.active = null;
+      this.changed(true);
+    };
+    c.addEventListener("pointerup", end);
+    c.addEventListener("pointercancel", end);
+  }
+
+  // Redraw, and predict: at once when a stroke ends, at most every PREDICT_EVERY_MS while drawing.
+  changed(now) {
+    this.draw();
+    if (now) {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.refresh();
+    } else if (this.timer === null) {
+      this.timer = setTimeout(() => { this.timer = null; this.refresh(); }, PREDICT_EVERY_MS);
+    }
+  }
+
+  refresh() {
+    const input = strokesToMnist(this.strokes, PEN_WIDTH);
+    this.showInput(input);
+    if (this.strokes.length === 0) {
+      this.sequence++; // an answer still in flight is for a drawing that no longer exists
+      this.input = Array.from(input);
+      this.clearPrediction();
+      this.showError(null);
+      return;
+    }
+    this.predict(Array.from(input));
+  }
+
+  draw() {
+    const ctx = this.canvas.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    ctx.strokeStyle = "#fff";
+    ctx.fillStyle = "#fff";
+    ctx.lineWidth = PEN_WIDTH;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    for (const stroke of this.strokes) {
+      ctx.beginPath();
+      if (stroke.length === 1) {
+        ctx.arc(stroke[0][0], stroke[0][1], PEN_WIDTH / 2, 0, 2 * Math.PI);
+        ctx.fill();
+        continue;
+      }
+      ctx.moveTo(...stroke[0]);
+      for (const p of stroke.slice(1)) ctx.lineTo(...p);
+      ctx.stroke();
+    }
+  }
+
+  showInput(input) {
+    const ctx = this.preview.getContext("2d");
+    const image = ctx.createImageData(FIELD, FIELD);
+    input.forEach((v, i) => {
+      const grey = Math.round(255 * v);
+      image.data.set([grey, grey, grey, 255], 4 * i);
+    });
+    ctx.putImageData(image, 0, 0);
+  }
+}
+
+// -- Digits 5x5: a grid of toggle buttons, with the training glyphs as presets ---------------------
+class DigitsPanel extends Panel {
+  constructor(section, glyphs) {
+    super(section);
+    this.cells = [];
+    const grid = section.querySelector("#digits-grid");
+    for (let i = 0; i < 25; i++) {
+      const cell = element("button", { type: "button", class: "cell", "aria-pressed": "false",
+                                       "aria-label": `row ${Math.floor(i / 5) + 1}, column ${(i % 5) + 1}`,
+                                       tabindex: i === 0 ? "0" : "-1" });
+      cell.addEventListener("click", () => this.set(i, cell.getAttribute("aria-pressed") !== "true", true));
+      cell.addEventListener("keydown", (event) => this.move(event, i));
+      grid.append(cell);
+      this.cells.push(cell);
+    }
+    const presets = section.querySelector("#digits-presets");
+    glyphs.labels.forEach((label, g) => {
+      const button = element("button", { type: "button", "aria-label": `Load glyph ${label}`, text: label });
+      button.addEventListener("click", () => this.load(glyphs.images[g]));
+      presets.append(button);
+    });
+    section.querySelector("#digits-clear").addEventListener("click", () => this.load(new Array(25).fill(0)));
+    this.load(glyphs.images[0]);
+  }
+
+  set(i, on, predict) {
+    this.cells[i].setAttribute("aria-pressed", String(on));
+    if (predict) this.refresh();
+  }
+
+  load(pixels) {
+    pixels.flat().forEach((v, i) => this.set(i, v > 0.5, false));
+    this.refresh();
+  }
+
+  // Arrow keys move between cells (one tab stop for the whole grid); space and enter toggle (buttons do).
+  move(event, i) {
+    const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -5, ArrowDown: 5 }[event.key];
+    if (step === undefined) return;
+    event.preventDefault();
+    const row = Math.floor(i / 5), col = i % 5;
+    const next = Math.abs(step) === 1 ? row * 5 + Math.min(4, Math.max(0, col + step)) : i + step;
+    if (next < 0 || next > 24) return;
+    this.cells[i].setAttribute("tabindex", "-1");
+    this.cells[next].setAttribute("tabindex", "0");
+    this.cells[next].focus();
+  }
+
+  refresh() {
+    this.predict(this.cells.map((c) => (c.getAttribute("aria-pressed") === "true" ? 1 : 0)));
+  }
+}
+
+// -- XOR: two switches ------------------------------------------------------------------------------
+class XorPanel extends Panel {
+  constructor(section) {
+    super(section);
+    this.switches = [section.querySelector("#xor-a"), section.querySelector("#xor-b")];
+    for (const s of this.switches) s.addEventListener("change", () => this.refresh());
+    this.refresh();
+  }
+
+  refresh() {
+    this.predict(this.switches.map((s) => (s.checked ? 1 : 0)));
+  }
+}
+
+async function start() {
+  const panels = [new MnistPanel(document.getElementById("mnist")), new XorPanel(document.getElementById("xor"))];
+  const digits = document.getElementById("digits");
+  try {
+    const { data } = await call("GET", "/ui/glyphs.json");
+    panels.push(new DigitsPanel(digits, data));
+  } catch (e) {
+    digits.querySelector(".error").hidden = false;
+    digits.querySelector(".error").textContent = `The glyphs could not be loaded: ${e.describe()}`;
+  }
+  await Promise.all(panels.map((p) => p.loadInfo()));
+  window.numpyNets = { panels: Object.fromEntries(panels.map((p) => [p.model, p])) }; // for tests and the console
+  document.body.dataset.ready = "true";
+}
+
+start();

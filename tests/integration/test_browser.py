@@ -1,0 +1,332 @@
+"""The page at ``/`` in a real browser: headless Chromium driven by Playwright against the real
+gunicorn server and the container (``base_url``), as a person would use it.
+
+Chromium is Debian's (``/usr/bin/chromium``, or ``$CHROMIUM``), launched through Playwright's
+``executable_path``: Playwright's own browser download does not work on these machines. Without
+Chromium or Playwright the tests skip, unless ``REQUIRE_BROWSER=1`` (CI sets it): then they fail.
+Screenshots of each panel at desktop and phone sizes land in ``$BROWSER_ARTIFACTS``
+(default ``test-artifacts/browser/``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import ROOT
+from training.drawing import strokes_to_mnist
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") or ""
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(os.environ.get("BROWSER_ARTIFACTS", ROOT / "test-artifacts" / "browser"))
+VIEWPORTS = {"desktop": {"width": 1280, "height": 1000}, "phone": {"width": 390, "height": 844}}
+
+
+def path(*corners: tuple[float, float], step: float = 6.0) -> list[list[float]]:
+    """The points a pointer reports moving through ``corners`` (one every ``step`` canvas pixels)."""
+    points: list[list[float]] = []
+    for (ax, ay), (bx, by) in itertools.pairwise(corners):
+        n = max(1, int(np.hypot(bx - ax, by - ay) // step))
+        points += [[ax + (bx - ax) * k / n, ay + (by - ay) * k / n] for k in range(n)]
+    return [*points, list(corners[-1])]
+
+
+# Digits as a person draws them on the 280 x 280 canvas: a few strokes each, not a pasted image.
+DRAWN = {
+    "1": [path((118, 78), (152, 42), (148, 150), (144, 242))],
+    "4": [path((112, 40), (86, 120), (78, 162), (204, 160)), path((172, 70), (170, 160), (166, 248))],
+    "7": [path((72, 56), (150, 52), (212, 50), (170, 140), (128, 246))],
+}
+# Shapes that stress the preprocessing: a dot, a thin vertical, a wide flat stroke, ink at the edges.
+ODD_SHAPES = {
+    "dot": [[[140, 140]]],
+    "vertical": [path((140, 20), (141, 260))],
+    "horizontal": [path((10, 140), (270, 150))],
+    "corners": [[[0, 0]], [[280, 280]], path((0, 280), (280, 0))],
+    "repeated-points": [[[50, 50], [50, 50], [90, 120], [90, 120]]],
+    "empty": [],
+}
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    required = os.environ.get("REQUIRE_BROWSER") == "1"
+    reason = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "playwright is not installed (pip install -e '.[test]')"
+    if reason is None and not (CHROMIUM and Path(CHROMIUM).exists()):
+        reason = "no chromium (apt install chromium, or set CHROMIUM=/path/to/chromium)"
+    if reason:
+        if required:
+            pytest.fail(f"browser tests were required (REQUIRE_BROWSER=1) but cannot run: {reason}")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+class PageSession:
+    """One page in its own browser context, with every console error and failed load recorded."""
+
+    def __init__(self, browser, base_url: str, viewport: dict[str, int], **context_options) -> None:
+        self.context = browser.new_context(viewport=viewport, device_scale_factor=1, **context_options)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(15_000)
+        self.console_errors: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
+        self.page.goto(f"{base_url}/")
+        self.page.wait_for_selector("body[data-ready=true]")
+
+    def pen_width(self) -> float:
+        """The pen width the page draws with (app.js, the one home of it)."""
+        return self.page.evaluate("async () => (await import('/static/app.js')).PEN_WIDTH")
+
+    def panel(self, name: str):
+        return self.page.locator(f"section#{name}")
+
+    def label(self, name: str):
+        return self.panel(name).get_by_test_id("label")
+
+    def draw(self, strokes: list[list[list[float]]]) -> None:
+        """Draw ``strokes`` (canvas pixels) with the mouse: press, move through the points, release."""
+        canvas = self.page.locator("#mnist-canvas")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        scale = box["width"] / 280
+        for stroke in strokes:
+            x, y = stroke[0]
+            self.page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+            self.page.mouse.down()
+            for x, y in stroke[1:]:
+                self.page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+            self.page.mouse.up()
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def session(browser, base_url) -> Iterator[PageSession]:
+    s = PageSession(browser, base_url, VIEWPORTS["desktop"])
+    yield s
+    s.close()
+    assert s.console_errors == [], f"the page logged errors: {s.console_errors}"
+
+
+def test_the_page_and_its_assets_are_served(base_url):
+    page = requests.get(f"{base_url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset, kind in [("app.js", "javascript"), ("drawing.js", "javascript"), ("app.css", "text/css")]:
+        r = requests.get(f"{base_url}/static/{asset}", timeout=10)
+        assert r.status_code == 200 and kind in r.headers["Content-Type"], asset
+    assert requests.get(f"{base_url}/static/missing.js", timeout=10).status_code == 404
+    glyphs = requests.get(f"{base_url}/ui/glyphs.json", timeout=10).json()
+    assert glyphs["labels"] == ["1", "2", "3", "4", "5"] and np.shape(glyphs["images"]) == (5, 5, 5)
+
+
+@pytest.mark.parametrize("digit", sorted(DRAWN))
+def test_a_drawn_digit_is_recognised(session, digit):
+    session.draw(DRAWN[digit])
+    label = session.label("mnist")
+    label.wait_for(state="visible")
+    session.page.wait_for_function("d => document.querySelector('#mnist-label').textContent === d", arg=digit)
+    assert session.panel("mnist").locator(".latency").inner_text().endswith("ms)")
+    assert session.panel("mnist").locator(".bars li").count() == 10
+    # What the page sent is what the Python preprocessing makes of the strokes the page recorded.
+    strokes, sent = session.page.evaluate(
+        "() => [window.numpyNets.panels.mnist.strokes, window.numpyNets.panels.mnist.input]")
+    assert len(strokes) == len(DRAWN[digit])
+    np.testing.assert_allclose(np.asarray(sent).reshape(28, 28), strokes_to_mnist(strokes, session.pen_width()),
+                               atol=1e-6)
+
+
+def test_a_finger_draws_too(browser, base_url):
+    """Touch input (real touch events through Chromium's DevTools protocol) draws, and does not scroll."""
+    s = PageSession(browser, base_url, VIEWPORTS["phone"], has_touch=True, is_mobile=True)
+    try:
+        canvas = s.page.locator("#mnist-canvas")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        scroll = s.page.evaluate("() => window.scrollY")
+        scale = box["width"] / 280
+        cdp = s.context.new_cdp_session(s.page)
+        for stroke in DRAWN["7"]:
+            points = [{"x": box["x"] + x * scale, "y": box["y"] + y * scale} for x, y in stroke]
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [points[0]]})
+            for point in points[1:]:
+                cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        s.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '7'")
+        assert s.page.evaluate("() => window.scrollY") == scroll
+        assert s.page.evaluate("() => window.numpyNets.panels.mnist.strokes.length") == len(DRAWN["7"])
+    finally:
+        s.close()
+    assert s.console_errors == []
+
+
+def test_undo_and_clear(session):
+    session.draw(DRAWN["4"])
+    session.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '4'")
+    session.page.get_by_role("button", name="Undo stroke").click()
+    assert session.page.evaluate("() => window.numpyNets.panels.mnist.strokes.length") == 1
+    session.page.get_by_role("button", name="Clear", exact=True).first.click()
+    session.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '-'")
+    assert session.page.evaluate("() => window.numpyNets.panels.mnist.input.every(v => v === 0)")
+
+
+def test_javascript_and_python_preprocessing_agree(session):
+    """The two implementations of training/drawing.py's algorithm give the same array to 1e-6."""
+    cases = {**DRAWN, **ODD_SHAPES}
+    pen_width = session.pen_width()
+    results = session.page.evaluate(
+        """async ([cases, pen]) => {
+             const { strokesToMnist } = await import('/static/drawing.js');
+             return Object.fromEntries(Object.entries(cases).map(([k, s]) => [k, Array.from(strokesToMnist(s, pen))]));
+           }""", [cases, pen_width])
+    for name, strokes in cases.items():
+        expected = strokes_to_mnist(strokes, pen_width)
+        assert expected.shape == (28, 28)
+        np.testing.assert_allclose(np.asarray(results[name]).reshape(28, 28), expected, atol=1e-6, err_msg=name)
+        if strokes:
+            assert expected.max() > 0.5 and expected.min() == 0.0, name
+            ys, xs = np.mgrid[0:28, 0:28] + 0.5
+            mass = (float((expected * xs).sum() / expected.sum()), float((expected * ys).sum() / expected.sum()))
+            assert np.allclose(mass, 14.0, atol=0.6), (name, mass)  # centred by mass in the 28x28 field
+
+
+def test_each_glyph_preset_is_recognised(session):
+    presets = session.panel("digits").get_by_role("group", name="Load a glyph")
+    for digit in ["1", "2", "3", "4", "5"]:
+        presets.get_by_role("button", name=f"Load glyph {digit}").click()
+        session.page.wait_for_function("d => document.querySelector('#digits-label').textContent === d", arg=digit)
+        assert session.panel("digits").locator(".bars li").count() == 5
+
+
+def test_the_grid_works_from_the_keyboard(session):
+    session.panel("digits").get_by_role("button", name="Load glyph 1").click()
+    session.page.wait_for_function("() => document.querySelector('#digits-label').textContent === '1'")
+    first = session.panel("digits").get_by_role("button", name="row 1, column 1")
+    first.focus()
+    session.page.keyboard.press("ArrowRight")
+    second = session.panel("digits").get_by_role("button", name="row 1, column 2")
+    assert second.evaluate("e => e === document.activeElement")
+    assert second.get_attribute("aria-pressed") == "true"
+    session.page.keyboard.press("Space")
+    assert second.get_attribute("aria-pressed") == "false"
+    session.page.keyboard.press("ArrowDown")
+    assert session.panel("digits").get_by_role("button", name="row 2, column 2").evaluate(
+        "e => e === document.activeElement")
+    # Draw a "4" from the keyboard alone: clear, then toggle its pixels.
+    session.page.get_by_role("button", name="Clear").nth(1).click()
+    four = [(0, 3), (1, 2), (1, 3), (2, 1), (2, 3), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4), (4, 3)]
+    for r, c in four:
+        session.panel("digits").get_by_role("button", name=f"row {r + 1}, column {c + 1}").focus()
+        session.page.keyboard.press("Enter")
+    session.page.wait_for_function("() => document.querySelector('#digits-label').textContent === '4'")
+
+
+@pytest.mark.parametrize(("a", "b"), [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_xor_toggles(session, a, b):
+    for name, on in (("input a", a), ("input b", b)):
+        switch = session.panel("xor").get_by_role("switch", name=name)
+        if on:
+            switch.check()  # by the keyboard-reachable switch, as a click on its label would
+    session.page.wait_for_function("d => document.querySelector('#xor-label').textContent === d", arg=str(a ^ b))
+    assert session.panel("xor").locator(".bars li").count() == 2
+
+
+@pytest.mark.parametrize("model", ["mnist", "digits", "xor"])
+def test_check_gradients_passes(session, model):
+    if model == "mnist":
+        session.draw(DRAWN["7"])
+        session.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '7'")
+    panel = session.panel(model)
+    facts = panel.locator(".facts")
+    assert "Parameters" in facts.inner_text() and "Weights SHA-256" in facts.inner_text()
+    panel.get_by_role("button", name="Check gradients").click()
+    verdict = panel.get_by_test_id("verdict")
+    verdict.wait_for(timeout=60_000)
+    assert verdict.inner_text() == "passed"
+    assert panel.locator(".gradcheck tbody tr").count() >= 2  # a row per parameter tensor
+
+
+def test_an_api_error_is_shown_as_a_message(browser, base_url):
+    s = PageSession(browser, base_url, VIEWPORTS["desktop"])
+    try:
+        version = s.panel("xor").get_by_label("Version")
+        version.fill("99")
+        version.press("Tab")  # commit the change
+        error = s.panel("xor").get_by_role("alert")
+        error.wait_for(state="visible")
+        assert error.inner_text().startswith("404 not_found: model 'xor' has no version 99")
+        assert s.label("xor").inner_text() == "-"
+        assert "99: not loaded" in s.panel("xor").locator(".facts").inner_text()
+        version.fill("")
+        version.press("Tab")
+        error.wait_for(state="hidden")
+        assert s.label("xor").inner_text() == "0"
+    finally:
+        s.close()
+    # The browser reports the 404 itself, and nothing else went wrong.
+    assert all("404" in e for e in s.console_errors), s.console_errors
+
+
+CONTRAST_PAIRS = [  # (text element, the element whose background it sits on)
+    ("header p", "html"), ("footer p", "html"), ("h2", ".panel"), ("#mnist-help", ".panel"), (".facts dt", ".panel"),
+    ("button.check", ".panel"), (".latency", ".panel"), ("#digits-presets button", ".panel"),
+]
+
+
+def contrast(fg: list[float], bg: list[float]) -> float:
+    def luminance(rgb: list[float]) -> float:
+        c = np.asarray(rgb[:3]) / 255.0
+        c = np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+        return float(0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2])
+    high, low = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("viewport", sorted(VIEWPORTS))
+def test_every_panel_is_usable_and_screenshotted(browser, base_url, request, viewport):
+    s = PageSession(browser, base_url, VIEWPORTS[viewport])
+    try:
+        s.draw(DRAWN["4"])
+        s.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '4'")
+        s.panel("digits").get_by_role("button", name="Load glyph 3").click()
+        s.page.wait_for_function("() => document.querySelector('#digits-label').textContent === '3'")
+        s.panel("xor").get_by_role("switch", name="input b").check()
+        s.page.wait_for_function("() => document.querySelector('#xor-label').textContent === '1'")
+        # Nothing sticks out sideways on a phone, and every control has an accessible name.
+        assert s.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        unnamed = s.page.evaluate("""() => [...document.querySelectorAll('button, input, canvas[tabindex]')]
+            .filter(e => !(e.getAttribute('aria-label') || e.textContent.trim() || (e.labels && e.labels.length)))
+            .map(e => e.outerHTML)""")
+        assert unnamed == []
+        for text, background in CONTRAST_PAIRS:
+            fg, bg = s.page.evaluate("""([t, b]) => [t, b].map(sel => {
+                const style = getComputedStyle(document.querySelector(sel));
+                return (sel === b ? style.backgroundColor : style.color).match(/[\\d.]+/g).map(Number); })""",
+                                     [text, background])
+            assert len(bg) == 3 or bg[3] == 1, f"{background} has no opaque background: {bg}"
+            assert contrast(fg, bg) >= 4.5, (text, fg, bg)
+        target = request.node.callspec.params.get("base_url", "server")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for name in ("mnist", "digits", "xor"):
+            s.panel(name).screenshot(path=ARTIFACTS / f"{target}-{viewport}-{name}.png")
+        s.page.screenshot(path=ARTIFACTS / f"{target}-{viewport}-page.png", full_page=True)
+    finally:
+        s.close()
+    assert s.console_errors == []
