@@ -44,3 +44,17 @@ def container(request):
     from tests.container.engine import running_container
 
     yield from running_container(request)
+
+
+def require_torch():
+    """PyTorch, the independent oracle for forward and backward passes. Missing, its tests skip,
+    unless ``REQUIRE_TORCH=1`` (CI sets it where the CPU wheel lies on disk): then they fail."""
+    import os
+
+    try:
+        import torch
+    except ImportError as exc:
+        if os.environ.get("REQUIRE_TORCH") == "1":
+            pytest.fail(f"PyTorch was required (REQUIRE_TORCH=1) but cannot be imported: {exc}")
+        pytest.skip("PyTorch is not installed (pip install torch==2.13.0, the CPU build)")
+    return torch

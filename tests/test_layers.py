@@ -7,6 +7,7 @@ import pytest
 
 from model.gradcheck import numerical_gradient, relative_error
 from model.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, sigmoid, softmax
+from tests.conftest import require_torch
 
 F64 = np.float64
 
@@ -109,9 +110,9 @@ def test_dtype_is_preserved(dtype):
     assert ReLU().forward(x).dtype == dtype
 
 
-@pytest.mark.parametrize("kind", ["dense", "sigmoid", "tanh", "relu", "softmax", "batchnorm_train"])
+@pytest.mark.parametrize("kind", ["dense", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "batchnorm_train"])
 def test_against_pytorch(kind):
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     rng = np.random.default_rng(3)
     layer = make_layer(kind, rng)
     x = rng.standard_normal((5, 6))
@@ -127,6 +128,7 @@ def test_against_pytorch(kind):
         tout = torch.nn.functional.batch_norm(tx, None, None, training=True, eps=layer.eps)
     else:
         tout = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+                "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.1),
                 "softmax": lambda t: torch.softmax(t, dim=1)}[kind](tx)
     (tout * torch.tensor(weights)).sum().backward()
     np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -10,6 +10,7 @@ import pytest
 from model.gradcheck import numerical_gradient, relative_error
 from model.heads import loss_for_head
 from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
+from tests.conftest import require_torch
 
 
 def test_mse_value_and_gradient_by_hand():
@@ -80,3 +81,29 @@ def test_loss_for_head():
     assert isinstance(loss_for_head("identity"), MeanSquaredError)
     with pytest.raises(ValueError):
         loss_for_head("nope")
+
+
+@pytest.mark.parametrize("kind", ["mse", "sigmoid_bce", "softmax_ce_indices", "softmax_ce_onehot"])
+def test_against_pytorch(kind):
+    torch = require_torch()
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((6, 1 if kind == "sigmoid_bce" else 3)) * 3
+    t_logits = torch.tensor(logits, requires_grad=True)
+    if kind == "mse":
+        targets = rng.standard_normal(logits.shape)
+        loss = MeanSquaredError()  # ours is 0.5 * sum / batch (the delta rule's convention), not a mean
+        theirs = 0.5 * torch.nn.functional.mse_loss(t_logits, torch.tensor(targets), reduction="sum") / len(logits)
+    elif kind == "sigmoid_bce":
+        targets = rng.integers(0, 2, size=logits.shape).astype(np.float64)
+        loss = SigmoidBinaryCrossEntropy()
+        theirs = torch.nn.functional.binary_cross_entropy_with_logits(t_logits, torch.tensor(targets))
+    else:
+        classes = rng.integers(0, 3, size=6)
+        targets = classes if kind == "softmax_ce_indices" else np.eye(3)[classes]
+        loss = SoftmaxCrossEntropy()
+        theirs = torch.nn.functional.cross_entropy(t_logits, torch.tensor(classes))
+    ours = loss.forward(logits, targets)
+    grad = loss.backward()
+    theirs.backward()
+    assert math.isclose(ours, theirs.item(), rel_tol=1e-12)
+    np.testing.assert_allclose(grad, t_logits.grad.numpy(), rtol=1e-10, atol=1e-14)

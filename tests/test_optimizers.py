@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model.optimizers import SGD, Adam, Momentum
+from tests.conftest import require_torch
 
 
 def steps(opt, grads_seq, w0=1.0):
@@ -58,7 +59,7 @@ def test_rejects_non_positive_learning_rate():
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam"])
 def test_against_pytorch(name):
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     rng = np.random.default_rng(0)
     w0 = rng.standard_normal((3, 4))
     grads = [rng.standard_normal((3, 4)) for _ in range(5)]

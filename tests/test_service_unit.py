@@ -14,7 +14,7 @@ from service.config import Settings
 from service.dataplane import as_batch, label_indices
 from service.errors import ServiceError, validation_details
 from service.registry import ModelRegistry
-from service.schemas import GradcheckRequest
+from service.schemas import ErrorResponse, GradcheckRequest
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +229,60 @@ def test_the_page_is_served_with_a_strict_policy_and_stays_out_of_the_api_docume
     assert "Content-Security-Policy" not in client.get("/healthz").headers  # the API is not a page
     paths = client.get("/openapi.json").json["paths"]
     assert "/" not in paths and not any(p.startswith(("/static", "/ui")) for p in paths)
+
+
+# -- the error contract, in-process: a broken handler fails the fast suite, not only integration --
+ERROR_CASES = [  # (path, request, status, code, loc of the first detail or None, words in the message)
+    ("/predict", {"data": "{bad", "content_type": "application/json"}, 400, "bad_request", None, "not valid JSON"),
+    ("/predict", {"data": "x", "content_type": "text/plain"}, 415, "unsupported_media_type", None, "text/plain"),
+    ("/predict", {"json": {"inputs": [[0, 1]]}}, 422, "validation_error", "model", "Field required"),
+    ("/predict", {"json": {"model": "xor", "inputs": [[0, 1]], "extra": 1}}, 422, "validation_error", "extra",
+     "Extra inputs"),
+    ("/predict", {"json": {"model": "xor", "inputs": [[0, "a"]]}}, 422, "validation_error", "inputs.0.1",
+     "not a string"),
+    ("/predict", {"json": {"model": "xor", "inputs": [[0, True]]}}, 422, "validation_error", "inputs.0.1", "boolean"),
+    ("/predict", {"json": {"model": "xor", "inputs": [[0, 1, 1]]}}, 422, "validation_error", "inputs.0",
+     "expected 2 values"),
+    ("/predict", {"json": {"model": "xor", "inputs": [[0, 2]]}}, 422, "validation_error", "inputs.0",
+     "outside [0, 1]"),
+    ("/predict", {"json": {"model": "xor", "inputs": []}}, 422, "validation_error", "inputs", "at least 1"),
+    ("/predict", {"json": {"model": "xor", "version": 0, "inputs": [[0, 1]]}}, 422, "validation_error", "version",
+     "greater than or equal to 1"),
+    ("/predict", {"json": {"model": "nope", "inputs": [[0, 1]]}}, 404, "not_found", None, "unknown model 'nope'"),
+    ("/predict", {"json": {"model": "xor", "version": 7, "inputs": [[0, 1]]}}, 404, "not_found", None,
+     "no version 7"),
+    ("/predict", {"json": {"model": "xor", "inputs": [[0, 1]] * 9}}, 413, "batch_too_large", "inputs", "MAX_BATCH=8"),
+    ("/gradcheck", {"json": {"model": "xor", "inputs": [[0, 1]], "labels": ["7"]}}, 422, "validation_error",
+     "labels.0", "unknown class '7'"),
+    ("/gradcheck", {"json": {"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "epsilon": 1}}, 422,
+     "validation_error", "epsilon", "less than or equal"),
+]
+
+
+@pytest.mark.parametrize(("path", "request_", "status", "code", "loc", "words"), ERROR_CASES,
+                         ids=[f"{c[2]}-{c[3]}-{c[4]}" for c in ERROR_CASES])
+def test_error_contract(client, path, request_, status, code, loc, words):
+    r = client.post(path, **request_)
+    assert r.status_code == status and r.mimetype == "application/json"
+    body = r.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code and words in body["error"]["message"]
+    if loc is None:
+        assert body["error"]["details"] is None
+    else:
+        assert body["error"]["details"][0]["loc"] == loc
+    assert "Traceback" not in r.get_data(as_text=True)
+    ErrorResponse.model_validate(body)
+
+
+@pytest.mark.parametrize(("path", "body", "message"), [
+    ("/v2/models/xor/infer", {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0, 1, 1]}]},
+     "input.0: has 3 values, expected 2 values"),
+    ("/v2/models/nope/infer", {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]},
+     "unknown model 'nope'"),
+    ("/v1/models/xor:predict", {"instances": [[0, 1, 1]]}, "instances.0: has 3 values, expected 2 values"),
+])
+def test_standard_protocols_errors_have_their_own_shape(client, path, body, message):
+    r = client.post(path, json=body)
+    assert r.status_code in (400, 404) and set(r.get_json()) == {"error"}
+    assert isinstance(r.get_json()["error"], str) and message in r.get_json()["error"]

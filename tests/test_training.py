@@ -10,17 +10,26 @@ import pytest
 from model.io import load_model
 from training import recipes
 from training.cli import main
-from training.datasets import digits, noisy_digits, random_shift
-from training.reproduce import quick_experiments
+from training.datasets import digits, noisy_digits, random_shift, shift_glyphs
+from tests.conftest import ROOT
+from training.reproduce import HALF_A_POINT, TABLE_HEADER, format_table, quick_experiments, within_half_a_point
 
 
 @pytest.mark.parametrize("name", ["xor", "digits"])
 def test_small_recipes_meet_their_targets(name):
     recipe = recipes.RECIPES[name]
     ds = recipe.load_data()
+    untrained = recipes.build_network(recipe, ds.x.shape[1], len(ds.labels), np.random.default_rng(recipe.seed))
     net, history = recipes.train_recipe(recipe, ds)
     metrics = recipes.final_metrics(recipe, net, ds, history)
     assert recipes.targets_met(recipe, metrics), metrics
+    # Every tensor learned: a layer left at its initial values (a frozen or skipped layer) can still
+    # meet the targets on data this easy, so the targets alone would not notice.
+    before, after = untrained.state(), net.state()
+    assert before.keys() == after.keys()
+    for key, value in after.items():
+        moved = np.linalg.norm(value - before[key]) / max(np.linalg.norm(before[key]), np.linalg.norm(value))
+        assert moved > 0.05, f"{key} barely changed in training ({moved:.2g})"
 
 
 def test_training_is_reproducible_bit_for_bit():
@@ -33,21 +42,76 @@ def test_training_is_reproducible_bit_for_bit():
 
 
 def test_noisy_heldout_is_fixed_and_independent_of_training_seed():
-    x1, y1 = noisy_digits(10, seed=12345)
-    x2, y2 = noisy_digits(10, seed=12345)
+    x1, y1 = noisy_digits(seed=12345)
+    x2, y2 = noisy_digits(seed=12345)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
-    flips = np.abs(x1 - np.repeat(digits().eval_sets["glyphs"][0], 10, axis=0)).sum(axis=1)
-    assert set(flips) <= {1.0, 2.0}
+    np.testing.assert_array_equal(digits(seed=7).eval_sets["noisy"][0], x1)
+    glyphs = digits().eval_sets["glyphs"][0]
+    flips = np.abs(x1 - glyphs[y1]).sum(axis=1)
+    assert set(flips) == {1.0, 2.0}
+    assert len({row.tobytes() for row in x1}) == len(x1) == 800  # distinct rows, not repeats
 
 
-def test_random_shift_keeps_ink_inside_and_moves_it():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_heldout_is_disjoint_from_training(seed):
+    ds = digits(seed=seed)
+    training = {row.tobytes() for row in ds.x}
+    assert not any(row.tobytes() in training for row in ds.eval_sets["noisy"][0])
+    assert len(ds.x) == 2005
+
+
+def test_ambiguous_variants_are_not_held_out():
+    """A row within two flips of two glyphs has no right answer ("2" and "3" differ in 3 pixels)."""
+    glyphs = digits().eval_sets["glyphs"][0]
+    x, y = noisy_digits(seed=12345)
+    distance = np.abs(x[:, None, :] - glyphs[None, :, :]).sum(axis=2)
+    assert np.all((distance <= 2).sum(axis=1) == 1) and np.all(distance.argmin(axis=1) == y)
+
+
+@pytest.mark.parametrize("max_shift", [1, 2, 3])
+def test_random_shift_covers_exactly_its_range(max_shift):
+    """A lone pixel moves by every offset in [-max_shift, max_shift]^2, and by nothing else."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((28, 28), dtype=np.float32)
+    img[14, 14] = 1.0
+    out = random_shift(np.repeat(img.reshape(1, -1), 2000, axis=0), rng, max_shift=max_shift)
+    assert np.all(out.sum(axis=1) == 1.0)  # moved, never blurred, never lost
+    rows, cols = np.divmod(out.argmax(axis=1), 28)
+    offsets = set(zip(rows - 14, cols - 14, strict=True))
+    span = range(-max_shift, max_shift + 1)
+    assert offsets == {(dy, dx) for dy in span for dx in span}
+
+
+def test_random_shift_keeps_ink_inside():
     rng = np.random.default_rng(0)
     img = np.zeros((1, 28, 28), dtype=np.float32)
     img[0, 10:18, 10:18] = 1.0
     out = random_shift(np.repeat(img.reshape(1, -1), 50, axis=0), rng)
     assert np.all(out.sum(axis=1) == 64)
-    assert len({row.tobytes() for row in out}) > 5
+
+
+def test_the_mnist_recipe_shifts_by_up_to_two_pixels():
+    img = np.zeros((28, 28), dtype=np.float32)
+    img[14, 14] = 1.0
+    out = recipes.RECIPES["mnist"].augmenter(np.repeat(img.reshape(1, -1), 2000, axis=0), np.random.default_rng(0))
+    rows, cols = np.divmod(out.argmax(axis=1), 28)
+    assert set(rows - 14) == set(cols - 14) == {-2, -1, 0, 1, 2}
+
+
+def test_glyph_shifts_move_by_at_most_one_pixel_and_keep_the_ink():
+    glyphs = digits().eval_sets["glyphs"][0]
+    rng = np.random.default_rng(0)
+    nearby = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    seen = set()
+    for g in glyphs:
+        grid = g.reshape(5, 5)
+        for out in shift_glyphs(np.repeat(g[None], 200, axis=0), rng).reshape(-1, 5, 5):
+            assert out.sum() == g.sum()
+            matches = [s for s in nearby if np.array_equal(np.roll(grid, s, axis=(0, 1)), out)]
+            assert matches, f"not a shift of at most one pixel:\n{out}"
+            seen.update(matches)
+    assert (0, 0) in seen and len(seen) >= 2  # shifts do happen (most glyphs fill the grid: few can move)
 
 
 def test_cli_writes_versioned_models(tmp_path):
@@ -83,6 +147,17 @@ def test_cli_missing_mnist_is_a_clear_error(tmp_path, caplog):
 def test_classic_results_reproduce(experiment):
     result = experiment()
     assert result.ok, f"{result.name}: published {result.published}, ours {result.ours}"
+    # The README's table is what the code prints, row for row (its check column included).
+    row = format_table([result]).splitlines()[-1]
+    assert row in (ROOT / "README.md").read_text(), f"the README's row differs from the code's:\n{row}"
+
+
+def test_half_a_point_is_the_tolerance_the_table_names():
+    assert TABLE_HEADER in (ROOT / "README.md").read_text()
+    expected = np.array([0.5, 0.9])
+    assert within_half_a_point("x", "", expected + 0.0049, expected).ok
+    assert not within_half_a_point("x", "", expected + np.array([0, 0.0051]), expected).ok
+    assert within_half_a_point("x", "", expected, expected).check == f"each within {HALF_A_POINT}" == "each within 0.005"
 
 
 def test_cli_works_without_the_train_extra(tmp_path, monkeypatch):

@@ -70,29 +70,58 @@ def _no_wrap(g: np.ndarray, dy: int, dx: int) -> bool:
     return (rows is None or not rows.any()) and (cols is None or not cols.any())
 
 
-def noisy_digits(n_per_class: int, seed: int, max_flips: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out set: each glyph with 1..max_flips random pixels inverted (fixed seed)."""
+def glyph_variants(glyphs: np.ndarray, max_flips: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Every copy of each glyph with 1..max_flips distinct pixels inverted, in a fixed order: rows
+    (n, 25) and their glyph indices (n,). A row that is also a variant (or the clean form) of
+    another glyph has no one right label and is left out: "2" and "3" differ in only 3 pixels."""
+    from itertools import combinations
+
+    masks = [np.isin(np.arange(glyphs.shape[1]), idx)
+             for k in range(1, max_flips + 1) for idx in combinations(range(glyphs.shape[1]), k)]
+    flips = np.array(masks, dtype=np.float32)
+    x = np.abs(glyphs[:, None, :] - flips[None, :, :]).reshape(-1, glyphs.shape[1])
+    y = np.repeat(np.arange(len(glyphs)), len(flips))
+    seen: dict[bytes, set[int]] = {}
+    for row, label in zip(np.concatenate([x, glyphs]), np.concatenate([y, np.arange(len(glyphs))]), strict=True):
+        seen.setdefault(row.tobytes(), set()).add(int(label))
+    unambiguous = np.array([len(seen[row.tobytes()]) == 1 for row in x])
+    return x[unambiguous], y[unambiguous]
+
+
+def noisy_digits(seed: int, fraction: float = 0.5, max_flips: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out set: a fixed random ``fraction`` of each glyph's 1..max_flips-flip variants (all
+    distinct), chosen with ``seed``; :func:`digits` never trains on any of them."""
     glyphs, _, _ = digit_glyphs()
+    x, y = glyph_variants(glyphs, max_flips)
     rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(len(glyphs)), n_per_class)
-    flips = rng.integers(1, max_flips + 1, size=len(y))
-    return flip_pixels(glyphs[y], flips, rng), y
+    keep = []
+    for g in range(len(glyphs)):
+        rows = np.flatnonzero(y == g)
+        keep.append(np.sort(rng.permutation(rows)[:round(fraction * len(rows))]))
+    keep = np.concatenate(keep)
+    return x[keep], y[keep]
 
 
 def digits(samples_per_class: int = 400, seed: int = 0, heldout_seed: int = 12345) -> Dataset:
-    """Augmented 5x5 digits: the clean glyphs plus copies with 0-2 flipped pixels and small shifts.
+    """Augmented 5x5 digits: the clean glyphs plus copies with small shifts and 0-2 flipped pixels.
 
-    ``eval_sets`` holds the clean glyphs and a noisy held-out set of 200 per class (1-2 flips)
-    drawn with ``heldout_seed``, a stream independent of the training augmentation.
+    ``eval_sets`` holds the clean glyphs and the noisy held-out set (:func:`noisy_digits`: half of
+    each glyph's unambiguous one- and two-pixel variants, drawn with ``heldout_seed``). Disjoint by
+    construction: a training copy that equals a held-out row is drawn again.
     """
     glyphs, labels, checksum = digit_glyphs()
+    noisy_x, noisy_y = noisy_digits(heldout_seed)
+    held_out = {row.tobytes() for row in noisy_x}
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(len(glyphs)), samples_per_class)
-    x = shift_glyphs(glyphs[y], rng)
-    x = flip_pixels(x, rng.integers(0, 3, size=len(y)), rng)
+    x = np.empty((len(y), glyphs.shape[1]), dtype=np.float32)
+    todo = np.arange(len(y))
+    while len(todo):
+        drawn = shift_glyphs(glyphs[y[todo]], rng)
+        x[todo] = flip_pixels(drawn, rng.integers(0, 3, size=len(todo)), rng)
+        todo = todo[[x[i].tobytes() in held_out for i in todo]]
     x = np.concatenate([glyphs, x]).astype(np.float32)
     y = np.concatenate([np.arange(len(glyphs)), y])
-    noisy_x, noisy_y = noisy_digits(200, heldout_seed)
     return Dataset("digits", x, y, labels=labels, input_shape=[5, 5],
                    eval_sets={"glyphs": (glyphs, np.arange(len(glyphs))), "noisy": (noisy_x, noisy_y)},
                    checksums={"digits5x5.json": checksum})

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 XOR_X = datasets.xor().x.astype(np.float64)  # the classic experiments run in float64
 XOR_Y = datasets.xor().y.astype(np.float64)
 COPY_X1_Y = np.array([0, 0, 1, 1], dtype=np.float64)
+# "Within half a point": every number we compare with a published one (an output probability or an
+# accuracy) must be within 0.005 of it. The one tolerance of the table, named in its "check" column.
+HALF_A_POINT = 0.005
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Result:
     ours: str
     ok: bool
     values: list[float]
+    check: str  # what "ok" means for this row, as the table prints it
 
 
 def _fmt(values: np.ndarray, digits: int = 4) -> str:
@@ -106,40 +110,43 @@ def mnist_mlp(ds: datasets.Dataset, hidden: list[int], *, activation: str, optim
     return accuracy(net, ds.x, ds.y), accuracy(net, xte, yte)
 
 
-def _outputs(name: str, published: str, values: np.ndarray, expected: np.ndarray, tol: float,
-             digits: int = 3) -> Result:
-    ok = bool(np.all(np.abs(values - expected) <= tol))
-    return Result(name, published, _fmt(values, digits), ok, [float(v) for v in values])
+def within_half_a_point(name: str, published: str, values: np.ndarray, expected: np.ndarray,
+                        digits: int = 3) -> Result:
+    """Every value within HALF_A_POINT of its published counterpart."""
+    ok = bool(np.all(np.abs(np.asarray(values) - expected) <= HALF_A_POINT))
+    return Result(name, published, _fmt(values, digits), ok, [float(v) for v in np.ravel(values)],
+                  f"each within {HALF_A_POINT}")
 
 
 def quick_experiments() -> list[Callable[[], Result]]:
     def copy_x1() -> Result:
-        return _outputs("single sigmoid unit, delta rule, y = x1", "0.010, 0.008, 0.993, 0.992",
-                        single_layer(COPY_X1_Y), np.array([0.010, 0.008, 0.993, 0.992]), 0.02)
+        return within_half_a_point("single sigmoid unit, delta rule, y = x1", "0.010, 0.008, 0.993, 0.992",
+                                   single_layer(COPY_X1_Y), np.array([0.010, 0.008, 0.993, 0.992]))
 
     def single_xor() -> Result:
-        values = single_layer(XOR_Y)
-        return Result("single sigmoid unit on XOR (cannot separate)", "0.53, 0.50, 0.47, 0.44 (all near 0.5)",
-                      _fmt(values, 2), bool(np.all(np.abs(values - 0.5) < 0.1)), list(map(float, values)))
+        return within_half_a_point("single sigmoid unit on XOR (cannot separate)", "0.53, 0.50, 0.47, 0.44",
+                                   single_layer(XOR_Y), np.array([0.53, 0.50, 0.47, 0.44]), digits=2)
 
     def xor_mse() -> Result:
-        return _outputs("XOR 3-4-1 sigmoid, squared-error delta, 10,000 epochs", "0.008, 0.990, 0.990, 0.014",
-                        xor_341(False), np.array([0.008, 0.990, 0.990, 0.014]), 0.02)
+        return within_half_a_point("XOR 3-4-1 sigmoid, squared-error delta, 10,000 epochs",
+                                   "0.008, 0.990, 0.990, 0.014", xor_341(False), np.array([0.008, 0.990, 0.990, 0.014]))
 
     def xor_ce() -> Result:
-        return _outputs("XOR 3-4-1 sigmoid, cross-entropy delta, 5,000 epochs", "0.0001, 0.9993, 0.9998, 0.0011",
-                        xor_341(True), np.array([0.0001, 0.9993, 0.9998, 0.0011]), 0.005, digits=4)
+        return within_half_a_point("XOR 3-4-1 sigmoid, cross-entropy delta, 5,000 epochs",
+                                   "0.0001, 0.9993, 0.9998, 0.0011", xor_341(True),
+                                   np.array([0.0001, 0.9993, 0.9998, 0.0011]), digits=4)
 
     def xor_num() -> Result:
+        # The material gives no numbers here, only that the outputs are right: that is the check.
         values = xor_numerical()
         ok = bool(np.array_equal(values > 0.5, XOR_Y > 0.5))
         return Result("XOR 2-6-1, numerical gradients only, 20,001 steps", "correct logic outputs",
-                      _fmt(values, 3), ok, list(map(float, values)))
+                      _fmt(values, 3), ok, list(map(float, values)), "the same 0/1 outputs")
 
     def digits() -> Result:
         p = digits_classic()
         return Result("5x5 digits 25-20-20-20-5 ReLU, per-sample SGD, 10,000 epochs", "all 5 correct, p > 0.9999",
-                      f"min p = {p.min():.5f}", bool(p.min() > 0.9999), list(map(float, p)))
+                      f"min p = {p.min():.5f}", bool(p.min() > 0.9999), list(map(float, p)), "every p > 0.9999")
 
     return [copy_x1, single_xor, xor_mse, xor_ce, xor_num, digits]
 
@@ -155,9 +162,10 @@ def mnist_experiments(data_dir: str | Path | None, download: bool = True) -> lis
     def acc(name: str, published: dict[str, float], **kwargs) -> Result:
         train, test = mnist_mlp(ds(), **kwargs)
         ours = {"train": train, "test": test}
-        ok = all(abs(ours[k] - v) <= 0.005 for k, v in published.items())  # "within about half a point"
-        return Result(name, ", ".join(f"{k} {v:.4f}" for k, v in published.items()),
-                      ", ".join(f"{k} {ours[k]:.4f}" for k in published), ok, [ours[k] for k in published])
+        result = within_half_a_point(name, ", ".join(f"{k} {v:.4f}" for k, v in published.items()),
+                                     np.array([ours[k] for k in published]), np.array(list(published.values())))
+        result.ours = ", ".join(f"{k} {ours[k]:.4f}" for k in published)
+        return result
 
     return [
         lambda: acc("MNIST 784-20-10 sigmoid, SGD 0.1, 10,000 iterations", {"train": 0.9418, "test": 0.9389},
@@ -171,7 +179,10 @@ def mnist_experiments(data_dir: str | Path | None, download: bool = True) -> lis
     ]
 
 
+TABLE_HEADER = "| experiment | published | ours | check | met |"
+
+
 def format_table(results: list[Result]) -> str:
-    rows = ["| experiment | published | ours | within |", "| --- | --- | --- | --- |"]
-    rows += [f"| {r.name} | {r.published} | {r.ours} | {'yes' if r.ok else 'NO'} |" for r in results]
+    rows = [TABLE_HEADER, "| --- | --- | --- | --- | --- |"]
+    rows += [f"| {r.name} | {r.published} | {r.ours} | {r.check} | {'yes' if r.ok else 'NO'} |" for r in results]
     return "\n".join(rows)

@@ -66,7 +66,10 @@ def build(tag: str, *extra: str) -> str:
 
 
 def image() -> str:
-    """The image under test: ``CONTAINER_IMAGE``, or built once per session from the checkout."""
+    """The image under test: ``CONTAINER_IMAGE``, or built once per session from the checkout.
+    Every container test gets its image here, so every one of them skips (or, with
+    ``REQUIRE_CONTAINER=1``, fails) when no engine can run containers."""
+    require_engine()
     if "tag" not in _image:
         _image["tag"] = os.environ.get("CONTAINER_IMAGE") or build(TAG)
     return _image["tag"]
