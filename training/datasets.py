@@ -22,7 +22,8 @@ class Dataset:
     y: np.ndarray
     labels: list[str]
     input_shape: list[int]
-    eval_sets: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    eval_sets: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # watched every epoch
+    test_sets: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # touched once, at the end
     checksums: dict[str, str] = field(default_factory=dict)
 
 
@@ -129,31 +130,31 @@ def digits(samples_per_class: int = 400, seed: int = 0, heldout_seed: int = 1234
 
 # --- MNIST --------------------------------------------------------------------------------------
 
-def mnist(data_dir: str | Path | None = None, *, download: bool = True, progress: bool = False) -> Dataset:
-    """MNIST as float32 rows in [0, 1] (pixel / 255); ``eval_sets["test"]`` is the 10k test set."""
+def mnist(data_dir: str | Path | None = None, *, download: bool = True, progress: bool = False,
+          validation: int = 0) -> Dataset:
+    """MNIST as float32 rows in [0, 1] (pixel / 255).
+
+    With ``validation=0``, ``eval_sets["test"]`` is the 10k test set (as the classic experiments
+    watched it). With ``validation=v``, the last ``v`` training images become ``eval_sets["validation"]``,
+    for watching each epoch and choosing settings, and the test set moves to ``test_sets["test"]``,
+    evaluated once, on the finished model.
+    """
     from training.mnist import SHA256
 
     splits = load_mnist(data_dir, download=download, progress=progress)
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
-    return Dataset("mnist", to_rows(xtr), ytr.astype(np.int64), labels=[str(d) for d in range(10)],
-                   input_shape=[28, 28], eval_sets={"test": (to_rows(xte), yte.astype(np.int64))},
-                   checksums=dict(SHA256))
+    x, y = to_rows(xtr), ytr.astype(np.int64)
+    test = (to_rows(xte), yte.astype(np.int64))
+    common = {"labels": [str(d) for d in range(10)], "input_shape": [28, 28], "checksums": dict(SHA256)}
+    if not validation:
+        return Dataset("mnist", x, y, eval_sets={"test": test}, **common)
+    if not 0 < validation < len(x):
+        raise ValueError(f"validation must be between 1 and {len(x) - 1} images, got {validation}")
+    cut = len(x) - validation
+    return Dataset("mnist", x[:cut], y[:cut], eval_sets={"validation": (x[cut:], y[cut:])}, test_sets={"test": test},
+                   **common)
 
 
 def to_rows(images: np.ndarray) -> np.ndarray:
     """uint8 images (n, h, w) -> contiguous float32 rows (n, h*w) scaled to [0, 1]."""
     return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.float32) / np.float32(255.0)
-
-
-def random_shift(batch: np.ndarray, rng: np.random.Generator, side: int = 28, max_shift: int = 2) -> np.ndarray:
-    """Translate each flattened ``side`` x ``side`` image by up to ``max_shift`` pixels (zero fill)."""
-    n = len(batch)
-    pad = max_shift
-    padded = np.zeros((n, side + 2 * pad, side + 2 * pad), dtype=batch.dtype)
-    padded[:, pad:pad + side, pad:pad + side] = batch.reshape(n, side, side)
-    oy = rng.integers(0, 2 * pad + 1, size=n)
-    ox = rng.integers(0, 2 * pad + 1, size=n)
-    rows = oy[:, None] + np.arange(side)[None, :]
-    cols = ox[:, None] + np.arange(side)[None, :]
-    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return np.ascontiguousarray(out.reshape(n, side * side))
