@@ -117,7 +117,8 @@ def numpy_breakdown(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return parts
 
 
-def machine(torch, threads: int) -> dict[str, str]:
+def machine(torch=None, threads: int | None = None) -> dict[str, str]:
+    """The machine, the thread pools actually in force (threadpoolctl) and, given, torch's threads."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -126,11 +127,12 @@ def machine(torch, threads: int) -> dict[str, str]:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "threads asked": str(threads),
-            "python": platform.python_version(), "numpy": np.__version__,
+    info = {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(), "numpy": np.__version__,
             "thread pools in force": ", ".join(
                 f"{p['internal_api']} {p.get('version') or ''} ({Path(p['filepath']).name}) x{p['num_threads']}"
                 for p in threadpool_info())}
+    if threads is not None:
+        info["threads asked"] = str(threads)
     if torch is not None:
         info["torch"] = (f"{torch.__version__}, intra-op threads {torch.get_num_threads()}, "
                          f"inter-op threads {torch.get_num_interop_threads()}")

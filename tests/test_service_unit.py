@@ -171,7 +171,7 @@ print(before, loaded, rss(), len(reg.models))
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS from /proc (Linux)")
 def test_unloaded_versions_give_their_memory_back(model_repository):
-    """Three MNIST versions (2.6 MB of weights each) loaded, then unloaded: RSS comes back down. In a
+    """Three MNIST versions (7.4 MB of weights each) loaded, then unloaded: RSS comes back down. In a
     fresh process, so that memory the test process freed earlier cannot hide the growth."""
     import subprocess
     import sys

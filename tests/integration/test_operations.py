@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
+
+from training.recipes import RECIPES
 
 
 def test_models_list(base_url, http):
@@ -13,10 +16,16 @@ def test_models_list(base_url, http):
     assert names == ["digits", "mnist", "xor"]
 
 
+def mlp_parameters(name: str, inputs: int, outputs: int) -> int:
+    """Weights and biases of the shipped model's MLP, from its recipe (training/recipes.py)."""
+    sizes = [inputs, *RECIPES[name].hidden, outputs]
+    return sum(a * b + b for a, b in itertools.pairwise(sizes))
+
+
 @pytest.mark.parametrize("name,shape,labels,params", [
-    ("xor", [2], ["0", "1"], 2 * 8 + 8 + 8 * 2 + 2),
-    ("digits", [5, 5], ["1", "2", "3", "4", "5"], 25 * 20 + 20 + 2 * (20 * 20 + 20) + 20 * 5 + 5),
-    ("mnist", [28, 28], [str(d) for d in range(10)], 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10),
+    ("xor", [2], ["0", "1"], mlp_parameters("xor", 2, 2)),
+    ("digits", [5, 5], ["1", "2", "3", "4", "5"], mlp_parameters("digits", 25, 5)),
+    ("mnist", [28, 28], [str(d) for d in range(10)], mlp_parameters("mnist", 784, 10)),
 ])
 def test_model_metadata(base_url, http, name, shape, labels, params):
     v = http.get(f"{base_url}/models/{name}").json()["versions"][0]
