@@ -54,7 +54,7 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
-const percent = (p) => `${(100 * p).toFixed(1)} %`;
+const percent = (p, digits = 1) => `${(100 * p).toFixed(digits)} %`;
 
 // -- what every panel has: a prediction, its bars, an error line and the model's card --------------
 class Panel {
@@ -170,7 +170,7 @@ class Panel {
       ["Architecture", `${shape}; ${[...kinds, `${v.architecture.head} head`].join(", ")}`],
       ["Parameters", v.parameter_count.toLocaleString("en")],
       ...Object.entries(v.metrics ?? {}).filter(([k]) => k.endsWith("_accuracy"))
-        .map(([k, value]) => [`${k.replace("_accuracy", "").replaceAll("_", " ")} accuracy`, percent(value)]),
+        .map(([k, value]) => [`${k.replace("_accuracy", "").replaceAll("_", " ")} accuracy`, percent(value, 2)]),
     ];
     this.facts.replaceChildren(...rows.flatMap(([term, value]) => [element("dt", { text: term }),
                                                                     element("dd", { text: value })]));
