@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, Response, current_app, send_from_directory
+from flask import Blueprint, Response, current_app, request, send_from_directory
 
 from service.blueprints import respond_json
 
@@ -45,8 +45,6 @@ def _glyphs() -> dict[str, list]:
 @ui.after_app_request
 def page_headers(response: Response) -> Response:
     """The page and its assets get a strict content security policy and no referrer."""
-    from flask import request
-
     if request.blueprint == "ui" or request.endpoint == "static":
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["Referrer-Policy"] = "no-referrer"
