@@ -177,6 +177,27 @@ def test_a_finger_draws_too(browser, base_url):
     assert s.console_errors == []
 
 
+def test_a_pen_draws_too(session):
+    """Pen input (real pen pointer events through Chromium's DevTools protocol) draws like the mouse."""
+    canvas = session.page.locator("#mnist-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    scale = box["width"] / 280
+    cdp = session.context.new_cdp_session(session.page)
+    session.page.evaluate("""() => { window.pointerTypes = new Set();
+        document.querySelector('#mnist-canvas')
+          .addEventListener('pointerdown', e => window.pointerTypes.add(e.pointerType)); }""")
+    for stroke in DRAWN["1"]:
+        points = [(box["x"] + x * scale, box["y"] + y * scale) for x, y in stroke]
+        for kind, (x, y) in [("mousePressed", points[0]), *[("mouseMoved", p) for p in points[1:]],
+                             ("mouseReleased", points[-1])]:
+            cdp.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
+                                                  "buttons": 0 if kind == "mouseReleased" else 1,
+                                                  "clickCount": 1, "pointerType": "pen"})
+    session.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '1'")
+    assert session.page.evaluate("() => [...window.pointerTypes]") == ["pen"]
+
+
 def test_undo_and_clear(session):
     session.draw(DRAWN["4"])
     session.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '4'")
