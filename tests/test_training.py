@@ -10,7 +10,6 @@ import pytest
 from model.io import load_model
 from tests.conftest import ROOT
 from training import recipes
-from training.augment import random_shift
 from training.cli import main
 from training.datasets import digits, noisy_digits, shift_glyphs
 from training.reproduce import HALF_A_POINT, TABLE_HEADER, format_table, quick_experiments, within_half_a_point
@@ -68,28 +67,6 @@ def test_ambiguous_variants_are_not_held_out():
     x, y = noisy_digits(seed=12345)
     distance = np.abs(x[:, None, :] - glyphs[None, :, :]).sum(axis=2)
     assert np.all((distance <= 2).sum(axis=1) == 1) and np.all(distance.argmin(axis=1) == y)
-
-
-@pytest.mark.parametrize("max_shift", [1, 2, 3])
-def test_random_shift_covers_exactly_its_range(max_shift):
-    """A lone pixel moves by every offset in [-max_shift, max_shift]^2, and by nothing else."""
-    rng = np.random.default_rng(0)
-    img = np.zeros((28, 28), dtype=np.float32)
-    img[14, 14] = 1.0
-    out = random_shift(np.repeat(img.reshape(1, -1), 2000, axis=0), rng, max_shift=max_shift)
-    assert np.all(out.sum(axis=1) == 1.0)  # moved, never blurred, never lost
-    rows, cols = np.divmod(out.argmax(axis=1), 28)
-    offsets = set(zip(rows - 14, cols - 14, strict=True))
-    span = range(-max_shift, max_shift + 1)
-    assert offsets == {(dy, dx) for dy in span for dx in span}
-
-
-def test_random_shift_keeps_ink_inside():
-    rng = np.random.default_rng(0)
-    img = np.zeros((1, 28, 28), dtype=np.float32)
-    img[0, 10:18, 10:18] = 1.0
-    out = random_shift(np.repeat(img.reshape(1, -1), 50, axis=0), rng)
-    assert np.all(out.sum(axis=1) == 64)
 
 
 def test_glyph_shifts_move_by_at_most_one_pixel_and_keep_the_ink():

@@ -1,7 +1,7 @@
-"""Augmenting MNIST training batches: random shifts, and random affine + elastic distortions.
+"""Augmenting MNIST training batches: random affine and elastic distortions.
 
-Both take a batch of flattened square images and the training's ``np.random.Generator``, and
-return a new batch of the same shape and dtype (the input is never modified).
+A distortion takes a batch of flattened square images and the training's ``np.random.Generator``,
+and returns a new batch of the same shape and dtype (the input is never modified).
 """
 
 from __future__ import annotations
@@ -10,20 +10,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-
-
-def random_shift(batch: np.ndarray, rng: np.random.Generator, side: int = 28, max_shift: int = 2) -> np.ndarray:
-    """Translate each flattened ``side`` x ``side`` image by up to ``max_shift`` whole pixels (zero fill)."""
-    n = len(batch)
-    pad = max_shift
-    padded = np.zeros((n, side + 2 * pad, side + 2 * pad), dtype=batch.dtype)
-    padded[:, pad:pad + side, pad:pad + side] = batch.reshape(n, side, side)
-    oy = rng.integers(0, 2 * pad + 1, size=n)
-    ox = rng.integers(0, 2 * pad + 1, size=n)
-    rows = oy[:, None] + np.arange(side)[None, :]
-    cols = ox[:, None] + np.arange(side)[None, :]
-    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return np.ascontiguousarray(out.reshape(n, side * side))
 
 
 @dataclass(frozen=True)
