@@ -86,14 +86,8 @@ def test_elastic_displacements_are_smooth_and_small():
     np.testing.assert_allclose(blur_fields(fields, blur), blur @ fields @ blur.T, rtol=1e-5, atol=1e-6)
 
 
-def test_distorted_images_stay_images():
-    import os
-
-    from tests.conftest import SHARED_MNIST
-    from training.datasets import mnist
-
-    data = mnist(os.environ.get("MNIST_DIR", SHARED_MNIST), download=False)
-    batch = data.x[:256]
+def test_distorted_images_stay_images(mnist_data):
+    batch = mnist_data.x[:256]
     out = MNIST_DISTORTION(batch, np.random.default_rng(0))
     assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
     ink_ratio = out.sum(axis=1) / batch.sum(axis=1)
