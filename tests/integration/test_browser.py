@@ -101,17 +101,20 @@ class PageSession:
 
     def draw(self, strokes: list[list[list[float]]]) -> None:
         """Draw ``strokes`` (canvas pixels) with the mouse: press, move through the points, release."""
+        for points in self.on_page(strokes):
+            self.page.mouse.move(*points[0])
+            self.page.mouse.down()
+            for x, y in points[1:]:
+                self.page.mouse.move(x, y)
+            self.page.mouse.up()
+
+    def on_page(self, strokes: list[list[list[float]]]) -> list[list[tuple[float, float]]]:
+        """``strokes`` in canvas pixels as page coordinates (the canvas scrolled into view first)."""
         canvas = self.page.locator("#mnist-canvas")
         canvas.scroll_into_view_if_needed()
         box = canvas.bounding_box()
-        scale = box["width"] / 280
-        for stroke in strokes:
-            x, y = stroke[0]
-            self.page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-            self.page.mouse.down()
-            for x, y in stroke[1:]:
-                self.page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-            self.page.mouse.up()
+        scale = box["width"] / 280  # the canvas's own width, in its pixels
+        return [[(box["x"] + x * scale, box["y"] + y * scale) for x, y in stroke] for stroke in strokes]
 
     def close(self) -> None:
         self.context.close()
@@ -157,14 +160,11 @@ def test_a_finger_draws_too(browser, base_url):
     """Touch input (real touch events through Chromium's DevTools protocol) draws, and does not scroll."""
     s = PageSession(browser, base_url, VIEWPORTS["phone"], has_touch=True, is_mobile=True)
     try:
-        canvas = s.page.locator("#mnist-canvas")
-        canvas.scroll_into_view_if_needed()
-        box = canvas.bounding_box()
+        strokes = s.on_page(DRAWN["7"])
         scroll = s.page.evaluate("() => window.scrollY")
-        scale = box["width"] / 280
         cdp = s.context.new_cdp_session(s.page)
-        for stroke in DRAWN["7"]:
-            points = [{"x": box["x"] + x * scale, "y": box["y"] + y * scale} for x, y in stroke]
+        for stroke in strokes:
+            points = [{"x": x, "y": y} for x, y in stroke]
             cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [points[0]]})
             for point in points[1:]:
                 cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
@@ -179,16 +179,12 @@ def test_a_finger_draws_too(browser, base_url):
 
 def test_a_pen_draws_too(session):
     """Pen input (real pen pointer events through Chromium's DevTools protocol) draws like the mouse."""
-    canvas = session.page.locator("#mnist-canvas")
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    scale = box["width"] / 280
+    strokes = session.on_page(DRAWN["1"])
     cdp = session.context.new_cdp_session(session.page)
     session.page.evaluate("""() => { window.pointerTypes = new Set();
         document.querySelector('#mnist-canvas')
           .addEventListener('pointerdown', e => window.pointerTypes.add(e.pointerType)); }""")
-    for stroke in DRAWN["1"]:
-        points = [(box["x"] + x * scale, box["y"] + y * scale) for x, y in stroke]
+    for points in strokes:
         for kind, (x, y) in [("mousePressed", points[0]), *[("mouseMoved", p) for p in points[1:]],
                              ("mouseReleased", points[-1])]:
             cdp.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
