@@ -78,11 +78,16 @@ class Panel {
     return raw === "" ? null : Number(raw);
   }
 
+  // A request body for this panel's model and chosen version (none chosen: the server's latest).
+  requestBody(fields) {
+    const version = this.version();
+    return { model: this.model, ...(version === null ? {} : { version }), ...fields };
+  }
+
   async predict(input) {
     this.input = input;
     const sequence = ++this.sequence;
-    const body = { model: this.model, inputs: [input] };
-    if (this.version() !== null) body.version = this.version();
+    const body = this.requestBody({ inputs: [input] });
     try {
       const { data, ms } = await call("POST", "/predict", body);
       if (sequence !== this.sequence) return;
@@ -181,9 +186,8 @@ class Panel {
   async gradcheck() {
     if (this.input === null) return;
     const labels = this.info?.versions.find((v) => v.status === "ready")?.labels ?? [];
-    const body = { model: this.model, inputs: [this.input], labels: [this.prediction ?? labels[0] ?? "0"],
-                   mode: "sampled", samples: 10 };
-    if (this.version() !== null) body.version = this.version();
+    const body = this.requestBody({ inputs: [this.input], labels: [this.prediction ?? labels[0] ?? "0"],
+                                    mode: "sampled", samples: 10 });
     this.checkButton.disabled = true;
     this.checkResult.replaceChildren(element("p", { text: "Checking gradients…" }));
     try {
@@ -222,8 +226,7 @@ class MnistPanel extends Panel {
     this.bindPointer();
     section.querySelector("#mnist-undo").addEventListener("click", () => { this.strokes.pop(); this.changed(true); });
     section.querySelector("#mnist-clear").addEventListener("click", () => { this.strokes = []; this.changed(true); });
-    this.input = Array.from(new Float64Array(FIELD * FIELD));
-    this.changed(true);
+    this.changed(true); // no strokes yet: sets the blank input
   }
 
   point(event) {
