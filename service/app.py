@@ -70,7 +70,9 @@ class StrictJSONRequest(Request):
 def create_app(config: Settings | dict[str, Any] | None = None, model_registry: ModelRegistry | None = None) -> OpenAPI:
     """Build the app. ``config`` overrides the environment's settings; models load here, once."""
     cfg = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
-    app = ServiceAPI(__name__, info=Info(title="numpy-nets model server", version="1"), doc_prefix="/docs",
+    # static_folder=None: the page's blueprint serves /static (service/blueprints/ui.py)
+    app = ServiceAPI(__name__, static_folder=None, info=Info(title="numpy-nets model server", version="1"),
+                     doc_prefix="/docs",
                      security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
                      validation_error_status=422, validation_error_callback=validation_error_response)
     app.request_class = StrictJSONRequest

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, Response, current_app, request, send_from_directory
+from flask import Blueprint, Response, send_from_directory
 
 from service.blueprints import respond_json
 
-ui = Blueprint("ui", __name__)
+# The blueprint serves the assets too (/static/...), so its own after_request hook covers the page and
+# them, and the API's requests never pass through it.
+ui = Blueprint("ui", __name__, static_folder="../static", static_url_path="/static")
 
 # Everything the page loads comes from this server; nothing may frame it.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -23,7 +25,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 
 @ui.get("/")
 def index() -> Response:
     """The page: draw a digit, click a 5x5 glyph, toggle XOR, check gradients."""
-    response = send_from_directory(current_app.static_folder, "index.html")
+    response = send_from_directory(ui.static_folder, "index.html")
     response.headers["Cache-Control"] = "no-cache"  # revalidate (ETag): a new release shows at once
     return response
 
@@ -42,10 +44,9 @@ def _glyphs() -> dict[str, list]:
     return {"labels": labels, "images": images.reshape(-1, 5, 5).astype(int).tolist()}
 
 
-@ui.after_app_request
+@ui.after_request
 def page_headers(response: Response) -> Response:
     """The page and its assets get a strict content security policy and no referrer."""
-    if request.blueprint == "ui" or request.endpoint == "static":
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response
