@@ -10,6 +10,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
+def pytest_report_header(config) -> list[str]:
+    """Where the run happened, so a failure report says which CPU and BLAS kernel it came from."""
+    import os
+    import platform
+
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+               platform.processor() or "unknown")
+    np.ones(1) @ np.ones(1)  # loads the BLAS, so threadpoolctl sees it
+    blas = [f"{p['internal_api']} {p.get('version')} {p.get('architecture')} kernels, {p['num_threads']} threads"
+            for p in threadpool_info() if p.get("user_api") == "blas"]
+    forced = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}
+    return [f"cpu: {cpu} ({os.cpu_count()} cores); numpy {np.__version__}; blas: {'; '.join(blas) or 'none found'}"
+            + (f"; set: {forced}" if forced else "")]
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
