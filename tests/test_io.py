@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 
@@ -13,6 +12,7 @@ from model import io as model_io
 from model.io import WeightsFileError, load_model, save_model
 from model.layers import BatchNorm1d, Dense, Dropout, ReLU
 from model.network import Sequential
+from tests.bad_weights import FILE_KINDS
 
 
 @pytest.fixture
@@ -52,44 +52,9 @@ def test_no_pickle_in_archive(saved):
             assert archive[key].dtype != object
 
 
-def rewrite(path, mutate):
-    """Re-save ``path`` after ``mutate(arrays)`` changed its dict of arrays."""
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {k: archive[k] for k in archive.files}
-    mutate(arrays)
-    np.savez(path, **arrays)
-
-
-def set_meta(**changes):
-    def mutate(arrays):
-        meta = json.loads(str(arrays["__metadata__"]))
-        meta.update(changes)
-        arrays["__metadata__"] = np.array(json.dumps(meta))
-    return mutate
-
-
-BAD_FILES = {
-    "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
-    "not a zip": lambda p: p.write_bytes(b"hello, I am not weights"),
-    "empty": lambda p: p.write_bytes(b""),
-    "missing array": lambda p: rewrite(p, lambda a: a.pop("params.0.W")),
-    "extra array": lambda p: rewrite(p, lambda a: a.update(extra=np.zeros(3))),
-    "wrong shape": lambda p: rewrite(p, lambda a: a.update({"params.0.W": np.zeros((5, 6), np.float32)})),
-    "wrong dtype": lambda p: rewrite(p, lambda a: a.update({"params.0.W": a["params.0.W"].astype(np.float64)})),
-    "nan weights": lambda p: rewrite(p, lambda a: a["params.4.b"].__setitem__(0, np.nan)),
-    "no metadata": lambda p: rewrite(p, lambda a: a.pop("__metadata__")),
-    "metadata not json": lambda p: rewrite(p, lambda a: a.update(__metadata__=np.array("{oops"))),
-    "metadata not a string": lambda p: rewrite(p, lambda a: a.update(__metadata__=np.zeros(2))),
-    "future format": lambda p: rewrite(p, set_meta(format_version=99)),
-    "unknown layer": lambda p: rewrite(p, set_meta(architecture={"layers": [{"type": "conv9d"}]})),
-    "bad dtype": lambda p: rewrite(p, set_meta(dtype="int8")),
-    "pickled object": lambda p: np.savez(p, __metadata__=np.array([{"evil": 1}], dtype=object)),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_FILES))
+@pytest.mark.parametrize("case", sorted(FILE_KINDS))
 def test_bad_files_are_rejected_with_a_clear_error(saved, case):
-    BAD_FILES[case](saved)
+    FILE_KINDS[case](saved)
     with pytest.raises(WeightsFileError) as info:
         load_model(saved)
     message = str(info.value)

@@ -15,6 +15,8 @@ from service.dataplane import as_batch, label_indices
 from service.errors import ServiceError, validation_details
 from service.registry import ModelRegistry
 from service.schemas import ErrorResponse, GradcheckRequest
+from tests.bad_weights import ALL_KINDS, make_bad
+from tests.floats import assert_probabilities_close
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +138,19 @@ def test_max_batch_from_config(client):
     assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]] * 8}).status_code == 200
 
 
-def test_predictions_are_independent_of_batch_composition(client):
-    """A sample's probabilities do not depend on what else is in the batch (eval mode, no BN stats)."""
-    one = client.post("/predict", json={"model": "digits", "inputs": [[1.0] * 25]}).get_json()
-    two = client.post("/predict", json={"model": "digits", "inputs": [[0.0] * 25, [1.0] * 25]}).get_json()
-    assert one["predictions"][0] == two["predictions"][1]
+@pytest.mark.parametrize("model", ["xor", "digits", "mnist"])
+def test_predictions_are_independent_of_batch_composition(client, registry, model):
+    """A sample's answer does not depend on what else is in the batch (eval mode, no batch statistics),
+    to float32 precision: alone (OpenBLAS's one-row kernel) and among others (its many-row kernels) the
+    sums run in another order, so the last digits may differ by CPU (tests/floats.py states by how much)."""
+    features = registry.get(model).network.input_features
+    rng = np.random.default_rng(5)
+    batch = rng.random((8, features)).round(3).tolist()  # the fixture's MAX_BATCH
+    together = client.post("/predict", json={"model": model, "inputs": batch}).get_json()["predictions"]
+    for i in (0, 3, 7):
+        alone = client.post("/predict", json={"model": model, "inputs": [batch[i]]}).get_json()["predictions"][0]
+        assert_probabilities_close(alone["probabilities"], together[i]["probabilities"], err_msg=f"sample {i}")
+        assert alone["label"] == together[i]["label"] or max(alone["probabilities"]) < 0.51
 
 
 UNLOAD_SCRIPT = """
@@ -286,3 +296,101 @@ def test_standard_protocols_errors_have_their_own_shape(client, path, body, mess
     r = client.post(path, json=body)
     assert r.status_code in (400, 404) and set(r.get_json()) == {"error"}
     assert isinstance(r.get_json()["error"], str) and message in r.get_json()["error"]
+
+
+# -- rules pinned by hand, on models unlike the shipped ones ---------------------------------------
+def hand_count(architecture: dict) -> tuple[int, int]:
+    """(parameters, parameter tensors) of a dense network, counted from its architecture by hand."""
+    assert {layer["type"] for layer in architecture["layers"]} <= {"dense", "relu", "tanh", "sigmoid", "dropout"}
+    dense = [layer for layer in architecture["layers"] if layer["type"] == "dense"]  # W and b each
+    return sum(d["in_features"] * d["out_features"] + d["out_features"] for d in dense), 2 * len(dense)
+
+
+@pytest.mark.parametrize("model", ["xor", "digits", "mnist"])
+def test_gradcheck_cost_is_a_hand_count(registry, model):
+    """Two forward passes of the batch per comparison, each about (parameters) multiply-adds per input:
+    full compares every parameter; sampled and directional compare ``samples`` per parameter tensor."""
+    from service.dataplane import gradcheck_cost
+
+    network = registry.get(model).network
+    params, tensors = hand_count(registry.get(model).metadata["architecture"])
+    assert network.num_params == params
+    for inputs, samples in ((1, 1), (4, 10), (16, 100)):
+        for mode in ("sampled", "directional"):
+            assert gradcheck_cost(network, inputs, mode, samples) == 2.0 * samples * tensors * params * inputs
+        assert gradcheck_cost(network, inputs, "full", samples) == 2.0 * params * params * inputs
+
+
+def test_a_gradcheck_just_over_its_cost_bound_is_refused(registry):
+    """A bound set to exactly the hand-counted cost of 2 inputs: 2 run, 3 are refused."""
+    params, tensors = hand_count(registry.get("digits").metadata["architecture"])
+    bound = 2.0 * 5 * tensors * params * 2  # directional, samples=5, two inputs
+    client = create_app({"max_batch": 8, "gradcheck_max_cost": bound}, model_registry=registry).test_client()
+    body = {"model": "digits", "labels": ["1"], "inputs": [[1.0] * 25], "mode": "directional", "samples": 5}
+    ok = client.post("/gradcheck", json={**body, "inputs": [[1.0] * 25] * 2, "labels": ["1", "2"]})
+    assert ok.status_code == 200 and ok.get_json()["passed"], ok.get_json()
+    over = client.post("/gradcheck", json={**body, "inputs": [[1.0] * 25] * 3, "labels": ["1", "2", "3"]})
+    assert over.status_code == 422 and over.get_json()["error"]["code"] == "gradcheck_too_large"
+
+
+ODD_LABELS = ["β-Zelle", "zwei", "äpfel"]  # neither sorted nor ASCII: the model's own order rules
+
+
+@pytest.fixture(scope="module")
+def odd_client(tmp_path_factory):
+    from model.io import save_model
+    from model.layers import Dense
+    from model.network import Sequential
+
+    layer = Dense(2, 3, rng=np.random.default_rng(0))
+    layer.params["W"][...] = [[4.0, 0.0, -4.0], [-4.0, 0.0, 4.0]]  # [1, 0] -> class 0, [0, 1] -> class 2
+    layer.params["b"][...] = 0.0
+    root = tmp_path_factory.mktemp("odd")
+    save_model(root / "odd" / "1" / "model.npz", Sequential([layer]).eval(),
+               {"name": "odd", "version": 1, "labels": ODD_LABELS, "input_shape": [2],
+                "preprocessing": {"input_range": [0.0, 1.0]}})
+    reg = ModelRegistry(root).load_all()
+    assert reg.get("odd").labels == ODD_LABELS
+    return create_app({"max_batch": 8}, model_registry=reg).test_client()
+
+
+def test_labels_are_the_model_s_own_order_and_any_text(odd_client):
+    import tritonclient.http as triton
+
+    entry = odd_client.application.extensions["model_registry"].get("odd")
+    assert label_indices(["äpfel", "β-Zelle", "zwei"], entry).tolist() == [2, 0, 1]
+    r = odd_client.post("/predict", json={"model": "odd", "inputs": [[1, 0], [0, 1]]}).get_json()
+    assert r["labels"] == ODD_LABELS and [p["label"] for p in r["predictions"]] == ["β-Zelle", "äpfel"]
+    check = odd_client.post("/gradcheck", json={"model": "odd", "inputs": [[1, 0], [0, 1]],
+                                                "labels": ["β-Zelle", "äpfel"], "mode": "full"}).get_json()
+    assert check["passed"] and check["loss"] < 0.05  # the loss of the right classes: both are confident
+    # V2's BYTES output in the binary extension, read by Triton's own client: lengths are UTF-8 bytes
+    v2 = odd_client.post("/v2/models/odd/infer", json={
+        "inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP32", "data": [1, 0, 0, 1]}],
+        "outputs": [{"name": "label", "parameters": {"binary_data": True}}]})
+    assert v2.status_code == 200, v2.get_data()[:300]
+    result = triton.InferResult.from_response_body(v2.get_data(), header_length=int(
+        v2.headers["Inference-Header-Content-Length"]))
+    assert [s.decode() for s in result.as_numpy("label")] == ["β-Zelle", "äpfel"]
+    as_json = odd_client.post("/v2/models/odd/infer", json={
+        "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}],
+        "outputs": [{"name": "label"}]}).get_json()
+    assert as_json["outputs"][0]["data"] == ["äpfel"]
+
+
+@pytest.mark.parametrize("kind", sorted(ALL_KINDS))
+def test_bad_weights_files_do_not_stop_the_others(tmp_path, model_repository, kind):
+    """A bad file of any kind, beside good ones: the registry loads, the bad version is reported with a
+    one-line reason and answers 503, the newest good one serves."""
+    import shutil
+
+    shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / "1")
+    shutil.copytree(model_repository / "digits" / "1", tmp_path / "digits" / "1")
+    make_bad(kind, tmp_path / "xor" / "1" / "model.npz", tmp_path / "xor" / "2" / "model.npz")
+    reg = ModelRegistry(tmp_path).load_all()
+    versions = {v["version"]: v for v in reg.describe("xor")["versions"]}
+    assert versions[2]["status"] == "failed" and versions[2]["error"] and "\n" not in versions[2]["error"], versions
+    assert reg.get("xor").version == 1 and reg.get("digits").version == 1
+    client = create_app({"max_batch": 8}, model_registry=reg).test_client()
+    assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200
+    assert client.post("/predict", json={"model": "xor", "version": 2, "inputs": [[0, 1]]}).status_code == 503
