@@ -138,6 +138,24 @@ def test_against_pytorch(kind):
         np.testing.assert_allclose(layer.grads["b"], b.grad.numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu"])
+def test_kinks_follow_pytorch_at_exactly_zero(kind):
+    """At the kink, where central differences cannot decide, the convention is PyTorch's (and the
+    docstrings'): ReLU's gradient at exactly 0 is 0, leaky ReLU's is its negative slope."""
+    torch = require_torch()
+    layer = make_layer(kind, np.random.default_rng(0))
+    x = np.array([[0.0, -0.0, 1.0, -1.0, 0.0, 2.5]])
+    weights = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    layer.forward(x)
+    grad_in = layer.backward(weights)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = torch.relu(tx) if kind == "relu" else torch.nn.functional.leaky_relu(tx, 0.1)
+    (tout * torch.tensor(weights)).sum().backward()
+    np.testing.assert_array_equal(grad_in, tx.grad.numpy())
+    slope = 0.0 if kind == "relu" else 0.1
+    np.testing.assert_array_equal(grad_in[0, [0, 1, 4]], slope * weights[0, [0, 1, 4]])
+
+
 @pytest.mark.parametrize("kind", [*KINDS, "dropout_train"])
 def test_infer_is_forward_in_eval_mode_and_stores_nothing(kind):
     """The serving path: same numbers as an eval-mode forward, bit for bit, whatever the mode, and no
@@ -149,15 +167,21 @@ def test_infer_is_forward_in_eval_mode_and_stores_nothing(kind):
             layer.forward(rng.standard_normal((8, 6)) * 3 + 1)
     x = rng.standard_normal((5, 6))
     x_before = x.copy()
+    layer.training = False
+    layer.forward(rng.standard_normal((3, 6)))  # caches what backward needs, so infer would find them
     layer.training = True
-    state_before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(layer).items()
-                    if k.startswith("_")}
+    state_before = dict(vars(layer))  # every attribute, by identity: infer may neither set nor rebind one
+    values_before = {k: v.copy() for k, v in state_before.items() if isinstance(v, np.ndarray)}
     buffers_before = {k: v.copy() for k, v in layer.buffers.items()}
     inferred = layer.infer(x)
     np.testing.assert_array_equal(x, x_before)
     for k, v in buffers_before.items():
         np.testing.assert_array_equal(layer.buffers[k], v)
-    assert {k for k in vars(layer) if k.startswith("_")} == set(state_before)
+    assert set(vars(layer)) == set(state_before)
+    for k, v in vars(layer).items():
+        assert v is state_before[k], f"infer rebound {k}"
+        if k in values_before:
+            np.testing.assert_array_equal(v, values_before[k], err_msg=f"infer wrote into {k}")
     layer.training = False
     np.testing.assert_array_equal(inferred, layer.forward(x))
 

@@ -75,6 +75,7 @@ def test_non_finite_numbers_are_422(base_url, http, literal):
 @pytest.mark.parametrize("value,loc,words", [
     ('"1"', "inputs.0.1", "not a string"),
     ("true", "inputs.0.1", "not a boolean"),
+    ("false", "inputs.0.1", "not a boolean"),
     ("null", "inputs.0.1", "not null"),
     ("[1]", "inputs.0", "mix numbers and lists"),
 ])
@@ -82,6 +83,24 @@ def test_inputs_are_numbers_only(base_url, http, value, loc, words):
     body = f'{{"model": "xor", "inputs": [[0, {value}]]}}'
     err = assert_error(post_raw(http, base_url, "/predict", body), 422, "validation_error", loc=loc)
     assert words in err["message"]
+
+
+@pytest.mark.parametrize("literal", ["true", "false"])
+@pytest.mark.parametrize("path,template", [
+    ("/predict", '{{"model": "xor", "inputs": [[0, {x}]]}}'),
+    ("/v1/models/xor:predict", '{{"instances": [[0, {x}]]}}'),
+    ("/v2/models/xor/infer", '{{"inputs": [{{"name": "input", "shape": [1, 2], "datatype": "FP32", '
+                             '"data": [0, {x}]}}]}}'),
+    # a boolean elsewhere in the body must not hide the one in the data, nor make a clean body fail
+    ("/v2/models/xor/infer", '{{"parameters": {{"binary_data_output": false}}, "inputs": [{{"name": "input", '
+                             '"shape": [1, 2], "datatype": "FP32", "data": [0, {x}]}}]}}'),
+])
+def test_a_boolean_is_not_a_number_in_any_protocol(base_url, http, literal, path, template):
+    """JSON's true and false are refused as inputs: NumPy would read them as 1 and 0."""
+    r = post_raw(http, base_url, path, template.format(x=literal))
+    assert r.status_code in (400, 422) and "boolean" in r.text, (r.status_code, r.text[:300])
+    clean = post_raw(http, base_url, path, template.format(x="1"))
+    assert clean.status_code == 200, clean.text[:300]
 
 
 @pytest.mark.parametrize("depth,status,words", [
