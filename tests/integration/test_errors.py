@@ -103,6 +103,32 @@ def test_a_boolean_is_not_a_number_in_any_protocol(base_url, http, literal, path
     assert clean.status_code == 200, clean.text[:300]
 
 
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", ["first", "last", "nested"])
+def test_non_finite_inputs_are_refused_in_every_protocol(base_url, http, value, where):
+    """NaN and infinities anywhere in a batch, as JSON literals and as raw FP32 bytes (V2's binary
+    extension, where no JSON parser sees them), are refused with the element's location."""
+    import numpy as np
+
+    model, sample = ("digits", np.zeros((2, 5, 5))) if where == "nested" else ("xor", np.zeros((3, 2)))
+    index = {"first": (0, 0), "last": (2, 1), "nested": (1, 4, 2)}[where]
+    sample[index] = value
+    loc = "inputs." + ".".join(map(str, index))
+    body = json.dumps({"model": model, "inputs": sample.tolist()})  # NaN, Infinity: the lenient literals
+    assert_error(post_raw(http, base_url, "/predict", body), 422, "validation_error", loc=loc)
+    v1 = post_raw(http, base_url, f"/v1/models/{model}:predict", json.dumps({"instances": sample.tolist()}))
+    assert v1.status_code == 400 and "finite" in v1.json()["error"], v1.text
+    raw = sample.astype("<f4").tobytes()
+    head = json.dumps({"inputs": [{"name": "input", "shape": list(sample.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    v2 = http.post(f"{base_url}/v2/models/{model}/infer", data=head + raw, timeout=10,
+                   headers={"Inference-Header-Content-Length": str(len(head))})
+    assert v2.status_code == 400 and "finite number" in v2.json()["error"], v2.text
+
+
 @pytest.mark.parametrize("depth,status,words", [
     (20, 422, "has shape 1x1x1"),       # regular: NumPy reads it, the shape is wrong
     (100, 422, "nested too deeply"),    # beyond NumPy's 64 dimensions

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 import requests
@@ -75,9 +76,24 @@ def test_a_chunked_body_is_read(base_url):
     assert send(base_url, head + chunks) == 200
 
 
+def predict_requests(base_url: str) -> float:
+    """/predict requests the server has answered, summed over workers, statuses and models."""
+    text = requests.get(f"{base_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('nn_requests_total{endpoint="/predict"'))
+
+
 def test_a_client_that_hangs_up_early_costs_nothing(base_url):
-    with socket.create_connection(host_port(base_url), timeout=10) as sock:
-        sock.sendall(raw_request("/predict", b'{"model": "xor", "inputs": [[0, 1]]}')[:-8])
+    """A body cut short by a client that hung up never reaches the app: nobody is there to answer, so
+    no request is run, logged or counted; the next client is answered as usual."""
+    before = predict_requests(base_url)
+    for _ in range(3):
+        with socket.create_connection(host_port(base_url), timeout=10) as sock:
+            sock.sendall(raw_request("/predict", b'{"model": "xor", "inputs": [[0, 1]]}')[:-8])
+    time.sleep(2.0)  # the hang-ups have reached the workers
+    assert predict_requests(base_url) == before
+    r = requests.post(f"{base_url}/predict", json={"model": "xor", "inputs": [[0, 1]]}, timeout=10)
+    assert r.status_code == 200 and predict_requests(base_url) == before + 1
 
 
 @pytest.mark.parametrize("header", ["X-Big: " + "a" * 9000, "X-Many: 1\r\n" * 120])

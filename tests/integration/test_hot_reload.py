@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.bad_weights import make_bad
 from tests.conftest import ROOT
 from tests.integration.conftest import LocalServer
 
@@ -189,44 +190,20 @@ def test_repository_api_is_off_without_a_token(base_url):
     assert not any("repository" in p for p in requests.get(f"{base_url}/openapi.json", timeout=10).json()["paths"])
 
 
-def bad_weights(kind: str, good: Path, target: Path) -> None:
-    """A weights file that must be refused, of one kind."""
-    import json
-
-    import numpy as np
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "random bytes":
-        target.write_bytes(np.random.default_rng(0).bytes(4096))
-        return
-    with np.load(good, allow_pickle=False) as archive:
-        arrays = {k: archive[k] for k in archive.files}
-    if kind == "wrong shapes":
-        arrays["params.0.W"] = arrays["params.0.W"][:, :-1]
-    elif kind == "a pickled object array":
-        arrays["params.0.W"] = np.array([{"pickle": "me"}], dtype=object)
-    elif kind == "metadata that is not JSON":
-        arrays["__metadata__"] = np.array("{not json")
-    elif kind == "metadata that lies about the input":
-        meta = json.loads(str(arrays["__metadata__"]))
-        arrays["__metadata__"] = np.array(json.dumps({**meta, "input_shape": [3]}))
-    with open(target, "wb") as f:
-        np.savez(f, **arrays)
-
-
-KINDS = ["random bytes", "wrong shapes", "a pickled object array", "metadata that is not JSON",
-         "metadata that lies about the input"]
+# a reload must refuse each kind of bad file, the two that break no file format among them
+KINDS = ["random bytes", "wrong shape", "a pickled object array", "metadata not json",
+         "metadata json but not an object", "an input shape that lies", "labels that do not match the outputs"]
 
 
 def test_bad_weights_files_are_refused_at_reload_and_the_good_version_serves(server, repo):
     good = repo / "xor" / "1" / "model.npz"
     with LoadLoop(server.url) as load:
         for i, kind in enumerate(KINDS):
-            bad_weights(kind, good, repo / "xor" / str(20 + i) / "model.npz")
+            make_bad(kind, good, repo / "xor" / str(20 + i) / "model.npz")
         wait_for(lambda: all(f"xor/{20 + i}" in requests.get(f"{server.url}/readyz", timeout=5).json()["models"]
                              for i in range(len(KINDS))))
         # a bad file replaced by another bad one is read again (its signature changed) and refused again
-        bad_weights("wrong shapes", good, repo / "xor" / "20" / "model.npz")
+        make_bad("wrong shape", good, repo / "xor" / "20" / "model.npz")
         time.sleep(2 * POLL + 1)
         states = requests.get(f"{server.url}/readyz", timeout=5).json()["models"]
         assert versions_now(server.url) == {1}

@@ -1,0 +1,94 @@
+"""What the gevent worker adds (service/worker.py), each shown on a server of our own where it matters:
+connections take turns, and a graceful stop does not wait for idle keep-alive connections.
+
+Both are judged by ratios and wide margins, not by a clock: they hold on a slow or busy machine."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import requests
+
+from tests.integration.conftest import LocalServer
+from tests.integration.test_slow_clients import MNIST_ONE, XOR, host_port, raw_request, read_response
+
+PIPELINED = 400
+
+
+def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path):
+    """One worker; client A writes 400 requests at once on one connection, so its next request is
+    always already in the socket. Client B, on another connection meanwhile, is answered within a
+    small part of A's run (each ready connection gets one request per turn), not after all of A's."""
+    server = LocalServer(tmp_path, WORKERS="1").start()
+    try:
+        answers: list[float] = []  # when each of A's responses arrived
+        sock = socket.create_connection(host_port(server.url), timeout=60)
+
+        def read_a() -> None:
+            received = b""  # A's responses are small: ~120 kB in all
+            while len(answers) < PIPELINED:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    return
+                received += chunk
+                now = time.perf_counter()
+                answers.extend([now] * (received.count(b"HTTP/1.1 200 ") - len(answers)))
+
+        reader = threading.Thread(target=read_a)
+        reader.start()
+        writer = threading.Thread(target=sock.sendall, args=(raw_request("/predict", MNIST_ONE) * PIPELINED,))
+        writer.start()
+        deadline = time.monotonic() + 60
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.001)
+        latencies = []
+        with requests.Session() as b:
+            while len(answers) < PIPELINED and time.monotonic() < deadline:
+                start = time.perf_counter()
+                assert b.post(f"{server.url}/predict", data=XOR, headers={"Content-Type": "application/json"},
+                              timeout=60).status_code == 200
+                latencies.append(time.perf_counter() - start)
+        writer.join(60)
+        reader.join(60)
+        sock.close()
+        assert len(answers) == PIPELINED, len(answers)
+        a_run = answers[-1] - answers[0]
+        print(f"\nA's {PIPELINED} pipelined requests took {a_run * 1000:.0f} ms; B sent {len(latencies)}, "
+              f"worst {max(latencies) * 1000:.1f} ms")
+        assert latencies and max(latencies) < 0.25 * a_run
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_closes_idle_keep_alive_connections_at_once(tmp_path):
+    """Four connections idle between requests (KEEPALIVE=60 s): a SIGTERM stops the server in a small
+    part of that (1.7 s on a quiet machine, 11.5 s on a busy one), and the idle connections are closed
+    by the server, not left to time out."""
+    server = LocalServer(tmp_path, KEEPALIVE="60", GRACEFUL_TIMEOUT="120").start()
+    idle = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(host_port(server.url), timeout=60)
+            sock.sendall(raw_request("/predict", XOR))
+            assert read_response(sock)[0] == 200  # kept alive: now idle, waiting for its next request
+            idle.append(sock)
+        time.sleep(0.5)  # each is back waiting for its next request head
+        start = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            code = server.proc.wait(100)
+        except subprocess.TimeoutExpired:
+            code = None
+        stopped = time.monotonic() - start
+        print(f"\nSIGTERM with 4 idle keep-alive connections: stopped in {stopped:.2f} s")
+        assert code == 0 and stopped < 30, (code, stopped, server.read_log()[-2000:])
+        for sock in idle:
+            assert sock.recv(1) == b""  # closed by the server
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
