@@ -1,0 +1,189 @@
+"""Planted bugs: one-line changes to the code that the suite must catch, and the tests that catch each.
+
+    python -m tests.planted_bugs              # every bug: apply it in a copy, run its tests, expect failure
+    python -m tests.planted_bugs relu_kink    # only these
+    python -m tests.planted_bugs --list       # the table
+
+Each bug is applied to a fresh copy of the working tree (the files git tracks, plus new ones it does not
+ignore), in a temporary folder, and its tests are run there with this interpreter; the bug is *caught*
+when pytest reports failed tests (exit code 1), and *survives* when they pass. With ``--baseline`` the
+same tests first run on the unchanged copy, which must pass. Containers are not used (the copy's tests
+run against ``python -m service`` only); MNIST comes from ``MNIST_DIR`` or ``../shared/data/mnist``.
+
+To check a new test against a bug it should catch: add a row here (the exact text of the line, its
+replacement, and the test), then ``python -m tests.planted_bugs NAME --baseline``. ``tests/
+test_planted_bugs.py`` keeps every row's line present in the code, so the table cannot go stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class PlantedBug:
+    name: str
+    path: str  # relative to the repository
+    old: str  # exact text, present once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files that must fail with the bug in place
+    what: str
+
+
+BUGS = [
+    PlantedBug("booleans_true_only", "service/jsonio.py",
+               'return body.count(b"true") + body.count(b"false")', 'return body.count(b"true")',
+               ("tests/integration/test_errors.py::test_a_boolean_is_not_a_number_in_any_protocol",
+                "tests/test_dataplane_properties.py"),
+               "a JSON false is read as 0 when the body holds no true"),
+    PlantedBug("gradcheck_cost_tensors", "service/dataplane.py",
+               'else samples * len(network.named_params())', 'else samples',
+               ("tests/test_service_unit.py::test_gradcheck_cost_is_a_hand_count",
+                "tests/test_service_unit.py::test_a_gradcheck_just_over_its_cost_bound_is_refused"),
+               "the gradcheck cost forgets the number of parameter tensors (6x under for MNIST)"),
+    PlantedBug("labels_sorted", "service/dataplane.py",
+               "index = {label: i for i, label in enumerate(entry.labels)}",
+               "index = {label: i for i, label in enumerate(sorted(entry.labels))}",
+               ("tests/test_service_unit.py::test_labels_are_the_model_s_own_order_and_any_text",),
+               "class names mapped against the sorted labels, not the model's order"),
+    PlantedBug("v2_bytes_characters", "service/blueprints/v2.py",
+               'raw = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in labels))',
+               'raw = b"".join(struct.pack("<I", len(s)) + s.encode() for s in labels)',
+               ("tests/test_service_unit.py::test_labels_are_the_model_s_own_order_and_any_text",),
+               "V2 BYTES element lengths counted in characters, not UTF-8 bytes"),
+    PlantedBug("relu_kink", "model/layers.py", "self._mask = x > 0", "self._mask = x >= 0",
+               ("tests/test_layers.py::test_kinks_follow_pytorch_at_exactly_zero",),
+               "ReLU's gradient at exactly 0 taken as 1 (PyTorch takes 0)"),
+    PlantedBug("metadata_not_an_object", "model/io.py",
+               'raise WeightsFileError(f"{path}: metadata must be a JSON object")', "pass",
+               ("tests/test_io.py", "tests/test_service_unit.py::test_bad_weights_files_do_not_stop_the_others"),
+               "weights metadata that is JSON but not an object is not refused"),
+    PlantedBug("label_count", "service/registry.py", "if out is not None and out != len(labels):", "if False:",
+               ("tests/test_service_unit.py::test_bad_weights_files_do_not_stop_the_others",),
+               "a weights file whose labels do not match the network's outputs is served"),
+    PlantedBug("no_taking_turns", "service/worker.py", "        gevent.idle()\n        return keep_alive",
+               "        return keep_alive",
+               ("tests/integration/test_worker.py::test_a_pipelining_client_does_not_starve_its_neighbour",),
+               "connections stop taking turns: one pipelining client holds its worker"),
+    PlantedBug("sigterm_keeps_idle", "service/worker.py", "gevent.spawn(self.close_idle)", "pass",
+               ("tests/integration/test_worker.py::test_sigterm_closes_idle_keep_alive_connections_at_once",),
+               "SIGTERM waits for idle keep-alive connections instead of closing them"),
+    PlantedBug("v2_int64_size", "service/dataplane.py", '"INT64": "<i8"', '"INT64": "<i4"',
+               ("tests/integration/test_v2_protocol.py::test_every_input_datatype_in_json_and_binary",),
+               "V2 INT64 read with a 4-byte item size"),
+    PlantedBug("v2_uint16_size", "service/dataplane.py", '"UINT16": "<u2"', '"UINT16": "<u1"',
+               ("tests/integration/test_v2_protocol.py::test_every_input_datatype_in_json_and_binary",),
+               "V2 UINT16 read with a 1-byte item size"),
+    PlantedBug("v2_header_boundary", "service/blueprints/v2.py", "0 < int(header) <= len(raw)",
+               "0 < int(header) < len(raw)",
+               ("tests/integration/test_v2_protocol.py::test_the_binary_header_may_be_the_whole_body",),
+               "a binary-extension header as long as the whole body is refused"),
+    PlantedBug("nan_passes", "service/dataplane.py", "if not (lo <= batch.min() and batch.max() <= hi):",
+               "if batch.min() < lo or batch.max() > hi:",
+               ("tests/integration/test_errors.py::test_non_finite_inputs_are_refused_in_every_protocol",
+                "tests/test_dataplane_properties.py"),
+               "NaN passes the range check (both comparisons are false) and is served"),
+    PlantedBug("infer_stores_input", "model/layers.py",
+               '    def infer(self, x: Array) -> Array:\n        out = x @ self.params["W"]',
+               '    def infer(self, x: Array) -> Array:\n        self._x = x\n        out = x @ self.params["W"]',
+               ("tests/test_layers.py::test_infer_is_forward_in_eval_mode_and_stores_nothing",),
+               "Dense.infer stores its input (shared state between concurrent requests)"),
+    PlantedBug("gradcheck_slots_per_worker", "service/dataplane.py",
+               "concurrency = settings.gradcheck_concurrency or max(1, settings.workers - 1)",
+               "concurrency = settings.gradcheck_concurrency or settings.workers",
+               ("tests/integration/test_gradcheck_http.py::"
+                "test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks",),
+               "gradchecks may take every worker (none left free for /predict)"),
+    PlantedBug("gradcheck_samples_ignored", "service/blueprints/inference.py",
+               "mode=body.mode, epsilon=body.epsilon, samples=body.samples,",
+               "mode=body.mode, epsilon=body.epsilon, samples=1,",
+               ("tests/integration/test_gradcheck_http.py::test_mnist_gradcheck_defaults_are_quick",),
+               "/gradcheck checks one coordinate per tensor whatever samples says"),
+    PlantedBug("hung_up_body_reaches_the_app", "service/worker.py",
+               "the client hung up mid-body: nobody to answer\n                raise StopIteration()",
+               "the client hung up mid-body: nobody to answer\n                pass",
+               ("tests/integration/test_hostile.py::test_a_client_that_hangs_up_early_costs_nothing",),
+               "a body cut short by a client that hung up is handed to the app"),
+]
+
+
+def copy_tree(dest: Path) -> None:
+    """The working tree as git sees it: tracked files and untracked ones it does not ignore."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def apply(bug: PlantedBug, tree: Path) -> None:
+    path = tree / bug.path
+    text = path.read_text()
+    if text.count(bug.old) != 1:
+        raise SystemExit(f"{bug.name}: the line to change appears {text.count(bug.old)} times in {bug.path}")
+    path.write_text(text.replace(bug.old, bug.new))
+
+
+def run_tests(bug: PlantedBug, tree: Path) -> tuple[int, str, float]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REQUIRE_CONTAINER", "CONTAINER_IMAGE", "SERVICE_URL")}
+    env.setdefault("MNIST_DIR", str(ROOT.parent / "shared" / "data" / "mnist"))
+    env["CONTAINER_ENGINE"] = "no-container-engine-for-planted-bugs"  # the copy's tests skip the container
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *bug.tests],
+                          cwd=tree, env=env, capture_output=True, text=True)
+    last = next((line for line in reversed(proc.stdout.splitlines()) if line.strip()), proc.stderr[-200:])
+    return proc.returncode, last, time.monotonic() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="bugs to plant (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the table and stop")
+    parser.add_argument("--baseline", action="store_true", help="first require the tests to pass unchanged")
+    args = parser.parse_args(argv)
+    known = {bug.name: bug for bug in BUGS}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"unknown bug(s) {unknown}; see --list")
+    chosen = [known[n] for n in args.names] or BUGS
+    if args.list:
+        for bug in chosen:
+            print(f"{bug.name:32} {bug.path:28} {bug.what}")
+        return 0
+    survivors = []
+    for bug in chosen:
+        with tempfile.TemporaryDirectory(prefix=f"planted-{bug.name}-") as tmp:
+            tree = Path(tmp)
+            copy_tree(tree)
+            if args.baseline:
+                code, last, seconds = run_tests(bug, tree)
+                if code != 0:
+                    print(f"{bug.name}: BASELINE FAILS ({last}, {seconds:.0f} s)", flush=True)
+                    survivors.append(bug.name)
+                    continue
+            apply(bug, tree)
+            code, last, seconds = run_tests(bug, tree)
+        verdict = "caught" if code == 1 else "SURVIVES" if code == 0 else f"ERROR (pytest exit {code})"
+        print(f"{bug.name}: {verdict} - {last} ({seconds:.0f} s)", flush=True)
+        if code != 1:
+            survivors.append(bug.name)
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} planted bugs caught"
+          + (f"; not caught: {', '.join(survivors)}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
