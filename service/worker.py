@@ -97,8 +97,7 @@ class BufferingGeventWorker(GeventWorker):
         self.request_timeout = float(settings.request_timeout)
         self.max_body = settings.max_body_bytes
         self.poll_seconds = settings.model_poll_seconds
-        self.clients: dict[gevent.Greenlet, socket.socket] = {}
-        self.idle: set[socket.socket] = set()
+        self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait for the next request
         super().init_process()
 
     def run(self) -> None:
@@ -131,30 +130,27 @@ class BufferingGeventWorker(GeventWorker):
         gevent.spawn(self.close_idle)
 
     def close_idle(self) -> None:
-        for client in list(self.idle):
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
+        """End each wait for a next request as if KEEPALIVE had run out: gunicorn then closes the
+        connection quietly (closing the socket under the waiting greenlet logged a traceback each)."""
+        for greenlet, wait in list(self.idle.items()):
+            gevent.kill(greenlet, wait)
 
     def handle(self, listener, client, addr) -> None:
         client.settimeout(self.request_timeout)
-        me = gevent.getcurrent()
-        self.clients[me] = client
-        try:
-            AsyncWorker.handle(self, listener, client, addr)
-        finally:
-            self.clients.pop(me, None)
+        AsyncWorker.handle(self, listener, client, addr)
 
     @contextlib.contextmanager
     def timeout_ctx(self) -> Iterator[None]:
-        """While waiting for a request head: bounded by KEEPALIVE, and closable on stop."""
-        client = self.clients.get(gevent.getcurrent())
-        if client is not None:
-            self.idle.add(client)
+        """While waiting for a request head: bounded by KEEPALIVE, and ended at once on stop (also for
+        a connection answered just before the signal, which was not yet waiting when it came)."""
+        me = gevent.getcurrent()
+        wait = gevent.Timeout(self.cfg.keepalive if self.alive else 0, False)
+        self.idle[me] = wait
         try:
-            with gevent.Timeout(self.cfg.keepalive, False):
+            with wait:
                 yield
         finally:
-            self.idle.discard(client)
+            self.idle.pop(me, None)
 
     def handle_request(self, listener_name, req, sock, addr) -> bool:
         length = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), None)

@@ -48,23 +48,33 @@ def test_image_size_is_reported():
 
 
 def test_stop_is_graceful_and_well_before_the_kill_timeout(mnist_data):
-    container = run(image(), GRADCHECK_MAX_COST="1e12")  # a gradcheck of seconds, to be in flight at the stop
+    """A gradcheck in flight at ``stop`` is answered, and the container exits 0 well before its kill
+    timeout. The gradcheck's size comes from a rate measured here (about 4 s of work), so a slow or
+    busy machine still fits; the kill timeout (120 s) is the engine's, not a clock on our work."""
+    container = run(image(), GRADCHECK_MAX_COST="1e13", GRACEFUL_TIMEOUT="100")
     try:
         x, y = mnist_data.eval_sets["test"]
-        slow = {"model": "mnist", "inputs": x[:64].tolist(), "labels": [str(v) for v in y[:64]],
-                "mode": "directional", "samples": 60}
+
+        def body(samples: int) -> dict:
+            return {"model": "mnist", "inputs": x[:8].tolist(), "labels": [str(v) for v in y[:8]],
+                    "mode": "directional", "samples": samples}
+
+        probe = requests.post(f"{container.url}/gradcheck", json=body(10), timeout=120)
+        assert probe.status_code == 200, probe.text
+        slow = body(int(min(100, max(10, 10 * 4.0 / probe.json()["seconds"]))))
         results: list = []
         thread = threading.Thread(target=lambda: results.append(
-            requests.post(f"{container.url}/gradcheck", json=slow, timeout=60)))
+            (requests.post(f"{container.url}/gradcheck", json=slow, timeout=240), time.monotonic())))
         thread.start()
         time.sleep(1.0)
         start = time.monotonic()
-        engine("stop", "-t", "30", container.name, timeout=60)
+        engine("stop", "-t", "120", container.name, timeout=180)
         seconds = time.monotonic() - start
-        thread.join(60)
-        print(f"\n{ENGINE} stop with a request in flight: {seconds:.2f} s (kill timeout 30 s)")
-        assert results and results[0].status_code == 200 and results[0].json()["passed"]
-        assert seconds < 20
+        thread.join(240)
+        print(f"\n{ENGINE} stop with a request in flight: {seconds:.2f} s (kill timeout 120 s)")
+        assert results and results[0][0].status_code == 200 and results[0][0].json()["passed"]
+        assert results[0][1] > start, "the gradcheck ended before the stop: nothing was in flight"
+        assert seconds < 60
         assert container.inspect("{{.State.ExitCode}}") == "0"
         assert "Shutting down: Master" in container.logs()
     finally:
