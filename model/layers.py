@@ -157,13 +157,10 @@ class Dense(Layer):
 
 
 def sigmoid(x: Array) -> Array:
-    """Logistic function, stable for large |x| (no overflow warning in exp)."""
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
+    """Logistic function, stable for large |x|: ``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` below,
+    with ``e = exp(-|x|) <= 1`` (never overflows); whole-array operations, no boolean indexing."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
 class Sigmoid(Layer):

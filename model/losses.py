@@ -52,13 +52,12 @@ class SigmoidBinaryCrossEntropy(Loss):
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
         targets = np.asarray(targets, dtype=logits.dtype).reshape(logits.shape)
-        self._probs = sigmoid(logits)
-        self._targets = targets
+        self._logits, self._targets = logits, targets  # backward's sigmoid is not paid by a forward alone
         softplus = np.logaddexp(0.0, logits)
-        return float(np.sum(softplus - targets * logits) / logits.shape[0])
+        return float((softplus - targets * logits).sum() / logits.shape[0])
 
     def backward(self) -> np.ndarray:
-        return (self._probs - self._targets) / self._probs.shape[0]
+        return (sigmoid(self._logits) - self._targets) / self._logits.shape[0]
 
 
 class SoftmaxCrossEntropy(Loss):
