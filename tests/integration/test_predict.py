@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from model.io import file_sha256, load_model
+from tests.floats import assert_probabilities_close
 from training.datasets import digits, xor
 from training.recipes import RECIPES
 
@@ -41,8 +42,8 @@ def test_predictions_match_the_library(base_url, http, model_repository, mnist_d
     loaded = library_model(model_repository, name)
     expected = loaded.network.predict_proba(x.astype(np.float32))
     got = np.array([p["probabilities"] for p in body["predictions"]])
-    # float32 sums depend on the BLAS build and thread count (the server pins one thread): ~1e-6.
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+    # same batch, but the server pins one BLAS thread and this process may use more: the float policy
+    assert_probabilities_close(got, expected)
     labels = loaded.metadata["labels"]
     assert body["labels"] == labels and body["model"] == name and body["version"] == 1
     assert [p["label"] for p in body["predictions"]] == [labels[i] for i in expected.argmax(axis=1)]
@@ -65,7 +66,8 @@ def test_nested_and_flat_samples_agree(base_url, http, mnist_data):
 
 
 def test_mnist_accuracy_over_the_test_set_matches_shipped_metrics(base_url, http, model_repository, mnist_data):
-    """All 10,000 test images in batches of 500: the served accuracy is the shipped figure, exactly."""
+    """All 10,000 test images in batches of 500: the served accuracy is the shipped figure, to within
+    two images (measured on the machine that trained it: 0 differ; on an AMD EPYC: 0 differ)."""
     x, y = mnist_data.eval_sets["test"]
     correct = 0
     for start in range(0, len(x), 500):
