@@ -10,6 +10,7 @@ Versions are numbered directories from 1; a new version is one more than the new
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
@@ -19,16 +20,27 @@ CURVES_FILE = "curves.png"
 CONFIG_FILE = "config.json"
 
 
+# A model's name, everywhere it is read (request bodies, URL routes, directories): a letter or digit,
+# then letters, digits, '_', '.' or '-'; so never '.', '..' or hidden, and at most 64 characters.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def is_model_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
 def model_dirs(root: Path) -> list[Path]:
-    """Each model's directory under ``root``, by name (hidden ones skipped)."""
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Each model's directory under ``root``, by name (only names of :data:`NAME_PATTERN`)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and is_model_name(p.name))
 
 
 def versions(model_dir: Path) -> list[int]:
     """The model's version numbers on disk, ascending (its numbered directories; none if it is absent)."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) >= 1)
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and p.name.isascii() and p.name.isdigit() and int(p.name) >= 1)
 
 
 def version_dir(root: Path, name: str, version: int) -> Path:

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Request, Response, g, redirect, request
+from flask import Request, Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
 from service import metrics
@@ -136,7 +136,9 @@ def _after(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id
     response.headers["X-Content-Type-Options"] = "nosniff"  # an API's bodies are never to be sniffed
     if endpoint != "/metrics":
-        metrics.observe_request(endpoint, model or "", response.status_code, elapsed)
+        # a label value only for a model on record: a client naming others makes no new series
+        known = model if not model or current_app.extensions["model_registry"].knows(model) else metrics.UNKNOWN_MODEL
+        metrics.observe_request(endpoint, known or "", response.status_code, elapsed)
     log_request({"method": req.method, "path": req.path, "model": model, "batch_size": getattr(ctx, "batch_size", None),
                  "status": response.status_code, "latency_ms": round(elapsed * 1000, 3), "request_id": request_id})
     return response

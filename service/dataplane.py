@@ -189,6 +189,8 @@ def gradcheck_cost(network, inputs: int, mode: str, samples: int) -> float:
 
 
 def check_batch_size(inputs: np.ndarray | list[Any], limit: int, field: str = "inputs") -> None:
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 0:  # e.g. a V2 tensor of shape []
+        raise invalid(field, "expected a batch of samples (the first dimension), not a single number")
     if len(inputs) > limit:
         raise too_large(413, "batch_too_large", field, f"batch of {len(inputs)} samples exceeds MAX_BATCH={limit}",
                         limit, len(inputs))

@@ -14,12 +14,32 @@ from typing import Any
 
 from pydantic import ValidationError
 
+QUOTE_LIMIT = 80  # characters of a client's value that an error message repeats
+
+
+def quote(value: Any) -> str:
+    """A client's value for an error message: ``repr`` (quotes; newlines, control characters and lone
+    surrogates escaped, so it can forge no log line and breaks no encoder), cut to ``QUOTE_LIMIT``."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}...({len(text)} characters)"
+
+
+def encodable(text: str) -> str:
+    """``text`` with any lone surrogate escaped (``\\ud800``): valid UTF-8 for every encoder."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 class ServiceError(Exception):
-    """An error answered to the client with ``status`` and a stable machine-readable ``code``."""
+    """An error answered to the client with ``status`` and a stable machine-readable ``code``.
+
+    Its message and details are made encodable here, once: a location built from a client's key
+    (``extra`` fields) or any text that slipped past :func:`quote` cannot break the error body."""
 
     def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        message = encodable(message)
+        if details is not None:
+            details = [{k: encodable(v) if isinstance(v, str) else v for k, v in d.items()} for d in details]
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
         self.headers = headers or {}

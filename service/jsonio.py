@@ -75,8 +75,27 @@ def to_array(value: list[Any], loc: str, booleans: bool = True) -> np.ndarray:
     if arr is None or arr.dtype.kind not in "iuf" or booleans:
         shape_of(value, loc, 0)  # raises on the first offending element
         if arr is None or arr.dtype.kind not in "iuf":  # integers beyond int64: read as floats
-            arr = np.array(value, dtype=np.float64)
+            try:
+                arr = np.array(value, dtype=np.float64)
+            except OverflowError:  # an integer past float64's range (about 1.8e308)
+                raise invalid(huge_integer_loc(value, loc), "Input should be a finite number: this integer is "
+                              "beyond the range of a float", "finite_number") from None
     return arr
+
+
+def huge_integer_loc(value: Any, loc: str) -> str:
+    """The location of the first integer too large for a float64 (the walk is only on that error path)."""
+    stack = [(value, loc)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, list):
+            stack.extend((v, f"{where}.{i}") for i, v in reversed(list(enumerate(item))))
+        elif type(item) is int:
+            try:
+                float(item)
+            except OverflowError:
+                return where
+    return loc
 
 
 def shape_of(value: Any, loc: str, depth: int) -> tuple[int, ...]:

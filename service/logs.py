@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -17,6 +18,16 @@ def timestamp(created: float) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(created))}.{int(created * 1000) % 1000:03d}+00:00"
 
 
+def json_line(entry: dict[str, Any]) -> str:
+    """One log line as JSON, whatever it holds: orjson, or, for text that is not valid UTF-8 (a
+    client's lone surrogate), the standard library with every non-ASCII character escaped. Either
+    way newlines are escaped, so a client's text can never end one line and forge the next."""
+    try:
+        return orjson.dumps(entry, default=str).decode()
+    except TypeError:
+        return json.dumps(entry, default=str, ensure_ascii=True)
+
+
 class JSONFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "pid", "message", ...fields}``; ``extra={"fields": {...}}`` adds keys."""
 
@@ -27,7 +38,7 @@ class JSONFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return json_line(entry)
 
 
 REQUESTS = logging.getLogger("service.requests")
@@ -43,7 +54,7 @@ def log_request(fields: dict[str, Any]) -> None:
     if REQUESTS.isEnabledFor(logging.INFO):
         entry = {"ts": timestamp(time.time()), "level": "info", "logger": "service.requests", "pid": os.getpid(),
                  "message": "request", **fields}
-        sys.stderr.write(orjson.dumps(entry, default=str).decode() + "\n")
+        sys.stderr.write(json_line(entry) + "\n")
 
 
 class ServerLogger(GunicornLogger):

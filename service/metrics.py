@@ -12,6 +12,8 @@ import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
+UNKNOWN_MODEL = "(unknown)"  # the one label value of every model name that is not on record
+
 REQUESTS = Counter("nn_requests_total", "HTTP requests answered", ["endpoint", "model", "status"])
 LATENCY = Histogram("nn_request_duration_seconds", "Time to answer a request", ["endpoint", "model"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))

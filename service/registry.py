@@ -119,6 +119,11 @@ class ModelRegistry:
         snap = self.snapshot
         return {name: snap.serving.get(name, {}) for name in sorted(set(snap.serving) | set(snap.failed))}
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model on record (serving or failed): cheap, for every request's metrics."""
+        snap = self.snapshot
+        return name in snap.serving or name in snap.failed
+
     # -- scanning and loading --------------------------------------------------------------------
     def load_all(self) -> ModelRegistry:
         """The first scan, at start: every file present is read, settled or not (a copy still

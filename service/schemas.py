@@ -6,9 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-ModelName = Annotated[
-    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Model name, e.g. mnist")
-]
+from model.repository import NAME_PATTERN
+
+ModelName = Annotated[str, Field(min_length=1, max_length=64, pattern=f"^{NAME_PATTERN}$",
+                                  description="Model name, e.g. mnist")]
 # A sample is documented as what it is, a flat or nested list of numbers, but pydantic does not walk
 # its elements: the JSON codec converts the whole batch to NumPy in one step and checks every element
 # there (numbers only, regular shape, finite), naming the offending location just as pydantic would.
@@ -29,7 +30,7 @@ class StrictModel(BaseModel):
 # -- /predict -----------------------------------------------------------------------------------
 class PredictRequest(StrictModel):
     model: ModelName
-    version: int | None = Field(None, ge=1, description="Model version; the newest loaded one if omitted")
+    version: int | None = Field(None, ge=1, strict=True, description="Model version; the newest loaded one if omitted")
     inputs: list[Sample] = Field(..., min_length=1, description="A batch of samples (at most MAX_BATCH)")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"model": "xor", "inputs": [[0, 1], [1, 1]]}]})
@@ -50,14 +51,17 @@ class PredictResponse(StrictModel):
 # -- /gradcheck ---------------------------------------------------------------------------------
 class GradcheckRequest(StrictModel):
     model: ModelName
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, strict=True)
     inputs: list[Sample] = Field(..., min_length=1)
     labels: list[str] = Field(..., min_length=1, description="One class name per input, as /predict names them")
     mode: Literal["sampled", "directional", "full"] = "sampled"
-    epsilon: float = Field(1e-5, gt=0, le=1e-2, description="Central-difference step")
-    samples: int = Field(10, ge=1, description="Coordinates (sampled) or directions (directional) per tensor")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    tolerance: float = Field(1e-6, gt=0, le=1.0, description="Largest relative error that passes")
+    # below 1e-10 a float64 central difference is roundoff only (and its floor, eps |L| / (h tolerance),
+    # overflows); below 1e-12 no relative error can be told from roundoff
+    epsilon: float = Field(1e-5, ge=1e-10, le=1e-2, description="Central-difference step")
+    samples: int = Field(10, ge=1, strict=True,
+                         description="Coordinates (sampled) or directions (directional) per tensor")
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)
+    tolerance: float = Field(1e-6, ge=1e-12, le=1.0, description="Largest relative error that passes")
 
     model_config = ConfigDict(json_schema_extra={
         "examples": [{"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "mode": "full"}]})

@@ -20,7 +20,7 @@ TensorData = Annotated[Any, WithJsonSchema({
 
 class RequestInput(StrictModel):
     name: str = Field(..., description="The model's input name (see the model metadata): 'input'")
-    shape: list[Annotated[int, Field(ge=0)]]
+    shape: list[Annotated[int, Field(ge=0, strict=True)]]
     datatype: str = Field(..., description="FP32, FP64 or an integer type (INT8..INT64, UINT8..UINT64)")
     parameters: Parameters | None = None
     data: TensorData | None = None

@@ -13,6 +13,7 @@ from flask import Response, current_app
 from pydantic import BaseModel
 from werkzeug.routing import BaseConverter
 
+from model.repository import NAME_PATTERN
 from service import jsonio
 from service.config import Settings
 from service.dataplane import DataPlane
@@ -58,7 +59,7 @@ class ModelNameConverter(BaseConverter):
     """``<model:name>``: the characters of a model name only, so ``/v1/models/mnist:predict`` is never
     read as the model ``mnist:predict`` by the ``/v1/models/<name>`` route."""
 
-    regex = r"[A-Za-z0-9_.-]+"
+    regex = NAME_PATTERN
 
 
 class VersionConverter(BaseConverter):

@@ -24,7 +24,7 @@ from service import jsonio
 from service.blueprints import dataplane, empty, parses_own_body, respond_json
 from service.dataplane import INPUT, INPUT_DATATYPES, LABEL, PROBABILITIES, Inference, signature
 from service.error_handlers import register_renderer
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError, bad_request, quote
 from service.schemas import ModelPath, ProtocolError, VersionPath
 from service.schemas_v2 import (
     InferenceRequest,
@@ -143,7 +143,7 @@ def run_inference(name: str, version: int | None) -> Response:
     req = InferenceRequest.model_validate(jsonio.loads(head))
     if len(req.inputs) != 1 or req.inputs[0].name != INPUT:
         names = [i.name for i in req.inputs]
-        raise bad_request(f"model '{name}' takes one input named '{INPUT}'; the request has {names}")
+        raise bad_request(f"model '{name}' takes one input named '{INPUT}'; the request has {quote(names)}")
     # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
     booleans = jsonio.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
     tensor = decode_input(req.inputs[0], binary, booleans)
@@ -157,8 +157,8 @@ def split_body(raw: bytes) -> tuple[bytes, memoryview]:
     header = request.headers.get(HEADER_LENGTH)
     if header is None:
         return raw, memoryview(b"")
-    if not header.isdigit() or not 0 < int(header) <= len(raw):
-        raise bad_request(f"{HEADER_LENGTH} must be a byte count from 1 to the body's {len(raw)}, got {header!r}")
+    if not (header.isascii() and header.isdigit()) or not 0 < int(header) <= len(raw):
+        raise bad_request(f"{HEADER_LENGTH} must be a byte count from 1 to the body's {len(raw)}, got {quote(header)}")
     n = int(header)
     return raw[:n], memoryview(raw)[n:]
 
@@ -169,61 +169,72 @@ def parameter_dicts(req: InferenceRequest) -> list[dict[str, Any]]:
 
 
 def booleans_in(value: Any) -> int:
-    """How many booleans a parsed JSON value holds."""
-    if isinstance(value, bool):
-        return 1
-    if isinstance(value, dict):
-        return sum(booleans_in(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(booleans_in(v) for v in value)
-    return 0
+    """How many booleans a parsed JSON value holds (iteratively: parameters may nest ~1000 deep)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            count += 1
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def flag(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
+    """A boolean parameter, strictly: ``"no"`` or ``1`` is a client mistake, not true."""
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise bad_request(f"{where} parameter {name} must be true or false, got {quote(value)}")
+    return value
 
 
 def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.ndarray:
     """The input tensor in its declared shape and datatype, from JSON data or the binary tail."""
     dtype = INPUT_DATATYPES.get(inp.datatype)
     if dtype is None:
-        raise bad_request(f"input '{inp.name}' has datatype {inp.datatype}; use FP32, FP64 or an integer type "
-                          f"({', '.join(INPUT_DATATYPES)})")
+        raise bad_request(f"input {quote(inp.name)} has datatype {quote(inp.datatype)}; use FP32, FP64 or an "
+                          f"integer type ({', '.join(INPUT_DATATYPES)})")
     count = math.prod(inp.shape)
     params = inp.parameters or {}
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise bad_request(f"input '{inp.name}': binary_data_size must be a byte count, got {size!r}")
+            raise bad_request(f"input {quote(inp.name)}: binary_data_size must be a byte count, got {size!r}")
         if inp.data is not None:
-            raise bad_request(f"input '{inp.name}' has both data and binary_data_size; send one")
+            raise bad_request(f"input {quote(inp.name)} has both data and binary_data_size; send one")
         if size != len(binary):
-            raise bad_request(f"input '{inp.name}' declares {size} bytes of binary data, but {len(binary)} bytes "
+            raise bad_request(f"input {quote(inp.name)} declares {size} bytes of binary data, but {len(binary)} bytes "
                               f"follow the JSON header")
         needed = count * np.dtype(dtype).itemsize
         if size != needed:
-            raise bad_request(f"input '{inp.name}': shape {inp.shape} of {inp.datatype} is {needed} bytes, but "
+            raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} of {inp.datatype} is {needed} bytes, but "
                               f"binary_data_size is {size}")
         return np.frombuffer(binary, dtype=dtype).reshape(inp.shape)
     if len(binary):
         raise bad_request(f"{len(binary)} bytes follow the JSON header, but no input names binary_data_size")
     if not isinstance(inp.data, list):
-        raise bad_request(f"input '{inp.name}' has no data: send 'data' (a list) or binary_data_size")
+        raise bad_request(f"input {quote(inp.name)} has no data: send 'data' (a list) or binary_data_size")
     arr = jsonio.to_array(inp.data, inp.name, booleans)
     if arr.size != count:
-        raise bad_request(f"input '{inp.name}': shape {inp.shape} holds {count} values, but data has {arr.size}")
+        raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} holds {count} values, but data has {arr.size}")
     if np.dtype(dtype).kind in "iu":
         if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
-            raise bad_request(f"input '{inp.name}' is {inp.datatype} but its data holds non-integer values")
+            raise bad_request(f"input {quote(inp.name)} is {inp.datatype} but its data holds non-integer values")
         info = np.iinfo(dtype)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise bad_request(f"input '{inp.name}' holds values outside the range of {inp.datatype}")
+            raise bad_request(f"input {quote(inp.name)} holds values outside the range of {inp.datatype}")
     return arr.reshape(inp.shape)
 
 
 def encode_outputs(req: InferenceRequest, result: Inference) -> Response:
-    all_binary = bool((req.parameters or {}).get("binary_data_output", False))
+    all_binary = flag(req.parameters or {}, "binary_data_output", False, "the request's")
     wanted = req.outputs or [RequestOutput(name=PROBABILITIES)]
     outputs, tail = [], []
     for out in wanted:
         params = out.parameters or {}
-        binary = bool(params.get("binary_data", all_binary))
+        binary = flag(params, "binary_data", all_binary, f"output {quote(out.name)}'s")
         if out.name == PROBABILITIES:
             tensor = result.probabilities
             spec = {"name": PROBABILITIES, "datatype": "FP32", "shape": list(tensor.shape)}
@@ -235,7 +246,7 @@ def encode_outputs(req: InferenceRequest, result: Inference) -> Response:
             raw = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in labels)) if binary else None
             data = labels if not binary else None
         else:
-            raise bad_request(f"unknown output '{out.name}'; the model gives '{PROBABILITIES}' and '{LABEL}'")
+            raise bad_request(f"unknown output {quote(out.name)}; the model gives '{PROBABILITIES}' and '{LABEL}'")
         if raw is not None:
             spec["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)

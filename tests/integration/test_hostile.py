@@ -100,3 +100,100 @@ def test_a_client_that_hangs_up_early_costs_nothing(base_url):
 def test_headers_over_the_limits_are_refused(base_url, header):
     status = send(base_url, f"GET /healthz HTTP/1.1\r\nHost: x\r\n{header.rstrip()}\r\n\r\n".encode())
     assert status is None or 400 <= status < 500
+
+
+V2_OK = {"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}
+HUGE = "1" + "0" * 400  # an integer past any float
+DEEP = '{"a":' * 1020 + "1" + "}" * 1020  # parameters nested 1020 deep: valid JSON, within the parser's limit
+
+
+@pytest.mark.parametrize("path,body,headers,words", [
+    ("/predict", f'{{"model": "xor", "inputs": [[0, {HUGE}]]}}', {}, "beyond the range of a float"),
+    ("/gradcheck", f'{{"model": "xor", "inputs": [[0, {HUGE}]], "labels": ["1"]}}', {}, "beyond the range"),
+    ("/v1/models/xor:predict", f'{{"instances": [[0, {HUGE}]]}}', {}, "beyond the range of a float"),
+    ("/v2/models/xor/infer", json.dumps({"inputs": [{**V2_OK, "data": [0, int(HUGE)]}]}), {}, "beyond the range"),
+    ("/v2/models/xor/infer", json.dumps({"inputs": [{**V2_OK, "shape": [], "data": [0.5]}]}), {}, "not a single"),
+    ("/v2/models/xor/infer", json.dumps({"inputs": [V2_OK]}), {"Inference-Header-Content-Length": "²"},
+     "Inference-Header-Content-Length"),
+    ("/v2/models/xor/infer", f'{{"parameters": {DEEP}, "inputs": [{json.dumps(V2_OK)}]}}', {}, None),
+    ("/v2/models/xor/infer", json.dumps({"parameters": {"binary_data_output": "no"}, "inputs": [V2_OK]}), {},
+     "must be true or false"),
+    ("/v2/models/xor/infer", json.dumps({"inputs": [V2_OK], "outputs": [{"name": "label", "parameters":
+                                                                           {"binary_data": 1}}]}), {},
+     "must be true or false"),
+    ("/v2/models/xor/infer", json.dumps({"inputs": [{**V2_OK, "shape": [True, 2]}]}), {}, "shape"),
+    ("/gradcheck", json.dumps({"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "epsilon": 1e-300}), {},
+     "epsilon"),
+    ("/gradcheck", json.dumps({"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "tolerance": 1e-320}), {},
+     "tolerance"),
+    ("/gradcheck", json.dumps({"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "samples": True}), {},
+     "samples"),
+    ("/predict", json.dumps({"model": "xor", "version": True, "inputs": [[0, 1]]}), {}, "version"),
+    ("/predict", json.dumps({"model": "..", "inputs": [[0, 1]]}), {}, "should match pattern"),
+])
+def test_client_mistakes_are_4xx_in_the_protocol_s_shape(base_url, path, body, headers, words):
+    """Each was a 500 (or, for the deep parameters, nested JSON is fine: a 200), or read a wrong value."""
+    r = requests.post(f"{base_url}{path}", data=body, timeout=30,
+                      headers={"Content-Type": "application/json", **headers})
+    if words is None:
+        assert r.status_code == 200, r.text[:300]
+        return
+    assert 400 <= r.status_code < 500 and "Traceback" not in r.text, (r.status_code, r.text[:300])
+    error = r.json()["error"]
+    message = error if path.startswith(("/v1/", "/v2/")) else error["message"]  # each protocol's own shape
+    assert words in message, message
+
+
+INJECTION = '\ud800\n{"level":"info","message":"INJECTED"}\n'
+
+
+def test_client_text_cannot_forge_a_log_line_or_break_a_body(gunicorn_server):
+    """A lone surrogate and newlines in every place a client's text reaches a message or a log: the
+    answer is a 4xx in the protocol's shape, and every log line stays one JSON object."""
+    url = gunicorn_server.url
+    bodies = [
+        ("/v2/models/xor/infer", {"inputs": [V2_OK], "outputs": [{"name": INJECTION}]}),
+        ("/v2/models/xor/infer", {"inputs": [{**V2_OK, "datatype": INJECTION}]}),
+        ("/v2/models/xor/infer", {"inputs": [{**V2_OK, "name": INJECTION}]}),
+        ("/predict", {"model": "xor", "inputs": [[0, 1]], INJECTION: 1}),
+        ("/v1/models/xor:predict", {"instances": [[0, 1]], INJECTION: 1}),
+    ]
+    for path, body in bodies:
+        data = json.dumps(body).encode()  # \ud800 as an escape: valid JSON, a lone surrogate once parsed
+        r = requests.post(f"{url}{path}", data=data, headers={"Content-Type": "application/json",
+                                                            "X-Request-ID": "forge-test"}, timeout=10)
+        assert 400 <= r.status_code < 500, (path, r.status_code, r.text[:300])
+        assert "error" in r.json(), r.text[:300]
+        if path.startswith("/v2/"):  # V2's messages quote the client's text, escaped
+            assert "\\ud800\\n" in r.json()["error"], r.text[:300]
+    time.sleep(0.5)
+    for line in gunicorn_server.read_log().splitlines():
+        entry = json.loads(line)  # every line one JSON object
+        assert entry.get("message") != "INJECTED", line
+
+
+def metric_series(base_url: str) -> set[str]:
+    text = requests.get(f"{base_url}/metrics", timeout=10).text
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_model_names_a_client_makes_up_become_no_metric_series(base_url):
+    """Only a model on record is a label value; any other name counts under one fixed label, so a
+    client naming a thousand models adds no series (nor a slower /metrics)."""
+    def ask(name: str) -> None:
+        body = {"model": name, "inputs": [[0, 1]]}
+        requests.post(f"{base_url}/predict", json=body, timeout=10)
+        requests.post(f"{base_url}/gradcheck", json={**body, "labels": ["1"]}, timeout=10)
+        requests.post(f"{base_url}/v2/models/{name}/infer", json={"inputs": [V2_OK]}, timeout=10)
+        requests.post(f"{base_url}/v1/models/{name}:predict", json={"instances": [[0, 1]]}, timeout=10)
+        requests.get(f"{base_url}/models/{name}", timeout=10)
+        requests.get(f"{base_url}/v2/models/{name}/ready", timeout=10)
+
+    ask("made-up-0")
+    before = metric_series(base_url)
+    for i in range(1, 21):
+        ask(f"made-up-{i}")
+    after = metric_series(base_url)
+    assert after == before, sorted(after - before)[:5]
+    assert not any("made-up" in series for series in after)
+    assert any('model="(unknown)"' in series for series in after)

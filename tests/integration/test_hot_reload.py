@@ -184,6 +184,23 @@ def test_unload_and_load_reach_every_worker(server):
     assert TOKEN not in server.read_log()  # never logged
 
 
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "-x", "a" * 65])
+def test_names_outside_the_one_pattern_are_no_models(server, name):
+    """'.' and '..' (sent as they are: a client library would fold them away) name no model to load or
+    unload, and never enter the repository's index."""
+    import http.client
+
+    host, port = server.url.split("//")[1].split(":")
+    for verb in ("unload", "load"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", f"/v2/repository/models/{name}/{verb}", headers={"Authorization": f"Bearer {TOKEN}"})
+        status = conn.getresponse().status
+        conn.close()
+        assert status in (400, 404), (name, verb, status)
+    index = admin(server.url, "/v2/repository/index").json()
+    assert all(row["name"] in ("xor", "digits", "mnist") for row in index), index
+
+
 def test_repository_api_is_off_without_a_token(base_url):
     r = admin(base_url, "/v2/repository/index")
     assert r.status_code == 404 and set(r.json()) == {"error"}
