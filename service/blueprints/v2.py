@@ -6,10 +6,10 @@ bytes followed by the raw little-endian bytes of each input that names its
 ``parameters.binary_data_size``; outputs asked for with ``parameters.binary_data`` (or all, with the
 request's ``parameters.binary_data_output``) come back the same way, with that header set on the
 response. Explanations are two more outputs a request may ask for by name: ``attributions`` (FP64, the
-input's shape; the method and its settings in that output's ``parameters``, as ``POST /explain``
-takes them, default integrated gradients) and ``convergence_delta`` (FP64, [batch], integrated
-gradients only); an optional second input ``target`` (BYTES, [batch], JSON data) names the classes
-to explain (default: the predicted ones). Errors are ``{"error": "<message>"}``: 400 for a client
+input's shape) and ``convergence_delta`` (FP64, [batch], integrated gradients only). The request's
+``parameters`` of ``POST /explain``'s names (or those outputs' own) choose the method and its settings,
+default integrated gradients; an optional second input ``target`` (BYTES, [batch], JSON data) names
+the classes to explain (default: the predicted ones). Errors are ``{"error": "<message>"}``: 400 for a client
 mistake, 404 for an unknown model or version, 413 for a batch or body over the limits, 503 for a
 version that failed to load or when the server's explanation slots are all busy.
 """
@@ -55,7 +55,8 @@ BINARY_DOC = (
     "(or all of them, with the request's parameters.binary_data_output) come back the same way: raw bytes "
     f"after the JSON header, whose length is the response's {HEADER_LENGTH} header; a BYTES element is a "
     "4-byte little-endian length and its UTF-8 bytes. Explanations: ask for the output 'attributions' (FP64, "
-    "the input's shape; its parameters choose the method as POST /explain's body does: method, output, "
+    "the input's shape; the request's parameters, or that output's, choose the method as POST /explain's "
+    "body does: method, output, "
     "baseline (a number), steps, noise, samples, seed) and 'convergence_delta' (FP64, [batch], integrated "
     "gradients); an optional input 'target' (BYTES, [batch], JSON data) names the classes explained.")
 
@@ -167,15 +168,16 @@ def run_inference(name: str, version: int | None) -> Response:
         g.batch_size = len(result.classes)
         return encode_outputs(req, result)
     targets = next((decode_targets(i) for i in req.inputs if i.name == TARGET), None)
-    params = explain_parameters(explaining)
+    params = explain_parameters(req.parameters or {}, explaining)
     done = off_loop(dataplane().explain, name, version, tensor, targets, explain_options(params, head), field=INPUT)
     g.batch_size = len(done.targets)
     return encode_outputs(req, done.inference, done, tensor.shape)
 
 
-def explain_parameters(outputs: list[RequestOutput]) -> ExplainParameters:
-    """The explanation's settings: the explanation outputs' parameters (less the binary extension's)."""
-    merged: dict[str, Any] = {}
+def explain_parameters(request_parameters: dict[str, Any], outputs: list[RequestOutput]) -> ExplainParameters:
+    """The explanation's settings: the request's parameters of those names (tritonclient sends
+    request parameters only), then the explanation outputs' own (less the binary extension's)."""
+    merged = {k: v for k, v in request_parameters.items() if k in ExplainParameters.model_fields}
     for out in outputs:
         merged.update({k: v for k, v in (out.parameters or {}).items() if k != "binary_data"})
     if "targets" in merged:
