@@ -281,19 +281,22 @@ def explain_cost(network, options: ExplainOptions, inputs: int) -> float:
 
 
 def as_baseline(baseline: float | np.ndarray, entry: ModelVersion, field: str = "baseline") -> float | np.ndarray:
-    """Integrated gradients' starting point: a number, or one sample (flat or in the input shape)."""
-    if np.ndim(baseline) == 0:
-        return float(baseline)
-    arr = np.asarray(baseline)
+    """Integrated gradients' starting point: a number, or one sample (flat or in the input shape),
+    within the model's input range as any input is (so the path stays where the model was trained)."""
     size = math.prod(entry.input_shape)
-    if arr.shape not in ((size,), entry.input_shape):
+    arr = np.asarray(baseline, dtype=np.float64)
+    if arr.ndim and arr.shape not in ((size,), entry.input_shape):
         raise invalid(field, f"has shape {'x'.join(map(str, arr.shape))}, expected a number or {size} values"
                       + (f" (or {'x'.join(map(str, entry.input_shape))})" if len(entry.input_shape) > 1 else ""))
-    flat = arr.reshape(size).astype(np.float64)
-    if not np.isfinite(flat).all():
-        raise invalid(f"{field}.{int(np.argwhere(~np.isfinite(flat))[0][0])}", "Input should be a finite number",
-                      "finite_number")
-    return flat
+    flat = arr.reshape(-1)
+    lo, hi = entry.input_range
+    outside = ~((flat >= lo) & (flat <= hi))  # NaN is outside too
+    if outside.any():
+        j = int(np.argwhere(outside)[0][0])
+        raise invalid(f"{field}.{j}" if arr.ndim else field, f"value {float(flat[j]):g} is outside the model's "
+                      f"input range [{lo:g}, {hi:g}]")
+    return float(arr) if arr.ndim == 0 else flat
+
 
 def gradcheck_cost(network, inputs: int, mode: str, samples: int) -> float:
     """Multiply-adds a gradcheck costs, about: two forward passes of the batch per comparison (full:
