@@ -88,7 +88,9 @@ def target_output(head: str, logits: np.ndarray, targets: np.ndarray,
     p = probs[rows, targets]
     if head == "softmax":  # d p_k / d z = p_k (e_k - p); 1 - p_k summed from the others (p_k near 1)
         grad = -p[:, None] * probs
-        grad[rows, targets] = p * (probs.sum(axis=1) - p)
+        others = probs.copy()
+        others[rows, targets] = 0.0
+        grad[rows, targets] = p * others.sum(axis=1)  # not 1 - p: that cancels when p is near 1
     else:  # sigmoid outputs are independent: d p_k / d z_k = p_k (1 - p_k)
         grad[rows, targets] = p * (1.0 - p)
     return p.copy(), grad

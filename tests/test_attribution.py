@@ -9,8 +9,9 @@ Tolerances, and why:
 * Captum vs this library: both float64, the same quadrature and the same inputs, so only summation
   order differs: ``rtol=1e-9`` with ``atol=1e-12`` times the largest attribution. For a target
   probability p near 1 the gradient p (e_k - p) is ill-conditioned (relative error about
-  eps / (1 - p) in any float64 evaluation), so the row's rtol is ``max(1e-9, 4 eps / (1 - p))``
-  (with PyTorch computing 1 - p as it does; this library sums the other classes). Integrated
+  eps / (1 - p) in a float64 evaluation that computes 1 - p, as PyTorch does; this library sums
+  the other classes instead), so such a row's tolerance is ``4 eps / (1 - p)`` relative and of the
+  row's largest attribution (where that exceeds 1e-9). Integrated
   gradients differ by more, because Captum rounds the quadrature weights to float32
   (``torch.tensor(step_sizes).float()`` in ``IntegratedGradients``: up to 2**-24 relative each);
   so each attribution must agree within ``2 * 2**-24 * |x - x'| * sum_s w_s |g_s|`` (the bound
@@ -218,8 +219,13 @@ def captum_forward(torch, net: Sequential, output: str):
 
 
 def assert_agrees(ours, theirs, rtol=1e-9):
-    """``rtol`` may be per row, shape (batch, 1)."""
-    close = np.abs(ours - theirs) <= rtol * np.abs(theirs) + 1e-12 * np.abs(theirs).max()
+    """``rtol`` may be per row, shape (batch, 1). A row whose rtol is raised by its conditioning gets it
+    as an absolute tolerance on the row's scale too: the error enters in d f / d logits and spreads
+    through the backward matmuls to every pixel alike."""
+    rtol = np.broadcast_to(np.asarray(rtol, dtype=np.float64), (len(theirs), 1))
+    row_scale = np.abs(theirs).max(axis=1, keepdims=True)
+    atol = 1e-12 * np.abs(theirs).max() + np.where(rtol > 1e-9, rtol * row_scale, 0.0)
+    close = np.abs(ours - theirs) <= rtol * np.abs(theirs) + atol
     assert close.all(), f"{(~close).sum()} of {close.size} differ; worst: {np.abs(ours - theirs).max():.3g}"
 
 
