@@ -133,6 +133,27 @@ def test_bad_explanations_say_what_to_send(base_url, http, mnist_data, body, sta
     assert all(w in error["message"] for w in words), error["message"]
 
 
+def test_explain_shares_the_error_contract(base_url, http):
+    """Malformed JSON, another content type, unknown models and versions, NaN and a short sample: as /predict."""
+    def error(r, status, code):
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["code"] == code
+        return r.json()["error"]
+    url = f"{base_url}/explain"
+    error(http.post(url, data=b'{"model": "xor", "inputs": [[0, 1]', headers={"Content-Type": "application/json"},
+                    timeout=30), 400, "bad_request")
+    error(http.post(url, data=b'{"model": "xor", "inputs": [[0, 1]]}', headers={"Content-Type": "text/plain"},
+                    timeout=30), 415, "unsupported_media_type")
+    error(http.post(url, json={"model": "resnet", "inputs": [[0, 1]]}, timeout=30), 404, "not_found")
+    error(http.post(url, json={"model": "xor", "version": 99, "inputs": [[0, 1]]}, timeout=30), 404, "not_found")
+    nan = http.post(url, data=b'{"model": "xor", "inputs": [[0, NaN]]}', headers={"Content-Type": "application/json"},
+                    timeout=30)
+    assert error(nan, 422, "validation_error")["details"][0]["loc"] == "inputs.0.1"
+    short = error(http.post(url, json={"model": "mnist", "inputs": [[0.0] * 784, [0.0] * 783]}, timeout=30), 422,
+                  "validation_error")
+    assert short["details"][0]["loc"] == "inputs.1"
+
+
 def test_the_served_network_is_unchanged_by_explanations(base_url, http, mnist_data):
     """Every method and output, then /predict answers exactly as before (same worker: one keep-alive
     connection; same inputs, shapes and kernel)."""
