@@ -23,12 +23,14 @@ $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 # Development: plus the train and test extras, hash-pinned too, so CI cannot change under us.
 # KServe's generated API models (for the offline InferenceService check), without kserve's server
 # dependencies: the hash-pinned wheel alone, in a folder of its own (update: pip download --no-deps
-# kserve==X; pip hash the wheel into requirements-kserve.lock).
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock
+# kserve==X; pip hash the wheel into requirements-kserve.lock). Captum (the explanations' oracle)
+# the same way, without its torch requirement: torch is the CPU wheel .ci/run installs from disk.
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock requirements-captum.lock
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip install --quiet --no-deps --require-hashes --upgrade --target $(VENV)/kserve-models \
 		-r requirements-kserve.lock
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-captum.lock
 	@touch $@
 
 serve: $(VENV)/.runtime

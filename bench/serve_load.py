@@ -8,7 +8,8 @@ Every row is driven by ``wrk`` (a C load generator, not Python sharing the serve
 * the compute ceiling: the MNIST network's matrix products, ReLU and softmax in plain NumPy on a
   256-image batch, in-process with one BLAS thread, times the number of workers;
 * ``/predict`` XOR and MNIST with one sample, MNIST with 32 and 256 (images/s), ``/gradcheck``
-  MNIST with defaults, each at concurrency 1, 16 and 64;
+  MNIST with defaults, each at concurrency 1, 16 and 64; ``/explain`` MNIST, one image, integrated
+  gradients with the defaults (64 steps), at concurrency 1;
 * slow clients: 64 connections trickling a body a byte a second and 16 open and silent, while a
   well-behaved client sends 200 sequential ``/predict`` requests.
 
@@ -234,6 +235,7 @@ def bodies(tmp: Path, data_dir: Path | None) -> dict[str, tuple[Path, int, int |
     write("xor1", {"model": "xor", "inputs": [[0, 1]]}, 1)
     write("gradcheck", {"model": "mnist", "inputs": [[float(v) for v in row] for row in x[:16]],
                         "labels": [str(v) for v in y[:16]]}, 16)
+    write("explain", {"model": "mnist", "inputs": [[float(v) for v in x[0]]], "method": "integrated_gradients"}, 1)
     batch = np.ascontiguousarray(x[:256], dtype="<f4")
     tensor = {"name": "input", "shape": [256, 784], "datatype": "FP32"}
     binary_out = [{"name": "probabilities", "parameters": {"binary_data": True}}]
@@ -275,6 +277,9 @@ def full_run(args, tmp: Path) -> list[dict]:
         # one at a time: beyond GRADCHECK_CONCURRENCY (workers - 1) gradchecks are refused with a 503
         add("/gradcheck mnist, 16 images", 0, 1, wrk(f"{srv.url}/gradcheck", data["gradcheck"][0], 1,
                                                       args.seconds, timeout=30))
+        # the same slots as gradchecks: one at a time here too
+        add("/explain mnist, 1 image, integrated gradients (64 steps)", 0, 1,
+            wrk(f"{srv.url}/explain", data["explain"][0], 1, args.seconds, timeout=30))
     return rows
 
 

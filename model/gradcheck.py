@@ -11,6 +11,10 @@ Three modes, from exhaustive to cheap:
 * ``directional``: ``samples`` random unit directions ``v`` per tensor, comparing ``g . v`` with
   ``(L(w + h v) - L(w - h v)) / 2h``; this exercises every coordinate at once and scales to MNIST.
 
+:func:`input_gradient_check` does the same for the gradient of a target output with respect to the
+*input* (what explanations are made of, :mod:`model.attribution`), on the evaluation-mode copy
+explanations differentiate.
+
 Comparisons whose perturbation moves any ReLU unit across its kink are skipped and counted
 (``skipped``): there the central difference averages two one-sided slopes and says nothing about
 backprop. Sampled mode then takes another coordinate, directional mode another direction.
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.attribution import OUTPUTS, explaining_copy, input_gradient, target_output
 from model.heads import loss_for_head
 from model.layers import Dropout
 from model.losses import Loss
@@ -173,6 +178,66 @@ def gradient_check(
         result.errors[name] = float(relative_error(a, n, tiny).max()) if len(a) else 0.0
         result.checked[name] = len(a)
         result.skipped[name] = skipped
+    return result
+
+
+class TargetOutputSum:
+    """The sum over rows of each row's target output (a loss-like ``forward(logits, targets)``).
+
+    Rows are independent in evaluation mode, so its gradient's row i is d f_i / d x_i.
+    """
+
+    def __init__(self, head: str, output: str) -> None:
+        self.head, self.output = head, output
+
+    def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
+        return float(target_output(self.head, logits, targets, self.output)[0].sum())
+
+
+def input_gradient_check(
+    net: Sequential,
+    x: np.ndarray,
+    targets: np.ndarray,
+    *,
+    output: str = "probability",
+    mode: str = "full",
+    epsilon: float = 1e-5,
+    samples: int = 10,
+    seed: int = 0,
+    tolerance: float = 1e-6,
+    tiny: float | None = None,
+) -> GradCheckResult:
+    """Compare d(target output)/d(input) by backprop with central differences in the input.
+
+    Parameters as :func:`gradient_check`; ``targets`` are class indices (batch,), ``output`` is
+    ``"probability"`` or ``"logit"``. The one tensor checked is named ``"input"``. The network is
+    the float64 evaluation-mode copy explanations use; ``net`` itself is left untouched.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; known: {OUTPUTS}")
+    if epsilon <= 0 or samples < 1:
+        raise ValueError("epsilon must be positive and samples at least 1")
+    work = explaining_copy(net)
+    x = np.array(x, dtype=np.float64, order="C", copy=True)  # perturbed in place below
+    targets = np.asarray(targets, dtype=np.int64)
+    values, grads = input_gradient(work, x, targets, output)
+    value = float(values.sum())
+    if tiny is None:
+        tiny = roundoff_floor(value, epsilon, tolerance)
+    probe = _KinkAwareLoss(work, TargetOutputSum(work.head, output), x, targets)
+    rng = np.random.default_rng(seed)
+    result = GradCheckResult(mode=mode, epsilon=epsilon, tolerance=tolerance, tiny=tiny, loss=value)
+    g = grads.reshape(-1)
+    if mode == "directional":
+        a, n, skipped = _directional(probe, x, g, epsilon, samples, rng)
+    else:
+        order = np.arange(x.size) if mode == "full" else rng.permutation(x.size)
+        a, n, skipped = _coordinates(probe, x, g, epsilon, order, x.size if mode == "full" else min(samples, x.size))
+    result.errors["input"] = float(relative_error(a, n, tiny).max()) if len(a) else 0.0
+    result.checked["input"] = len(a)
+    result.skipped["input"] = skipped
     return result
 
 

@@ -68,6 +68,14 @@ class Layer:
         """Fill ``grads`` only, when nobody needs the input gradient (the first layer in training)."""
         self.backward(grad_out)
 
+    def backward_input(self, grad_out: Array) -> Array:
+        """The input gradient only, when nobody needs ``grads`` (explanations: d output / d input).
+
+        Equal to what :meth:`backward` returns; layers whose parameter gradients cost real work
+        (Dense: a matmul as large as the forward pass) skip them.
+        """
+        return self.backward(grad_out)
+
     def kink_state(self) -> Array | None:
         """For piecewise-linear layers, which side of each kink the last forward's inputs were on.
 
@@ -140,6 +148,9 @@ class Dense(Layer):
     def backward(self, grad_out: Array) -> Array:
         """grad_out : (batch, out_features) -> grad_in : (batch, in_features)."""
         self.backward_params(grad_out)
+        return grad_out @ self.params["W"].T
+
+    def backward_input(self, grad_out: Array) -> Array:
         return grad_out @ self.params["W"].T
 
     def backward_params(self, grad_out: Array) -> None:
@@ -320,7 +331,9 @@ class BatchNorm1d(Layer):
 
     In training the batch mean and (biased) variance normalise the input and update the running
     statistics with ``momentum`` (PyTorch's convention: ``running = (1 - m) * running + m * batch``,
-    the running variance unbiased); in inference the running statistics are used.
+    the running variance unbiased); in inference the running statistics are used, and the backward
+    pass of an evaluation-mode forward is that of the fixed affine map they define (what an
+    explanation differentiates: the served function of the input).
     """
 
     kind = "batchnorm1d"
@@ -339,7 +352,11 @@ class BatchNorm1d(Layer):
 
     def forward(self, x: Array) -> Array:
         if not self.training:
+            # the statistics are constants here: cache what the affine map's backward needs
+            inv_std = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
+            self._x_hat, self._inv_std, self._frozen = (x - self.buffers["running_mean"]) * inv_std, inv_std, True
             return self.infer(x)
+        self._frozen = False
         gamma, beta = self.params["gamma"], self.params["beta"]
         batch = x.shape[0]
         mean = x.mean(axis=0)
@@ -364,8 +381,10 @@ class BatchNorm1d(Layer):
         x_hat, inv_std = self._x_hat, self._inv_std
         np.sum(grad_out * x_hat, axis=0, out=self.grads["gamma"])
         np.sum(grad_out, axis=0, out=self.grads["beta"])
-        # Standard compact form of d(loss)/dx for y = gamma * x_hat + beta.
         g_hat = grad_out * self.params["gamma"]
+        if self._frozen:  # evaluation mode: y = gamma * (x - running_mean) * inv_std + beta
+            return g_hat * inv_std
+        # Standard compact form of d(loss)/dx for y = gamma * x_hat + beta.
         mean_g = g_hat.mean(axis=0)
         mean_gx = np.mean(g_hat * x_hat, axis=0)
         return (g_hat - mean_g - x_hat * mean_gx) * inv_std

@@ -55,6 +55,13 @@ class Sequential:
             return None
         return self.layers[0].backward(grad_out)
 
+    def backward_input(self, grad_out: np.ndarray) -> np.ndarray:
+        """d/dx only, from d(output)/d(logits) after a :meth:`forward` (explanations): each layer's
+        :meth:`Layer.backward_input`, so no parameter gradient is computed. (batch, in_features)."""
+        for layer in reversed(self.layers):
+            grad_out = layer.backward_input(grad_out)
+        return grad_out
+
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x : (batch, in_features) -> logits in evaluation mode, whatever the current mode.
 

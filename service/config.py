@@ -36,7 +36,12 @@ class Settings(BaseModel):
     gradcheck_max_samples: int = Field(100, ge=1)
     gradcheck_full_max_params: int = Field(20_000, ge=1)
     gradcheck_max_cost: float = Field(1e10, gt=0, description="estimated multiply-adds of one gradcheck")
-    gradcheck_concurrency: int | None = Field(None, ge=1, description="gradchecks at once; default WORKERS - 1")
+    gradcheck_concurrency: int | None = Field(None, ge=1, description="gradchecks and explanations at once; "
+                                              "default WORKERS - 1")
+    explain_max_batch: int = Field(64, ge=1)
+    explain_max_steps: int = Field(1024, ge=1)
+    explain_max_samples: int = Field(256, ge=1)
+    explain_max_cost: float = Field(1e10, gt=0, description="estimated multiply-adds of one explanation")
     graceful_timeout: int = Field(30, ge=1)
     worker_class: str = Field("service.worker.BufferingGeventWorker", pattern=r"^[A-Za-z0-9_.]+$",
                               description="gunicorn worker class; others only for the benchmark's comparison")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from model.attribution import METHODS, Attribution, attribute, rows_needed
 from model.gradcheck import GradCheckResult, gradient_check
 from service import metrics
 from service.config import Settings
@@ -34,13 +35,19 @@ class Limits:
     gradcheck_max_samples: int = 100
     gradcheck_full_max_params: int = 20_000
     gradcheck_max_cost: float = 1e10  # estimated multiply-adds of one gradcheck (~1 s on one core here)
-    gradcheck_concurrency: int = 1  # gradchecks at once across the server
+    gradcheck_concurrency: int = 1  # gradchecks and explanations at once across the server
+    explain_max_batch: int = 64
+    explain_max_steps: int = 1024
+    explain_max_samples: int = 256
+    explain_max_cost: float = 1e10  # estimated multiply-adds of one explanation
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         concurrency = settings.gradcheck_concurrency or max(1, settings.workers - 1)
         return cls(settings.max_batch, settings.gradcheck_max_batch, settings.gradcheck_max_samples,
-                   settings.gradcheck_full_max_params, settings.gradcheck_max_cost, concurrency)
+                   settings.gradcheck_full_max_params, settings.gradcheck_max_cost, concurrency,
+                   settings.explain_max_batch, settings.explain_max_steps, settings.explain_max_samples,
+                   settings.explain_max_cost)
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,38 @@ class Gradcheck:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """Attributions (batch, features) float64 of each input's target class, beside the batch's inference."""
+
+    inference: Inference
+    targets: list[str]
+    result: Attribution
+    seconds: float
+
+
+# The explanation a protocol gives when the client names no method (V1's :explain, V2's output).
+DEFAULT_METHOD = "integrated_gradients"
+# Which request fields each method reads; a field sent to a method that ignores it is refused.
+METHOD_FIELDS = {"integrated_gradients": {"baseline", "steps"}, "smoothgrad": {"noise", "samples", "seed"}}
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What an explanation request may choose (defaults documented in the README)."""
+
+    method: str = DEFAULT_METHOD
+    output: str = "probability"
+    baseline: float | np.ndarray = 0.0
+    steps: int = 64
+    noise: float = 0.15
+    samples: int = 32
+    seed: int = 0
+    given: frozenset[str] = frozenset()  # the fields the client set, so one its method ignores is refused
+
+
 class DataPlane:
-    """Models by name and version, and the two things a client can run on them."""
+    """Models by name and version, and the three things a client can run on them."""
 
     def __init__(self, registry: ModelRegistry, limits: Limits | None = None, state_dir: Path | None = None) -> None:
         self.registry = registry
@@ -179,7 +216,88 @@ class DataPlane:
         return Gradcheck(entry.name, entry.version, samples, result, time.perf_counter() - start)
 
 
+    def explain(self, name: str, version: int | None, inputs: np.ndarray, targets: list[str] | None,
+                options: ExplainOptions, field: str = "inputs") -> Explanation:
+        """Attributions from the backward pass of a float64 copy of the served weights, within the limits.
+
+        ``targets`` names a class per input (None: each input's predicted class). The work is bounded
+        by an estimated cost and shares the gradcheck's slots (GRADCHECK_CONCURRENCY), so at least
+        one worker stays free for /predict.
+        """
+        limits = self.limits
+        if options.method not in METHODS:
+            raise invalid("method", f"unknown method {options.method!r}; one of {list(METHODS)}")
+        for name_ in sorted(options.given & set().union(*METHOD_FIELDS.values())):
+            if name_ not in METHOD_FIELDS.get(options.method, set()):
+                uses = next(m for m, fields in METHOD_FIELDS.items() if name_ in fields)
+                raise invalid(name_, f"{name_} applies to method '{uses}' only, not to '{options.method}'")
+        if len(inputs) > limits.explain_max_batch:
+            raise too_large(422, "explain_too_large", field, f"an explanation takes at most "
+                            f"{limits.explain_max_batch} inputs (EXPLAIN_MAX_BATCH)", limits.explain_max_batch,
+                            len(inputs))
+        if options.steps > limits.explain_max_steps:
+            raise too_large(422, "explain_too_large", "steps", f"steps is limited to {limits.explain_max_steps} "
+                            "(EXPLAIN_MAX_STEPS)", limits.explain_max_steps, options.steps)
+        if options.samples > limits.explain_max_samples:
+            raise too_large(422, "explain_too_large", "samples", f"samples is limited to "
+                            f"{limits.explain_max_samples} (EXPLAIN_MAX_SAMPLES)", limits.explain_max_samples,
+                            options.samples)
+        if targets is not None and len(targets) != len(inputs):
+            raise invalid("targets", f"{len(targets)} targets for {len(inputs)} inputs: one class name per input")
+        entry = self.resolve(name, version)
+        cost = explain_cost(entry.network, options, len(inputs))
+        if cost > limits.explain_max_cost:
+            fits = int(limits.explain_max_cost // explain_cost(entry.network, options, 1))
+            knob = {"integrated_gradients": "steps", "smoothgrad": "samples"}.get(options.method)
+            instead = (f"send at most {fits} inputs with these settings" if fits else "send one input") + \
+                (f", or fewer {knob}" if knob else "")
+            raise too_large(422, "explain_too_large", knob or field,
+                            f"this explanation would take about {cost:.3g} multiply-adds, over EXPLAIN_MAX_COST="
+                            f"{limits.explain_max_cost:.3g}: {instead}", int(limits.explain_max_cost), int(cost))
+        batch = as_batch(inputs, entry, field)
+        start = as_baseline(options.baseline, entry)
+        metrics.observe_batch(entry.name, len(batch))
+        probabilities = entry.network.predict_proba(batch)
+        inference = Inference(entry.name, entry.version, entry.labels, probabilities, probabilities.argmax(axis=1))
+        classes = label_indices(targets, entry, "targets") if targets is not None else inference.classes
+        with self.gradcheck_slots.hold() as held:
+            if not held:
+                raise ServiceError(503, "explain_busy", f"{limits.gradcheck_concurrency} gradcheck(s) or "
+                                   "explanation(s) already running, the server's limit (GRADCHECK_CONCURRENCY); "
+                                   "retry shortly", headers={"Retry-After": "1"})
+            began = time.perf_counter()
+            result = attribute(entry.network, batch, classes, method=options.method, output=options.output,
+                               baseline=start, steps=options.steps, noise=options.noise, samples=options.samples,
+                               seed=options.seed)
+        return Explanation(inference, [entry.labels[k] for k in classes.tolist()], result,
+                           time.perf_counter() - began)
+
+
 # -- the rules for one batch ----------------------------------------------------------------------
+def explain_cost(network, options: ExplainOptions, inputs: int) -> float:
+    """Multiply-adds an explanation costs, about: a forward and an input-gradient backward pass
+    (each about one multiply-add per parameter) for every row it runs (``rows_needed``)."""
+    return 2.0 * network.num_params * rows_needed(options.method, inputs, options.steps, options.samples)
+
+
+def as_baseline(baseline: float | np.ndarray, entry: ModelVersion, field: str = "baseline") -> float | np.ndarray:
+    """Integrated gradients' starting point: a number, or one sample (flat or in the input shape),
+    within the model's input range as any input is (so the path stays where the model was trained)."""
+    size = math.prod(entry.input_shape)
+    arr = np.asarray(baseline, dtype=np.float64)
+    if arr.ndim and arr.shape not in ((size,), entry.input_shape):
+        raise invalid(field, f"has shape {'x'.join(map(str, arr.shape))}, expected a number or {size} values"
+                      + (f" (or {'x'.join(map(str, entry.input_shape))})" if len(entry.input_shape) > 1 else ""))
+    flat = arr.reshape(-1)
+    lo, hi = entry.input_range
+    outside = ~((flat >= lo) & (flat <= hi))  # NaN is outside too
+    if outside.any():
+        j = int(np.argwhere(outside)[0][0])
+        raise invalid(f"{field}.{j}" if arr.ndim else field, f"value {float(flat[j]):g} is outside the model's "
+                      f"input range [{lo:g}, {hi:g}]")
+    return float(arr) if arr.ndim == 0 else flat
+
+
 def gradcheck_cost(network, inputs: int, mode: str, samples: int) -> float:
     """Multiply-adds a gradcheck costs, about: two forward passes of the batch per comparison (full:
     one comparison per parameter; sampled and directional: ``samples`` per parameter tensor)."""
@@ -233,11 +351,11 @@ def element_loc(field: str, i: int, j: int, shape: tuple[int, ...]) -> str:
     return ".".join([field, str(i), *map(str, inner)])
 
 
-def label_indices(labels: list[str], entry: ModelVersion) -> np.ndarray:
+def label_indices(labels: list[str], entry: ModelVersion, field: str = "labels") -> np.ndarray:
     index = {label: i for i, label in enumerate(entry.labels)}
     out = np.empty(len(labels), dtype=np.int64)
     for i, label in enumerate(labels):
         if label not in index:
-            raise invalid(f"labels.{i}", f"unknown class {label!r}; the model's labels are {entry.labels}")
+            raise invalid(f"{field}.{i}", f"unknown class {label!r}; the model's labels are {entry.labels}")
         out[i] = index[label]
     return out

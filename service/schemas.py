@@ -84,6 +84,47 @@ class GradcheckResponse(StrictModel):
     seconds: float
 
 
+# -- /explain ------------------------------------------------------------------------------------
+class ExplainParameters(StrictModel):
+    """How to explain: the method, the output explained, the classes, and the method's own settings."""
+
+    method: Literal["integrated_gradients", "saliency", "gradient", "gradient_x_input", "smoothgrad"] = Field(
+        "integrated_gradients", description="saliency |df/dx|, gradient df/dx, gradient_x_input x*df/dx, "
+        "integrated_gradients, or smoothgrad (the mean gradient over noisy copies)")
+    output: Literal["probability", "logit"] = Field("probability", description="What f is: the target class's "
+                                                    "probability (what /predict reports) or its logit")
+    targets: list[str] | None = Field(None, min_length=1, description="One class name per input, as /predict "
+                                      "names them; default: each input's predicted class")
+    baseline: float | Sample = Field(0.0, description="integrated_gradients: the starting point, a number or "
+                                     "one sample (flat or nested)")
+    steps: int = Field(64, ge=1, description="integrated_gradients: Gauss-Legendre points (at most "
+                       "EXPLAIN_MAX_STEPS)")
+    noise: float = Field(0.15, ge=0, le=10, description="smoothgrad: the noise's standard deviation, in input units")
+    samples: int = Field(32, ge=1, description="smoothgrad: noisy copies per input (at most EXPLAIN_MAX_SAMPLES)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="smoothgrad: the noise's seed (same seed, same answer)")
+
+
+class ExplainRequest(ExplainParameters):
+    model: ModelName
+    version: int | None = Field(None, ge=1)
+    inputs: list[Sample] = Field(..., min_length=1, description="A batch of samples (at most EXPLAIN_MAX_BATCH)")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "xor", "inputs": [[0, 1]], "method": "integrated_gradients", "steps": 64}]})
+
+
+class ExplainResponse(StrictModel):
+    model: str
+    version: int
+    method: str
+    output: str
+    targets: list[str] = Field(..., description="The class explained, per input")
+    attributions: list[Sample] = Field(..., description="Per input, in the shape it was sent: each value's share")
+    convergence_delta: list[float] | None = Field(None, description="integrated_gradients: sum(attributions) - "
+                                                  "(f(input) - f(baseline)) per input; 0 for the exact integral")
+    seconds: float
+
+
 # -- metadata and health ------------------------------------------------------------------------
 class ModelPath(StrictModel):
     name: ModelName

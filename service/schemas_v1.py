@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, WithJsonSchema
 
-from service.schemas import StrictModel
+from service.schemas import ExplainParameters, Sample, StrictModel
 
 Tensor = Annotated[Any, WithJsonSchema({"description": "A list of samples (nested lists of numbers), or an "
                                                        "object naming the input: {\"input\": [...]}"})]
@@ -44,3 +44,27 @@ class Metadata(StrictModel):
     model_spec: dict[str, Any]
     metadata: dict[str, Any]
 
+
+
+class ExplainRequest(StrictModel):
+    """KServe V1's ``:explain`` body: the ``:predict`` row format, and ``parameters`` choosing the method."""
+
+    instances: list[Tensor] = Field(..., min_length=1, description="Row format: one entry per sample")
+    parameters: ExplainParameters | None = Field(None, description="Default: integrated_gradients of each "
+                                                 "instance's predicted class's probability, 64 steps from 0")
+
+    model_config = StrictModel.model_config | {"json_schema_extra": {"examples": [
+        {"instances": [[0, 1]], "parameters": {"method": "saliency"}}]}}
+
+
+class InstanceExplanation(StrictModel):
+    method: str
+    output: str
+    target: str = Field(..., description="The class explained")
+    attributions: Sample = Field(..., description="In the shape the instance was sent")
+    convergence_delta: float | None = Field(None, description="integrated_gradients only")
+
+
+class ExplainResponse(StrictModel):
+    predictions: list[list[float]] = Field(..., description="Probabilities per instance, as :predict gives them")
+    explanations: list[InstanceExplanation]

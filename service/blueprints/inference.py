@@ -1,13 +1,25 @@
-"""``POST /predict`` and ``POST /gradcheck``: this service's own JSON codec over the data plane."""
+"""``POST /predict``, ``POST /gradcheck`` and ``POST /explain``: this service's own JSON codec over the data plane."""
 
 from __future__ import annotations
 
+import numpy as np
 from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import jsonio
 from service.blueprints import dataplane, respond, respond_json
-from service.schemas import ErrorResponse, GradcheckRequest, GradcheckResponse, PredictRequest, PredictResponse
+from service.dataplane import ExplainOptions, Explanation
+from service.errors import invalid
+from service.schemas import (
+    ErrorResponse,
+    ExplainParameters,
+    ExplainRequest,
+    ExplainResponse,
+    GradcheckRequest,
+    GradcheckResponse,
+    PredictRequest,
+    PredictResponse,
+)
 from service.worker import off_loop
 
 # Everything a request with a body can go wrong with, in the one ErrorResponse shape.
@@ -16,7 +28,7 @@ BODY_ERRORS = {status: ErrorResponse for status in (400, 404, 413, 415, 422, 503
 inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")], abp_responses=BODY_ERRORS)
 
 
-def decode_inputs(body: PredictRequest | GradcheckRequest):
+def decode_inputs(body: PredictRequest | GradcheckRequest | ExplainRequest):
     """The ``inputs`` list as one NumPy array, numbers only (see :func:`service.jsonio.to_array`)."""
     return jsonio.to_array(body.inputs, "inputs", booleans=jsonio.count_booleans(request.get_data()) > 0)
 
@@ -45,3 +57,35 @@ def gradcheck(body: GradcheckRequest) -> Response:
         model=check.model, version=check.version, mode=r.mode, epsilon=r.epsilon, tolerance=r.tolerance,
         samples=check.samples, errors=r.errors, checked=r.checked, skipped=r.skipped, tiny=r.tiny, loss=r.loss,
         max_error=r.max_error, passed=r.passed, seconds=round(check.seconds, 6)))
+
+
+@inference.post("/explain", responses={200: ExplainResponse})
+def explain(body: ExplainRequest) -> Response:
+    """Attributions of each input's target class, from the backward pass of a float64 copy of the model."""
+    g.model = body.model
+    inputs = decode_inputs(body)
+    done = off_loop(dataplane().explain, body.model, body.version, inputs, body.targets,
+                    explain_options(body, request.get_data()))
+    g.batch_size = len(inputs)
+    r = done.result
+    return respond_json({"model": done.inference.model, "version": done.inference.version, "method": r.method,
+                         "output": r.output, "targets": done.targets,
+                         "attributions": attributions_as_sent(done, inputs.shape[1:]),
+                         "convergence_delta": r.convergence_delta, "seconds": round(done.seconds, 6)})
+
+
+def explain_options(params: ExplainParameters, raw: bytes, field: str = "baseline") -> ExplainOptions:
+    """The data plane's options from validated parameters (a baseline list becomes an array)."""
+    given = params.model_fields_set & {"baseline", "steps", "noise", "samples", "seed"}
+    baseline = params.baseline
+    if not isinstance(baseline, int | float) or isinstance(baseline, bool):
+        if not isinstance(baseline, list) or not baseline:
+            raise invalid(field, "Input should be a number or a list of numbers (one sample)")
+        baseline = jsonio.to_array(baseline, field, booleans=jsonio.count_booleans(raw) > 0)
+    return ExplainOptions(method=params.method, output=params.output, baseline=baseline, steps=params.steps,
+                          noise=params.noise, samples=params.samples, seed=params.seed, given=frozenset(given))
+
+
+def attributions_as_sent(done: Explanation, sample_shape: tuple[int, ...]) -> np.ndarray:
+    """(batch, *sample_shape): each input's attributions in the shape that input was sent."""
+    return done.result.attributions.reshape(len(done.targets), *sample_shape)

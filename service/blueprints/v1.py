@@ -1,5 +1,9 @@
 """The TensorFlow Serving REST API (also KServe's V1 protocol), as a codec of the data plane.
 
+``POST /v1/models/{m}[/versions/{n}]:explain`` (KServe's explain verb) takes ``{"instances": [...]}``
+and optional ``parameters`` (those of ``POST /explain``; default: integrated gradients of each
+instance's predicted class) and answers ``{"predictions": [...], "explanations": [...]}``.
+
 ``POST /v1/models/{m}[/versions/{n}]:predict`` takes ``{"instances": [...]}`` (row format, answered
 ``{"predictions": [...]}``) or ``{"inputs": ...}`` (columnar, answered ``{"outputs": ...}``); each
 prediction is the probabilities aligned with the model's labels (``GET /models/{m}``). The one
@@ -17,11 +21,13 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from service import jsonio
 from service.blueprints import dataplane, parses_own_body, respond_json
+from service.blueprints.inference import attributions_as_sent, explain_options
 from service.dataplane import INPUT, signature
 from service.error_handlers import register_renderer
 from service.errors import ServiceError, bad_request
-from service.schemas import ModelPath, ProtocolError, VersionPath
-from service.schemas_v1 import Metadata, ModelStatus, PredictRequest, PredictResponse
+from service.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
+from service.schemas_v1 import ExplainRequest, ExplainResponse, Metadata, ModelStatus, PredictRequest, PredictResponse
+from service.worker import off_loop
 
 SIGNATURE = "serving_default"
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
@@ -67,6 +73,37 @@ def run_predict(name: str, version: int | None) -> Response:
     result = dataplane().infer(name, version, batch, field="instances" if rows else "inputs")
     g.batch_size = len(result.classes)
     return respond_json({"predictions" if rows else "outputs": result.probabilities})
+
+
+@v1.post("/v1/models/<model:name>:explain", responses={200: ExplainResponse, **ERRORS})
+@parses_own_body(ModelPath)
+def explain(path: ModelPath, body: ExplainRequest) -> Response:
+    """Predictions and attributions for each instance, from the newest serving version."""
+    return run_explain(path.name, None)
+
+
+@v1.post("/v1/models/<model:name>/versions/<version:version>:explain", responses={200: ExplainResponse, **ERRORS})
+@parses_own_body(VersionPath)
+def explain_version(path: VersionPath, body: ExplainRequest) -> Response:
+    """Predictions and attributions for each instance, from one version."""
+    return run_explain(path.name, int(path.version))
+
+
+def run_explain(name: str, version: int | None) -> Response:
+    g.model = name
+    raw = request.get_data()
+    req = ExplainRequest.model_validate(jsonio.loads(raw))
+    batch = jsonio.to_array(named_input(req.instances, "instances"), "instances", jsonio.count_booleans(raw) > 0)
+    params = req.parameters or ExplainParameters()
+    done = off_loop(dataplane().explain, name, version, batch, params.targets, explain_options(params, raw),
+                    field="instances")
+    g.batch_size = len(batch)
+    r = done.result
+    attributions = attributions_as_sent(done, batch.shape[1:])
+    explanations = [{"method": r.method, "output": r.output, "target": target, "attributions": attributions[i],
+                     **({} if r.convergence_delta is None else {"convergence_delta": r.convergence_delta[i]})}
+                    for i, target in enumerate(done.targets)]
+    return respond_json({"predictions": done.inference.probabilities, "explanations": explanations})
 
 
 def named_input(value: Any, field: str) -> Any:

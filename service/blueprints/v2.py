@@ -5,8 +5,13 @@ tensor data extension: a request body may be a JSON header of ``Inference-Header
 bytes followed by the raw little-endian bytes of each input that names its
 ``parameters.binary_data_size``; outputs asked for with ``parameters.binary_data`` (or all, with the
 request's ``parameters.binary_data_output``) come back the same way, with that header set on the
-response. Errors are ``{"error": "<message>"}``: 400 for a client mistake, 404 for an unknown model
-or version, 413 for a batch or body over the limits, 503 for a version that failed to load.
+response. Explanations are two more outputs a request may ask for by name: ``attributions`` (FP64, the
+input's shape) and ``convergence_delta`` (FP64, [batch], integrated gradients only). The request's
+``parameters`` of ``POST /explain``'s names (or those outputs' own) choose the method and its settings,
+default integrated gradients; an optional second input ``target`` (BYTES, [batch], JSON data) names
+the classes to explain (default: the predicted ones). Errors are ``{"error": "<message>"}``: 400 for a client
+mistake, 404 for an unknown model or version, 413 for a batch or body over the limits, 503 for a
+version that failed to load or when the server's explanation slots are all busy.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from service import jsonio
 from service.blueprints import dataplane, empty, parses_own_body, respond_json
-from service.dataplane import INPUT, INPUT_DATATYPES, LABEL, PROBABILITIES, Inference, signature
+from service.blueprints.inference import explain_options
+from service.dataplane import INPUT, INPUT_DATATYPES, LABEL, PROBABILITIES, Explanation, Inference, signature
 from service.error_handlers import register_renderer
 from service.errors import ServiceError, bad_request, quote
-from service.schemas import ModelPath, ProtocolError, VersionPath
+from service.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
 from service.schemas_v2 import (
     InferenceRequest,
     InferenceResponse,
@@ -34,9 +40,12 @@ from service.schemas_v2 import (
     RequestOutput,
     ServerMetadata,
 )
+from service.worker import off_loop
 
 SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"
 EXTENSIONS = ["binary_tensor_data"]
+ATTRIBUTIONS, CONVERGENCE_DELTA, TARGET = "attributions", "convergence_delta", "target"
+EXPLAIN_OUTPUTS = (ATTRIBUTIONS, CONVERGENCE_DELTA)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
 BINARY_DOC = (
@@ -45,7 +54,11 @@ BINARY_DOC = (
     f"header's length in the {HEADER_LENGTH} request header. Outputs asked for with parameters.binary_data "
     "(or all of them, with the request's parameters.binary_data_output) come back the same way: raw bytes "
     f"after the JSON header, whose length is the response's {HEADER_LENGTH} header; a BYTES element is a "
-    "4-byte little-endian length and its UTF-8 bytes.")
+    "4-byte little-endian length and its UTF-8 bytes. Explanations: ask for the output 'attributions' (FP64, "
+    "the input's shape; the request's parameters, or that output's, choose the method as POST /explain's "
+    "body does: method, output, "
+    "baseline (a number), steps, noise, samples, seed) and 'convergence_delta' (FP64, [batch], integrated "
+    "gradients); an optional input 'target' (BYTES, [batch], JSON data) names the classes explained.")
 
 v2 = APIBlueprint("v2", __name__, abp_tags=[Tag(name="open inference protocol (v2)")])
 
@@ -141,15 +154,46 @@ def run_inference(name: str, version: int | None) -> Response:
     g.model = name
     head, binary = split_body(request.get_data())
     req = InferenceRequest.model_validate(jsonio.loads(head))
-    if len(req.inputs) != 1 or req.inputs[0].name != INPUT:
-        names = [i.name for i in req.inputs]
-        raise bad_request(f"model '{name}' takes one input named '{INPUT}'; the request has {quote(names)}")
+    names = [i.name for i in req.inputs]
+    explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]
+    if names.count(INPUT) != 1 or not set(names) <= {INPUT, TARGET} or len(names) != len(set(names)) or \
+            (TARGET in names and not explaining):
+        raise bad_request(f"model '{name}' takes one input named '{INPUT}' (and '{TARGET}' with an explanation "
+                          f"output); the request has {quote(names)}")
     # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
     booleans = jsonio.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
-    tensor = decode_input(req.inputs[0], binary, booleans)
-    result = dataplane().infer(name, version, tensor, field=INPUT)
-    g.batch_size = len(result.classes)
-    return encode_outputs(req, result)
+    tensor = decode_input(next(i for i in req.inputs if i.name == INPUT), binary, booleans)
+    if not explaining:
+        result = dataplane().infer(name, version, tensor, field=INPUT)
+        g.batch_size = len(result.classes)
+        return encode_outputs(req, result)
+    targets = next((decode_targets(i) for i in req.inputs if i.name == TARGET), None)
+    params = explain_parameters(req.parameters or {}, explaining)
+    done = off_loop(dataplane().explain, name, version, tensor, targets, explain_options(params, head), field=INPUT)
+    g.batch_size = len(done.targets)
+    return encode_outputs(req, done.inference, done, tensor.shape)
+
+
+def explain_parameters(request_parameters: dict[str, Any], outputs: list[RequestOutput]) -> ExplainParameters:
+    """The explanation's settings: the request's parameters of those names (tritonclient sends
+    request parameters only), then the explanation outputs' own (less the binary extension's)."""
+    merged = {k: v for k, v in request_parameters.items() if k in ExplainParameters.model_fields}
+    for out in outputs:
+        merged.update({k: v for k, v in (out.parameters or {}).items() if k != "binary_data"})
+    if "targets" in merged:
+        raise bad_request(f"name the classes in an input '{TARGET}' (BYTES, one per sample), not a parameter")
+    if isinstance(merged.get("baseline"), list | dict):
+        raise bad_request("baseline must be a number here (parameters are scalars); POST /explain takes a sample")
+    return ExplainParameters.model_validate(merged)
+
+
+def decode_targets(inp: RequestInput) -> list[str]:
+    if inp.datatype != "BYTES" or (inp.parameters or {}).get("binary_data_size") is not None:
+        raise bad_request(f"input '{TARGET}' must be BYTES sent as JSON data: one class name per sample")
+    data = inp.data
+    if not isinstance(data, list) or not all(isinstance(v, str) for v in data) or len(data) != math.prod(inp.shape):
+        raise bad_request(f"input '{TARGET}' must hold {math.prod(inp.shape)} class names (strings) as its data")
+    return data
 
 
 def split_body(raw: bytes) -> tuple[bytes, memoryview]:
@@ -228,7 +272,8 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.nd
     return arr.reshape(inp.shape)
 
 
-def encode_outputs(req: InferenceRequest, result: Inference) -> Response:
+def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explanation | None = None,
+                   input_shape: tuple[int, ...] = ()) -> Response:
     all_binary = flag(req.parameters or {}, "binary_data_output", False, "the request's")
     wanted = req.outputs or [RequestOutput(name=PROBABILITIES)]
     outputs, tail = [], []
@@ -245,8 +290,19 @@ def encode_outputs(req: InferenceRequest, result: Inference) -> Response:
             spec = {"name": LABEL, "datatype": "BYTES", "shape": [len(labels)]}
             raw = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in labels)) if binary else None
             data = labels if not binary else None
+        elif explanation is not None and out.name in EXPLAIN_OUTPUTS:
+            if out.name == ATTRIBUTIONS:
+                tensor = explanation.result.attributions.reshape(input_shape)
+            elif explanation.result.convergence_delta is None:
+                raise bad_request(f"output '{CONVERGENCE_DELTA}' is given by method 'integrated_gradients' only")
+            else:
+                tensor = explanation.result.convergence_delta
+            spec = {"name": out.name, "datatype": "FP64", "shape": list(tensor.shape)}
+            raw = np.ascontiguousarray(tensor, dtype="<f8").tobytes() if binary else None
+            data = tensor.ravel() if not binary else None
         else:
-            raise bad_request(f"unknown output {quote(out.name)}; the model gives '{PROBABILITIES}' and '{LABEL}'")
+            raise bad_request(f"unknown output {quote(out.name)}; the model gives '{PROBABILITIES}' and '{LABEL}', and "
+                              f"explanations as '{ATTRIBUTIONS}' and '{CONVERGENCE_DELTA}'")
         if raw is not None:
             spec["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)

@@ -1,4 +1,4 @@
-// The page's behaviour: three panels, each a client of the public API (/predict, /gradcheck, /models).
+// The page's behaviour: three panels, each a client of the public API (/predict, /gradcheck, /explain, /models).
 import { FIELD, strokesToMnist } from "./drawing.js";
 
 export const PEN_WIDTH = 18; // canvas pixels on the 280 x 280 drawing canvas
@@ -56,6 +56,18 @@ function element(tag, attributes = {}, ...children) {
 
 const percent = (p, digits = 1) => `${(100 * p).toFixed(digits)} %`;
 
+// The diverging colour map of attributions: t in [-1, 1] from blue through white to red (ColorBrewer RdBu's ends).
+const NEGATIVE = [33, 102, 172];
+const POSITIVE = [178, 24, 43];
+export function heat(t) {
+  const end = t < 0 ? NEGATIVE : POSITIVE;
+  const a = Math.min(1, Math.abs(t));
+  return end.map((c) => Math.round(255 + (c - 255) * a));
+}
+const METHOD_NAMES = { integrated_gradients: "Integrated gradients", saliency: "Saliency |df/dx|",
+                       gradient: "Gradient df/dx", gradient_x_input: "Gradient x input", smoothgrad: "SmoothGrad" };
+const signed = (v) => (v >= 0 ? "+" : "−") + Math.abs(v).toPrecision(3);
+
 // -- what every panel has: a prediction, its bars, an error line and the model's card --------------
 class Panel {
   constructor(section) {
@@ -86,6 +98,7 @@ class Panel {
 
   async predict(input) {
     this.input = input;
+    this.clearExplanation();
     const sequence = ++this.sequence;
     const body = this.requestBody({ inputs: [input] });
     try {
@@ -140,6 +153,7 @@ class Panel {
       element("div", { class: "actions" },
         element("label", { for: id, text: "Version " }), this.versionInput, this.checkButton),
       this.checkResult);
+    this.buildExplain();
     this.versionInput.addEventListener("change", () => {
       this.renderFacts(this.version());
       this.refresh();
@@ -147,12 +161,88 @@ class Panel {
     this.checkButton.addEventListener("click", () => this.gradcheck());
   }
 
+  // "Explain": POST /explain with the panel's input; each panel draws the attributions its own way.
+  buildExplain() {
+    const targetId = `${this.model}-explain-target`, methodId = `${this.model}-explain-method`;
+    this.targetSelect = element("select", { id: targetId });
+    this.targetSelect.append(element("option", { value: "", text: "the predicted class" }));
+    this.methodSelect = element("select", { id: methodId });
+    for (const [value, text] of Object.entries(METHOD_NAMES)) this.methodSelect.append(element("option", { value, text }));
+    this.explainButton = element("button", { type: "button", class: "check", text: "Explain" });
+    this.explainResult = element("div", { class: "explanation", "aria-live": "polite" });
+    this.explanation = null; // the last /explain answer shown
+    this.section.querySelector(".answer").after(
+      element("div", { class: "explain-controls" },
+        element("div", { class: "actions" },
+          element("label", { for: targetId, text: "Class to explain" }), this.targetSelect,
+          element("label", { for: methodId, text: "Method" }), this.methodSelect, this.explainButton),
+        this.explainResult));
+    this.explainButton.addEventListener("click", () => this.explain());
+  }
+
+  setTargets(labels) {
+    if (this.targetSelect.options.length > 1) return;
+    for (const label of labels) this.targetSelect.append(element("option", { value: label, text: `class ${label}` }));
+  }
+
+  async explain() {
+    if (this.input === null) return;
+    const target = this.targetSelect.value;
+    const body = this.requestBody({ inputs: [this.input], method: this.methodSelect.value,
+                                    ...(target === "" ? {} : { targets: [target] }) });
+    const sequence = this.sequence;
+    this.explainButton.disabled = true;
+    this.explainResult.replaceChildren(element("p", { text: "Explaining…" }));
+    try {
+      const { data } = await call("POST", "/explain", body);
+      if (sequence !== this.sequence) return; // the input changed meanwhile
+      this.showExplanation(data);
+    } catch (e) {
+      this.explainResult.replaceChildren(element("p", { class: "error-text", role: "alert",
+                                                        text: `Explanation failed: ${e.describe()}` }));
+    } finally {
+      this.explainButton.disabled = false;
+    }
+  }
+
+  showExplanation(data) {
+    const values = data.attributions[0].flat();
+    const scale = Math.max(...values.map(Math.abs)) || 1; // the colour map's ends: ±scale
+    const sum = values.reduce((a, b) => a + b, 0);
+    const parts = [`${METHOD_NAMES[data.method]} of the ${data.output} of class "${data.targets[0]}": `
+                   + `attributions sum to ${signed(sum)}`];
+    if (data.convergence_delta) parts.push(`convergence delta ${signed(data.convergence_delta[0])}`);
+    parts.push(`${data.seconds.toFixed(3)} s.`);
+    const legend = element("div", { class: "legend", "data-testid": "legend" },
+      element("span", { text: signed(-scale) }), element("span", { class: "ramp", "aria-hidden": "true" }),
+      element("span", { text: signed(scale) }));
+    const figure = this.drawAttributions(values, scale);
+    figure.dataset.testid = "attribution";
+    figure.dataset.scale = String(scale);
+    figure.dataset.target = data.targets[0];
+    this.explainResult.replaceChildren(figure, legend, element("p", { text: parts.join(", ") }));
+    this.explanation = data;
+  }
+
+  clearExplanation() {
+    this.explanation = null;
+    if (this.explainResult) this.explainResult.replaceChildren();
+    this.undrawAttributions();
+  }
+
+  drawAttributions(values, scale) { // the panel's picture of them; returns the element tests look at
+    return element("div");
+  }
+
+  undrawAttributions() {}
+
   refresh() {} // predict the panel's current input again (each panel says how)
 
   async loadInfo() {
     try {
       this.info = (await call("GET", `/models/${this.model}`)).data;
       this.renderFacts(this.version());
+      this.setTargets(this.info.versions.find((v) => v.status === "ready")?.labels ?? []);
     } catch (e) {
       this.facts.replaceChildren(element("dd", { class: "error-text", text: `Model facts unavailable: ${e.describe()}` }));
     }
@@ -308,6 +398,21 @@ class MnistPanel extends Panel {
     }
   }
 
+  // A diverging heat map of the attributions over the 28x28 input: white at 0, red +, blue −; ink darkens it.
+  drawAttributions(values, scale) {
+    const canvas = element("canvas", { id: "mnist-heat", width: String(FIELD), height: String(FIELD), role: "img",
+                                       "aria-label": "Attribution of each input pixel: red for, blue against" });
+    const ctx = canvas.getContext("2d");
+    const image = ctx.createImageData(FIELD, FIELD);
+    values.forEach((v, i) => {
+      const shade = 1 - 0.45 * this.input[i];
+      image.data.set([...heat(v / scale).map((c) => Math.round(c * shade)), 255], 4 * i);
+    });
+    ctx.putImageData(image, 0, 0);
+    return element("figure", { class: "heat" }, canvas,
+      element("figcaption", { text: "Attribution per pixel over the input (darker: ink)." }));
+  }
+
   showInput(input) {
     const ctx = this.preview.getContext("2d");
     const image = ctx.createImageData(FIELD, FIELD);
@@ -370,6 +475,26 @@ class DigitsPanel extends Panel {
   refresh() {
     this.predict(this.cells.map((c) => (c.getAttribute("aria-pressed") === "true" ? 1 : 0)));
   }
+
+  // Each cell takes its attribution's colour (a pressed cell keeps a dark ring).
+  drawAttributions(values, scale) {
+    this.cells.forEach((cell, i) => {
+      cell.classList.add("explained");
+      cell.style.setProperty("--heat", `rgb(${heat(values[i] / scale).join(", ")})`);
+      cell.dataset.attribution = String(values[i]);
+      cell.title = `attribution ${signed(values[i])}`;
+    });
+    return element("p", { class: "hint", text: "The grid's cells show each pixel's attribution." });
+  }
+
+  undrawAttributions() {
+    for (const cell of this.cells ?? []) {
+      cell.classList.remove("explained");
+      cell.style.removeProperty("--heat");
+      delete cell.dataset.attribution;
+      cell.removeAttribute("title");
+    }
+  }
 }
 
 // -- XOR: two switches ------------------------------------------------------------------------------
@@ -383,6 +508,18 @@ class XorPanel extends Panel {
 
   refresh() {
     this.predict(this.switches.map((s) => (s.checked ? 1 : 0)));
+  }
+
+  // One signed bar per input: right and red for, left and blue against.
+  drawAttributions(values, scale) {
+    return element("ol", { class: "bars attribution", "aria-label": "Attribution of each input" },
+      ...["a", "b"].map((name, i) => {
+        const bar = element("span", { class: `bar signed ${values[i] < 0 ? "negative" : "positive"}`,
+                                      "aria-hidden": "true" });
+        bar.style.setProperty("--p", (Math.abs(values[i]) / scale).toFixed(4));
+        return element("li", {}, element("span", { class: "name", text: name }), bar,
+          element("span", { class: "value", "data-testid": "attribution-value", text: signed(values[i]) }));
+      }));
   }
 }
 

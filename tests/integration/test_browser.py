@@ -86,6 +86,7 @@ class PageSession:
         self.console_errors: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
         self.page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
+        self.base_url = base_url
         self.page.goto(f"{base_url}/")
         self.page.wait_for_selector("body[data-ready=true]")
 
@@ -347,3 +348,86 @@ def test_every_panel_is_usable_and_screenshotted(browser, base_url, request, vie
     finally:
         s.close()
     assert s.console_errors == []
+
+
+# -- "Explain": the attributions drawn over each panel's input, as the API gives them ----------------
+MINUS = "\u2212"  # the page prints negative numbers with a real minus sign
+
+
+def heat(t: float) -> np.ndarray:
+    """app.js's diverging colour map, for comparing the page's pixels with the API's numbers."""
+    end = np.array([33, 102, 172]) if t < 0 else np.array([178, 24, 43])
+    return np.round(255 + (end - 255) * min(1.0, abs(t)))
+
+
+def explained(session, name: str, method: str | None = None, target: str | None = None) -> dict:
+    """Click the panel's Explain (choosing a method and class first), wait for the overlay; the
+    page's answer, re-asked of the API by this test with the same body."""
+    panel = session.panel(name)
+    if method:
+        panel.get_by_label("Method", exact=True).select_option(method)
+    if target:
+        panel.get_by_label("Class to explain").select_option(target)
+    panel.get_by_role("button", name="Explain", exact=True).click()
+    panel.get_by_test_id("attribution").wait_for(state="visible", timeout=60_000)
+    shown, sent = session.page.evaluate(f"""() => [window.numpyNets.panels.{name}.explanation,
+                                                   window.numpyNets.panels.{name}.input]""")
+    body = {"model": name, "inputs": [sent], "method": shown["method"], **({"targets": [target]} if target else {})}
+    api = requests.post(f"{session.base_url}/explain", json=body, timeout=60).json()
+    np.testing.assert_allclose(shown["attributions"], api["attributions"], rtol=1e-9, atol=1e-15)
+    assert shown["targets"] == api["targets"]
+    return api
+
+
+def test_mnist_explain_draws_a_heat_map_that_matches_the_api(session):
+    session.draw(DRAWN["7"])
+    session.page.wait_for_function("() => document.querySelector('#mnist-label').textContent === '7'")
+    api = explained(session, "mnist")
+    assert api["targets"] == ["7"] and api["method"] == "integrated_gradients"
+    values = np.asarray(api["attributions"][0], dtype=np.float64)
+    scale = np.abs(values).max()
+    heat_map = session.panel("mnist").get_by_test_id("attribution")
+    assert float(heat_map.get_attribute("data-scale")) == pytest.approx(scale, rel=1e-12)
+    pixels = np.array(session.page.evaluate("""() => Array.from(document.querySelector('#mnist-heat')
+        .getContext('2d').getImageData(0, 0, 28, 28).data)""")).reshape(784, 4)[:, :3]
+    ink = np.asarray(session.page.evaluate("() => window.numpyNets.panels.mnist.input"))
+    want = np.array([np.round(heat(v / scale) * (1 - 0.45 * x)) for v, x in zip(values, ink, strict=True)])
+    assert np.abs(pixels - want).max() <= 1  # the API's numbers, pixel for pixel (canvas rounding aside)
+    ends = session.panel("mnist").get_by_test_id("legend").locator("span").all_inner_texts()
+    assert [float(ends[0].replace(MINUS, "-")), float(ends[-1])] == pytest.approx([-scale, scale], rel=5e-3)
+    assert "convergence delta" in session.panel("mnist").locator(".explanation").inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    session.panel("mnist").screenshot(path=ARTIFACTS / "explain-mnist.png")
+    session.panel("mnist").locator(".explain-controls").screenshot(path=ARTIFACTS / "explain-mnist-heat-map.png")
+    # another class and method, chosen on the page
+    api = explained(session, "mnist", method="saliency", target="1")
+    assert api["targets"] == ["1"] and heat_map.get_attribute("data-target") == "1"
+    # a new drawing clears the stale explanation
+    session.draw(DRAWN["1"])
+    heat_map.wait_for(state="detached")
+
+
+def test_digits_explain_colours_the_cells(session):
+    session.panel("digits").get_by_role("button", name="Load glyph 3").click()
+    session.page.wait_for_function("() => document.querySelector('#digits-label').textContent === '3'")
+    api = explained(session, "digits", method="gradient_x_input")
+    values = np.asarray(api["attributions"][0], dtype=np.float64).reshape(25)
+    cells = session.panel("digits").locator(".cell")
+    shown = [float(cells.nth(i).get_attribute("data-attribution")) for i in range(25)]
+    np.testing.assert_allclose(shown, values, rtol=1e-12, atol=1e-300)
+    colours = session.page.evaluate("""() => [...document.querySelectorAll('#digits-grid .cell')]
+        .map(c => getComputedStyle(c).backgroundColor.match(/\\d+/g).slice(0, 3).map(Number))""")
+    scale = np.abs(values).max()
+    assert np.abs(np.array(colours) - [heat(v / scale) for v in values]).max() <= 1
+    session.panel("digits").screenshot(path=ARTIFACTS / "explain-digits.png")
+
+
+def test_xor_explain_shows_the_inputs_bars(session):
+    session.panel("xor").get_by_role("switch", name="input b").check()
+    session.page.wait_for_function("() => document.querySelector('#xor-label').textContent === '1'")
+    api = explained(session, "xor")
+    texts = session.panel("xor").get_by_test_id("attribution-value").all_inner_texts()
+    assert [float(t.replace(MINUS, "-")) for t in texts] == pytest.approx(api["attributions"][0], rel=2e-3, abs=1e-12)
+    bars = session.panel("xor").locator(".attribution .bar")
+    assert bars.count() == 2
+    session.panel("xor").screenshot(path=ARTIFACTS / "explain-xor.png")
