@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ from service.config import Settings
 from service.errors import ServiceError, invalid, too_large
 from service.registry import ModelRegistry, ModelVersion
 from service.slots import Slots
+
+Runner = Callable[..., Any]  # runs a long computation: fn(*args, **kwargs), somewhere; returns its result
+
+
+def run_inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -178,8 +185,13 @@ class DataPlane:
         return Inference(entry.name, entry.version, entry.labels, probabilities, probabilities.argmax(axis=1))
 
     def gradcheck(self, name: str, version: int | None, inputs: np.ndarray, labels: list[str], *, mode: str,
-                  epsilon: float, samples: int, seed: int, tolerance: float, field: str = "inputs") -> Gradcheck:
-        """The library's gradient check on a float64 copy of the served weights, within the limits."""
+                  epsilon: float, samples: int, seed: int, tolerance: float, field: str = "inputs",
+                  run: Runner = run_inline) -> Gradcheck:
+        """The library's gradient check on a float64 copy of the served weights, within the limits.
+
+        The checks and the slot are taken here, in the caller's thread, so a request over the limit is
+        told so at once (503) wherever it lands; only the check itself goes to ``run`` (the worker's
+        background thread in the server)."""
         limits = self.limits
         if len(inputs) > limits.gradcheck_max_batch:
             raise too_large(422, "gradcheck_too_large", field, f"gradcheck takes at most {limits.gradcheck_max_batch} "
@@ -211,13 +223,13 @@ class DataPlane:
                                    "running, the server's limit (GRADCHECK_CONCURRENCY); retry shortly",
                                    headers={"Retry-After": "1"})
             start = time.perf_counter()
-            result = gradient_check(entry.network, batch, targets, mode=mode, epsilon=epsilon, samples=samples,
-                                    seed=seed, tolerance=tolerance)
+            result = run(gradient_check, entry.network, batch, targets, mode=mode, epsilon=epsilon, samples=samples,
+                         seed=seed, tolerance=tolerance)
         return Gradcheck(entry.name, entry.version, samples, result, time.perf_counter() - start)
 
 
     def explain(self, name: str, version: int | None, inputs: np.ndarray, targets: list[str] | None,
-                options: ExplainOptions, field: str = "inputs") -> Explanation:
+                options: ExplainOptions, field: str = "inputs", run: Runner = run_inline) -> Explanation:
         """Attributions from the backward pass of a float64 copy of the served weights, within the limits.
 
         ``targets`` names a class per input (None: each input's predicted class). The work is bounded
@@ -266,9 +278,9 @@ class DataPlane:
                                    "explanation(s) already running, the server's limit (GRADCHECK_CONCURRENCY); "
                                    "retry shortly", headers={"Retry-After": "1"})
             began = time.perf_counter()
-            result = attribute(entry.network, batch, classes, method=options.method, output=options.output,
-                               baseline=start, steps=options.steps, noise=options.noise, samples=options.samples,
-                               seed=options.seed)
+            result = run(attribute, entry.network, batch, classes, method=options.method, output=options.output,
+                         baseline=start, steps=options.steps, noise=options.noise, samples=options.samples,
+                         seed=options.seed)
         return Explanation(inference, [entry.labels[k] for k in classes.tolist()], result,
                            time.perf_counter() - began)
 

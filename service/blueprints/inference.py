@@ -48,9 +48,9 @@ def predict(body: PredictRequest) -> Response:
 def gradcheck(body: GradcheckRequest) -> Response:
     """Compare backprop with central differences on a float64 copy of the model."""
     g.model = body.model
-    check = off_loop(dataplane().gradcheck, body.model, body.version, decode_inputs(body), body.labels,
-                     mode=body.mode, epsilon=body.epsilon, samples=body.samples, seed=body.seed,
-                     tolerance=body.tolerance)
+    check = dataplane().gradcheck(body.model, body.version, decode_inputs(body), body.labels, mode=body.mode,
+                                  epsilon=body.epsilon, samples=body.samples, seed=body.seed,
+                                  tolerance=body.tolerance, run=off_loop)
     g.batch_size = len(body.inputs)
     r = check.result
     return respond(GradcheckResponse(
@@ -64,8 +64,8 @@ def explain(body: ExplainRequest) -> Response:
     """Attributions of each input's target class, from the backward pass of a float64 copy of the model."""
     g.model = body.model
     inputs = decode_inputs(body)
-    done = off_loop(dataplane().explain, body.model, body.version, inputs, body.targets,
-                    explain_options(body, request.get_data()))
+    done = dataplane().explain(body.model, body.version, inputs, body.targets,
+                               explain_options(body, request.get_data()), run=off_loop)
     g.batch_size = len(inputs)
     r = done.result
     return respond_json({"model": done.inference.model, "version": done.inference.version, "method": r.method,

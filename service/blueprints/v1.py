@@ -95,8 +95,8 @@ def run_explain(name: str, version: int | None) -> Response:
     req = ExplainRequest.model_validate(jsonio.loads(raw))
     batch = jsonio.to_array(named_input(req.instances, "instances"), "instances", jsonio.count_booleans(raw) > 0)
     params = req.parameters or ExplainParameters()
-    done = off_loop(dataplane().explain, name, version, batch, params.targets, explain_options(params, raw),
-                    field="instances")
+    done = dataplane().explain(name, version, batch, params.targets, explain_options(params, raw),
+                               field="instances", run=off_loop)
     g.batch_size = len(batch)
     r = done.result
     attributions = attributions_as_sent(done, batch.shape[1:])

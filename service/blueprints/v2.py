@@ -169,7 +169,8 @@ def run_inference(name: str, version: int | None) -> Response:
         return encode_outputs(req, result)
     targets = next((decode_targets(i) for i in req.inputs if i.name == TARGET), None)
     params = explain_parameters(req.parameters or {}, explaining)
-    done = off_loop(dataplane().explain, name, version, tensor, targets, explain_options(params, head), field=INPUT)
+    done = dataplane().explain(name, version, tensor, targets, explain_options(params, head), field=INPUT,
+                               run=off_loop)
     g.batch_size = len(done.targets)
     return encode_outputs(req, done.inference, done, tensor.shape)
 

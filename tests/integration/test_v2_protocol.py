@@ -108,7 +108,7 @@ def test_errors_reach_the_client_with_our_message(client, samples):
     err = infer_error(client, "xor", x, version="9")
     assert err.status() == "404" and "no version 9" in err.message()
     err = infer_error(client, "xor", np.array([["a", "b"]], dtype=np.object_), datatype="BYTES")
-    assert err.status() == "400" and "datatype BYTES" in err.message()
+    assert err.status() == "400" and "datatype 'BYTES'" in err.message()
     err = infer_error(client, "xor", np.zeros((2, 3), np.float32))
     assert err.status() == "400" and "input.0: has 3 values, expected 2 values" in err.message()
     err = infer_error(client, "xor", x, outputs=[http.InferRequestedOutput("logits")])
