@@ -232,3 +232,34 @@ def test_bad_weights_files_are_refused_at_reload_and_the_good_version_serves(ser
     for i in range(len(KINDS)):
         assert f"model xor/{20 + i} failed to load" in log
         shutil.rmtree(repo / "xor" / str(20 + i))
+
+
+def test_concurrent_repository_changes_are_never_lost(tmp_path):
+    """Three clients unload (then load) three models at the same instant, 25 times: the state the
+    workers share holds every change (without a lock, one in several rounds lost one)."""
+    import json
+
+    repo, state = tmp_path / "repo", tmp_path / "state"
+    for name in ("a", "b", "c"):
+        shutil.copytree(ROOT / "model_repository" / "xor", repo / name)
+    state.mkdir()
+    server = LocalServer(tmp_path / "server", MODEL_DIR=str(repo), ADMIN_TOKEN=TOKEN, STATE_DIR=str(state)).start()
+    try:
+        for _ in range(25):
+            for verb, expected in (("unload", ["a", "b", "c"]), ("load", [])):
+                barrier, statuses = threading.Barrier(3), []
+
+                def call(name: str, verb: str = verb, barrier: threading.Barrier = barrier,
+                         statuses: list = statuses) -> None:
+                    barrier.wait()
+                    statuses.append(admin(server.url, f"/v2/repository/models/{name}/{verb}").status_code)
+
+                threads = [threading.Thread(target=call, args=(name,)) for name in ("a", "b", "c")]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(30)
+                assert statuses == [200, 200, 200], statuses
+                assert json.loads((state / "repository.json").read_text())["unloaded"] == expected, verb
+    finally:
+        assert server.stop() == 0

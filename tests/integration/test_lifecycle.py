@@ -59,6 +59,12 @@ def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_reposit
         states = requests.get(f"{server.url}/v1/models/mnist", timeout=5).json()["model_version_status"]
         assert [(v["version"], v["state"]) for v in states] == [("1", "AVAILABLE"), ("2", "END")]
         assert "not a readable .npz" in states[1]["status"]["error_message"]
+        # what an unauthenticated client reads names the file within the repository, not the server's disk
+        for path in ("/readyz", "/models/mnist", "/v1/models/mnist"):
+            text = requests.get(f"{server.url}{path}", timeout=10).text
+            assert "mnist/2/model.npz" in text and str(broken_repository) not in text, (path, text[:300])
+        assert str(broken_repository) not in broken.text and "mnist/2/model.npz" in broken.text
+        assert str(broken_repository) in server.read_log()  # the operator's log keeps the full path
     finally:
         assert server.stop() == 0
 
