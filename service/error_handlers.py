@@ -43,10 +43,14 @@ def register_renderer(path_prefix: str, renderer: Renderer) -> None:
     RENDERERS[path_prefix] = renderer
 
 
-def render(exc: ServiceError) -> Response:
-    path = request.path
+def rendered(path: str, exc: ServiceError) -> tuple[int, bytes]:
+    """(status, body) of an error under ``path``, in its protocol's shape (no Flask: the worker asks too)."""
     renderer = next((r for prefix, r in RENDERERS.items() if path.startswith(prefix)), default_renderer)
-    status, body = renderer(exc)
+    return renderer(exc)
+
+
+def render(exc: ServiceError) -> Response:
+    status, body = rendered(request.path, exc)
     response = Response(body, status=status, mimetype="application/json")
     for name, value in exc.headers.items():
         response.headers[name] = value

@@ -13,7 +13,12 @@ On top of gunicorn's gevent worker this adds what a buffering proxy would do in 
 * the body must arrive within ``REQUEST_TIMEOUT`` seconds of the head, else a 408 and the
   connection is closed. The app is only called with the whole body in memory, so a slow client
   never holds the CPU-bound part of the server;
-* a body over ``MAX_BODY_BYTES`` is never read: the app answers 413 and the connection closes;
+* a body over ``MAX_BODY_BYTES`` is never read: the app answers 413 and the connection closes,
+  after a short lingering drain so that a client still uploading receives the 413; a chunked body
+  counts the same (the app sees it buffered, with its length);
+* ``Expect: 100-continue`` is answered before the body is read (and not at all for a 413);
+* gunicorn's own refusals (bad request line, URI or headers over the limits, bad chunks) are in
+  the documented JSON error shape with a request id, not HTML;
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * a gradcheck runs on the worker's background thread (:func:`off_loop`), not on the event loop;
 * connections take turns: each yields to the others after every request;
@@ -30,6 +35,7 @@ import queue
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -37,12 +43,13 @@ from typing import Any, TypeVar
 import gevent
 from gevent import monkey
 from gevent.threadpool import ThreadPool
+from gunicorn import util as gunicorn_util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 from service import metrics
 from service.config import Settings
-from service.errors import ServiceError
+from service.errors import HTTP_CODES, ServiceError
 
 T = TypeVar("T")
 
@@ -65,6 +72,7 @@ _background: ThreadPool | None = None
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+LINGER_SECONDS = 2.0  # how long a refused upload may go on being drained before its connection closes
 
 
 def catch_early_stop(server, worker) -> None:
@@ -98,6 +106,7 @@ class BufferingGeventWorker(GeventWorker):
         self.max_body = settings.max_body_bytes
         self.poll_seconds = settings.model_poll_seconds
         self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait for the next request
+        gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
         super().init_process()
 
     def run(self) -> None:
@@ -154,25 +163,39 @@ class BufferingGeventWorker(GeventWorker):
 
     def handle_request(self, listener_name, req, sock, addr) -> bool:
         length = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), None)
+        continues = wants_continue(req)
+        req._expected_100_continue = False  # gunicorn's own flag: it would send 100 after the body, or for a 413
         if length is not None and int(length) > self.max_body:
-            req.must_close = True  # the app answers 413 without reading; the rest is never read
+            req.must_close = True  # the app answers 413 without reading (a waiting client never sends the body)
         else:
+            if continues:  # now, before reading, not after the body the client is holding back
+                sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
                 with gevent.Timeout(self.request_timeout):
                     data = req.body.read(self.max_body + 1)
             except gevent.Timeout:
                 metrics.REQUEST_TIMEOUTS.inc()
                 self.reject(sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
-                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"))
+                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path)
                 raise StopIteration() from None
             if length is not None and len(data) < int(length):  # the client hung up mid-body: nobody to answer
                 raise StopIteration()
-            if len(data) > self.max_body:  # a chunked body over the limit: the app answers 413
-                req.must_close = True
+            if length is None:
+                # A chunked body, now buffered: the app sees it with its length, as if sent with one, so
+                # one over MAX_BODY_BYTES is answered 413 in its protocol's shape like any other.
+                req.headers = [(n, v) for n, v in req.headers if n != "TRANSFER-ENCODING"]
+                req.headers.append(("CONTENT-LENGTH", str(len(data))))
+                if len(data) > self.max_body:
+                    req.must_close = True  # the rest is never read
             # The app reads the whole body from memory, in one piece: gunicorn's Body would copy the
             # rest of its buffer again for every chunk werkzeug asks for (13% of a 256-image request).
             req.body = io.BytesIO(data)
-        keep_alive = super().handle_request(listener_name, req, sock, addr)
+        try:
+            keep_alive = super().handle_request(listener_name, req, sock, addr)
+        except StopIteration:  # gunicorn's way to say the connection closes now
+            if req.must_close:
+                self.linger(sock)
+            raise
         # Take turns: a client that sends its next request at once would otherwise find it already in
         # the socket, never yield, and starve this worker's other connections (measured at 16
         # connections: p50 0.7 ms but p90 260 ms). sleep(0) is not enough: it resumes among the
@@ -181,11 +204,43 @@ class BufferingGeventWorker(GeventWorker):
         gevent.idle()
         return keep_alive
 
-    def reject(self, sock: socket.socket, error: ServiceError) -> None:
-        from service.error_handlers import error_body
+    def reject(self, sock: socket.socket, error: ServiceError, path: str = "") -> None:
+        write_error(sock, error, path)
 
-        body = error_body(error)
-        head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    def linger(self, sock: socket.socket) -> None:
+        """Before closing a connection whose body was not read to its end (over MAX_BODY_BYTES): say we
+        are done writing, then read and drop what the client is still sending, for at most
+        ``LINGER_SECONDS`` and 4 x MAX_BODY_BYTES. Closing with unread data makes the kernel reset
+        the connection, and a client still uploading then loses the 413 (nginx's lingering close)."""
         with contextlib.suppress(OSError):
-            sock.sendall(head + body)
+            sock.shutdown(socket.SHUT_WR)
+        budget = 4 * self.max_body
+        with gevent.Timeout(LINGER_SECONDS, False), contextlib.suppress(OSError):
+            while budget > 0 and (chunk := sock.recv(1 << 16)):
+                budget -= len(chunk)
+
+
+def wants_continue(req) -> bool:
+    """An HTTP/1.1 request whose client waits for ``100 Continue`` before it sends the body."""
+    return req.version >= (1, 1) and any(name == "EXPECT" and value.strip().lower() == "100-continue"
+                                         for name, value in req.headers)
+
+
+def write_error(sock: socket.socket, error: ServiceError, path: str = "") -> None:
+    """An error answered by the worker itself, before or instead of the app: the body of the path's
+    protocol (``service/error_handlers.py``), a fresh request id, and the connection closed."""
+    from service.error_handlers import rendered
+
+    status, body = rendered(path, error)
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {uuid.uuid4().hex}\r\n"
+            "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n").encode()
+    with contextlib.suppress(OSError):
+        sock.sendall(head + body)
+
+
+def write_gunicorn_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """In place of ``gunicorn.util.write_error`` (an HTML page): gunicorn's own refusals (a bad request
+    line, a URI or headers over the limits, a bad chunk) in the documented JSON error shape."""
+    code = HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+    write_error(sock, ServiceError(status, code, (message or reason)[:300]))

@@ -197,3 +197,74 @@ def test_model_names_a_client_makes_up_become_no_metric_series(base_url):
     assert after == before, sorted(after - before)[:5]
     assert not any("made-up" in series for series in after)
     assert any('model="(unknown)"' in series for series in after)
+
+
+MAX_BODY = int(SERVER_ENV["MAX_BODY_BYTES"])
+
+
+def chunked_body(path: str, body: bytes) -> bytes:
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536]) for i in range(0, len(body), 65536))
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            "\r\n").encode() + chunks + b"0\r\n\r\n"
+
+
+def padded(prefix: bytes, size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes: ``prefix`` (an object without its closing brace), spaces, }."""
+    return prefix + b" " * (size - len(prefix) - 1) + b"}"
+
+
+@pytest.mark.parametrize("path,prefix,shape", [
+    ("/predict", b'{"model": "xor", "inputs": [[0, 1]]', "ours"),
+    ("/v2/models/xor/infer", b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]',
+     "v2"),
+])
+def test_a_chunked_body_over_max_body_bytes_is_413_like_any_other(base_url, path, prefix, shape):
+    """Chunked or not, MAX_BODY_BYTES is the limit: at the limit a 200, one byte over a 413 in the
+    protocol's own error shape (it was a 200, or a 400 for a larger one)."""
+    with socket.create_connection(host_port(base_url), timeout=60) as sock:
+        sock.sendall(chunked_body(path, padded(prefix, MAX_BODY)))
+        assert read_response(sock)[0] == 200
+    for size in (MAX_BODY + 1, 2 * MAX_BODY):
+        with socket.create_connection(host_port(base_url), timeout=60) as sock:
+            sock.sendall(chunked_body(path, padded(prefix, size)))
+            status, body = read_response(sock)
+        error = json.loads(body)["error"]
+        assert status == 413, (size, status, body[:200])
+        assert (error["code"] == "payload_too_large") if shape == "ours" else isinstance(error, str), error
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(base_url):
+    """A client that waits for 100 Continue (curl does, for bodies over 1 MB) gets it at once; one whose
+    Content-Length is over the limit gets the 413 instead, and never sends its body."""
+    body = b'{"model": "xor", "inputs": [[0, 1]]}'
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(host_port(base_url), timeout=5) as sock:
+        sock.sendall(head)
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # before any byte of the body
+        sock.sendall(body)
+        assert read_response(sock)[0] == 200
+    too_long = head.replace(f"Content-Length: {len(body)}".encode(), f"Content-Length: {MAX_BODY + 1}".encode())
+    with socket.create_connection(host_port(base_url), timeout=5) as sock:
+        sock.sendall(too_long)
+        assert read_response(sock)[0] == 413
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"NOT A REQUEST LINE\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+])
+def test_the_http_layer_s_own_refusals_are_in_the_error_shape(base_url, raw, status):
+    """What gunicorn refuses before the app runs is answered as the app would: JSON, with a request id."""
+    with socket.create_connection(host_port(base_url), timeout=10) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head[:100]
+    assert b"Content-Type: application/json" in head and b"X-Request-ID: " in head, head
+    error = json.loads(body)["error"]
+    assert error["code"] and error["message"], error
