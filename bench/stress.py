@@ -9,7 +9,9 @@ Every part runs the real ``python -m service`` on loopback, is bounded in time, 
 * kill -9: one worker killed under load: at most its requests in flight fail, the master replaces
   it, the load is answered again;
 * SIGTERM under load: in-flight requests finish and the server exits 0;
-* hostile: ``tests/integration/test_hostile.py`` against the running server.
+* hostile: ``tests/integration/test_hostile.py`` against the running server;
+* uploads: 100 clients send 15 MB each and stall (``bench/uploads.py``): the workers' memory grows
+  by less than 300 MB in all, and a well-behaved client is answered meanwhile, p99 under 100 ms.
 
     python -m bench.stress [--soak-seconds 300] [--fuzz-examples 250]     (make stress)
 """
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 from bench.train_epoch import machine
+from bench.uploads import stalled_uploads
 from tests.integration.conftest import LocalServer
 from training.datasets import mnist
 
@@ -194,6 +197,20 @@ def hostile(tmp: Path) -> dict:
             "note": "each a 4xx or a closed connection; /healthz answers after each"}
 
 
+def uploads(tmp: Path, connections: int = 100) -> dict:
+    """100 clients send 15 MB each and stall (bench/uploads.py): growth under 300 MB, others answered."""
+    server = LocalServer(tmp / "uploads", MAX_BODY_BYTES=str(16 * 1024 * 1024)).start()
+    try:
+        row = stalled_uploads(server, connections=connections, body_mb=15)
+    finally:
+        server.stop()
+    ok = row["rss_growth_peak_mb"] < 300 and row["failed"] == 0 and (row["p99_ms"] or 1e9) < 100
+    return {"part": f"{connections} stalled 15 MB uploads", "cases": row["answered"] + row["failed"],
+            "failures": row["failed"], "p99_ms": row["p99_ms"], "ok": ok,
+            "rss": f"+{row['rss_growth_peak_mb']} MB at the peak, +{row['rss_growth_after_mb']} MB after",
+            "note": "goal: growth under 300 MB in all, the other client's p99 under 100 ms"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--soak-seconds", type=float, default=300)
@@ -208,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         bodies.mkdir()
         write_bodies(bodies, args.data_dir)
         for part in (lambda: fuzz(tmp, args.fuzz_examples), lambda: soak(tmp, bodies, args.soak_seconds),
-                     lambda: kill_9(tmp, bodies), lambda: sigterm(tmp, bodies), lambda: hostile(tmp)):
+                     lambda: kill_9(tmp, bodies), lambda: sigterm(tmp, bodies), lambda: hostile(tmp),
+                     lambda: uploads(tmp)):
             row = part()
             row.setdefault("ok", row["failures"] == 0)
             rows.append(row)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from model.repository import DEFAULT_ROOT
 from service.policy import VersionPolicy
@@ -31,6 +31,8 @@ class Settings(BaseModel):
     model_dir: Path = DEFAULT_ROOT
     max_batch: int = Field(1024, ge=1, le=65536)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    body_buffer_bytes: int | None = Field(None, ge=1024, description="large request bodies a worker reads at once, "
+                                          "in bytes (service/buffering.py); default 2 x MAX_BODY_BYTES")
     log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")
     gradcheck_max_batch: int = Field(64, ge=1)
     gradcheck_max_samples: int = Field(100, ge=1)
@@ -58,6 +60,17 @@ class Settings(BaseModel):
     @classmethod
     def _policy(cls, value: str) -> str:
         return str(VersionPolicy.parse(value))
+
+    @model_validator(mode="after")
+    def _budget_takes_a_body(self) -> Settings:
+        if self.body_buffer_bytes is not None and self.body_buffer_bytes < self.max_body_bytes:
+            raise ValueError(f"BODY_BUFFER_BYTES={self.body_buffer_bytes} is smaller than MAX_BODY_BYTES="
+                             f"{self.max_body_bytes}: one largest body must fit")
+        return self
+
+    @property
+    def body_budget(self) -> int:
+        return self.body_buffer_bytes or 2 * self.max_body_bytes
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

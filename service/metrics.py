@@ -19,6 +19,8 @@ LATENCY = Histogram("nn_request_duration_seconds", "Time to answer a request", [
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 BATCH = Histogram("nn_batch_size", "Samples per /predict request", ["model"],
                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+BODIES_REFUSED = Counter("nn_request_bodies_refused_total",
+                         "Large bodies refused with a 503: BODY_BUFFER_BYTES stayed full for REQUEST_TIMEOUT")
 REQUEST_TIMEOUTS = Counter("nn_request_timeouts_total", "Requests whose body did not arrive within REQUEST_TIMEOUT")
 LOAD_FAILURES = Counter("nn_model_load_failures_total", "Model versions that failed to load", ["model"])
 

@@ -48,6 +48,7 @@ from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 from service import metrics
+from service.buffering import BodyBudget
 from service.config import Settings
 from service.errors import HTTP_CODES, ServiceError
 
@@ -104,6 +105,7 @@ class BufferingGeventWorker(GeventWorker):
         settings = Settings.from_env()
         self.request_timeout = float(settings.request_timeout)
         self.max_body = settings.max_body_bytes
+        self.body_budget = BodyBudget(settings.body_budget)
         self.poll_seconds = settings.model_poll_seconds
         self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait for the next request
         gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
@@ -168,16 +170,7 @@ class BufferingGeventWorker(GeventWorker):
         if length is not None and int(length) > self.max_body:
             req.must_close = True  # the app answers 413 without reading (a waiting client never sends the body)
         else:
-            if continues:  # now, before reading, not after the body the client is holding back
-                sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            try:
-                with gevent.Timeout(self.request_timeout):
-                    data = req.body.read(self.max_body + 1)
-            except gevent.Timeout:
-                metrics.REQUEST_TIMEOUTS.inc()
-                self.reject(sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
-                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path)
-                raise StopIteration() from None
+            data = self.read_body(req, sock, int(length) if length is not None else self.max_body + 1, continues)
             if length is not None and len(data) < int(length):  # the client hung up mid-body: nobody to answer
                 raise StopIteration()
             if length is None:
@@ -203,6 +196,29 @@ class BufferingGeventWorker(GeventWorker):
         # waits for the next poll, so every ready connection gets one request per turn (p99 61 ms).
         gevent.idle()
         return keep_alive
+
+    def read_body(self, req, sock: socket.socket, size: int, continues: bool) -> bytes:
+        """The whole body (at most MAX_BODY_BYTES + 1 bytes), within REQUEST_TIMEOUT of the head, once
+        ``size`` bytes of the worker's budget are free. It waits for room at most half that time, so a
+        body that gets room has the other half to arrive; else a 503 (no room) or a 408 (too slow)."""
+        started = time.monotonic()
+        with self.body_budget.reserve(size, self.request_timeout / 2) as room:
+            if not room:
+                metrics.BODIES_REFUSED.inc()
+                self.reject(sock, ServiceError(503, "server_busy", "the server is reading as many large request "
+                                               "bodies as it may (BODY_BUFFER_BYTES); retry shortly",
+                                               headers={"Retry-After": "1"}), req.path)
+                raise StopIteration()
+            if continues:  # now, before reading, not after the body the client is holding back
+                sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            try:
+                with gevent.Timeout(max(0.0, self.request_timeout - (time.monotonic() - started))):
+                    return req.body.read(self.max_body + 1)
+            except gevent.Timeout:
+                metrics.REQUEST_TIMEOUTS.inc()
+                self.reject(sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
+                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path)
+                raise StopIteration() from None
 
     def reject(self, sock: socket.socket, error: ServiceError, path: str = "") -> None:
         write_error(sock, error, path)
@@ -234,7 +250,8 @@ def write_error(sock: socket.socket, error: ServiceError, path: str = "") -> Non
     status, body = rendered(path, error)
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nX-Request-ID: {uuid.uuid4().hex}\r\n"
-            "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n").encode()
+            + "".join(f"{name}: {value}\r\n" for name, value in error.headers.items())
+            + "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n").encode()
     with contextlib.suppress(OSError):
         sock.sendall(head + body)
 

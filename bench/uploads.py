@@ -1,0 +1,140 @@
+"""Many large uploads that stall: what they cost the server's memory and its other clients.
+
+Each of ``connections`` clients sends a request head with ``Content-Length: body_bytes``, then all of
+the body but its last byte as fast as the server takes it, and then nothing, holding the
+connection. Meanwhile a well-behaved client sends small ``/predict`` requests. Measured: the
+workers' RSS before, at the peak of the burst, and after the stalled connections are cut; the
+well-behaved client's answers and latencies.
+
+    python -m bench.uploads [--connections 100] [--mb 15]      (also a row of make stress)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from tests.integration.conftest import LocalServer
+
+SMALL = json.dumps({"model": "xor", "inputs": [[0, 1]]})
+
+
+def workers_rss_mb(server: LocalServer) -> float:
+    """The sum of the workers' resident memory, in MB."""
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout
+    total = 0
+    for pid in out.split():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return total / 1024
+
+
+class StalledUploads:
+    """``connections`` sockets that each send all but the last byte of a large body, then hold."""
+
+    def __init__(self, url: str, connections: int, body_bytes: int, path: str = "/predict") -> None:
+        self.host, port = url.split("//")[1].split(":")
+        self.port, self.connections, self.body_bytes, self.path = int(port), connections, body_bytes, path
+        self.sockets: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.sent = 0
+
+    def _upload(self, sock: socket.socket) -> None:
+        head = (f"POST {self.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {self.body_bytes}\r\n\r\n").encode()
+        chunk = memoryview(b" " * (1 << 20))  # sent from a view: no copies, so the GIL is mostly free
+        left = self.body_bytes - 1
+        try:
+            sock.sendall(head)
+            while left > 0:
+                n = sock.send(chunk[:min(left, len(chunk))])
+                left -= n
+                self.sent += n
+        except OSError:  # the server closed it, or the timeout ran out while it read nothing
+            pass
+
+    def __enter__(self) -> StalledUploads:
+        for _ in range(self.connections):
+            sock = socket.create_connection((self.host, self.port), timeout=30)
+            self.sockets.append(sock)
+            thread = threading.Thread(target=self._upload, args=(sock,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sock in self.sockets:
+            sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+def stalled_uploads(server: LocalServer, connections: int = 100, body_mb: float = 15,
+                    burst_seconds: float = 8.0, requests_meanwhile: int = 200) -> dict:
+    """One row: RSS growth during and after the burst, and the well-behaved client's answers."""
+    url = server.url
+    with requests.Session() as s:  # warm up both workers, so the baseline is a warm server
+        for _ in range(20):
+            s.post(f"{url}/predict", data=SMALL, headers={"Content-Type": "application/json"}, timeout=10)
+    before = workers_rss_mb(server)
+    peak = before
+    latencies, failures = [], 0
+    with StalledUploads(url, connections, int(body_mb * 1e6)) as uploads:
+        deadline = time.monotonic() + burst_seconds
+        with requests.Session() as s:
+            while time.monotonic() < deadline or len(latencies) + failures < requests_meanwhile:
+                start = time.perf_counter()
+                try:
+                    r = s.post(f"{url}/predict", data=SMALL, headers={"Content-Type": "application/json"},
+                               timeout=10)
+                    ok = r.status_code == 200
+                except requests.RequestException:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    failures += 1
+                peak = max(peak, workers_rss_mb(server))
+                if len(latencies) + failures >= 10 * requests_meanwhile:
+                    break
+                time.sleep(0.01)
+        sent_mb = uploads.sent / 1e6
+    time.sleep(2.0)
+    after = workers_rss_mb(server)
+    return {"connections": connections, "body_mb": body_mb, "uploaded_mb": round(sent_mb),
+            "rss_before_mb": round(before), "rss_growth_peak_mb": round(peak - before),
+            "rss_growth_after_mb": round(after - before), "answered": len(latencies), "failed": failures,
+            "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--mb", type=float, default=15.0, help="each upload's size (the limit is 16 MiB)")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = LocalServer(Path(tmp), MAX_BATCH="1024", MAX_BODY_BYTES=str(16 * 1024 * 1024)).start()
+        try:
+            row = stalled_uploads(server, args.connections, args.mb, args.seconds)
+        finally:
+            server.stop()
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

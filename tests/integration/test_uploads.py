@@ -1,0 +1,54 @@
+"""Many large uploads that stall cost the server bounded memory and its other clients nothing
+(service/buffering.py); ``make stress`` runs the same scenario at 100 connections."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import requests
+
+from bench.uploads import StalledUploads, stalled_uploads
+from tests.integration.conftest import LocalServer
+from tests.integration.test_slow_clients import host_port, read_response
+
+MIB = 1024 * 1024
+
+
+def test_stalled_large_uploads_leave_memory_bounded_and_others_answered(tmp_path):
+    """40 clients each send 15 MB and stall: without the budget the workers grew by about 16 MB per
+    connection (600 MB here); with it the growth is bounded by the budget, not the connections."""
+    server = LocalServer(tmp_path, MAX_BODY_BYTES=str(16 * MIB)).start()  # budget: 2 x 16 MiB per worker
+    try:
+        row = stalled_uploads(server, connections=40, body_mb=15, burst_seconds=5, requests_meanwhile=100)
+    finally:
+        assert server.stop() == 0
+    print(f"\n{row}")
+    assert row["failed"] == 0 and row["answered"] >= 100
+    assert row["rss_growth_peak_mb"] < 4 * 2 * 32, row  # 4 x the two workers' budgets, whatever the count
+
+
+def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
+    """With room for one large body per worker (BODY_BUFFER_BYTES = MAX_BODY_BYTES, one worker), a
+    second large upload waits unread, then gets a 503 with Retry-After at REQUEST_TIMEOUT; small
+    requests are answered all the while."""
+    server = LocalServer(tmp_path, WORKERS="1", MAX_BODY_BYTES=str(4 * MIB), BODY_BUFFER_BYTES=str(4 * MIB),
+                         REQUEST_TIMEOUT="3").start()
+    try:
+        with StalledUploads(server.url, 1, 3 * MIB):  # holds the budget until its own timeout
+            time.sleep(0.5)
+            with socket.create_connection(host_port(server.url), timeout=15) as sock:
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 2000000\r\n\r\n" + b" " * 100_000)
+                start = time.monotonic()
+                for _ in range(20):  # small requests meanwhile
+                    r = requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": [[0, 1]]}, timeout=5)
+                    assert r.status_code == 200
+                status, body = read_response(sock)
+                waited = time.monotonic() - start
+        assert status == 503 and b"BODY_BUFFER_BYTES" in body, body
+        assert waited < 10
+        text = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert "nn_request_bodies_refused_total 1.0" in text
+    finally:
+        assert server.stop() == 0
