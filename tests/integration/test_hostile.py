@@ -167,8 +167,13 @@ def test_client_text_cannot_forge_a_log_line_or_break_a_body(gunicorn_server):
         if path.startswith("/v2/"):  # V2's messages quote the client's text, escaped
             assert "\\ud800\\n" in r.json()["error"], r.text[:300]
     time.sleep(0.5)
-    for line in gunicorn_server.read_log().splitlines():
-        entry = json.loads(line)  # every line one JSON object
+    lines = gunicorn_server.read_log().split("\n")[:-1]  # complete lines: the last may be being written
+    for i, line in enumerate(lines):
+        try:
+            entry = json.loads(line)  # every line one JSON object
+        except ValueError as exc:
+            raise AssertionError(f"log line {i} is not one JSON object ({exc}):\n" + "\n".join(
+                lines[max(0, i - 2):i + 3])[:3000]) from None
         assert entry.get("message") != "INJECTED", line
 
 
