@@ -54,6 +54,7 @@ class Settings(BaseModel):
     admin_token: SecretStr | None = Field(None, description="bearer token of the repository API; none: API off")
     state_dir: Path | None = Field(None, description="where workers share repository API state")
     keepalive: int = Field(5, ge=1, le=300)
+    worker_connections: int = Field(1000, ge=10, le=100_000, description="open connections per worker")
     request_timeout: int = Field(10, ge=1, le=600)
 
     @field_validator("version_policy")

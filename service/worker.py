@@ -24,7 +24,9 @@ On top of gunicorn's gevent worker this adds what a buffering proxy would do in 
 * connections take turns: each yields to the others after every request;
 * the model repository is rescanned every ``MODEL_POLL_SECONDS`` (``service/registry.py``);
 * on a graceful stop, connections waiting idle between requests are closed at once instead of
-  holding the stop for their keep-alive time.
+  holding the stop for their keep-alive time;
+* connections waiting for a request head hold at most 90% of ``WORKER_CONNECTIONS``; past that the
+  longest-waiting one is closed.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ _background: ThreadPool | None = None
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+IDLE_SHARE = 0.9  # of worker_connections, at most, waiting idle for a next (or first) request head
 LINGER_SECONDS = 2.0  # how long a refused upload may go on being drained before its connection closes
 
 
@@ -107,7 +110,11 @@ class BufferingGeventWorker(GeventWorker):
         self.max_body = settings.max_body_bytes
         self.body_budget = BodyBudget(settings.body_budget)
         self.poll_seconds = settings.model_poll_seconds
-        self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait for the next request
+        self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait, oldest first
+        # Connections waiting for a request head may hold at most 90% of worker_connections: past that
+        # the one waiting longest is closed (as nginx does with keep-alive connections), so idle and
+        # silent clients can never fill the worker and leave a new client queued for KEEPALIVE seconds.
+        self.max_idle = max(1, int(IDLE_SHARE * settings.worker_connections))
         gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
         super().init_process()
 
@@ -156,6 +163,9 @@ class BufferingGeventWorker(GeventWorker):
         a connection answered just before the signal, which was not yet waiting when it came)."""
         me = gevent.getcurrent()
         wait = gevent.Timeout(self.cfg.keepalive if self.alive else 0, False)
+        if len(self.idle) >= self.max_idle:  # near worker_connections: the longest-waiting one goes
+            oldest = next(iter(self.idle))
+            gevent.kill(oldest, self.idle.pop(oldest))
         self.idle[me] = wait
         try:
             with wait:

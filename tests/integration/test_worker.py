@@ -94,3 +94,35 @@ def test_sigterm_closes_idle_keep_alive_connections_at_once(tmp_path):
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def test_idle_connections_never_fill_the_worker(tmp_path):
+    """One worker with room for 20 connections, and 30 clients that connect and say nothing (or stay
+    idle after a request): the longest-waiting are closed past 90% of the room, so a new client is
+    answered at once instead of queueing behind them for KEEPALIVE (60 s here)."""
+    server = LocalServer(tmp_path, WORKERS="1", WORKER_CONNECTIONS="20", KEEPALIVE="60",
+                         REQUEST_TIMEOUT="60").start()
+    silent = []
+    try:
+        for i in range(30):
+            sock = socket.create_connection(host_port(server.url), timeout=10)
+            if i % 2:  # half of them idle after a request, half silent from the start
+                sock.sendall(raw_request("/predict", XOR))
+                assert read_response(sock)[0] == 200
+            silent.append(sock)
+            time.sleep(0.02)
+        r = requests.post(f"{server.url}/predict", data=XOR, headers={"Content-Type": "application/json"},
+                          timeout=5)
+        assert r.status_code == 200
+        closed = []
+        for sock in silent:
+            sock.settimeout(0.2)
+            try:
+                closed.append(sock.recv(1) == b"")
+            except TimeoutError:
+                closed.append(False)
+        assert closed[0] and not closed[-1], closed  # the oldest went, the newest stay
+    finally:
+        for sock in silent:
+            sock.close()
+        assert server.stop() == 0
