@@ -11,7 +11,7 @@ from typing import Any
 from flask import Request, Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
-from service import metrics
+from service import jsonio, metrics
 from service.blueprints import ModelNameConverter, VersionConverter
 from service.blueprints.health import health
 from service.blueprints.inference import inference
@@ -121,6 +121,7 @@ def _before() -> None:
                                f"send the body as application/json (got {req.mimetype or 'no content type'})")
         # Parse once, strictly (a 400 for malformed JSON); flask-openapi3 then reads the cached result.
         # Only an object can be a request; flask-openapi3 would re-parse a JSON string as JSON text.
+        jsonio.check_value_count(req.get_data(), current_app.extensions["dataplane"].max_values)
         if not isinstance(req.get_json(silent=False), dict):
             raise invalid("", "Input should be a valid dictionary (a JSON object)", "model_type")
 

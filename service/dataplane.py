@@ -167,6 +167,13 @@ class DataPlane:
             raise
         return True
 
+    def max_values(self) -> int:
+        """The most numbers any valid request may carry: MAX_BATCH samples of the largest model, plus
+        room for the other fields (labels, parameters)."""
+        features = max((e.network.input_features for vs in self.registry.models.values() for e in vs.values()),
+                       default=0)
+        return self.limits.max_batch * max(features, 1) + 4096
+
     def ready_versions(self, name: str) -> list[int]:
         return [v["version"] for v in self.describe(name)["versions"] if v["status"] == "ready"]
 

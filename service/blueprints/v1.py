@@ -60,6 +60,7 @@ def predict_version(path: VersionPath, body: PredictRequest) -> Response:
 def run_predict(name: str, version: int | None) -> Response:
     g.model = name
     raw = request.get_data()
+    jsonio.check_value_count(raw, dataplane().max_values)
     req = PredictRequest.model_validate(jsonio.loads(raw))
     if req.signature_name not in (None, "", SIGNATURE):
         raise bad_request(f"unknown signature_name {req.signature_name!r}; the model has '{SIGNATURE}'")
@@ -92,6 +93,7 @@ def explain_version(path: VersionPath, body: ExplainRequest) -> Response:
 def run_explain(name: str, version: int | None) -> Response:
     g.model = name
     raw = request.get_data()
+    jsonio.check_value_count(raw, dataplane().max_values)
     req = ExplainRequest.model_validate(jsonio.loads(raw))
     batch = jsonio.to_array(named_input(req.instances, "instances"), "instances", jsonio.count_booleans(raw) > 0)
     params = req.parameters or ExplainParameters()

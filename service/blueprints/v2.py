@@ -153,6 +153,7 @@ def infer_version(path: VersionPath, body: InferenceRequest) -> Response:
 def run_inference(name: str, version: int | None) -> Response:
     g.model = name
     head, binary = split_body(request.get_data())
+    jsonio.check_value_count(head, dataplane().max_values)
     req = InferenceRequest.model_validate(jsonio.loads(head))
     names = [i.name for i in req.inputs]
     explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]

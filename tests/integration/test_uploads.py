@@ -52,3 +52,34 @@ def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
         assert "nn_request_bodies_refused_total 1.0" in text
     finally:
         assert server.stop() == 0
+
+
+def test_a_body_of_too_many_numbers_is_refused_before_it_is_parsed(tmp_path):
+    """A 16 MiB body of two-number samples: parsed, it took a worker 410 MB before its batch was refused
+    (two at once could take a 1 GiB pod down); counted first, it is a 413 for about the body's size."""
+    import threading
+
+    from bench.uploads import workers_rss_mb
+
+    server = LocalServer(tmp_path, MAX_BODY_BYTES=str(16 * MIB)).start()
+    try:
+        body = b'{"model": "xor", "inputs": [' + b"[0,0]," * (16 * MIB // 6 - 10) + b"[0,0]]}"
+        before = workers_rss_mb(server)
+        peak, done = [before], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak.append(workers_rss_mb(server))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        r = requests.post(f"{server.url}/predict", data=body, headers={"Content-Type": "application/json"},
+                          timeout=60)
+        done.set()
+        sampler.join()
+        print(f"\n16 MiB of numbers: {r.status_code}, workers +{max(peak) - before:.0f} MB at the peak")
+        assert r.status_code == 413 and r.json()["error"]["code"] == "batch_too_large", r.text[:300]
+        assert max(peak) - before < 120
+    finally:
+        assert server.stop() == 0
