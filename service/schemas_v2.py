@@ -32,6 +32,10 @@ class RequestOutput(StrictModel):
 
 
 class InferenceRequest(StrictModel):
+    # KServe's SDK names the model in the body too; accepted when it agrees with the URL
+    model_name: str | None = Field(None, max_length=256, description="If given, the URL's model")
+    model_version: str | None = Field(None, max_length=32, description="If given, the URL's version, or the "
+                                      "version to run when the URL names none")
     id: str | None = Field(None, max_length=256, description="Echoed in the response")
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(..., min_length=1)
@@ -62,6 +66,19 @@ class MetadataTensor(StrictModel):
     name: str
     datatype: str
     shape: list[int]
+
+
+class ServerLive(StrictModel):
+    live: bool
+
+
+class ServerReady(StrictModel):
+    ready: bool
+
+
+class ModelReady(StrictModel):
+    name: str
+    ready: bool
 
 
 class ServerMetadata(StrictModel):
