@@ -20,6 +20,7 @@ from service.blueprints.repository import repository
 from service.blueprints.ui import ui
 from service.blueprints.v1 import v1
 from service.blueprints.v2 import v2
+from service.blueprints.v2_extensions import v2_extensions
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.error_handlers import register_error_handlers, validation_error_response
@@ -88,7 +89,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg), cfg.state_dir)
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
-    for bp in (inference, models, health, v2, v1):
+    for bp in (inference, models, health, v2, v2_extensions, v1):
         app.register_api(bp)
     app.register_blueprint(ui)  # the page at / (plain Flask: not part of the API document)
     if cfg.admin_token is not None:  # the repository API exists only with a token (README: Rolling out)

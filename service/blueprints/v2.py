@@ -1,7 +1,11 @@
 """The Open Inference Protocol ("V2": Triton, MLServer, KServe) over REST, as a codec of the data plane.
 
-Health, server and model metadata, readiness, and inference with JSON tensors or with the binary
-tensor data extension: a request body may be a JSON header of ``Inference-Header-Content-Length``
+Health (``{"live": true}``, ``{"ready": ...}`` and ``{"name", "ready"}`` bodies, as KServe's
+server sends them; the status code is the answer for Triton's clients), server and model
+metadata, and inference with JSON tensors or with the binary tensor data extension. A body may
+name ``model_name``/``model_version`` (KServe's SDK does) if they agree with the URL.
+
+The binary tensor data extension: a request body may be a JSON header of ``Inference-Header-Content-Length``
 bytes followed by the raw little-endian bytes of each input that names its
 ``parameters.binary_data_size``; outputs asked for with ``parameters.binary_data`` (or all, with the
 request's ``parameters.binary_data_output``) come back the same way, with that header set on the
@@ -38,6 +42,7 @@ from service.schemas_v2 import (
     InferenceResponse,
     ModelMetadata,
     ModelReady,
+    NotReadyOrError,
     RequestInput,
     RequestOutput,
     ServerLive,
@@ -47,7 +52,7 @@ from service.schemas_v2 import (
 from service.worker import off_loop
 
 SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]  # the last two: v2_extensions.py
 ATTRIBUTIONS, CONVERGENCE_DELTA, TARGET = "attributions", "convergence_delta", "target"
 EXPLAIN_OUTPUTS = (ATTRIBUTIONS, CONVERGENCE_DELTA)
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -102,13 +107,13 @@ def model_ready(name: str, version: int | None) -> Response:
     return respond_json({"name": name, "ready": is_ready}, 200 if is_ready else 400)
 
 
-@v2.get("/v2/models/<name>/ready", responses={200: ModelReady, 400: ModelReady, 404: ProtocolError})
+@v2.get("/v2/models/<name>/ready", responses={200: ModelReady, 400: NotReadyOrError, 404: ProtocolError})
 def model_is_ready(path: ModelPath) -> Response:
     """200 when the model has a version that serves, 400 when it has none, 404 for an unknown model."""
     return model_ready(path.name, None)
 
 
-@v2.get("/v2/models/<name>/versions/<version>/ready", responses={200: ModelReady, 400: ModelReady,
+@v2.get("/v2/models/<name>/versions/<version>/ready", responses={200: ModelReady, 400: NotReadyOrError,
                                                                  404: ProtocolError})
 def version_is_ready(path: VersionPath) -> Response:
     """200 when that version serves, 400 when it failed to load, 404 when there is no such version."""
