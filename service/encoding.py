@@ -3,7 +3,8 @@
 Requests: ``Content-Encoding`` may be ``gzip`` (``x-gzip``), ``deflate`` or ``identity``, or a
 list of them in the order applied. Decoding streams through zlib with a hard output limit: at
 most ``limit + 1`` bytes are ever inflated, so a small body that would inflate to gigabytes (a
-"zip bomb") costs no more than a body of the limit before it is refused with a 413. Any other
+"zip bomb") costs no more than a body of the limit before it is refused with a 413, and one
+whose gzip trailer states its size is refused before inflating anything. Any other
 coding is a 415 that names the supported ones; data that is not what its coding says is a 400.
 
 Responses: :func:`negotiate` picks gzip or deflate from ``Accept-Encoding`` (q-values, ``*``,
@@ -25,12 +26,19 @@ ALIASES = {"x-gzip": "gzip"}
 MAX_CODINGS = 4  # layers one body may carry (each is bounded by the limit anyway)
 LEVEL = 1  # zlib's fastest level: most of the saving on JSON numbers, a fraction of the time of level 6
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+GZIP_MIN = 18  # bytes of gzip's header and trailer around an empty stream
+GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip's identification bytes and its one compression method, deflate
+DEFLATE_MAX_RATIO = 1032  # the most deflate can expand: 258 bytes from every 2 bits
 
 
 def unsupported(coding: str) -> ServiceError:
     shown = coding if len(coding) <= 40 else coding[:40] + "..."
     return ServiceError(415, "unsupported_media_type",
                         f"Content-Encoding {shown!r} is not supported; send gzip, deflate or identity")
+
+
+def inflates_past(coding: str, limit: int) -> ServiceError:
+    return ServiceError(413, "payload_too_large", f"the {coding} body inflates past MAX_BODY_BYTES={limit} bytes")
 
 
 def codings(header: str) -> list[str]:
@@ -59,6 +67,13 @@ def decode(body: bytes, content_encoding: str | None, limit: int) -> bytes:
 
 def inflate(data: bytes, coding: str, limit: int) -> bytes:
     """One coding undone; gzip may hold several members one after another (RFC 1952)."""
+    # gzip's trailer states the (last member's) inflated size mod 2**32. A size over the limit that
+    # deflate could reach from this many bytes is refused before any work (an honest bomb costs
+    # microseconds); one it could not reach is no trailer (a truncated body), and one that lies is
+    # bounded by the streaming below.
+    if coding == "gzip" and len(data) >= GZIP_MIN and data[:3] == GZIP_MAGIC and \
+            limit < int.from_bytes(data[-4:], "little") <= len(data) * DEFLATE_MAX_RATIO:
+        raise inflates_past(coding, limit)
     out = bytearray()
     rest = data
     while True:
@@ -83,8 +98,7 @@ def _inflate_member(data: bytes, coding: str, room: int, out: bytearray) -> byte
         except zlib.error:
             raise bad_request("the body is not valid deflate data") from None
     if len(chunk) > room:
-        raise ServiceError(413, "payload_too_large",
-                           f"the {coding} body inflates past MAX_BODY_BYTES={len(out) + room} bytes")
+        raise inflates_past(coding, len(out) + room)
     if not inflater.eof:
         raise bad_request(f"the {coding} body is truncated")
     out += chunk
