@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import zlib
 
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError, bad_request, quote
 
 SUPPORTED = ("gzip", "deflate")
 ALIASES = {"x-gzip": "gzip"}
@@ -32,9 +32,8 @@ DEFLATE_MAX_RATIO = 1032  # the most deflate can expand: 258 bytes from every 2 
 
 
 def unsupported(coding: str) -> ServiceError:
-    shown = coding if len(coding) <= 40 else coding[:40] + "..."
     return ServiceError(415, "unsupported_media_type",
-                        f"Content-Encoding {shown!r} is not supported; send gzip, deflate or identity")
+                        f"Content-Encoding {quote(coding)} is not supported; send gzip, deflate or identity")
 
 
 def inflates_past(coding: str, limit: int) -> ServiceError:

@@ -62,7 +62,7 @@ def test_refusals(header, data, status):
 def test_a_refused_coding_is_named_briefly():
     with pytest.raises(ServiceError) as info:
         encoding.decode(BODY, "br" * 100, 1000)
-    assert info.value.message.startswith("Content-Encoding 'brbr") and len(info.value.message) < 120
+    assert info.value.message.startswith("Content-Encoding 'brbr") and "(202 characters)" in info.value.message
 
 
 @pytest.mark.parametrize("header,chosen", [

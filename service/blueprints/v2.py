@@ -217,14 +217,15 @@ def named_in_body(req: InferenceRequest, name: str, version: int | None) -> int 
     agree with the URL: a body that names another model or version is a 400; a body version where
     the URL names none selects it."""
     if req.model_name not in (None, "") and req.model_name != name:
-        raise bad_request(f"the body's model_name {req.model_name!r} contradicts the URL's model '{name}'")
+        raise bad_request(f"the body's model_name {quote(req.model_name)} contradicts the URL's model '{name}'")
     if req.model_version in (None, ""):
         return version
     if not VERSION_TEXT.fullmatch(req.model_version):
-        raise bad_request(f"the body's model_version must be a version number, got {req.model_version!r}")
+        raise bad_request(f"the body's model_version must be a version number, got {quote(req.model_version)}")
     named = int(req.model_version)
     if version is not None and named != version:
-        raise bad_request(f"the body's model_version {req.model_version!r} contradicts the URL's version {version}")
+        raise bad_request(f"the body's model_version {quote(req.model_version)} contradicts the URL's version "
+                          f"{version}")
     return named
 
 
