@@ -116,3 +116,11 @@ def test_statistics_of_what_does_not_exist_are_errors_not_entries(base_url, clie
     assert r.status_code == 404 and set(r.json()) == {"error"}
     names = {s["name"] for s in requests.get(f"{base_url}/v2/models/stats", timeout=10).json()["model_stats"]}
     assert names == {"digits", "mnist", "xor"}
+    # the statistics' own series exist for model versions on record only, whatever clients named
+    body = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]}
+    for path in ("/v2/models/made-up/infer", "/v2/models/xor/versions/77/infer"):
+        assert requests.post(f"{base_url}{path}", data=json.dumps(body), timeout=10).status_code == 404
+    series = [line for line in requests.get(f"{base_url}/metrics", timeout=10).text.splitlines()
+              if line.startswith(("nn_inference_", "nn_last_inference_"))]
+    assert series and all('version="1"' in line for line in series)
+    assert {line.split('model="')[1].split('"')[0] for line in series} <= {"digits", "mnist", "xor"}
