@@ -1,7 +1,8 @@
 """KServe's own Python SDK, ``kserve.InferenceRESTClient``, unchanged against the server and the
 container, with both of its protocols: ``RESTConfig(protocol="v2")`` (Open Inference Protocol) and
 ``"v1"`` (KServe V1). Health, model readiness, and inference with JSON and binary tensors on all
-three models; the answers must equal ``/predict``'s exactly (same inputs, same batch, same kernel).
+three models; the answers must equal ``/predict``'s exactly (same inputs, same batch, same kernel);
+and V1's ``explain()``.
 
 The client runs from the kserve wheel in ``.venv/kserve-models`` (``make .venv/.dev``), imported
 without ``kserve/__init__`` (which starts with KServe's model server and its dependencies), with
@@ -143,3 +144,12 @@ def test_v1_infer_equals_predict(sdk, base_url, samples, name):
     expected, _ = predict(base_url, name, x)
     assert set(response) == {"predictions"}
     np.testing.assert_array_equal(np.array(response["predictions"], np.float32), expected)
+
+
+def test_v1_explain_through_the_sdk(sdk, base_url, samples):
+    """The SDK's explain() (V1 :explain, served by the explanations' codec) answers as KServe's does."""
+    x = samples["xor"]
+    response = run(sdk, "v1", lambda client: client.explain(base_url, "xor", {"instances": x.tolist()}))
+    expected, _ = predict(base_url, "xor", x)
+    np.testing.assert_array_equal(np.array(response["predictions"], np.float32), expected)
+    assert len(response["explanations"]) == len(x)
