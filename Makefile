@@ -25,12 +25,16 @@ $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 # dependencies: the hash-pinned wheel alone, in a folder of its own (update: pip download --no-deps
 # kserve==X; pip hash the wheel into requirements-kserve.lock). Captum (the explanations' oracle)
 # the same way, without its torch requirement: torch is the CPU wheel .ci/run installs from disk.
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock requirements-captum.lock
+# The kserve folder also holds KServe's REST client (kserve.inference_client), which the protocol
+# tests run with exactly the modules it imports (requirements-kserve-client.lock, hash-pinned too).
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock requirements-captum.lock \
+		requirements-kserve-client.lock
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip install --quiet --no-deps --require-hashes --upgrade --target $(VENV)/kserve-models \
 		-r requirements-kserve.lock
 	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-captum.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements-kserve-client.lock
 	@touch $@
 
 serve: $(VENV)/.runtime
@@ -65,6 +69,7 @@ lock: | $(BIN)/python
 	$(LOCK) --extra train -o requirements-train.lock pyproject.toml
 	$(LOCK) --extra train --extra test -o requirements-dev.lock pyproject.toml
 	echo 'setuptools>=77' | $(LOCK) -o requirements-build.lock -
+	$(LOCK) -o requirements-kserve-client.lock requirements-kserve-client.in
 
 image:
 	$${CONTAINER_ENGINE:-docker} build $${CONTAINER_BUILD_FLAGS:-} -t numpy-nets .

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Request, Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
-from service import jsonio, metrics
+from service import encoding, jsonio, metrics
 from service.blueprints import ModelNameConverter, VersionConverter
 from service.blueprints.health import health
 from service.blueprints.inference import inference
@@ -20,6 +20,7 @@ from service.blueprints.repository import repository
 from service.blueprints.ui import ui
 from service.blueprints.v1 import v1
 from service.blueprints.v2 import v2
+from service.blueprints.v2_extensions import v2_extensions
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.error_handlers import register_error_handlers, validation_error_response
@@ -30,6 +31,7 @@ from service.policy import VersionPolicy
 from service.registry import ModelRegistry
 
 JSON_BODY_BLUEPRINTS = {"inference"}
+BODY_METHODS = {"POST", "PUT", "PATCH"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -88,7 +90,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg), cfg.state_dir)
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
-    for bp in (inference, models, health, v2, v1):
+    for bp in (inference, models, health, v2, v2_extensions, v1):
         app.register_api(bp)
     app.register_blueprint(ui)  # the page at / (plain Flask: not part of the API document)
     if cfg.admin_token is not None:  # the repository API exists only with a token (README: Rolling out)
@@ -113,6 +115,11 @@ def _before() -> None:
     ctx.start = time.perf_counter()
     supplied = req.headers.get("X-Request-ID", "")
     ctx.request_id = supplied if supplied and REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    coding = req.headers.get("Content-Encoding")
+    if coding and req.method in BODY_METHODS and req.routing_exception is None:
+        # Every protocol's body, decompressed once here (service/encoding.py: bounded by MAX_BODY_BYTES);
+        # werkzeug's cached body is then what get_data() and get_json() read.
+        req._cached_data = encoding.decode(req.get_data(), coding, current_app.extensions["settings"].max_body_bytes)
     # This service's own protocol takes JSON only; the standard protocols' codecs read their bodies
     # themselves (an Open Inference Protocol body may be JSON followed by raw tensor bytes).
     if req.method == "POST" and req.routing_exception is None and req.blueprint in JSON_BODY_BLUEPRINTS:
@@ -126,6 +133,12 @@ def _before() -> None:
             raise invalid("", "Input should be a valid dictionary (a JSON object)", "model_type")
 
 
+def compressible(req: Request, response: Response) -> bool:
+    """A body held in memory and not encoded yet (files, the page's assets, stream by themselves)."""
+    return (req.method != "HEAD" and not response.direct_passthrough and not response.is_streamed
+            and "Content-Encoding" not in response.headers and response.status_code not in (204, 304))
+
+
 def _after(response: Response) -> Response:
     req = request._get_current_object()
     ctx = g._get_current_object()
@@ -136,6 +149,12 @@ def _after(response: Response) -> Response:
     request_id = getattr(ctx, "request_id", "")
     response.headers["X-Request-ID"] = request_id
     response.headers["X-Content-Type-Options"] = "nosniff"  # an API's bodies are never to be sniffed
+    if "Accept-Encoding" in req.headers and compressible(req, response):
+        coding = encoding.negotiate(req.headers["Accept-Encoding"])
+        if coding is not None:
+            response.set_data(encoding.encode(response.get_data(), coding))
+            response.headers["Content-Encoding"] = coding
+        response.vary.add("Accept-Encoding")
     if endpoint != "/metrics":
         # a label value only for a model on record: a client naming others makes no new series
         known = model if not model or current_app.extensions["model_registry"].knows(model) else metrics.UNKNOWN_MODEL

@@ -20,11 +20,13 @@ import numpy as np
 
 from model.attribution import METHODS, Attribution, attribute, rows_needed
 from model.gradcheck import GradCheckResult, gradient_check
-from service import metrics
+from service import metrics, statistics
 from service.config import Settings
 from service.errors import ServiceError, invalid, too_large
+from service.policy import VersionPolicy
 from service.registry import ModelRegistry, ModelVersion
 from service.slots import Slots
+from service.statistics import VersionStats
 
 Runner = Callable[..., Any]  # runs a long computation: fn(*args, **kwargs), somewhere; returns its result
 
@@ -177,6 +179,23 @@ class DataPlane:
     def ready_versions(self, name: str) -> list[int]:
         return [v["version"] for v in self.describe(name)["versions"] if v["status"] == "ready"]
 
+    def version_policy(self, name: str) -> VersionPolicy:
+        """The policy choosing the model's served versions (its own config.json's, else the server's)."""
+        return self.registry.policy_of(name)
+
+    def statistics(self, name: str | None = None, version: int | None = None) -> list[tuple[str, int, VersionStats]]:
+        """Inference statistics of every serving version (of one model, or one version), summed over
+        the workers; a version that served no request yet is listed with zeros."""
+        if name is None:
+            keys = [(n, v) for n, versions in sorted(self.registry.models.items()) for v in sorted(versions)]
+        elif version is None:
+            self.describe(name)  # the 404 for an unknown model
+            keys = [(name, v) for v in self.ready_versions(name)]
+        else:
+            keys = [(name, self.resolve(name, version).version)]
+        recorded = statistics.read()
+        return [(n, v, recorded.get((n, v)) or VersionStats()) for n, v in keys]
+
     # -- running ----------------------------------------------------------------------------
     def infer(self, name: str, version: int | None, inputs: np.ndarray, field: str = "inputs") -> Inference:
         """Class probabilities for a batch of samples, in one vectorised forward pass.
@@ -186,10 +205,20 @@ class DataPlane:
         """
         check_batch_size(inputs, self.limits.max_batch, field)
         entry = self.resolve(name, version)
-        batch = as_batch(inputs, entry, field)
+        stats = statistics.recorder(entry.name, entry.version)  # only versions that exist are counted
+        start = time.perf_counter()
+        try:
+            batch = as_batch(inputs, entry, field)
+            prepared = time.perf_counter()
+            probabilities = entry.network.predict_proba(batch)
+            computed = time.perf_counter()
+            classes = probabilities.argmax(axis=1)
+        except BaseException:  # a bad sample (a 422) or a bug: the request failed on this version
+            stats.failed(time.perf_counter() - start)
+            raise
+        stats.succeeded(len(batch), prepared - start, computed - prepared, time.perf_counter() - computed)
         metrics.observe_batch(entry.name, len(batch))
-        probabilities = entry.network.predict_proba(batch)
-        return Inference(entry.name, entry.version, entry.labels, probabilities, probabilities.argmax(axis=1))
+        return Inference(entry.name, entry.version, entry.labels, probabilities, classes)
 
     def gradcheck(self, name: str, version: int | None, inputs: np.ndarray, labels: list[str], *, mode: str,
                   epsilon: float, samples: int, seed: int, tolerance: float, field: str = "inputs",

@@ -300,6 +300,11 @@ class ModelRegistry:
         raise not_found(f"model {name!r} has no version {version} serving (version policy {policy}); "
                         f"serving: {sorted(serving)}")
 
+    def policy_of(self, name: str) -> VersionPolicy:
+        """The version policy in force for a model (its config.json's, else the server's)."""
+        self._versions(name)  # 404 for an unknown model
+        return VersionPolicy.parse(self.snapshot.policies.get(name, str(self.policy)))
+
     def describe(self, name: str) -> dict[str, Any]:
         serving, failed = self._versions(name)
         versions = {**failed, **serving}

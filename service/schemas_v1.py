@@ -37,7 +37,9 @@ class VersionStatus(StrictModel):
 
 
 class ModelStatus(StrictModel):
-    model_version_status: list[VersionStatus]
+    name: str = Field(..., description="The model (KServe's V1 model-ready body)")
+    ready: bool = Field(..., description="Whether a version (the one named, if any) serves")
+    model_version_status: list[VersionStatus] = Field(..., description="TF Serving's version states")
 
 
 class Metadata(StrictModel):

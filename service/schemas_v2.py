@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field, RootModel, WithJsonSchema
 
-from service.schemas import StrictModel
+from service.schemas import ProtocolError, StrictModel
 
 Parameters = Annotated[dict[str, Any], Field(description="Free-form parameters, e.g. binary_data_size")]
 TensorData = Annotated[Any, WithJsonSchema({
@@ -32,6 +32,10 @@ class RequestOutput(StrictModel):
 
 
 class InferenceRequest(StrictModel):
+    # KServe's SDK names the model in the body too; accepted when it agrees with the URL
+    model_name: str | None = Field(None, max_length=256, description="If given, the URL's model")
+    model_version: str | None = Field(None, max_length=32, description="If given, the URL's version, or the "
+                                      "version to run when the URL names none")
     id: str | None = Field(None, max_length=256, description="Echoed in the response")
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(..., min_length=1)
@@ -64,6 +68,23 @@ class MetadataTensor(StrictModel):
     shape: list[int]
 
 
+class ServerLive(StrictModel):
+    live: bool
+
+
+class ServerReady(StrictModel):
+    ready: bool
+
+
+class ModelReady(StrictModel):
+    name: str
+    ready: bool
+
+
+class NotReadyOrError(RootModel[ModelReady | ProtocolError]):
+    """A 400 of a readiness route: the model (version) does not serve, or the request was malformed."""
+
+
 class ServerMetadata(StrictModel):
     name: str
     version: str
@@ -77,3 +98,57 @@ class ModelMetadata(StrictModel):
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
 
+
+
+# -- Triton's extensions: model configuration and statistics -------------------------------------
+class TensorConfig(StrictModel):
+    name: str
+    data_type: str = Field(..., description="TYPE_FP32, TYPE_STRING")
+    dims: list[int] = Field(..., description="Per sample: the batch dimension is max_batch_size's")
+    format: str | None = Field(None, description="Inputs: FORMAT_NONE")
+    reshape: dict[str, list[int]] | None = Field(None, description="A per-sample scalar: dims [1] served as []")
+
+
+class ModelConfig(StrictModel):
+    """The fields of Triton's ``ModelConfig`` (model_config.proto) that hold for this server's models."""
+
+    name: str
+    platform: str
+    version_policy: dict[str, dict[str, Any]] = Field(..., description="latest/num_versions, all, or specific")
+    max_batch_size: int = Field(..., description="MAX_BATCH: the largest batch one request may send")
+    input: list[TensorConfig]
+    output: list[TensorConfig]
+    instance_group: list[dict[str, Any]] = Field(..., description="One model copy per gunicorn worker, on the CPU")
+    default_model_filename: str
+    model_transaction_policy: dict[str, bool]
+    response_cache: dict[str, bool]
+
+
+class DurationStat(StrictModel):
+    count: int
+    ns: int
+
+
+class InferenceStats(StrictModel):
+    success: DurationStat
+    fail: DurationStat
+    queue: DurationStat
+    compute_input: DurationStat
+    compute_infer: DurationStat
+    compute_output: DurationStat
+    cache_hit: DurationStat
+    cache_miss: DurationStat
+
+
+class ModelStat(StrictModel):
+    name: str
+    version: str
+    last_inference: int = Field(..., description="Milliseconds since the epoch; 0 before the first")
+    inference_count: int = Field(..., description="Samples inferred")
+    execution_count: int = Field(..., description="Model executions (one per request: no server-side batching)")
+    inference_stats: InferenceStats
+    batch_stats: list[dict[str, Any]] = Field(..., description="Empty: no server-side batching")
+
+
+class ModelStatsResponse(StrictModel):
+    model_stats: list[ModelStat]

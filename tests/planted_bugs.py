@@ -114,6 +114,19 @@ BUGS = [
                "the client hung up mid-body: nobody to answer\n                pass",
                ("tests/integration/test_hostile.py::test_a_client_that_hangs_up_early_costs_nothing",),
                "a body cut short by a client that hung up is handed to the app"),
+    PlantedBug("v2_body_model_name_ignored", "service/blueprints/v2.py",
+               'if req.model_name not in (None, "") and req.model_name != name:', "if False:",
+               ("tests/integration/test_v2_protocol.py::test_a_body_contradicting_the_url_is_refused",
+                "tests/integration/test_kserve_sdk.py::test_v2_a_body_naming_another_model_is_refused"),
+               "a V2 body naming another model than its URL runs the URL's"),
+    PlantedBug("inflate_past_the_limit", "service/encoding.py", "    if len(chunk) > room:", "    if False:",
+               ("tests/test_encoding.py", "tests/integration/test_compression.py::test_a_zip_bomb_is_a_cheap_413"),
+               "a compressed body inflates past MAX_BODY_BYTES"),
+    PlantedBug("statistics_of_one_worker", "service/statistics.py", 'if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):',
+               "if False:",
+               ("tests/test_statistics.py",
+                "tests/integration/test_v2_extensions.py::test_statistics_move_with_traffic_from_every_protocol"),
+               "the V2 statistics count only the worker that answers the stats request"),
 ]
 
 

@@ -227,9 +227,12 @@ def test_a_model_may_set_its_own_policy_and_bad_policies_are_refused(tmp_path, m
         Settings.from_env({"VERSION_POLICY": "newest"})
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
 def test_the_page_is_served_with_a_strict_policy_and_stays_out_of_the_api_document(client):
-    page = client.get("/")
-    assert page.status_code == 200 and page.mimetype == "text/html"
+    page = client.get("/", headers={"Accept": BROWSER_ACCEPT})
+    assert page.status_code == 200 and page.mimetype == "text/html" and "Accept" in page.headers["Vary"]
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert b'<script type="module" src="/static/app.js">' in page.data
     script = client.get("/static/drawing.js")
@@ -239,6 +242,14 @@ def test_the_page_is_served_with_a_strict_policy_and_stays_out_of_the_api_docume
     assert "Content-Security-Policy" not in client.get("/healthz").headers  # the API is not a page
     paths = client.get("/openapi.json").json["paths"]
     assert "/" not in paths and not any(p.startswith(("/static", "/ui")) for p in paths)
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "text/html;q=0.5, application/json"])
+def test_the_root_answers_an_api_client_as_kserve_does(client, accept):
+    """KServe's model server root: its V1 SDK's server-live check reads {"status": "alive"} from GET /."""
+    r = client.get("/", headers={"Accept": accept} if accept else {})
+    assert r.status_code == 200 and r.mimetype == "application/json" and r.json == {"status": "alive"}
+    assert "Accept" in r.headers["Vary"]
 
 
 # -- the error contract, in-process: a broken handler fails the fast suite, not only integration --

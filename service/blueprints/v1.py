@@ -43,6 +43,12 @@ def v1_error(exc: ServiceError) -> tuple[int, bytes]:
 register_renderer("/v1/", v1_error)
 
 
+def server_live() -> Response:
+    """KServe's model server root, ``GET /``: its V1 SDK's server-live check reads ``status``. Served
+    by the page's view (``service/blueprints/ui.py``) to every client that does not ask for HTML."""
+    return respond_json({"status": "alive"})
+
+
 @v1.post("/v1/models/<model:name>:predict", responses={200: PredictResponse, **ERRORS})
 @parses_own_body(ModelPath)
 def predict(path: ModelPath, body: PredictRequest) -> Response:
@@ -123,13 +129,16 @@ def named_input(value: Any, field: str) -> Any:
 
 # -- status and metadata ------------------------------------------------------------------------------
 def status(name: str, version: int | None) -> Response:
+    """Both conventions in one body: KServe's model server answers ``{"name", "ready"}`` (its SDK's
+    model-ready check reads ``ready``), TF Serving ``model_version_status``."""
     g.model = name
     versions = dataplane().describe(name)["versions"]
     if version is not None:
         versions = [v for v in versions if v["version"] == version]
         if not versions:
             dataplane().resolve(name, version)  # the 404, worded as everywhere
-    return respond_json({"model_version_status": [
+    return respond_json({"name": name, "ready": any(v["status"] == "ready" for v in versions),
+                         "model_version_status": [
         {"version": str(v["version"]), "state": "AVAILABLE" if v["status"] == "ready" else "END",
          "status": {"error_code": "OK" if v["status"] == "ready" else "UNKNOWN", "error_message": v["error"] or ""}}
         for v in versions]})
@@ -137,7 +146,7 @@ def status(name: str, version: int | None) -> Response:
 
 @v1.get("/v1/models/<model:name>", responses={200: ModelStatus, **ERRORS})
 def model_status(path: ModelPath) -> Response:
-    """Every version's state: AVAILABLE, or END with the reason it failed to load."""
+    """Whether the model serves (``ready``), and every version's state: AVAILABLE, or END with the reason."""
     return status(path.name, None)
 
 

@@ -1,7 +1,11 @@
 """The Open Inference Protocol ("V2": Triton, MLServer, KServe) over REST, as a codec of the data plane.
 
-Health, server and model metadata, readiness, and inference with JSON tensors or with the binary
-tensor data extension: a request body may be a JSON header of ``Inference-Header-Content-Length``
+Health (``{"live": true}``, ``{"ready": ...}`` and ``{"name", "ready"}`` bodies, as KServe's
+server sends them; the status code is the answer for Triton's clients), server and model
+metadata, and inference with JSON tensors or with the binary tensor data extension. A body may
+name ``model_name``/``model_version`` (KServe's SDK does) if they agree with the URL.
+
+The binary tensor data extension: a request body may be a JSON header of ``Inference-Header-Content-Length``
 bytes followed by the raw little-endian bytes of each input that names its
 ``parameters.binary_data_size``; outputs asked for with ``parameters.binary_data`` (or all, with the
 request's ``parameters.binary_data_output``) come back the same way, with that header set on the
@@ -17,6 +21,7 @@ version that failed to load or when the server's explanation slots are all busy.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from typing import Any
 
@@ -26,7 +31,7 @@ from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import jsonio
-from service.blueprints import dataplane, empty, parses_own_body, respond_json
+from service.blueprints import dataplane, parses_own_body, respond_json
 from service.blueprints.inference import explain_options
 from service.dataplane import INPUT, INPUT_DATATYPES, LABEL, PROBABILITIES, Explanation, Inference, signature
 from service.error_handlers import register_renderer
@@ -36,17 +41,22 @@ from service.schemas_v2 import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
+    ModelReady,
+    NotReadyOrError,
     RequestInput,
     RequestOutput,
+    ServerLive,
     ServerMetadata,
+    ServerReady,
 )
 from service.worker import off_loop
 
 SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]  # the last two: v2_extensions.py
 ATTRIBUTIONS, CONVERGENCE_DELTA, TARGET = "attributions", "convergence_delta", "target"
 EXPLAIN_OUTPUTS = (ATTRIBUTIONS, CONVERGENCE_DELTA)
 HEADER_LENGTH = "Inference-Header-Content-Length"
+VERSION_TEXT = re.compile(r"[0-9]{1,9}")
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
 BINARY_DOC = (
     "Binary tensor data extension: send the JSON header, then each input's raw little-endian bytes in "
@@ -78,30 +88,33 @@ def server_metadata() -> Response:
     return respond_json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
-@v2.get("/v2/health/live", responses={200: None})
+@v2.get("/v2/health/live", responses={200: ServerLive})
 def live() -> Response:
-    """200 while the process answers."""
-    return empty()
+    """200 while the process answers, with KServe's body ``{"live": true}``."""
+    return respond_json({"live": True})
 
 
-@v2.get("/v2/health/ready", responses={200: None, 400: None})
+@v2.get("/v2/health/ready", responses={200: ServerReady, 400: ServerReady})
 def ready() -> Response:
-    """200 when every model version found is loaded (as /readyz), else 400."""
-    return empty(200 if dataplane().readiness()[0] else 400)
+    """200 ``{"ready": true}`` when every model version found is loaded (as /readyz), else 400 ``{"ready": false}``."""
+    is_ready = dataplane().readiness()[0]
+    return respond_json({"ready": is_ready}, 200 if is_ready else 400)
 
 
 def model_ready(name: str, version: int | None) -> Response:
     g.model = name
-    return empty(200 if dataplane().is_ready(name, version) else 400)
+    is_ready = dataplane().is_ready(name, version)
+    return respond_json({"name": name, "ready": is_ready}, 200 if is_ready else 400)
 
 
-@v2.get("/v2/models/<name>/ready", responses={200: None, 400: None, 404: ProtocolError})
+@v2.get("/v2/models/<name>/ready", responses={200: ModelReady, 400: NotReadyOrError, 404: ProtocolError})
 def model_is_ready(path: ModelPath) -> Response:
     """200 when the model has a version that serves, 400 when it has none, 404 for an unknown model."""
     return model_ready(path.name, None)
 
 
-@v2.get("/v2/models/<name>/versions/<version>/ready", responses={200: None, 400: None, 404: ProtocolError})
+@v2.get("/v2/models/<name>/versions/<version>/ready", responses={200: ModelReady, 400: NotReadyOrError,
+                                                                 404: ProtocolError})
 def version_is_ready(path: VersionPath) -> Response:
     """200 when that version serves, 400 when it failed to load, 404 when there is no such version."""
     return model_ready(path.name, int(path.version))
@@ -155,6 +168,7 @@ def run_inference(name: str, version: int | None) -> Response:
     head, binary = split_body(request.get_data())
     jsonio.check_value_count(head, dataplane().max_values)
     req = InferenceRequest.model_validate(jsonio.loads(head))
+    version = named_in_body(req, name, version)
     names = [i.name for i in req.inputs]
     explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]
     if names.count(INPUT) != 1 or not set(names) <= {INPUT, TARGET} or len(names) != len(set(names)) or \
@@ -196,6 +210,23 @@ def decode_targets(inp: RequestInput) -> list[str]:
     if not isinstance(data, list) or not all(isinstance(v, str) for v in data) or len(data) != math.prod(inp.shape):
         raise bad_request(f"input '{TARGET}' must hold {math.prod(inp.shape)} class names (strings) as its data")
     return data
+
+
+def named_in_body(req: InferenceRequest, name: str, version: int | None) -> int | None:
+    """The version to run, once the body's ``model_name``/``model_version`` (KServe's SDK sends them)
+    agree with the URL: a body that names another model or version is a 400; a body version where
+    the URL names none selects it."""
+    if req.model_name not in (None, "") and req.model_name != name:
+        raise bad_request(f"the body's model_name {quote(req.model_name)} contradicts the URL's model '{name}'")
+    if req.model_version in (None, ""):
+        return version
+    if not VERSION_TEXT.fullmatch(req.model_version):
+        raise bad_request(f"the body's model_version must be a version number, got {quote(req.model_version)}")
+    named = int(req.model_version)
+    if version is not None and named != version:
+        raise bad_request(f"the body's model_version {quote(req.model_version)} contradicts the URL's version "
+                          f"{version}")
+    return named
 
 
 def split_body(raw: bytes) -> tuple[bytes, memoryview]:

@@ -130,7 +130,7 @@ def session(browser, base_url) -> Iterator[PageSession]:
 
 
 def test_the_page_and_its_assets_are_served(base_url):
-    page = requests.get(f"{base_url}/", timeout=10)
+    page = requests.get(f"{base_url}/", headers={"Accept": "text/html"}, timeout=10)  # as a browser asks
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     for asset, kind in [("app.js", "javascript"), ("drawing.js", "javascript"), ("app.css", "text/css")]:

@@ -55,8 +55,12 @@ def test_a_bad_model_file_does_not_take_the_server_down(tmp_path, broken_reposit
         # the standard protocols say the same: V2 readiness by status code, V1 version states
         assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
         assert requests.get(f"{server.url}/v2/models/mnist/ready", timeout=5).status_code == 200
-        assert requests.get(f"{server.url}/v2/models/mnist/versions/2/ready", timeout=5).status_code == 400
-        states = requests.get(f"{server.url}/v1/models/mnist", timeout=5).json()["model_version_status"]
+        failed = requests.get(f"{server.url}/v2/models/mnist/versions/2/ready", timeout=5)
+        assert failed.status_code == 400 and failed.json() == {"name": "mnist", "ready": False}
+        assert requests.get(f"{server.url}/v1/models/mnist/versions/2", timeout=5).json()["ready"] is False
+        status = requests.get(f"{server.url}/v1/models/mnist", timeout=5).json()
+        assert status["ready"] is True  # version 1 serves
+        states = status["model_version_status"]
         assert [(v["version"], v["state"]) for v in states] == [("1", "AVAILABLE"), ("2", "END")]
         assert "not a readable .npz" in states[1]["status"]["error_message"]
         # what an unauthenticated client reads names the file within the repository, not the server's disk

@@ -44,15 +44,26 @@ def test_columnar_format(base_url, inputs):
 
 
 def test_version_status_and_metadata(base_url):
-    assert requests.get(f"{base_url}/v1/models/mnist", timeout=10).json() == {"model_version_status": [
+    # KServe's model-ready keys and TF Serving's version states, in one body
+    assert requests.get(f"{base_url}/v1/models/mnist", timeout=10).json() == {"name": "mnist", "ready": True,
+                                                                              "model_version_status": [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
-    assert requests.get(f"{base_url}/v1/models/mnist/versions/1", timeout=10).status_code == 200
+    version = requests.get(f"{base_url}/v1/models/mnist/versions/1", timeout=10)
+    assert version.status_code == 200 and version.json()["ready"] is True
     meta = requests.get(f"{base_url}/v1/models/digits/metadata", timeout=10).json()
     assert meta["model_spec"] == {"name": "digits", "signature_name": "", "version": "1"}
     sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert sig["inputs"]["input"]["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in sig["inputs"]["input"]["tensor_shape"]["dim"]] == ["-1", "5", "5"]
     assert [d["size"] for d in sig["outputs"]["probabilities"]["tensor_shape"]["dim"]] == ["-1", "5"]
+
+
+@pytest.mark.parametrize("accept,kind", [("*/*", "application/json"), ("text/html,*/*;q=0.8", "text/html")])
+def test_the_root_is_kserve_server_live_for_api_clients_and_the_page_for_browsers(base_url, accept, kind):
+    r = requests.get(f"{base_url}/", headers={"Accept": accept}, timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith(kind) and "Accept" in r.headers["Vary"]
+    if kind == "application/json":
+        assert r.json() == {"status": "alive"}
 
 
 @pytest.mark.parametrize("path,body,status,words", [

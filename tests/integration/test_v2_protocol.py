@@ -46,6 +46,45 @@ def test_health(client):
     assert not client.is_model_ready("mnist", "7")
 
 
+def test_health_bodies_are_kservers(base_url):
+    """KServe's SDK reads the bodies; Triton's clients read the status codes."""
+    assert requests.get(f"{base_url}/v2/health/live", timeout=10).json() == {"live": True}
+    assert requests.get(f"{base_url}/v2/health/ready", timeout=10).json() == {"ready": True}
+    assert requests.get(f"{base_url}/v2/models/xor/ready", timeout=10).json() == {"name": "xor", "ready": True}
+    assert requests.get(f"{base_url}/v2/models/xor/versions/1/ready", timeout=10).json() == {"name": "xor",
+                                                                                           "ready": True}
+    unknown = requests.get(f"{base_url}/v2/models/resnet/ready", timeout=10)
+    assert unknown.status_code == 404 and "unknown model 'resnet'" in unknown.json()["error"]
+
+
+XOR_INPUT = {"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}
+
+
+@pytest.mark.parametrize("path,named", [
+    ("/v2/models/xor/infer", {"model_name": "xor"}),
+    ("/v2/models/xor/infer", {"model_name": "xor", "model_version": "1"}),
+    ("/v2/models/xor/infer", {"model_version": "1"}),
+    ("/v2/models/xor/versions/1/infer", {"model_name": "xor", "model_version": "1"}),
+    ("/v2/models/xor/infer", {"model_name": None, "model_version": None}),
+])
+def test_a_body_may_name_the_model_the_url_names(base_url, path, named):
+    r = requests.post(f"{base_url}{path}", data=json.dumps({**named, "inputs": [XOR_INPUT]}), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["model_name"] == "xor" and r.json()["model_version"] == "1"
+
+
+@pytest.mark.parametrize("path,named,status,words", [
+    ("/v2/models/xor/infer", {"model_name": "digits"}, 400, "model_name 'digits' contradicts the URL's model 'xor'"),
+    ("/v2/models/xor/versions/1/infer", {"model_version": "2"}, 400, "contradicts the URL's version 1"),
+    ("/v2/models/xor/infer", {"model_version": "latest"}, 400, "model_version must be a version number"),
+    ("/v2/models/xor/infer", {"model_version": "9"}, 404, "no version 9"),
+    ("/v2/models/xor/infer", {"model_name": "xor", "model": "xor"}, 400, "Extra inputs are not permitted"),
+])
+def test_a_body_contradicting_the_url_is_refused(base_url, path, named, status, words):
+    r = requests.post(f"{base_url}{path}", data=json.dumps({**named, "inputs": [XOR_INPUT]}), timeout=10)
+    assert r.status_code == status and set(r.json()) == {"error"} and words in r.json()["error"], r.text
+
+
 def test_server_and_model_metadata(client):
     server = client.get_server_metadata()
     assert server["name"] == "numpy-nets" and "binary_tensor_data" in server["extensions"]

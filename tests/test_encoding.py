@@ -1,0 +1,81 @@
+"""The content-coding rule (service/encoding.py), transport-free: limits to the byte, codings in
+order, Accept-Encoding negotiation, and every refusal with its status."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from service import encoding
+from service.errors import ServiceError
+
+BODY = b'{"inputs": [[0, 1], [1, 1]]}' * 50
+
+
+def status_of(call) -> int:
+    with pytest.raises(ServiceError) as info:
+        call()
+    return info.value.status
+
+
+@pytest.mark.parametrize("header,data", [
+    ("gzip", gzip.compress(BODY)), ("x-gzip", gzip.compress(BODY)), ("GZIP", gzip.compress(BODY)),
+    ("deflate", zlib.compress(BODY)), ("deflate", zlib.compress(BODY)[2:-4]),  # zlib format, and raw deflate
+    ("identity", BODY), ("", BODY), (None, BODY),
+    ("deflate, gzip", gzip.compress(zlib.compress(BODY))), ("gzip, identity", gzip.compress(BODY)),
+    ("gzip", gzip.compress(BODY[:100]) + gzip.compress(BODY[100:])),  # two gzip members
+])
+def test_decodes(header, data):
+    assert encoding.decode(data, header, len(BODY)) == BODY
+
+
+@pytest.mark.parametrize("coding,compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_the_limit_holds_to_the_byte(coding, compress):
+    data = compress(BODY)
+    assert encoding.decode(data, coding, len(BODY)) == BODY
+    assert status_of(lambda: encoding.decode(data, coding, len(BODY) - 1)) == 413
+
+
+def test_a_gzip_trailer_that_understates_the_size_is_stopped_by_the_stream():
+    data = gzip.compress(BODY)[:-4] + (10).to_bytes(4, "little")
+    assert status_of(lambda: encoding.decode(data, "gzip", len(BODY) // 2)) == 413
+
+
+def test_the_limit_spans_gzip_members():
+    data = gzip.compress(BODY) + gzip.compress(BODY)
+    assert encoding.decode(data, "gzip", 2 * len(BODY)) == BODY * 2
+    assert status_of(lambda: encoding.decode(data, "gzip", 2 * len(BODY) - 1)) == 413
+
+
+@pytest.mark.parametrize("header,data,status", [
+    ("br", BODY, 415), ("gzip, zstd", BODY, 415), ("gzip," * 5, gzip.compress(BODY), 415),
+    ("gzip", BODY, 400), ("deflate", b"\x00\x01 not deflate", 400),
+    ("gzip", gzip.compress(BODY)[:-6], 400), ("deflate", zlib.compress(BODY)[:-3], 400),
+    ("deflate", zlib.compress(BODY) + b"tail", 400), ("gzip", gzip.compress(BODY) + b"tail", 400),
+])
+def test_refusals(header, data, status):
+    assert status_of(lambda: encoding.decode(data, header, 10 * len(BODY))) == status
+
+
+def test_a_refused_coding_is_named_briefly():
+    with pytest.raises(ServiceError) as info:
+        encoding.decode(BODY, "br" * 100, 1000)
+    assert info.value.message.startswith("Content-Encoding 'brbr") and "(202 characters)" in info.value.message
+
+
+@pytest.mark.parametrize("header,chosen", [
+    (None, None), ("", None), ("identity", None), ("gzip", "gzip"), ("deflate", "deflate"),
+    ("gzip, deflate", "gzip"), ("deflate, gzip", "gzip"), ("gzip;q=0.5, deflate", "deflate"),
+    ("gzip;q=0", None), ("*", "gzip"), ("*;q=0", None), ("*, gzip;q=0", "deflate"), ("br, gzip;q=0.1", "gzip"),
+    ("gzip;q=bad", None),
+])
+def test_negotiation(header, chosen):
+    assert encoding.negotiate(header) == chosen
+
+
+@pytest.mark.parametrize("coding,decompress", [("gzip", gzip.decompress), ("deflate", zlib.decompress)])
+def test_encode_round_trips(coding, decompress):
+    assert decompress(encoding.encode(BODY, coding)) == BODY
+    assert encoding.decode(encoding.encode(BODY, coding), coding, len(BODY)) == BODY
