@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -90,12 +90,36 @@ class Gradcheck:
     seconds: float
 
 
+class Runner(Protocol):
+    """What runs a validated batch on a model version: inline here, batched in the gunicorn worker
+    (``service/batcher.py``, installed after fork); the data plane never knows which."""
+
+    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        """(rows, features) of ``entry.dtype`` -> (rows, classes) probabilities."""
+
+    def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
+        """The batching state of these versions, for ``GET /models/{m}``."""
+
+
+class InlineRunner:
+    """One forward pass per request, on the caller's thread (tests, ``flask run``, ``BATCHING=off``)."""
+
+    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        metrics.observe_executed(entry.name, len(batch))
+        return entry.network.predict_proba(batch)
+
+    def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
+        return {"enabled": False, "mode": "off"}
+
+
 class DataPlane:
     """Models by name and version, and the two things a client can run on them."""
 
-    def __init__(self, registry: ModelRegistry, limits: Limits | None = None, state_dir: Path | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, limits: Limits | None = None, state_dir: Path | None = None,
+                 runner: Runner | None = None) -> None:
         self.registry = registry
         self.limits = limits or Limits()
+        self.runner: Runner = runner or InlineRunner()
         # at most gradcheck_concurrency at once across all workers, so one worker stays free for /predict
         self.gradcheck_slots = Slots(self.limits.gradcheck_concurrency, state_dir, "gradcheck")
 
@@ -104,7 +128,9 @@ class DataPlane:
         return sorted(self.registry.models)
 
     def describe(self, name: str) -> dict[str, Any]:
-        return self.registry.describe(name)
+        info = self.registry.describe(name)
+        serving = self.registry.snapshot.serving.get(name, {})
+        return {**info, "batching": self.runner.describe([serving[v] for v in sorted(serving)])}
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         return self.registry.status()
@@ -137,7 +163,7 @@ class DataPlane:
         entry = self.resolve(name, version)
         batch = as_batch(inputs, entry, field)
         metrics.observe_batch(entry.name, len(batch))
-        probabilities = entry.network.predict_proba(batch)
+        probabilities = self.runner.run(entry, batch)  # validated first: a bad request never joins a batch
         return Inference(entry.name, entry.version, entry.labels, probabilities, probabilities.argmax(axis=1))
 
     def gradcheck(self, name: str, version: int | None, inputs: np.ndarray, labels: list[str], *, mode: str,

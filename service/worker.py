@@ -16,6 +16,7 @@ On top of gunicorn's gevent worker this adds what a buffering proxy would do in 
 * a body over ``MAX_BODY_BYTES`` is never read: the app answers 413 and the connection closes;
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * a gradcheck runs on the worker's background thread (:func:`off_loop`), not on the event loop;
+* concurrent inference requests share forward passes (``service/batcher.py``, set up in :meth:`run`);
 * connections take turns: each yields to the others after every request;
 * the model repository is rescanned every ``MODEL_POLL_SECONDS`` (``service/registry.py``);
 * on a graceful stop, connections waiting idle between requests are closed at once instead of
@@ -41,6 +42,7 @@ from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 from service import metrics
+from service.batcher import install as install_batcher
 from service.config import Settings
 from service.errors import ServiceError
 
@@ -97,10 +99,14 @@ class BufferingGeventWorker(GeventWorker):
         self.request_timeout = float(settings.request_timeout)
         self.max_body = settings.max_body_bytes
         self.poll_seconds = settings.model_poll_seconds
+        self.settings = settings
         self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait for the next request
         super().init_process()
 
     def run(self) -> None:
+        # after fork (the app is preloaded in the master): the batcher's thread, queues and cost tables
+        # belong to this process (service/batcher.py)
+        install_batcher(self.wsgi, self.settings)
         registry = getattr(self.wsgi, "extensions", {}).get("model_registry")
         if registry is not None:
             gevent.spawn(self.watch_repository, registry, self.poll_seconds)
