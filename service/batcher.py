@@ -40,7 +40,7 @@ OFF_LOOP_SECONDS = 0.002  # a pass estimated longer than this runs on the model 
 LEAD, DONE = "lead", "done"
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (its rows are an array)
 class Pending:
     """One request's rows in a queue, and what it is given back."""
 
@@ -51,7 +51,7 @@ class Pending:
     error: BaseException | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class VersionQueue:
     entry: ModelVersion
     items: list[Pending] = field(default_factory=list)
@@ -127,6 +127,9 @@ class GeventBatcher:
                 queue.enough.wait(max(0.0, self.delay - (time.perf_counter() - queue.items[0].enqueued)))
             self.execute(queue, self.take(queue), table)
         finally:
+            if item in queue.items:  # interrupted before its batch was taken (a stop): out of the queue
+                queue.items.remove(item)
+                queue.rows -= len(item.rows)
             self.hand_on(key, queue)
         return self.outcome(item)
 

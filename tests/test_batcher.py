@@ -5,6 +5,7 @@ answers equal each request's own pass within the float32 policy. The real server
 from __future__ import annotations
 
 import dataclasses
+import time
 import weakref
 
 import gevent
@@ -134,3 +135,33 @@ def test_two_loads_of_one_version_never_share_a_pass(registry):
     before = executed("digits")
     run_together(batcher, [(old, x), (new, x), (old, x), (new, x)])
     assert np.subtract(executed("digits"), before).tolist() == [2, 4]
+
+
+class Slow:
+    """A network whose pass takes 50 ms on the model thread (its table says so, so it runs off the loop)."""
+
+    def __init__(self, network) -> None:
+        self.network, self.dtype = network, network.dtype
+
+    def predict_proba(self, x):
+        time.sleep(0.05)
+        return self.network.predict_proba(x)
+
+
+def test_a_request_killed_while_it_waits_strands_nobody(registry):
+    """A waiting request's greenlet is killed (as on a stop) while a pass runs: the requests queued
+    behind it still get a leader and their answers, and the queue empties."""
+    digits = registry.get("digits")
+    slow = dataclasses.replace(digits, network=Slow(digits.network))
+    batcher = GeventBatcher(max_batch=1024)
+    with_table(batcher, slow, CostTable((1, 2, 4), (0.05, 0.05, 0.05)))
+    x = np.zeros((1, 25), np.float32)
+    first = gevent.spawn(batcher.run, slow, x)
+    gevent.sleep(0.01)  # the first pass is running on the model thread
+    survivor, doomed = gevent.spawn(batcher.run, slow, x.copy()), gevent.spawn(batcher.run, slow, x.copy())
+    gevent.sleep(0.005)  # both queued behind it
+    assert len(batcher.queues[id(slow)].items) == 2
+    doomed.kill()
+    gevent.joinall([first, survivor], timeout=30, raise_error=True)
+    assert_probabilities_close(survivor.value, digits.network.predict_proba(x))
+    assert first.value is not None and not batcher.queues
