@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from service.registry import ModelRegistry, ModelVersion
 from service.slots import Slots
 from service.statistics import VersionStats
 
-Runner = Callable[..., Any]  # runs a long computation: fn(*args, **kwargs), somewhere; returns its result
+Offload = Callable[..., Any]  # runs a long computation: fn(*args, **kwargs), somewhere; returns its result
 
 
 def run_inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -136,12 +136,36 @@ class ExplainOptions:
     given: frozenset[str] = frozenset()  # the fields the client set, so one its method ignores is refused
 
 
+class Runner(Protocol):
+    """What runs a validated batch on a model version: inline here, batched in the gunicorn worker
+    (``service/batcher.py``, installed after fork); the data plane never knows which."""
+
+    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        """(rows, features) of ``entry.dtype`` -> (rows, classes) probabilities."""
+
+    def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
+        """The batching state of these versions, for ``GET /models/{m}``."""
+
+
+class InlineRunner:
+    """One forward pass per request, on the caller's thread (tests, ``flask run``, ``BATCHING=off``)."""
+
+    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        metrics.observe_executed(entry.name, len(batch))
+        return entry.network.predict_proba(batch)
+
+    def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
+        return {"enabled": False, "mode": "off"}
+
+
 class DataPlane:
     """Models by name and version, and the three things a client can run on them."""
 
-    def __init__(self, registry: ModelRegistry, limits: Limits | None = None, state_dir: Path | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, limits: Limits | None = None, state_dir: Path | None = None,
+                 runner: Runner | None = None) -> None:
         self.registry = registry
         self.limits = limits or Limits()
+        self.runner: Runner = runner or InlineRunner()
         # at most gradcheck_concurrency at once across all workers, so one worker stays free for /predict
         self.gradcheck_slots = Slots(self.limits.gradcheck_concurrency, state_dir, "gradcheck")
 
@@ -150,7 +174,9 @@ class DataPlane:
         return sorted(self.registry.models)
 
     def describe(self, name: str) -> dict[str, Any]:
-        return self.registry.describe(name)
+        info = self.registry.describe(name)
+        serving = self.registry.snapshot.serving.get(name, {})
+        return {**info, "batching": self.runner.describe([serving[v] for v in sorted(serving)])}
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         return self.registry.status()
@@ -210,7 +236,8 @@ class DataPlane:
         try:
             batch = as_batch(inputs, entry, field)
             prepared = time.perf_counter()
-            probabilities = entry.network.predict_proba(batch)
+            # validated first: a bad request never joins a batch; the runner may merge this one with others
+            probabilities = self.runner.run(entry, batch)
             computed = time.perf_counter()
             classes = probabilities.argmax(axis=1)
         except BaseException:  # a bad sample (a 422) or a bug: the request failed on this version
@@ -222,7 +249,7 @@ class DataPlane:
 
     def gradcheck(self, name: str, version: int | None, inputs: np.ndarray, labels: list[str], *, mode: str,
                   epsilon: float, samples: int, seed: int, tolerance: float, field: str = "inputs",
-                  run: Runner = run_inline) -> Gradcheck:
+                  run: Offload = run_inline) -> Gradcheck:
         """The library's gradient check on a float64 copy of the served weights, within the limits.
 
         The checks and the slot are taken here, in the caller's thread, so a request over the limit is
@@ -265,7 +292,7 @@ class DataPlane:
 
 
     def explain(self, name: str, version: int | None, inputs: np.ndarray, targets: list[str] | None,
-                options: ExplainOptions, field: str = "inputs", run: Runner = run_inline) -> Explanation:
+                options: ExplainOptions, field: str = "inputs", run: Offload = run_inline) -> Explanation:
         """Attributions from the backward pass of a float64 copy of the served weights, within the limits.
 
         ``targets`` names a class per input (None: each input's predicted class). The work is bounded
