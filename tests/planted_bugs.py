@@ -46,7 +46,7 @@ BUGS = [
                ("tests/integration/test_errors.py::test_a_boolean_is_not_a_number_in_any_protocol",
                 "tests/test_dataplane_properties.py"),
                "a JSON false is read as 0 when the body holds no true"),
-    PlantedBug("gradcheck_cost_tensors", "service/dataplane.py",
+    PlantedBug("gradcheck_cost_tensors", "service/diagnostics.py",
                'else samples * len(network.named_params())', 'else samples',
                ("tests/test_service_unit.py::test_gradcheck_cost_is_a_hand_count",
                 "tests/test_service_unit.py::test_a_gradcheck_just_over_its_cost_bound_is_refused"),

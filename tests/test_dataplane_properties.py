@@ -81,7 +81,10 @@ def expected_status(value, model: str) -> set[int]:
     sample_shape, (lo, hi) = MODELS[model]
     if shape[1:] not in ((math.prod(sample_shape),), sample_shape):
         return {422}
-    flat = np.asarray(value, dtype=np.float64).ravel()
+    try:
+        flat = np.asarray(value, dtype=np.float64).ravel()
+    except OverflowError:  # an integer past float64's range: not a finite number
+        return {422}
     if not np.all(np.isfinite(flat)) or flat.min() < lo or flat.max() > hi:
         return {422}
     return {200}

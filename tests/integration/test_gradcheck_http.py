@@ -82,7 +82,8 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicor
     import requests
 
     from model.io import load_model
-    from service.dataplane import Limits, gradcheck_cost
+    from service.dataplane import Limits
+    from service.diagnostics import gradcheck_cost
     from tests.conftest import ROOT
 
     url = gunicorn_server.url
