@@ -83,7 +83,10 @@ def test_a_failing_pass_fails_its_own_requests_only(registry):
     digits = registry.get("digits")
     broken = dataclasses.replace(digits, network=Failing(digits.network))
     xor = registry.get("xor")
-    batcher = GeventBatcher(max_batch=1024)
+    # The queue-delay mode (Triton's max_queue_delay / preferred_batch_size): the digits leader waits
+    # until its six requests have joined. With the default single turn, which requests join depends on
+    # how the loop schedules them, and on a busy machine (a CI run at load 10) it once took fewer.
+    batcher = GeventBatcher(max_batch=1024, max_queue_delay_us=500_000, preferred=(6,))
     for entry in (broken, xor):
         with_table(batcher, entry)
     rng = np.random.default_rng(0)
