@@ -97,7 +97,7 @@ def test_a_failing_pass_fails_its_own_requests_only(registry):
     # one turn: the five digits requests share a pass that fails; xor's requests (another version) do not
     results = run_together(batcher, [(broken, good[0]), (broken, poison), *[(broken, x) for x in good[1:]],
                                      *[(xor, x) for x in pairs]])
-    assert all(isinstance(r, FloatingPointError) for r in results[:6])
+    assert all(isinstance(r, FloatingPointError) for r in results[:6]), [type(r).__name__ for r in results]
     for x, r in zip(pairs, results[6:], strict=True):
         assert_probabilities_close(r, xor.network.predict_proba(x))
     assert np.subtract(executed("digits"), before).tolist() == [1, 6]  # one merged pass of six
