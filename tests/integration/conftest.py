@@ -58,9 +58,12 @@ class LocalServer:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()  # GRPC_PORT: never the default 8001, which servers side by side would share
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = tmp / f"server-{self.port}.log"
         environ = {**os.environ, **SERVER_ENV, "HOST": "127.0.0.1", "PORT": str(self.port),
-                   "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"), **env}
+                   "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"),
+                   "GRPC_PORT": str(self.grpc_port), **env}
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environ,
                                      stdout=self.log, stderr=subprocess.STDOUT)
