@@ -31,7 +31,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 
-from service import metrics
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.logs import JSONFormatter
@@ -45,13 +44,12 @@ log = logging.getLogger("service.grpc")
 
 
 def build_plane(settings: Settings) -> DataPlane:
-    """The data plane exactly as the HTTP app builds it (service/app.py)."""
+    """The data plane as the HTTP app builds it (service/app.py), on the same repository and state."""
     registry = ModelRegistry(settings.model_dir, VersionPolicy.parse(settings.version_policy),
                              settings.model_settle_seconds,
-                             settings.state_dir / "repository.json" if settings.state_dir else None).load_all()
-    for name in registry.models:
-        metrics.LOAD_FAILURES.labels(name)
-    return DataPlane(registry, Limits.from_settings(settings), settings.state_dir)
+                             settings.state_dir / "repository.json" if settings.state_dir else None)
+    registry.counts_failures = False  # the HTTP side counts them (service/registry.py)
+    return DataPlane(registry.load_all(), Limits.from_settings(settings), settings.state_dir)
 
 
 class GRPCServer:

@@ -12,6 +12,7 @@ give it the environment in ``SERVER_ENV`` so the limits the tests probe are the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -87,6 +88,15 @@ class LocalServer:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+    def master_pid(self) -> int:
+        """gunicorn's master: the process started here, or (gRPC on) its child running gunicorn."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        for pid in map(int, out.split()):
+            with contextlib.suppress(OSError):
+                if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+        return self.proc.pid
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace")
