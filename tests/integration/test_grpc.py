@@ -251,3 +251,31 @@ def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
     assert len(results) == 24 and statuses <= {"OK", "StatusCode.UNAVAILABLE"}, results
     assert any(status == "OK" and at > signalled for at, status in results), "no call finished after SIGTERM"
     assert "Traceback" not in srv.read_log()
+
+
+def test_kserves_grpc_client(server, samples):
+    """KServe's own InferenceGRPCClient (kserve.inference_client, from the wheel): live, ready, infer."""
+    import asyncio
+
+    from tests.integration.test_kserve_sdk import load_sdk
+
+    sdk = load_sdk()
+    x = samples["digits"]
+    expected, _ = predict(server.url, "digits", x)
+
+    async def run():
+        client = sdk.InferenceGRPCClient(server.grpc_target, timeout=30)
+        try:
+            assert await client.is_server_live() and await client.is_server_ready()
+            assert await client.is_model_ready("digits")
+            tensor = sdk.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=True)
+            request = sdk.InferRequest(model_name="digits", infer_inputs=[tensor], request_id="k1")
+            return await client.infer(request)
+        finally:
+            await client.close()
+
+    response = asyncio.run(run())
+    assert response.model_name == "digits" and response.id == "k1"
+    got = next(o for o in response.outputs if o.name == "probabilities").as_numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
