@@ -279,3 +279,38 @@ def test_kserves_grpc_client(server, samples):
     assert response.model_name == "digits" and response.id == "k1"
     got = next(o for o in response.outputs if o.name == "probabilities").as_numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_hot_reload_and_a_failed_version_over_grpc(tmp_path):
+    """A version written into the repository serves over gRPC within the poll interval, as over HTTP; a
+    version that failed to load is UNAVAILABLE, and the others keep serving."""
+    import shutil
+
+    from tests.bad_weights import make_bad
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repository" / "xor", repo / "xor")
+    srv = LocalServer(tmp_path / "server", MODEL_DIR=str(repo), MODEL_POLL_SECONDS="1", MODEL_SETTLE_SECONDS="0.5",
+                      VERSION_POLICY="all", WORKERS="1").start()
+    try:
+        wait_grpc(srv.grpc_target)
+        x = np.array([[0, 1]], np.float32)
+        with grpcclient.InferenceServerClient(srv.grpc_target) as c:
+            assert c.get_model_metadata("xor", as_json=True)["versions"] == ["1"]
+            good = repo / "xor" / "1" / "model.npz"
+            make_bad("wrong shape", good, repo / "xor" / "2" / "model.npz")
+            (repo / "xor" / "3").mkdir()
+            shutil.copyfile(good, repo / "xor" / "3" / "model.npz")
+            deadline = time.monotonic() + 30
+            while c.get_model_metadata("xor", as_json=True)["versions"] != ["1", "3"]:
+                assert time.monotonic() < deadline, c.get_model_metadata("xor", as_json=True)
+                time.sleep(0.2)
+            assert raw_infer(c, "xor", x).get_response().model_version == "3"  # the newest that serves
+            failed = infer_error(c, "xor", x, model_version="2")
+            assert failed.status() == "StatusCode.UNAVAILABLE" and "xor/2 failed to load" in failed.message()
+            assert not c.is_model_ready("xor", "2") and c.is_model_ready("xor", "3")
+            while requests.get(f"{srv.url}/v2/models/xor", timeout=10).json()["versions"] != ["1", "3"]:
+                assert time.monotonic() < deadline  # HTTP's workers rescan on their own clock, as often
+                time.sleep(0.2)
+    finally:
+        assert srv.stop() == 0, srv.read_log()[-3000:]
