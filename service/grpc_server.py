@@ -20,6 +20,7 @@ it finishes.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -64,7 +65,7 @@ class GRPCServer:
             ("grpc.max_receive_message_length", settings.max_body_bytes),  # MAX_BODY_BYTES, as over HTTP
             ("grpc.max_send_message_length", -1),
         ])
-        self.servicer = InferenceServicer(plane, settings.grpc_threads)
+        self.servicer = InferenceServicer(plane, settings.grpc_threads, settings.admin_token)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -112,12 +113,16 @@ def main() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr (a stuck stop)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, lambda *_: stop.set())
     server = GRPCServer(settings, build_plane(settings))
     log.info("gRPC serving on %s:%d (pid %d)", settings.host, settings.grpc_port, os.getpid())
-    stop.wait()
+    # With a timeout: a process-directed signal may be taken by one of grpcio's threads, and Python runs
+    # its handler only when the main thread next runs bytecode (an untimed wait hung for good, 1 stop in 5).
+    while not stop.wait(0.2):
+        pass
     server.stop()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(os.getpid())

@@ -7,7 +7,8 @@ once, in ``raw_input_contents``; outputs always come back in ``raw_output_conten
 them). With no outputs named, every output is returned (the protocol's rule). Errors are gRPC status
 codes as Triton gives them: NOT_FOUND (unknown model or version), INVALID_ARGUMENT (a client mistake),
 RESOURCE_EXHAUSTED (over MAX_BATCH; the message size limit is grpcio's own), UNAVAILABLE (a version
-that failed to load).
+that failed to load), and UNAUTHENTICATED / PERMISSION_DENIED for the repository RPCs without or with
+a wrong token.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import unknown_fields
+from pydantic import SecretStr
 
 from model.repository import NAME_PATTERN
 from service import metrics
@@ -28,7 +31,7 @@ from service.dataplane import INPUT, LABEL, PROBABILITIES, DataPlane, signature
 from service.errors import ServiceError, bad_request, not_found, quote
 from service.protocols import grpc_predict_v2_pb2 as pb
 from service.protocols import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.protocols import v2_tensors
+from service.protocols import repository, v2_tensors
 
 SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"
 VERSION_TEXT = re.compile(r"[0-9]{1,9}")
@@ -95,8 +98,8 @@ def version_of(text: str) -> int | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The V2 gRPC service over one data plane."""
 
-    def __init__(self, plane: DataPlane, running: int = 1) -> None:
-        self.plane = plane
+    def __init__(self, plane: DataPlane, running: int = 1, admin_token: SecretStr | None = None) -> None:
+        self.plane, self.admin_token = plane, admin_token
         self.running = threading.BoundedSemaphore(running)  # inferences at once (GRPC_THREADS)
         self.calls = threading.Condition()
         self.active, self.draining = 0, False
@@ -182,6 +185,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
+    # -- the repository (behind ADMIN_TOKEN, as gRPC metadata ``authorization: Bearer ...``) --------------
+    def authorize(self, context: grpc.ServicerContext) -> None:
+        """UNAUTHENTICATED without the token, PERMISSION_DENIED with a wrong one; without an ADMIN_TOKEN
+        the repository RPCs do not exist (UNIMPLEMENTED, as REST's routes are a 404)."""
+        if self.admin_token is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "the repository API is off (no ADMIN_TOKEN)")
+        given = next((v for k, v in context.invocation_metadata() if k == "authorization"), "")
+        repository.authorize(self.admin_token, given if isinstance(given, str) else "")
+
+    @answers
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                            context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        self.authorize(context)
+        repository.load(self.plane, model_name(repository_model(request)))
+        return pb.RepositoryModelLoadResponse(model_name=repository_model(request), isLoaded=True)
+
+    @answers
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                              context: grpc.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        self.authorize(context)
+        repository.unload(self.plane, model_name(repository_model(request)))
+        return pb.RepositoryModelUnloadResponse(model_name=repository_model(request), isUnloaded=True)
+
+
+def repository_model(request: Any) -> str:
+    """The model a load or unload names: KServe's proto has it as field 1; Triton's (what tritonclient
+    sends) has ``repository_name`` = 1 and ``model_name`` = 2, which this proto does not know, so a
+    request with field 1 empty is read for Triton's field 2."""
+    if request.model_name:
+        return request.model_name
+    for field in unknown_fields.UnknownFieldSet(request):
+        if field.field_number == 2 and field.wire_type == 2:
+            return bytes(field.data).decode("utf-8", "backslashreplace")
+    return ""
+
+
 def decode_input(request: pb.ModelInferRequest) -> np.ndarray:
     """The one input's tensor, from ``raw_input_contents`` or from its typed ``contents``."""
     inp = request.inputs[0]
@@ -204,3 +243,4 @@ def decode_input(request: pb.ModelInferRequest) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64 if field.startswith("fp") else None)
     v2_tensors.check_integers(inp.name, inp.datatype, arr)
     return arr.astype(dtype, copy=False).reshape(shape)
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 
@@ -244,7 +245,13 @@ def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
         srv.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(90)
-        assert srv.proc.wait(60) == 0, srv.read_log()[-3000:]
+        try:
+            code = srv.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["pkill", "-USR1", "-P", str(srv.proc.pid), "-f", "service.grpc_server"], check=False)
+            time.sleep(1)
+            pytest.fail(f"still running 60 s after SIGTERM:\n{srv.read_log()[-4000:]}")
+        assert code == 0, srv.read_log()[-3000:]
     finally:
         srv.stop()
     statuses = {status for _, status in results}
@@ -314,3 +321,39 @@ def test_hot_reload_and_a_failed_version_over_grpc(tmp_path):
                 time.sleep(0.2)
     finally:
         assert srv.stop() == 0, srv.read_log()[-3000:]
+
+
+def test_repository_rpcs_need_the_token(tmp_path):
+    """RepositoryModelUnload/Load over gRPC with ADMIN_TOKEN as metadata (tritonclient's unload_model and
+    load_model); without it UNAUTHENTICATED, with a wrong one PERMISSION_DENIED; an unload reaches HTTP too."""
+    token = "grpc-admin-token"
+    srv = LocalServer(tmp_path, ADMIN_TOKEN=token, WORKERS="1").start()
+    try:
+        wait_grpc(srv.grpc_target)
+        with grpcclient.InferenceServerClient(srv.grpc_target) as c:
+            for headers, code in ((None, "UNAUTHENTICATED"), ({"authorization": "Bearer nope"}, "PERMISSION_DENIED")):
+                with pytest.raises(InferenceServerException) as info:
+                    c.unload_model("xor", headers=headers)
+                assert info.value.status() == f"StatusCode.{code}"
+            admin = {"authorization": f"Bearer {token}"}
+            with pytest.raises(InferenceServerException) as info:
+                c.unload_model("resnet", headers=admin)
+            assert info.value.status() == "StatusCode.NOT_FOUND"
+            c.unload_model("xor", headers=admin)
+            assert not c.is_model_ready("xor") and c.is_model_ready("mnist")
+            deadline = time.monotonic() + 30
+            while requests.get(f"{srv.url}/v2/models/xor/ready", timeout=10).status_code != 400:  # unloaded
+                assert time.monotonic() < deadline  # every process serves what the shared state says
+                time.sleep(0.2)
+            c.load_model("xor", headers=admin)
+            assert c.is_model_ready("xor")
+            assert raw_infer(c, "xor", np.array([[0, 1]], np.float32)).as_numpy("label").tolist() == [b"1"]
+    finally:
+        assert srv.stop() == 0, srv.read_log()[-3000:]
+
+
+def test_repository_rpcs_are_off_without_a_token(client):
+    with pytest.raises(InferenceServerException) as info:
+        client.unload_model("xor", headers={"authorization": "Bearer anything"})
+    assert info.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert client.is_model_ready("xor")
