@@ -72,6 +72,8 @@ class Settings(BaseModel):
         if self.body_buffer_bytes is not None and self.body_buffer_bytes < self.max_body_bytes:
             raise ValueError(f"BODY_BUFFER_BYTES={self.body_buffer_bytes} is smaller than MAX_BODY_BYTES="
                              f"{self.max_body_bytes}: one largest body must fit")
+        if self.grpc_port == self.port:
+            raise ValueError(f"GRPC_PORT={self.grpc_port} is PORT too: give gRPC a port of its own (0 turns it off)")
         return self
 
     @property

@@ -52,6 +52,7 @@ def supervise(gunicorn_argv: list[str], grpc_processes: int) -> int:
     while gunicorn or grpc:
         pid, wait_status = os.wait()
         code = os.waitstatus_to_exitcode(wait_status)
+        code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
         if pid == gunicorn:
             gunicorn, status = 0, code if code != 0 else status
             if not stopping:  # gunicorn ended by itself: the server is over
@@ -61,7 +62,7 @@ def supervise(gunicorn_argv: list[str], grpc_processes: int) -> int:
         elif pid in grpc:
             started = grpc.pop(pid)
             if stopping:
-                status = status or (code if code > 0 else 0 if code == 0 else 128 - code)
+                status = status or code
             else:
                 print(f"gRPC process {pid} exited with {code}; restarting it", file=sys.stderr, flush=True)
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
