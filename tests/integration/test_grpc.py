@@ -44,10 +44,12 @@ def wait_grpc(target: str, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def server(gunicorn_server) -> LocalServer:
-    wait_grpc(gunicorn_server.grpc_target)
-    return gunicorn_server
+@pytest.fixture(scope="module", params=["gunicorn", "container"])
+def server(request):
+    """The gunicorn server started here, or the image (tests/container/engine.py): ``url`` and ``grpc_target``."""
+    target = request.getfixturevalue("gunicorn_server" if request.param == "gunicorn" else "container")
+    wait_grpc(target.grpc_target)
+    return target
 
 
 @pytest.fixture(scope="module")
