@@ -1,5 +1,6 @@
 """How the gRPC front-end's process model serves: MNIST batches of 256 over tritonclient.grpc at
-concurrency 8, for GRPC_WORKERS x GRPC_THREADS arrangements of ``python -m service`` (README "gRPC").
+concurrency 8, for GRPC_WORKERS x GRPC_THREADS arrangements of ``python -m service`` (README "gRPC"),
+and HTTP V2 with binary tensors (tritonclient.http) against the default arrangement in the same run.
 
 ``python -m bench.grpc_processes [SECONDS]`` prints images/s for each arrangement; the client runs
 here, on the same cores, so the figures compare arrangements, not machines.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from tests.integration.conftest import LocalServer
 from tests.integration.test_grpc import wait_grpc
@@ -22,16 +24,16 @@ from tests.integration.test_grpc import wait_grpc
 ARRANGEMENTS = [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]  # (GRPC_WORKERS, GRPC_THREADS)
 
 
-def rate(target: str, seconds: float, concurrency: int = 8, batch: int = 256) -> float:
+def rate(target: str, seconds: float, concurrency: int = 8, batch: int = 256, protocol=grpcclient) -> float:
     x = np.random.default_rng(0).random((batch, 28, 28), dtype=np.float32)
     done, stop = [], threading.Event()
 
     def loop() -> None:
-        with grpcclient.InferenceServerClient(target) as c:
-            tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        with protocol.InferenceServerClient(target) as c:
+            tensor = protocol.InferInput("input", list(x.shape), "FP32")
             tensor.set_data_from_numpy(x)
             while not stop.is_set():
-                c.infer("mnist", [tensor], outputs=[grpcclient.InferRequestedOutput("probabilities")])
+                c.infer("mnist", [tensor], outputs=[protocol.InferRequestedOutput("probabilities")])
                 done.append(time.monotonic())
 
     threads = [threading.Thread(target=loop) for _ in range(concurrency)]
@@ -57,6 +59,9 @@ def main() -> None:
                 wait_grpc(server.grpc_target)
                 print(f"GRPC_WORKERS={workers} GRPC_THREADS={threads}: {rate(server.grpc_target, seconds):8.0f} "
                       "images/s", flush=True)
+                if (workers, threads) == ("2", "1"):  # the default beside WORKERS=2
+                    print(f"HTTP V2 binary, same server:  {rate(server.url[7:], seconds, protocol=httpclient):8.0f} "
+                          "images/s", flush=True)
             finally:
                 server.stop()
 
