@@ -14,6 +14,7 @@ a wrong token.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 import time
@@ -40,12 +41,13 @@ NAME = re.compile(NAME_PATTERN)  # what REST routes take as a model name
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
          401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         503: grpc.StatusCode.UNAVAILABLE}
+         501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
 # Which typed field of InferTensorContents carries each input datatype.
 CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents"}
 METHOD_PREFIX = "/inference.GRPCInferenceService/"
+log = logging.getLogger("service.grpc")
 
 
 def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,6 +73,10 @@ def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ServiceError as exc:
             status = exc.status
             context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except Exception:  # a bug: the log has it, the client a status and no text of ours
+            status = 500
+            log.exception("gRPC %s failed", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
             name = getattr(request, "name", None) or getattr(request, "model_name", "")
             known = name if not name or self.plane.registry.knows(name) else metrics.UNKNOWN_MODEL
@@ -190,7 +196,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """UNAUTHENTICATED without the token, PERMISSION_DENIED with a wrong one; without an ADMIN_TOKEN
         the repository RPCs do not exist (UNIMPLEMENTED, as REST's routes are a 404)."""
         if self.admin_token is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "the repository API is off (no ADMIN_TOKEN)")
+            raise ServiceError(501, "not_implemented", "the repository API is off (no ADMIN_TOKEN)")
         given = next((v for k, v in context.invocation_metadata() if k == "authorization"), "")
         repository.authorize(self.admin_token, given if isinstance(given, str) else "")
 
