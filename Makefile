@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint bench stress train reproduce image lock clean
+.PHONY: serve test lint bench bench-peers stress train reproduce image lock clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.12 ...")'
@@ -46,9 +46,19 @@ lint: $(VENV)/.dev
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev bench-peers
 	$(BIN)/python -m bench.train_epoch
 	$(BIN)/python -m bench.serve_load
+
+# The serving benchmark's KServe peer (bench/kserve_peer.py): kserve's model server and its many dependencies
+# (fastapi, uvicorn, grpcio, ...) in a venv of their own, hash-pinned; never a dependency of the service or CI.
+KSERVE_VENV ?= .venv-kserve
+$(KSERVE_VENV)/.installed: bench/kserve-peer.lock
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --no-deps --require-hashes -r bench/kserve-peer.lock
+	@touch $@
+
+bench-peers: $(KSERVE_VENV)/.installed
 
 # The stress suite (about 12 minutes): fuzzing at scale, a 5-minute soak, kill -9, SIGTERM, hostile input.
 stress: $(VENV)/.dev
@@ -75,4 +85,4 @@ image:
 	$${CONTAINER_ENGINE:-docker} build $${CONTAINER_BUILD_FLAGS:-} -t numpy-nets .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache

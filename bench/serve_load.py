@@ -10,6 +10,11 @@ Every row is driven by ``wrk`` (a C load generator, not Python sharing the serve
 * ``/predict`` XOR and MNIST with one sample, MNIST with 32 and 256 (images/s), ``/gradcheck``
   MNIST with defaults, each at concurrency 1, 16 and 64; ``/explain`` MNIST, one image, integrated
   gradients with the defaults (64 steps), at concurrency 1;
+* MNIST one sample with server-side batching on (the default) and off (``BATCHING=off``), over
+  ``/predict``, V1 and V2 JSON, with the mean executed batch size of each row (from ``/metrics``);
+* the tuned KServe peer (``bench/kserve_peer.py``: kserve's model server, 2 workers, one BLAS thread,
+  the same weights and NumPy forward pass) over its V1 and V2 JSON, one MNIST sample, c=1, 16, 64.
+  It runs from ``.venv-kserve`` (``make bench-peers``); without it those rows are skipped;
 * slow clients: 64 connections trickling a body a byte a second and 16 open and silent, while a
   well-behaved client sends 200 sequential ``/predict`` requests.
 
@@ -100,6 +105,45 @@ def server(app: str, workers: int, tmp: Path, **env: str) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+@contextlib.contextmanager
+def kserve_peer(python: Path, workers: int, tmp: Path) -> Iterator[Server]:
+    """kserve's model server (``bench/kserve_peer.py``) with BLAS pinned to one thread per worker."""
+    port = free_port()
+    environ = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp / f"kserve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(python), str(ROOT / "bench" / "kserve_peer.py"), "--http_port", str(port),
+                                 "--workers", str(workers)], cwd=tmp, env=environ, stdout=out,
+                                stderr=subprocess.STDOUT)
+    srv = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{srv.url}/v2/models/mnist/ready", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the KServe peer did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        time.sleep(2)  # every uvicorn worker up, not only the first to answer
+        yield srv
+    finally:
+        srv.stop()
+
+
+def executed_batches(url: str) -> tuple[float, float]:
+    """(sum, count) of the executed-batch histogram for mnist, summed over the workers."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    out = [0.0, 0.0]
+    for line in text.splitlines():
+        if 'kind="executed"' in line and 'model="mnist"' in line:
+            for i, name in enumerate(("nn_batch_size_sum{", "nn_batch_size_count{")):
+                if line.startswith(name):
+                    out[i] += float(line.rsplit(" ", 1)[1])
+    return out[0], out[1]
 
 
 # -- load ---------------------------------------------------------------------------------------------
@@ -236,6 +280,9 @@ def bodies(tmp: Path, data_dir: Path | None) -> dict[str, tuple[Path, int, int |
     write("gradcheck", {"model": "mnist", "inputs": [[float(v) for v in row] for row in x[:16]],
                         "labels": [str(v) for v in y[:16]]}, 16)
     write("explain", {"model": "mnist", "inputs": [[float(v) for v in x[0]]], "method": "integrated_gradients"}, 1)
+    one = [float(v) for v in np.asarray(x[0]).ravel()]
+    write("v1mnist1", {"instances": [one]}, 1)
+    write("v2jsonmnist1", {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": one}]}, 1)
     batch = np.ascontiguousarray(x[:256], dtype="<f4")
     tensor = {"name": "input", "shape": [256, 784], "datatype": "FP32"}
     binary_out = [{"name": "probabilities", "parameters": {"binary_data": True}}]
@@ -280,6 +327,60 @@ def full_run(args, tmp: Path) -> list[dict]:
         # the same slots as gradchecks: one at a time here too
         add("/explain mnist, 1 image, integrated gradients (64 steps)", 0, 1,
             wrk(f"{srv.url}/explain", data["explain"][0], 1, args.seconds, timeout=30))
+    rows += one_sample_run(args, tmp, data)
+    return rows
+
+
+ONE_SAMPLE_CEILING = "HTTP ceiling (bare Flask), in turns"
+ONE_SAMPLE = (("mnist1", "/predict", "/predict"), ("v1mnist1", "V1", "/v1/models/mnist:predict"),
+              ("v2jsonmnist1", "V2 JSON", "/v2/models/mnist/infer"))
+
+
+def one_sample_run(args, tmp: Path, data: dict) -> list[dict]:
+    """MNIST one sample: the bare-Flask ceiling, ours with batching on and off, and the tuned KServe peer.
+
+    All servers are up at once (idle ones cost nothing) and every concurrency level runs ``--rounds``
+    rounds of every contender, in an order rotated each round; each row is the median round. On a
+    shared machine whose speed drifts by 2x within minutes, contenders measured minutes apart are not
+    comparable; measured seconds apart, in turns, they are.
+    """
+    contenders = []  # (label, server, path, body name)
+    with contextlib.ExitStack() as stack:
+        ceiling = stack.enter_context(server(CEILING_APP, args.workers, tmp))
+        contenders.append((ONE_SAMPLE_CEILING, ceiling, "/predict", "mnist1"))
+        for batching in ("on", "off"):
+            srv = stack.enter_context(server(SERVICE_APP, args.workers, tmp, LOG_LEVEL="info", BATCHING=batching))
+            for name, label, path in ONE_SAMPLE if batching == "on" else ONE_SAMPLE[:1]:
+                contenders.append((f"{label} mnist, 1, batching {batching}", srv, path, name))
+        python = Path(args.kserve_python)
+        if python.exists():
+            peer = stack.enter_context(kserve_peer(python, args.workers, tmp))
+            contenders += [("KServe V1 mnist, 1", peer, "/v1/models/mnist:predict", "v1mnist1"),
+                           ("KServe V2 JSON mnist, 1", peer, "/v2/models/mnist/infer", "v2jsonmnist1")]
+        else:
+            print(f"  no KServe peer ({python} missing: make bench-peers)", flush=True)
+        for _, srv, path, name in contenders:  # warm every server and path
+            wrk(f"{srv.url}{path}", data[name][0], 4, 1)
+        rows = []
+        for c in args.concurrency:
+            results: dict[str, list[dict]] = {label: [] for label, *_ in contenders}
+            for k in range(args.rounds):
+                for label, srv, path, name in contenders[k % len(contenders):] + contenders[:k % len(contenders)]:
+                    batches = label.endswith("batching on")
+                    before = executed_batches(srv.url) if batches else None
+                    r = wrk(f"{srv.url}{path}", data[name][0], c, args.seconds)
+                    if batches:
+                        after = executed_batches(srv.url)
+                        passes = after[1] - before[1]
+                        r["mean_executed_batch"] = (after[0] - before[0]) / passes if passes else None
+                    results[label].append(r)
+            for label, rounds in results.items():
+                r = dict(sorted(rounds, key=lambda x: x["rps"])[len(rounds) // 2])  # the median round
+                r.update(scenario=label, concurrency=c, images_per_s=r["rps"], rounds_rps=[x["rps"] for x in rounds],
+                         errors=sum(x["errors"] for x in rounds))
+                rows.append(r)
+                print(f"  {label:40s} c={c:>3} {r['rps']:9.1f} req/s  p99 {r['p99_us'] / 1000:8.2f} ms  "
+                      f"errors {r['errors']}  rounds {[round(x) for x in r['rounds_rps']]}", flush=True)
     return rows
 
 
@@ -312,8 +413,10 @@ def ms(us: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    http = {r["concurrency"]: r["rps"] for r in rows if r["scenario"].startswith("HTTP ceiling")}
-    compute = next(r["images_per_s"] for r in rows if r["scenario"].startswith("compute"))
+    http = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == "HTTP ceiling (bare Flask)"}
+    # the one-sample comparison's rows answer to the ceiling measured in turns with them
+    http_turns = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == ONE_SAMPLE_CEILING}
+    compute = next((r["images_per_s"] for r in rows if r["scenario"].startswith("compute")), None)
     lines = ["| scenario | conc. | requests/s | images/s | p50 ms | p99 ms | errors | vs ceiling |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -326,13 +429,44 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['scenario']} | | | {r['images_per_s']:,.0f} | | | | 1.00 |")
             continue
         ratio = ""
-        if r["scenario"].startswith(("/predict", "V2")) and r["concurrency"] in http:
+        if "rounds_rps" in r and r["scenario"] != ONE_SAMPLE_CEILING:
+            ratio = f"{r['rps'] / http_turns[r['concurrency']]:.2f} of HTTP"
+            if r.get("mean_executed_batch") is not None:
+                ratio += f"; batch {r['mean_executed_batch']:.1f}"
+        elif "rounds_rps" in r:
+            pass
+        elif r["scenario"].startswith(("/predict", "V2", "V1", "KServe")) and r["concurrency"] in http:
             images = r["images_per_s"]
             ratio = (f"{r['rps'] / http[r['concurrency']]:.2f} of HTTP" if images == r["rps"] else
                      f"{images / compute:.2f} of compute")
         lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']:,.1f} | "
                      f"{r['images_per_s']:,.0f} | {ms(r.get('p50_us'))} | {ms(r.get('p99_us'))} | {r['errors']} | "
                      f"{ratio} |")
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict]) -> str:
+    """The issue's goals for one MNIST sample, from this run's rows."""
+    by = {(r["scenario"], r["concurrency"]): r for r in rows}
+    lines = []
+    for c in (1, 16, 64):
+        ours = {p: by.get((f"{p} mnist, 1, batching on", c)) for p in ("/predict", "V1", "V2 JSON")}
+        off = by.get(("/predict mnist, 1, batching off", c))
+        peer = [by.get((f"KServe {p} mnist, 1", c)) for p in ("V1", "V2 JSON")]
+        http = by.get((ONE_SAMPLE_CEILING, c))
+        if ours["/predict"] is None:
+            continue
+        mine = ours["/predict"]
+        line = f"c={c}: /predict {mine['rps']:.0f} req/s"
+        if all(peer):
+            best = max(p["rps"] for p in peer)
+            line += (f"; vs the tuned KServe's best ({best:.0f}): /predict {ours['/predict']['rps'] / best:.2f}x, "
+                     f"V1 {ours['V1']['rps'] / peer[0]['rps']:.2f}x, V2 {ours['V2 JSON']['rps'] / peer[1]['rps']:.2f}x")
+        if off:
+            line += f"; p50 {ours['/predict']['p50_us'] / off['p50_us']:.2f}x batching off's"
+        if http:
+            line += f"; {mine['rps'] / http['rps']:.2f} of HTTP, p99 {mine['p99_us'] / 1e3:.1f} ms"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -391,6 +525,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare gunicorn worker classes instead (sync, gthread, gevent, ...)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker in --compare")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the one-sample comparison")
+    parser.add_argument("--one-sample", action="store_true",
+                        help="only the MNIST one-sample comparison (ceiling, batching on/off, KServe)")
+    parser.add_argument("--kserve-python", default=str(ROOT / ".venv-kserve" / "bin" / "python"),
+                        help="the interpreter with kserve installed (make bench-peers)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
@@ -404,13 +543,19 @@ def main(argv: list[str] | None = None) -> int:
             text = compare_table(rows)
             name = "serve_compare"
         else:
-            rows = full_run(args, Path(tmp))
+            if args.one_sample:
+                rows = one_sample_run(args, Path(tmp), bodies(Path(tmp), args.data_dir))
+                name = "serve_one_sample"
+            else:
+                rows = full_run(args, Path(tmp))
+                name = "serve_load"
             text = table(rows)
-            name = "serve_load"
             plot(rows, args.out / f"{name}.png")
     (args.out / f"{name}.json").write_text(json.dumps({"machine": info, "workers": args.workers, "rows": rows},
                                                       indent=2, default=float))
     print(f"\n{text}\n\n(workers {args.workers}; {info.get('cpu')}; results in {args.out}/{name}.json)")
+    if not args.compare:
+        print(goals(rows))
     failed = [r for r in rows if r.get("errors") and not math.isnan(r.get("errors", 0))]
     return 1 if failed and not args.compare else 0
 

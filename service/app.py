@@ -23,6 +23,7 @@ from service.blueprints.v2 import v2
 from service.blueprints.v2_extensions import v2_extensions
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
+from service.diagnostics import Diagnostics
 from service.error_handlers import register_error_handlers, validation_error_response
 from service.errors import ServiceError, bad_request, invalid
 from service.jsonio import ORJSONProvider
@@ -87,7 +88,8 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     for name in reg.models:  # a zero sample per model, so "no failures" is visible as 0
         metrics.LOAD_FAILURES.labels(name)
     app.extensions["model_registry"] = reg
-    app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg), cfg.state_dir)
+    plane = app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg), cfg.state_dir)
+    app.extensions["diagnostics"] = Diagnostics(plane, cfg.state_dir)
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
     for bp in (inference, models, health, v2, v2_extensions, v1):

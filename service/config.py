@@ -61,6 +61,14 @@ class Settings(BaseModel):
     keepalive: int = Field(5, ge=1, le=300)
     worker_connections: int = Field(1000, ge=10, le=100_000, description="open connections per worker")
     request_timeout: int = Field(10, ge=1, le=600)
+    batching: bool = Field(True, description="merge concurrent requests into one forward pass (gunicorn worker)")
+    max_queue_delay_microseconds: int = Field(0, ge=0, le=1_000_000,
+                                              description="a batch may wait this long to grow; 0: opportunistic")
+    preferred_batch_size: str = Field("", pattern=r"^[0-9, ]*$",
+                                      description="comma-separated sizes that end a queue delay early")
+
+    def preferred_batch_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({int(v) for v in self.preferred_batch_size.replace(" ", "").split(",") if v and int(v)}))
 
     @field_validator("version_policy")
     @classmethod

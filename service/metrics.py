@@ -9,6 +9,7 @@ the default registry is used.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
@@ -17,10 +18,14 @@ UNKNOWN_MODEL = "(unknown)"  # the one label value of every model name that is n
 REQUESTS = Counter("nn_requests_total", "HTTP requests answered", ["endpoint", "model", "status"])
 LATENCY = Histogram("nn_request_duration_seconds", "Time to answer a request", ["endpoint", "model"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
-BATCH = Histogram("nn_batch_size", "Samples per /predict request", ["model"],
+BATCH = Histogram("nn_batch_size", "Samples per inference request (kind=request) and per forward pass run "
+                  "(kind=executed: requests merged by the batcher)", ["model", "kind"],
                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096))
 BODIES_REFUSED = Counter("nn_request_bodies_refused_total",
                          "Large bodies refused with a 503: BODY_BUFFER_BYTES stayed full for REQUEST_TIMEOUT")
+QUEUE = Histogram("nn_batch_queue_seconds", "Time a request waited in the batcher before its forward pass started",
+                  ["model"], buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
+                                      0.25, 0.5, 1.0))
 REQUEST_TIMEOUTS = Counter("nn_request_timeouts_total", "Requests whose body did not arrive within REQUEST_TIMEOUT")
 LOAD_FAILURES = Counter("nn_model_load_failures_total", "Model versions that failed to load", ["model"])
 
@@ -40,13 +45,29 @@ _request_children: dict[tuple[str, str, int], tuple] = {}
 
 
 def observe_batch(model: str, size: int) -> None:
-    child = _batch_children.get(model)
+    """One inference request's samples."""
+    _child(BATCH, (model, "request")).observe(size)
+
+
+def observe_executed(model: str, size: int) -> None:
+    """One forward pass's samples (several requests' when the batcher merged them)."""
+    _child(BATCH, (model, "executed")).observe(size)
+
+
+def observe_queue(model: str, seconds: float) -> None:
+    _child(QUEUE, (model,)).observe(seconds)
+
+
+def _child(metric, labels: tuple[str, ...]):
+    """The labelled child, cached (these run on every request; model names are the served ones only)."""
+    key = (metric, labels)
+    child = _children.get(key)
     if child is None:
-        child = _batch_children[model] = BATCH.labels(model)
-    child.observe(size)
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
-_batch_children: dict[str, Histogram] = {}
+_children: dict[tuple, Any] = {}
 
 
 def render() -> tuple[bytes, str]:

@@ -161,6 +161,10 @@ class ModelInfo(StrictModel):
     name: str
     latest_version: int | None
     versions: list[VersionInfo]
+    batching: dict[str, Any] | None = Field(None, description=(
+        "this worker's batching: enabled, mode, max_batch_size, max_queue_delay_microseconds, "
+        "preferred_batch_size, and per serving version the measured forward pass by rows (µs) and the "
+        "largest request that joins a batch (merge_limit)"))
 
 
 class ModelList(StrictModel):

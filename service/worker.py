@@ -21,6 +21,7 @@ On top of gunicorn's gevent worker this adds what a buffering proxy would do in 
   the documented JSON error shape with a request id, not HTML;
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * a gradcheck runs on the worker's background thread (:func:`off_loop`), not on the event loop;
+* concurrent inference requests share forward passes (``service/batcher.py``, set up in :meth:`run`);
 * connections take turns: each yields to the others after every request;
 * the model repository is rescanned every ``MODEL_POLL_SECONDS`` (``service/registry.py``);
 * on a graceful stop, connections waiting idle between requests are closed at once instead of
@@ -50,6 +51,7 @@ from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 from service import metrics
+from service.batcher import install as install_batcher
 from service.buffering import BodyBudget
 from service.config import Settings
 from service.errors import HTTP_CODES, ServiceError
@@ -110,6 +112,7 @@ class BufferingGeventWorker(GeventWorker):
         self.max_body = settings.max_body_bytes
         self.body_budget = BodyBudget(settings.body_budget)
         self.poll_seconds = settings.model_poll_seconds
+        self.settings = settings
         self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait, oldest first
         # Connections waiting for a request head may hold at most 90% of worker_connections: past that
         # the one waiting longest is closed (as nginx does with keep-alive connections), so idle and
@@ -119,6 +122,9 @@ class BufferingGeventWorker(GeventWorker):
         super().init_process()
 
     def run(self) -> None:
+        # after fork (the app is preloaded in the master): the batcher's thread, queues and cost tables
+        # belong to this process (service/batcher.py)
+        install_batcher(self.wsgi, self.settings)
         registry = getattr(self.wsgi, "extensions", {}).get("model_registry")
         if registry is not None:
             gevent.spawn(self.watch_repository, registry, self.poll_seconds)

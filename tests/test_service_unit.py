@@ -328,7 +328,7 @@ def hand_count(architecture: dict) -> tuple[int, int]:
 def test_gradcheck_cost_is_a_hand_count(registry, model):
     """Two forward passes of the batch per comparison, each about (parameters) multiply-adds per input:
     full compares every parameter; sampled and directional compare ``samples`` per parameter tensor."""
-    from service.dataplane import gradcheck_cost
+    from service.diagnostics import gradcheck_cost
 
     network = registry.get(model).network
     params, tensors = hand_count(registry.get(model).metadata["architecture"])

@@ -17,10 +17,15 @@ from model.repository import NAME_PATTERN
 from service import jsonio
 from service.config import Settings
 from service.dataplane import DataPlane
+from service.diagnostics import Diagnostics
 
 
 def dataplane() -> DataPlane:
     return current_app.extensions["dataplane"]
+
+
+def diagnostics() -> Diagnostics:
+    return current_app.extensions["diagnostics"]
 
 
 def settings() -> Settings:

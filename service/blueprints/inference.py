@@ -7,8 +7,8 @@ from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import jsonio
-from service.blueprints import dataplane, respond, respond_json
-from service.dataplane import ExplainOptions, Explanation
+from service.blueprints import dataplane, diagnostics, respond, respond_json
+from service.diagnostics import ExplainOptions, Explanation
 from service.errors import invalid
 from service.schemas import (
     ErrorResponse,
@@ -48,7 +48,7 @@ def predict(body: PredictRequest) -> Response:
 def gradcheck(body: GradcheckRequest) -> Response:
     """Compare backprop with central differences on a float64 copy of the model."""
     g.model = body.model
-    check = dataplane().gradcheck(body.model, body.version, decode_inputs(body), body.labels, mode=body.mode,
+    check = diagnostics().gradcheck(body.model, body.version, decode_inputs(body), body.labels, mode=body.mode,
                                   epsilon=body.epsilon, samples=body.samples, seed=body.seed,
                                   tolerance=body.tolerance, run=off_loop)
     g.batch_size = len(body.inputs)
@@ -64,7 +64,7 @@ def explain(body: ExplainRequest) -> Response:
     """Attributions of each input's target class, from the backward pass of a float64 copy of the model."""
     g.model = body.model
     inputs = decode_inputs(body)
-    done = dataplane().explain(body.model, body.version, inputs, body.targets,
+    done = diagnostics().explain(body.model, body.version, inputs, body.targets,
                                explain_options(body, request.get_data()), run=off_loop)
     g.batch_size = len(inputs)
     r = done.result

@@ -20,7 +20,7 @@ from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import jsonio
-from service.blueprints import dataplane, parses_own_body, respond_json
+from service.blueprints import dataplane, diagnostics, parses_own_body, respond_json
 from service.blueprints.inference import attributions_as_sent, explain_options
 from service.dataplane import INPUT, signature
 from service.error_handlers import register_renderer
@@ -103,7 +103,7 @@ def run_explain(name: str, version: int | None) -> Response:
     req = ExplainRequest.model_validate(jsonio.loads(raw))
     batch = jsonio.to_array(named_input(req.instances, "instances"), "instances", jsonio.count_booleans(raw) > 0)
     params = req.parameters or ExplainParameters()
-    done = dataplane().explain(name, version, batch, params.targets, explain_options(params, raw),
+    done = diagnostics().explain(name, version, batch, params.targets, explain_options(params, raw),
                                field="instances", run=off_loop)
     g.batch_size = len(batch)
     r = done.result

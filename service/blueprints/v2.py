@@ -30,9 +30,10 @@ from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import jsonio
-from service.blueprints import dataplane, parses_own_body, respond_json
+from service.blueprints import dataplane, diagnostics, parses_own_body, respond_json
 from service.blueprints.inference import explain_options
-from service.dataplane import INPUT, LABEL, PROBABILITIES, Explanation, Inference, signature
+from service.dataplane import INPUT, LABEL, PROBABILITIES, Inference, signature
+from service.diagnostics import Explanation
 from service.error_handlers import register_renderer
 from service.errors import ServiceError, bad_request, quote
 from service.protocols import v2_tensors
@@ -184,7 +185,7 @@ def run_inference(name: str, version: int | None) -> Response:
         return encode_outputs(req, result)
     targets = next((decode_targets(i) for i in req.inputs if i.name == TARGET), None)
     params = explain_parameters(req.parameters or {}, explaining)
-    done = dataplane().explain(name, version, tensor, targets, explain_options(params, head), field=INPUT,
+    done = diagnostics().explain(name, version, tensor, targets, explain_options(params, head), field=INPUT,
                                run=off_loop)
     g.batch_size = len(done.targets)
     return encode_outputs(req, done.inference, done, tensor.shape)

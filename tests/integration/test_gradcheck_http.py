@@ -82,7 +82,8 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicor
     import requests
 
     from model.io import load_model
-    from service.dataplane import Limits, gradcheck_cost
+    from service.dataplane import Limits
+    from service.diagnostics import gradcheck_cost
     from tests.conftest import ROOT
 
     url = gunicorn_server.url
@@ -96,12 +97,15 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicor
     stop = threading.Event()
 
     refusals: list[tuple[str | None, str]] = []  # what each 503 said, checked below (not in the thread)
+    durations: list[float] = []  # each gradcheck's own seconds
 
     def loop() -> None:
         with requests.Session() as s:
             while not stop.is_set():
                 r = s.post(f"{url}/gradcheck", json=big, timeout=60)
                 statuses.append(r.status_code)
+                if r.status_code == 200:
+                    durations.append(r.json()["seconds"])
                 if r.status_code == 503:
                     refusals.append((r.headers.get("Retry-After"), r.json()["error"]["code"]))
                     time.sleep(0.05)
@@ -122,8 +126,11 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicor
         t.join(60)
     p99 = float(np.percentile(latencies, 99)) * 1000
     print(f"\n/predict beside looping gradchecks: p50 {np.median(latencies) * 1000:.1f} ms, p99 {p99:.1f} ms; "
-          f"gradchecks {statuses.count(200)} run, {statuses.count(503)} told to retry")
+          f"gradchecks {statuses.count(200)} run ({np.median(durations or [0]):.2f} s each), "
+          f"{statuses.count(503)} told to retry")
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 1
     # two loops, one slot (WORKERS - 1): whenever both ask at once, one is told to retry
     assert statuses.count(503) >= 1 and set(refusals) == {("1", "gradcheck_busy")}, refusals
-    assert p99 < 100
+    # Judged against the gradchecks' own length, not a clock: a /predict queued behind one would wait
+    # about that long; one answered beside them waits a small part of it, however fast the machine.
+    assert p99 / 1000 < 0.25 * float(np.median(durations)), (p99, durations)

@@ -265,6 +265,7 @@ def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
 def test_kserves_grpc_client(server, samples):
     """KServe's own InferenceGRPCClient (kserve.inference_client, from the wheel): live, ready, infer."""
     import asyncio
+    import concurrent.futures
 
     from tests.integration.test_kserve_sdk import load_sdk
 
@@ -284,7 +285,10 @@ def test_kserves_grpc_client(server, samples):
         finally:
             await client.close()
 
-    response = asyncio.run(run())
+    # On an event loop of its own thread, as tests/integration/test_kserve_sdk.py runs the SDK: the
+    # browser tests' Playwright keeps one running on this thread for the whole session.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        response = pool.submit(asyncio.run, run()).result()
     assert response.model_name == "digits" and response.id == "k1"
     got = next(o for o in response.outputs if o.name == "probabilities").as_numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

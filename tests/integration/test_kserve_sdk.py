@@ -12,6 +12,7 @@ exactly the modules ``kserve.inference_client`` imports (``requirements-kserve-c
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import sys
@@ -71,11 +72,14 @@ def sdk():
 
 
 def run(sdk, protocol: str, call):
-    """``await call(client)`` with a fresh client of that protocol (the SDK is asynchronous)."""
+    """``await call(client)`` with a fresh client of that protocol (the SDK is asynchronous), on an
+    event loop of its own thread: the browser tests' Playwright keeps one running on this thread for
+    the whole session, and asyncio.run refuses to start a second there."""
     async def main():
         async with sdk.InferenceRESTClient(sdk.RESTConfig(protocol=protocol, timeout=30)) as client:
             return await call(client)
-    return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 @pytest.fixture(scope="module")

@@ -68,8 +68,8 @@ def test_metrics_move_across_workers(base_url, http):
         counter(before, "nn_requests_total", status="200", **labels) == 6
     assert counter(text, "nn_requests_total", status="422", **labels) - \
         counter(before, "nn_requests_total", status="422", **labels) == 1
-    batch_sum = counter(text, "nn_batch_size_sum", model="digits") - \
-        counter(before, "nn_batch_size_sum", model="digits")
+    batch_sum = counter(text, "nn_batch_size_sum", model="digits", kind="request") - \
+        counter(before, "nn_batch_size_sum", model="digits", kind="request")
     assert batch_sum == 18
     assert counter(text, "nn_request_duration_seconds_count", **labels) > 0
     assert counter(text, "nn_model_load_failures_total", model="mnist") == 0

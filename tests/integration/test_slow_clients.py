@@ -61,7 +61,9 @@ def test_slow_and_silent_connections_do_not_stall_others(base_url):
     p99 = float(np.percentile(latencies, 99)) * 1000
     print(f"\n200 requests beside 80 slow connections: p50 {np.median(latencies) * 1000:.2f} ms, p99 {p99:.2f} ms")
     assert healthz.status_code == 200
-    assert p99 < 100
+    # A request stuck behind a trickling body would wait at least that body's next byte, a second:
+    # the bound is half of it, far from a busy machine's slowest answer (tens of ms), and far below it.
+    assert p99 < 500
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(base_url):

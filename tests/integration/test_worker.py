@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 import requests
 
 from tests.integration.conftest import LocalServer
@@ -19,11 +20,13 @@ from tests.integration.test_slow_clients import MNIST_ONE, XOR, host_port, raw_r
 PIPELINED = 400
 
 
-def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path):
+@pytest.mark.parametrize("batching", ["off", "on"])
+def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path, batching):
     """One worker; client A writes 400 requests at once on one connection, so its next request is
     always already in the socket. Client B, on another connection meanwhile, is answered within a
-    small part of A's run (each ready connection gets one request per turn), not after all of A's."""
-    server = LocalServer(tmp_path, WORKERS="1").start()
+    small part of A's run (each ready connection gets one request per turn), not after all of A's.
+    With batching off this is the worker's own turn-taking; with it on, the batcher's turn too."""
+    server = LocalServer(tmp_path, WORKERS="1", BATCHING=batching).start()
     try:
         answers: list[float] = []  # when each of A's responses arrived
         sock = socket.create_connection(host_port(server.url), timeout=60)

@@ -1,0 +1,213 @@
+"""Server-side batching in a gevent worker: concurrent requests for one model version share a forward pass.
+
+The data plane validates a request, then hands its (rows, features) array to its runner
+(``DataPlane.runner``); in the gunicorn worker that runner is a :class:`GeventBatcher`, created
+after fork (``install``), so the data plane itself knows nothing of gevent. How a batch forms:
+
+* a request joins the queue of its model *version* (the snapshot it resolved: a reload during
+  traffic never mixes versions, nor two loads of one version number);
+* the first request of an empty queue leads: it yields to the event loop once (``gevent.idle``),
+  so the other connections that are ready parse, validate and join; then it takes the queue (up to
+  ``MAX_BATCH`` rows) and runs it. A lone request therefore waits one turn of the loop, not a
+  window (MLServer's ``max_batch_time`` makes every lone request pay it);
+* the measured cost table (``service/costs.py``) decides whether one merged pass is cheaper than
+  one pass per request (with OpenBLAS, two rows cost more than two single rows here); a request
+  over the table's largest size runs alone, at once;
+* a failure of a pass fails only the requests in it; requests still queued get a new leader;
+* a pass estimated over ``OFF_LOOP_SECONDS`` runs on the worker's model thread (NumPy releases
+  the GIL in its products), so the loop keeps answering probes and small requests meanwhile;
+* optional, Triton-style: ``MAX_QUEUE_DELAY_MICROSECONDS`` lets a leader wait up to that long for
+  the queue to reach a ``PREFERRED_BATCH_SIZE`` (or ``MAX_BATCH``) rows.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import numpy as np
+from gevent.event import AsyncResult, Event
+from gevent.threadpool import ThreadPool
+
+from service import metrics
+from service.costs import CostTable
+from service.registry import ModelVersion
+
+OFF_LOOP_SECONDS = 0.002  # a pass estimated longer than this runs on the model thread (handing off: ~0.1 ms)
+LEAD, DONE = "lead", "done"
+
+
+@dataclass(eq=False)  # compared by identity (its rows are an array)
+class Pending:
+    """One request's rows in a queue, and what it is given back."""
+
+    rows: np.ndarray
+    enqueued: float = field(default_factory=time.perf_counter)
+    wake: AsyncResult = field(default_factory=AsyncResult)  # LEAD: run the queue; DONE: result or error set
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class VersionQueue:
+    entry: ModelVersion
+    items: list[Pending] = field(default_factory=list)
+    busy: bool = False  # a leader is running (or has been handed) this queue; False only when items is empty
+    rows: int = 0
+    enough: Event = field(default_factory=Event)  # set when the queue reaches its target (queue delay only)
+
+
+class GeventBatcher:
+    """The data plane's runner in a gevent worker (``run(entry, batch) -> probabilities``)."""
+
+    def __init__(self, max_batch: int, max_queue_delay_us: int = 0, preferred: tuple[int, ...] = ()) -> None:
+        self.max_batch = max_batch
+        self.delay = max_queue_delay_us / 1e6
+        self.preferred = tuple(sorted(p for p in preferred if p <= max_batch))
+        self.target = self.preferred[0] if self.preferred else max_batch
+        self.queues: dict[int, VersionQueue] = {}  # id(entry) -> its queue (removed when it empties)
+        self.tables: dict[int, tuple[weakref.ref, CostTable]] = {}  # id(entry) -> cost table
+        self.pool = ThreadPool(1)  # the model thread: passes run one at a time per worker, as inline
+
+    # -- the cost table -------------------------------------------------------------------------
+    def table(self, entry: ModelVersion) -> CostTable:
+        """The version's cost table, measured on first use (and by :meth:`warm` at start)."""
+        known = self.tables.get(id(entry))
+        if known is not None and known[0]() is entry:
+            return known[1]
+        table = CostTable.measure(entry.network, int(np.prod(entry.input_shape)), entry.dtype)
+        self.tables = {k: v for k, v in self.tables.items() if v[0]() is not None}  # unloaded versions go
+        self.tables[id(entry)] = (weakref.ref(entry), table)
+        return table
+
+    def warm(self, entries: list[ModelVersion]) -> None:
+        for entry in entries:
+            self.table(entry)
+
+    def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
+        tables = {}
+        for entry in entries:
+            known = self.tables.get(id(entry))
+            if known is not None and known[0]() is entry:
+                tables[str(entry.version)] = {"merge_limit": known[1].merge_limit,
+                                              "forward_us_by_rows": known[1].as_dict()}
+        return {"enabled": True, "mode": "opportunistic" if not self.delay else "queue delay",
+                "max_batch_size": self.max_batch, "max_queue_delay_microseconds": round(self.delay * 1e6),
+                "preferred_batch_size": list(self.preferred), "versions": tables}
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        table = self.table(entry)
+        if len(batch) > table.merge_limit:  # large: merging would save nothing, and must not wait
+            return self.forward(entry, batch, table, [time.perf_counter()])
+        key = id(entry)
+        queue = self.queues.get(key)
+        if queue is None or queue.entry is not entry:
+            queue = self.queues[key] = VersionQueue(entry)
+        item = Pending(batch)
+        queue.items.append(item)
+        queue.rows += len(batch)
+        if queue.rows >= self.target:
+            queue.enough.set()
+        if queue.busy:
+            try:
+                outcome = item.wake.get()
+            except BaseException:  # killed while waiting (a stop): never strand the requests behind it
+                self.abandon(key, queue, item)
+                raise
+            if outcome is DONE:
+                return self.outcome(item)
+        queue.busy = True
+        try:
+            gevent.idle()  # one turn of the loop: the other ready connections join this batch
+            if self.delay and queue.rows < self.target:
+                queue.enough.wait(max(0.0, self.delay - (time.perf_counter() - queue.items[0].enqueued)))
+            self.execute(queue, self.take(queue), table)
+        finally:
+            if item in queue.items:  # interrupted before its batch was taken (a stop): out of the queue
+                queue.items.remove(item)
+                queue.rows -= len(item.rows)
+            self.hand_on(key, queue)
+        return self.outcome(item)
+
+    def take(self, queue: VersionQueue) -> list[Pending]:
+        """The queue's head, whole requests, up to ``MAX_BATCH`` rows (the leader is the first)."""
+        taken, rows = [], 0
+        while queue.items and (not taken or rows + len(queue.items[0].rows) <= self.max_batch):
+            item = queue.items.pop(0)
+            taken.append(item)
+            rows += len(item.rows)
+        queue.rows -= rows
+        if queue.rows < self.target:
+            queue.enough.clear()
+        return taken
+
+    def execute(self, queue: VersionQueue, taken: list[Pending], table: CostTable) -> None:
+        """One merged pass, or one pass per request, whichever the cost table says is cheaper."""
+        groups = [taken] if table.merge_pays([len(i.rows) for i in taken]) else [[i] for i in taken]
+        try:
+            for group in groups:
+                try:
+                    rows = group[0].rows if len(group) == 1 else np.concatenate([i.rows for i in group])
+                    probabilities = self.forward(queue.entry, rows, table, [i.enqueued for i in group])
+                except Exception as exc:  # this pass only: the other groups and queued requests go on
+                    for item in group:
+                        item.error = exc
+                    continue
+                start = 0
+                for item in group:
+                    item.result = probabilities[start:start + len(item.rows)]
+                    start += len(item.rows)
+        finally:
+            for item in taken:
+                if item.result is None and item.error is None:  # the leader was killed mid-way (a stop)
+                    item.error = RuntimeError("the batch this request was in was interrupted")
+            for item in taken[1:]:  # the leader (taken[0]) returns its own
+                item.wake.set(DONE)
+
+    def forward(self, entry: ModelVersion, rows: np.ndarray, table: CostTable, enqueued: list[float]) -> np.ndarray:
+        now = time.perf_counter()
+        for t in enqueued:
+            metrics.observe_queue(entry.name, now - t)
+        metrics.observe_executed(entry.name, len(rows))
+        if table.cost(len(rows)) > OFF_LOOP_SECONDS:
+            return self.pool.apply(entry.network.predict_proba, (rows,))
+        return entry.network.predict_proba(rows)
+
+    def hand_on(self, key: int, queue: VersionQueue) -> None:
+        """The next queued request leads; an empty queue is dropped (a new one forms on demand)."""
+        if queue.items:
+            queue.items[0].wake.set(LEAD)
+        else:
+            queue.busy = False
+            if self.queues.get(key) is queue:
+                del self.queues[key]
+
+    def abandon(self, key: int, queue: VersionQueue, item: Pending) -> None:
+        if item in queue.items:
+            queue.items.remove(item)
+            queue.rows -= len(item.rows)
+        if item.wake.ready() and item.wake.value is LEAD:  # made leader, never ran: pass it on
+            self.hand_on(key, queue)
+
+    @staticmethod
+    def outcome(item: Pending) -> np.ndarray:
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+
+def install(app, settings) -> GeventBatcher | None:
+    """In a gunicorn worker, after fork: the data plane's runner becomes a batcher (``BATCHING=on``),
+    with a cost table measured for every loaded version before the first request."""
+    plane = getattr(app, "extensions", {}).get("dataplane")
+    if plane is None or not settings.batching:
+        return None
+    batcher = GeventBatcher(settings.max_batch, settings.max_queue_delay_microseconds,
+                            settings.preferred_batch_sizes())
+    batcher.warm([entry for versions in plane.registry.snapshot.serving.values() for entry in versions.values()])
+    plane.runner = batcher
+    return batcher
