@@ -59,7 +59,8 @@ COPY --from=build /opt/venv /opt/venv
 # Weights are read-only data for the server: owned by root, readable by the app user.
 COPY model_repository /srv/model_repository
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP; 8001: the Open Inference Protocol over gRPC (GRPC_PORT; 0 turns it off).
+EXPOSE 8000 8001
 # Ready means every model loaded; the standard library is enough (no curl in the image).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2).status == 200 else 1)"]

@@ -58,7 +58,7 @@ def write_bodies(directory: Path, data_dir: Path | None) -> None:
 
 
 def workers(server: LocalServer) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-P", str(server.master_pid())], capture_output=True, text=True).stdout
     return sorted(int(p) for p in out.split())
 
 

@@ -31,7 +31,7 @@ SMALL = json.dumps({"model": "xor", "inputs": [[0, 1]]})
 
 def workers_rss_mb(server: LocalServer) -> float:
     """The sum of the workers' resident memory, in MB."""
-    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-P", str(server.master_pid())], capture_output=True, text=True).stdout
     total = 0
     for pid in out.split():
         try:

@@ -1,8 +1,9 @@
 """``python -m service``: the production server (gunicorn with the project's config).
 
 Prepares a fresh Prometheus multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, default a new
-temporary directory) and then replaces this process with gunicorn, so signals (SIGTERM for a
-graceful stop) reach gunicorn's master directly.
+temporary directory). With ``GRPC_PORT=0`` it then replaces this process with gunicorn, so signals
+(SIGTERM for a graceful stop) reach gunicorn's master directly; otherwise it stays to supervise
+gunicorn and the gRPC server processes (``service/supervisor.py``), passing signals on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 
 
 def main() -> None:
-    Settings.from_env()  # fail fast, with pydantic's message, on a bad setting
+    settings = Settings.from_env()  # fail fast, with pydantic's message, on a bad setting
     for name in BLAS_THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -38,8 +39,12 @@ def main() -> None:
     if not os.environ.get("STATE_DIR"):
         os.environ["STATE_DIR"] = tempfile.mkdtemp(prefix="nn-state-")
     config = Path(__file__).with_name("gunicorn_conf.py")
-    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(config), *sys.argv[1:],
-                              "service.wsgi:app"])
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(config), *sys.argv[1:], "service.wsgi:app"]
+    if settings.grpc_port == 0:
+        os.execv(sys.executable, argv)
+    from service.supervisor import supervise
+
+    sys.exit(supervise(argv, settings.grpc_workers or settings.workers))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ class Settings(BaseModel):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC; 0: off")
+    grpc_workers: int | None = Field(None, ge=1, le=64, description="gRPC server processes; default WORKERS")
+    grpc_threads: int = Field(1, ge=1, le=64, description="inferences running at once per gRPC process")
+    grpc_max_calls: int = Field(64, ge=1, le=4096, description="calls a gRPC process holds at once; past "
+                                "that RESOURCE_EXHAUSTED")
     workers: int = Field(default_factory=usable_cores, ge=1, le=64)
     model_dir: Path = DEFAULT_ROOT
     max_batch: int = Field(1024, ge=1, le=65536)
@@ -75,6 +80,8 @@ class Settings(BaseModel):
         if self.body_buffer_bytes is not None and self.body_buffer_bytes < self.max_body_bytes:
             raise ValueError(f"BODY_BUFFER_BYTES={self.body_buffer_bytes} is smaller than MAX_BODY_BYTES="
                              f"{self.max_body_bytes}: one largest body must fit")
+        if self.grpc_port == self.port:
+            raise ValueError(f"GRPC_PORT={self.grpc_port} is PORT too: give gRPC a port of its own (0 turns it off)")
         return self
 
     @property

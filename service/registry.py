@@ -104,6 +104,10 @@ class Snapshot:
 class ModelRegistry:
     """The models under ``root`` and the versions of each that serve."""
 
+    # Whether this process counts load failures in /metrics: the gRPC processes load the same files as
+    # the HTTP workers and set it False, so a bad file is counted once, not once per process kind.
+    counts_failures = True
+
     def __init__(self, root: str | Path, policy: VersionPolicy | None = None, settle_seconds: float = 0.0,
                  state_file: str | Path | None = None) -> None:
         self.root = Path(root)
@@ -198,7 +202,8 @@ class ModelRegistry:
             # clients see the path within the repository only; the log keeps the server's full path
             entry.error = str(exc).replace(str(path), f"{name}/{version}/{path.name}")
             log.error("model %s/%s failed to load: %s", name, version, exc)
-            metrics.LOAD_FAILURES.labels(name).inc()
+            if self.counts_failures:
+                metrics.LOAD_FAILURES.labels(name).inc()
             return entry
         entry.network, entry.metadata, entry.sha256 = loaded.network, loaded.metadata, loaded.sha256
         entry.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -18,7 +18,9 @@ from tests.conftest import ROOT
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 MODELS_DIR = Path(os.environ.get("KSERVE_MODELS", ROOT / ".venv" / "kserve-models"))
 MANIFESTS = {"servingruntime.yaml": "V1alpha1ServingRuntime", "inferenceservice-v2.yaml": "V1beta1InferenceService",
-             "inferenceservice-v1.yaml": "V1beta1InferenceService"}
+             "inferenceservice-v1.yaml": "V1beta1InferenceService",
+             "servingruntime-grpc.yaml": "V1alpha1ServingRuntime",
+             "inferenceservice-grpc-v2.yaml": "V1beta1InferenceService"}
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +116,19 @@ def test_runtime_matches_the_image_and_the_services(repo_root):
         model = isvc["spec"]["predictor"]["model"]
         assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] == proto
         assert model["modelFormat"]["name"] == runtime["spec"]["supportedModelFormats"][0]["name"]
+
+
+def test_grpc_runtime_matches_the_image_and_its_service(repo_root):
+    """KServe routes a grpc-v2 predictor to its container's one port, named h2c: the server's GRPC_PORT."""
+    runtime = yaml.safe_load((repo_root / "deploy" / "kserve" / "servingruntime-grpc.yaml").read_text())
+    rest = yaml.safe_load((repo_root / "deploy" / "kserve" / "servingruntime.yaml").read_text())
+    container = runtime["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}]
+    assert "EXPOSE 8000 8001" in (repo_root / "Dockerfile").read_text()
+    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+    assert container["livenessProbe"]["grpc"]["port"] == container["readinessProbe"]["grpc"]["port"] == 8001
+    assert container["image"] == rest["spec"]["containers"][0]["image"]
+    assert runtime["spec"]["supportedModelFormats"] == rest["spec"]["supportedModelFormats"]
+    isvc = yaml.safe_load((repo_root / "deploy" / "kserve" / "inferenceservice-grpc-v2.yaml").read_text())
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] == "grpc-v2"

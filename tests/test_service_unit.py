@@ -38,6 +38,13 @@ def test_settings_from_environment():
         Settings.from_env({"LOG_LEVEL": "chatty"})
 
 
+def test_grpc_settings():
+    assert Settings.from_env({}).grpc_port == 8001  # Triton's
+    assert Settings.from_env({"GRPC_PORT": "0"}).grpc_port == 0  # off
+    with pytest.raises(ValidationError, match="GRPC_PORT=9000 is PORT too"):
+        Settings.from_env({"PORT": "9000", "GRPC_PORT": "9000"})
+
+
 def to_batch(inputs, entry):
     """What a JSON request goes through: the codec's conversion, then the data plane's checks."""
     return as_batch(jsonio.to_array(inputs, "inputs"), entry)

@@ -11,7 +11,6 @@ Protocol's ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from flask import Response, g, request
@@ -20,7 +19,7 @@ from pydantic import Field, RootModel
 
 from service import jsonio
 from service.blueprints import dataplane, empty, respond_json, settings
-from service.errors import ServiceError, not_found
+from service.protocols import repository as repository_ops
 from service.schemas import ModelName, ProtocolError, StrictModel
 
 
@@ -50,13 +49,7 @@ repository = APIBlueprint("repository", __name__, abp_tags=[Tag(name="model repo
 
 @repository.before_request
 def require_token() -> None:
-    token = settings().admin_token
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise ServiceError(401, "unauthorized", "the repository API needs 'Authorization: Bearer <ADMIN_TOKEN>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise ServiceError(403, "forbidden", "wrong token for the repository API")
+    repository_ops.authorize(settings().admin_token, request.headers.get("Authorization", ""))
 
 
 @repository.post("/v2/repository/index", responses={200: RepositoryIndex, **ERRORS})
@@ -68,21 +61,11 @@ def index() -> Response:
     return respond_json([r for r in rows if r["state"] == "READY"] if only_ready else rows)
 
 
-def model_dir_exists(name: str) -> None:
-    if not (dataplane().registry.root / name).is_dir():
-        raise not_found(f"no model {name!r} in the repository")
-
-
 @repository.post("/v2/repository/models/<model:name>/load", responses={200: None, **ERRORS})
 def load(path: RepositoryPath) -> Response:
     """Serve the model again (after an unload) and rescan it now; 400 if no version of it loads."""
     g.model = path.name
-    model_dir_exists(path.name)
-    registry = dataplane().registry
-    registry.set_unloaded(path.name, False)
-    if not registry.models.get(path.name):
-        reasons = "; ".join(f"{k}: {v}" for k, v in registry.failures().items() if k.startswith(f"{path.name}/"))
-        raise ServiceError(400, "load_failed", f"failed to load {path.name!r}: {reasons or 'no version found'}")
+    repository_ops.load(dataplane(), path.name)
     return empty()
 
 
@@ -90,6 +73,5 @@ def load(path: RepositoryPath) -> Response:
 def unload(path: RepositoryPath) -> Response:
     """Stop serving the model in every worker (its files stay; load serves it again)."""
     g.model = path.name
-    model_dir_exists(path.name)
-    dataplane().registry.set_unloaded(path.name, True)
+    repository_ops.unload(dataplane(), path.name)
     return empty()

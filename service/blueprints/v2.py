@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from typing import Any
 
 import numpy as np
@@ -33,10 +32,11 @@ from flask_openapi3 import APIBlueprint, Tag
 from service import jsonio
 from service.blueprints import dataplane, diagnostics, parses_own_body, respond_json
 from service.blueprints.inference import explain_options
-from service.dataplane import INPUT, INPUT_DATATYPES, LABEL, PROBABILITIES, Inference, signature
+from service.dataplane import INPUT, LABEL, PROBABILITIES, Inference, signature
 from service.diagnostics import Explanation
 from service.error_handlers import register_renderer
 from service.errors import ServiceError, bad_request, quote
+from service.protocols import v2_tensors
 from service.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
 from service.schemas_v2 import (
     InferenceRequest,
@@ -269,11 +269,9 @@ def flag(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
 
 
 def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.ndarray:
-    """The input tensor in its declared shape and datatype, from JSON data or the binary tail."""
-    dtype = INPUT_DATATYPES.get(inp.datatype)
-    if dtype is None:
-        raise bad_request(f"input {quote(inp.name)} has datatype {quote(inp.datatype)}; use FP32, FP64 or an "
-                          f"integer type ({', '.join(INPUT_DATATYPES)})")
+    """The input tensor in its declared shape and datatype, from JSON data or the binary tail
+    (the rules both V2 front-ends share: service/protocols/v2_tensors.py)."""
+    v2_tensors.input_dtype(inp.name, inp.datatype)
     count = math.prod(inp.shape)
     params = inp.parameters or {}
     if "binary_data_size" in params:
@@ -285,11 +283,7 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.nd
         if size != len(binary):
             raise bad_request(f"input {quote(inp.name)} declares {size} bytes of binary data, but {len(binary)} bytes "
                               f"follow the JSON header")
-        needed = count * np.dtype(dtype).itemsize
-        if size != needed:
-            raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} of {inp.datatype} is {needed} bytes, but "
-                              f"binary_data_size is {size}")
-        return np.frombuffer(binary, dtype=dtype).reshape(inp.shape)
+        return v2_tensors.from_raw(inp.name, inp.datatype, inp.shape, binary)
     if len(binary):
         raise bad_request(f"{len(binary)} bytes follow the JSON header, but no input names binary_data_size")
     if not isinstance(inp.data, list):
@@ -297,12 +291,7 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.nd
     arr = jsonio.to_array(inp.data, inp.name, booleans)
     if arr.size != count:
         raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} holds {count} values, but data has {arr.size}")
-    if np.dtype(dtype).kind in "iu":
-        if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
-            raise bad_request(f"input {quote(inp.name)} is {inp.datatype} but its data holds non-integer values")
-        info = np.iinfo(dtype)
-        if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise bad_request(f"input {quote(inp.name)} holds values outside the range of {inp.datatype}")
+    v2_tensors.check_integers(inp.name, inp.datatype, arr)
     return arr.reshape(inp.shape)
 
 
@@ -322,7 +311,7 @@ def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explan
         elif out.name == LABEL:
             labels = result.predicted()
             spec = {"name": LABEL, "datatype": "BYTES", "shape": [len(labels)]}
-            raw = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in labels)) if binary else None
+            raw = v2_tensors.pack_bytes(labels) if binary else None
             data = labels if not binary else None
         elif explanation is not None and out.name in EXPLAIN_OUTPUTS:
             if out.name == ATTRIBUTIONS:

@@ -79,6 +79,7 @@ def image() -> str:
 class Container:
     name: str
     url: str
+    grpc_target: str = ""  # host:port of the Open Inference Protocol over gRPC (the image's 8001)
 
     def logs(self) -> str:
         result = engine("logs", self.name, check=False)
@@ -101,10 +102,13 @@ def run(tag: str, mounts: tuple[str, ...] = (), **env: str) -> Container:
     environ = [arg for key, value in {**SERVER_ENV, **env}.items() for arg in ("-e", f"{key}={value}")]
     volumes = [arg for mount in mounts for arg in ("-v", mount)]
     engine("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp:rw,size=64m", "--cap-drop", "ALL",
-           "--security-opt", "no-new-privileges", "-p", "127.0.0.1::8000", *volumes, *environ, tag)
-    mapping = engine("port", name, "8000/tcp").stdout.strip().splitlines()[0]
-    host, port = mapping.rsplit(":", 1)
-    container = Container(name, f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}")
+           "--security-opt", "no-new-privileges", "-p", "127.0.0.1::8000", "-p", "127.0.0.1::8001", *volumes,
+           *environ, tag)
+    address = {}
+    for inside in ("8000", "8001"):
+        host, port = engine("port", name, f"{inside}/tcp").stdout.strip().splitlines()[0].rsplit(":", 1)
+        address[inside] = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    container = Container(name, f"http://{address['8000']}", address["8001"])
     try:
         wait_ready(container.url, timeout=90)
     except RuntimeError:

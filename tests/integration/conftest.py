@@ -12,6 +12,7 @@ give it the environment in ``SERVER_ENV`` so the limits the tests probe are the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,9 +59,12 @@ class LocalServer:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()  # GRPC_PORT: never the default 8001, which servers side by side would share
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = tmp / f"server-{self.port}.log"
         environ = {**os.environ, **SERVER_ENV, "HOST": "127.0.0.1", "PORT": str(self.port),
-                   "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"), **env}
+                   "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"),
+                   "GRPC_PORT": str(self.grpc_port), **env}
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environ,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -84,6 +88,15 @@ class LocalServer:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+    def master_pid(self) -> int:
+        """gunicorn's master: the process started here, or (gRPC on) its child running gunicorn."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        for pid in map(int, out.split()):
+            with contextlib.suppress(OSError):
+                if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+        return self.proc.pid
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -29,6 +29,20 @@ MODELS_DIR = Path(os.environ.get("KSERVE_MODELS", ROOT / ".venv" / "kserve-model
 GLYPHS = json.loads((ROOT / "training" / "data" / "digits5x5.json").read_text())
 
 
+def share_inference_messages() -> None:
+    """KServe's client and tritonclient.grpc each generate the protocol's messages (package ``inference``)
+    from their copy of the .proto, and protobuf's one descriptor pool refuses the second copy
+    ("duplicate symbol 'inference.ServerLiveRequest'"), so the two clients could not be tested in one
+    pytest run. KServe's modules are given tritonclient's generated ones instead: the same messages and
+    service, field for field, for everything KServe's client sends (ServerLive ... ModelInfer)."""
+    try:
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+    except ImportError:
+        return
+    sys.modules.setdefault("kserve.protocol.grpc.grpc_predict_v2_pb2", service_pb2)
+    sys.modules.setdefault("kserve.protocol.grpc.grpc_predict_v2_pb2_grpc", service_pb2_grpc)
+
+
 def load_sdk() -> types.SimpleNamespace:
     """KServe's REST client and its request types, from the wheel (a bare ``kserve`` package)."""
     if not (MODELS_DIR / "kserve" / "inference_client.py").is_file():
@@ -39,14 +53,16 @@ def load_sdk() -> types.SimpleNamespace:
         package = types.ModuleType("kserve")
         package.__path__ = [str(MODELS_DIR / "kserve")]
         sys.modules["kserve"] = package
+    share_inference_messages()
     try:
-        from kserve.inference_client import InferenceRESTClient, RESTConfig
+        from kserve.inference_client import InferenceGRPCClient, InferenceRESTClient, RESTConfig
         from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
     except ImportError as exc:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"KServe's client cannot import ({exc}): make .venv/.dev installs requirements-kserve-client.lock")
     return types.SimpleNamespace(InferenceRESTClient=InferenceRESTClient, RESTConfig=RESTConfig,
+                                 InferenceGRPCClient=InferenceGRPCClient,
                                  InferInput=InferInput, InferRequest=InferRequest, RequestedOutput=RequestedOutput)
 
 

@@ -147,7 +147,7 @@ def test_sigterm_while_a_worker_boots_still_stops_the_server(tmp_path):
 
 
 def worker_pids(server: LocalServer) -> set[int]:
-    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-P", str(server.master_pid())], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 

@@ -1,0 +1,46 @@
+"""Triton's model repository operations, transport-free: the REST blueprint (``service/blueprints/repository.py``)
+and the gRPC codec (``service/protocols/v2_grpc.py``) both call these.
+
+``authorize`` checks an ``Authorization`` value against ``ADMIN_TOKEN`` (401 missing, 403 wrong,
+compared in constant time and never logged); ``load`` and ``unload`` change what every process
+serves through the registry's shared state (``service/registry.py``).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from pydantic import SecretStr
+
+from service.dataplane import DataPlane
+from service.errors import ServiceError, not_found, quote
+
+
+def authorize(token: SecretStr, authorization: str) -> None:
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ServiceError(401, "unauthorized", "the repository API needs 'Authorization: Bearer <ADMIN_TOKEN>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise ServiceError(403, "forbidden", "wrong token for the repository API")
+
+
+def model_dir_exists(plane: DataPlane, name: str) -> None:
+    if not (plane.registry.root / name).is_dir():
+        raise not_found(f"no model {quote(name)} in the repository")
+
+
+def load(plane: DataPlane, name: str) -> None:
+    """Serve the model again (after an unload) and rescan it now; 400 if no version of it loads."""
+    model_dir_exists(plane, name)
+    registry = plane.registry
+    registry.set_unloaded(name, False)
+    if not registry.models.get(name):
+        reasons = "; ".join(f"{k}: {v}" for k, v in registry.failures().items() if k.startswith(f"{name}/"))
+        raise ServiceError(400, "load_failed", f"failed to load {name!r}: {reasons or 'no version found'}")
+
+
+def unload(plane: DataPlane, name: str) -> None:
+    """Stop serving the model in every process (its files stay; load serves it again)."""
+    model_dir_exists(plane, name)
+    plane.registry.set_unloaded(name, True)
