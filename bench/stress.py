@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from bench.train_epoch import machine
-from bench.uploads import stalled_uploads
+from bench.uploads import stalled_uploads, timed_small_request
 from tests.integration.conftest import LocalServer
 from training.datasets import mnist
 
@@ -229,14 +229,9 @@ def idle_crowd(tmp: Path, connections: int = 2100) -> dict:
             crowd.append(socket.create_connection((host, int(port)), timeout=10))
         time.sleep(1.0)
         for _ in range(50):  # a new connection each time, as a new client would
-            start = time.perf_counter()
-            try:
-                ok = requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": [[0, 1]]},
-                                   timeout=10).status_code == 200
-            except requests.RequestException:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - start)
+            seconds = timed_small_request(requests.post, server.url)
+            if seconds is not None:
+                latencies.append(seconds)
             else:
                 failures += 1
     finally:

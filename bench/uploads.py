@@ -29,6 +29,18 @@ from tests.integration.conftest import LocalServer
 SMALL = json.dumps({"model": "xor", "inputs": [[0, 1]]})
 
 
+def timed_small_request(post, url: str) -> float | None:
+    """Seconds one small ``/predict`` took through ``post`` (a session's, or ``requests.post`` for a new
+    connection each time), or None if it failed."""
+    start = time.perf_counter()
+    try:
+        ok = post(f"{url}/predict", data=SMALL, headers={"Content-Type": "application/json"},
+                  timeout=10).status_code == 200
+    except requests.RequestException:
+        ok = False
+    return time.perf_counter() - start if ok else None
+
+
 def workers_rss_mb(server: LocalServer) -> float:
     """The sum of the workers' resident memory, in MB."""
     out = subprocess.run(["pgrep", "-P", str(server.master_pid())], capture_output=True, text=True).stdout
@@ -96,15 +108,9 @@ def stalled_uploads(server: LocalServer, connections: int = 100, body_mb: float 
         deadline = time.monotonic() + burst_seconds
         with requests.Session() as s:
             while time.monotonic() < deadline or len(latencies) + failures < requests_meanwhile:
-                start = time.perf_counter()
-                try:
-                    r = s.post(f"{url}/predict", data=SMALL, headers={"Content-Type": "application/json"},
-                               timeout=10)
-                    ok = r.status_code == 200
-                except requests.RequestException:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
+                seconds = timed_small_request(s.post, url)
+                if seconds is not None:
+                    latencies.append(seconds)
                 else:
                     failures += 1
                 peak = max(peak, workers_rss_mb(server))
