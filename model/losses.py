@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.layers import sigmoid
+from model.layers import sigmoid, softmax
 
 
 class Loss:
@@ -94,6 +94,45 @@ class SoftmaxCrossEntropy(Loss):
     def backward(self) -> np.ndarray:
         grad = self._probs - self._onehot
         grad /= grad.shape[0]
+        return grad
+
+
+class Distillation(Loss):
+    """Knowledge distillation (Hinton, Vinyals and Dean, 2015), fused on the student's logits z.
+
+    ``targets`` is a pair ``(labels, teacher_logits)``: class indices (batch,) and the teacher's
+    logits (batch, classes). Per sample,
+    ``(1 - weight) * CE(labels, z) + weight * T^2 * KL(softmax(t / T) || softmax(z / T))``.
+    The KL divergence is the cross-entropy ``CE(softmax(t / T), z / T)`` less the teacher's entropy,
+    a constant, so it is 0 when the student matches the teacher and has the cross-entropy's
+    gradient; ``T^2`` keeps that gradient on the hard term's scale whatever the temperature (it is
+    ``T (softmax(z / T) - softmax(t / T))``).
+    """
+
+    def __init__(self, temperature: float = 4.0, weight: float = 0.5) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {weight}")
+        self.temperature, self.weight = float(temperature), float(weight)
+        self._hard, self._soft = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+
+    def forward(self, logits: np.ndarray, targets: tuple[np.ndarray, np.ndarray]) -> float:
+        labels, teacher_logits = targets
+        t = self.temperature
+        scaled = np.asarray(teacher_logits, dtype=logits.dtype) / t
+        soft_targets = softmax(scaled.copy())
+        log_targets = scaled - scaled.max(axis=1, keepdims=True)
+        log_targets -= np.log(np.exp(log_targets).sum(axis=1, keepdims=True))
+        entropy = -float(np.sum(soft_targets * log_targets)) / len(scaled)
+        hard = self._hard.forward(logits, labels)
+        kl = self._soft.forward(logits / t, soft_targets) - entropy
+        return (1.0 - self.weight) * hard + self.weight * t * t * kl
+
+    def backward(self) -> np.ndarray:
+        grad = self._soft.backward()
+        grad *= self.weight * self.temperature  # T^2 times d(z / T)/dz
+        grad += (1.0 - self.weight) * self._hard.backward()
         return grad
 
 

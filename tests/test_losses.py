@@ -9,7 +9,8 @@ import pytest
 
 from model.gradcheck import numerical_gradient, relative_error
 from model.heads import loss_for_head
-from model.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
+from model.layers import softmax
+from model.losses import Distillation, MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from tests.conftest import require_torch
 
 
@@ -107,3 +108,65 @@ def test_against_pytorch(kind):
     theirs.backward()
     assert math.isclose(ours, theirs.item(), rel_tol=1e-12)
     np.testing.assert_allclose(grad, t_logits.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def distillation_case(seed: int = 0, batch: int = 5, classes: int = 4):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, classes)) * 3
+    labels = rng.integers(0, classes, batch)
+    teacher = rng.standard_normal((batch, classes)) * 5
+    return z, labels, teacher
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 10.0])
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_distillation_gradient_matches_numerical(temperature, weight):
+    z, labels, teacher = distillation_case()
+    loss = Distillation(temperature, weight)
+    loss.forward(z, (labels, teacher))
+    analytic = loss.backward().copy()
+    numeric = numerical_gradient(lambda: Distillation(temperature, weight).forward(z, (labels, teacher)), z)
+    assert relative_error(analytic, numeric).max() < 1e-6
+
+
+def test_distillation_without_the_teacher_is_cross_entropy():
+    z, labels, teacher = distillation_case()
+    loss, plain = Distillation(4.0, 0.0), SoftmaxCrossEntropy()
+    assert loss.forward(z, (labels, teacher)) == plain.forward(z, labels)
+    np.testing.assert_array_equal(loss.backward(), plain.backward())
+
+
+def test_distillation_at_temperature_one_is_cross_entropy_on_mixed_targets():
+    """(1 - w) CE(y, z) + w CE(q, z) = CE((1 - w) y + w q, z): cross-entropy is linear in its target
+    (less w H(q), the teacher's entropy, in the KL divergence)."""
+    z, labels, teacher = distillation_case()
+    w = 0.3
+    mixed = (1 - w) * np.eye(4)[labels] + w * softmax(teacher.copy())
+    q = softmax(teacher.copy())
+    entropy = -np.sum(q * np.log(q)) / len(q)
+    loss, plain = Distillation(1.0, w), SoftmaxCrossEntropy()
+    assert loss.forward(z, (labels, teacher)) == pytest.approx(plain.forward(z, mixed) - w * entropy, rel=1e-12)
+    np.testing.assert_allclose(loss.backward(), plain.backward(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("temperature,weight", [(1.0, 0.5), (4.0, 0.5), (3.0, 0.9)])
+def test_distillation_against_torch(temperature, weight):
+    """Hinton et al.'s loss as PyTorch users write it: KL divergence of the softened outputs, times T^2."""
+    torch = require_torch()
+    import torch.nn.functional as F
+
+    z, labels, teacher = distillation_case(seed=3)
+    zt = torch.tensor(z, requires_grad=True)
+    soft = torch.softmax(torch.tensor(teacher) / temperature, dim=1)
+    kl = F.kl_div(F.log_softmax(zt / temperature, dim=1), soft, reduction="batchmean")
+    expected = (1 - weight) * F.cross_entropy(zt, torch.tensor(labels)) + weight * temperature ** 2 * kl
+    expected.backward()
+    loss = Distillation(temperature, weight)
+    assert loss.forward(z, (labels, teacher)) == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(loss.backward(), zt.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {"temperature": -1.0}, {"weight": -0.1}, {"weight": 1.5}])
+def test_distillation_rejects_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        Distillation(**kwargs)
