@@ -35,6 +35,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def layer_sizes(text: str) -> list[int]:
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive widths, e.g. 800 or 512,512; "
+                                         f"got {text}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
     parser.add_argument("--lr", type=positive_float, help="override the learning rate")
     parser.add_argument("--batch-size", type=positive_int, help="override the batch size")
+    parser.add_argument("--hidden", type=layer_sizes, help="override the hidden layers' widths, e.g. 800 or 512,512")
+    parser.add_argument("--teacher", type=Path,
+                        help="distil from this model: a version directory (model_repository/mnist/1) or its model.npz")
+    parser.add_argument("--temperature", type=positive_float,
+                        help="distillation temperature (default: the recipe's, 4)")
+    parser.add_argument("--distill-weight", type=unit_float,
+                        help="the teacher term's share of the loss, in [0, 1] (default: the recipe's, 0.5)")
     parser.add_argument("--out", type=Path, default=DEFAULT_ROOT,
                         help="model repository to write <name>/<version>/ into (default: %(default)s)")
     parser.add_argument("--version", type=positive_int,
@@ -74,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace) -> int:
     from training.recipes import run
 
-    overrides = {"epochs": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size}
+    overrides = {"epochs": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
+                 "hidden": args.hidden, "teacher": None if args.teacher is None else str(args.teacher),
+                 "temperature": args.temperature, "distill_weight": args.distill_weight}
     names = MODELS if args.target == "all" else (args.target,)
     if args.version is not None and len(names) > 1 and not args.force:
         log.error("--version with 'all' writes the same version for every model; add --force to confirm")

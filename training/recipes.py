@@ -16,18 +16,19 @@ from typing import Any
 import numpy as np
 
 from model.heads import loss_for_head
-from model.io import atomic_writer, save_model
+from model.io import LoadedModel, WeightsFileError, atomic_writer, load_model, save_model
+from model.losses import Distillation
 from model.network import Sequential, mlp
 from model.optimizers import OPTIMIZERS, Optimizer
 from model.repository import CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, next_version, version_dir
 from training import datasets
 from training.augment import Distortion
+from training.batches import Augment
 from training.trainer import History, accuracy, cosine_schedule, fit
 
 log = logging.getLogger(__name__)
 
 
-Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 Loader = Callable[[str | Path | None, bool, bool], datasets.Dataset]  # (data_dir, download, progress)
 BEHAVIOUR = {"config": False}  # a field that says how to train, not a setting stored with the weights
 # MNIST: the last 10,000 training images watch each epoch and chose every setting below; the test
@@ -64,6 +65,9 @@ class Recipe:
     batch_size: int = 100
     seed: int = 0
     augment: str = "none"  # a description of the augmentation, for the metadata
+    teacher: str | None = None  # distil from this model (a version directory or its model.npz)
+    temperature: float = 4.0  # distillation's softening of both networks' logits
+    distill_weight: float = 0.5  # the soft (teacher) term's share of the loss
     targets: dict[str, float] = field(default_factory=dict)
     dataset: Loader = field(default=lambda data_dir, download, progress: datasets.xor(), metadata=BEHAVIOUR)
     augmenter: Augment | None = field(default=None, metadata=BEHAVIOUR)
@@ -107,14 +111,38 @@ def build_network(recipe: Recipe, in_features: int, classes: int, rng: np.random
                dropout=recipe.dropout, rng=rng)
 
 
+def load_teacher(recipe: Recipe, dataset: datasets.Dataset) -> LoadedModel:
+    """The recipe's teacher, checked to read the dataset's inputs and give its classes, in its order."""
+    path = Path(recipe.teacher or "")
+    loaded = load_model(path / WEIGHTS_FILE if path.is_dir() else path)
+    net, meta = loaded.network, loaded.metadata
+    if net.head != "softmax" or (net.input_features, net.output_features) != (dataset.x.shape[1], len(dataset.labels)):
+        raise WeightsFileError(f"{path}: a teacher must be a softmax network from {dataset.x.shape[1]} inputs to "
+                               f"{len(dataset.labels)} classes; this one is {net!r}")
+    if meta.get("labels") != dataset.labels:
+        raise WeightsFileError(f"{path}: the teacher's labels {meta.get('labels')} are not {dataset.labels}")
+    return loaded
+
+
+def teacher_record(loaded: LoadedModel) -> dict[str, Any]:
+    """What the student's metadata says of its teacher: enough to find and verify it."""
+    meta = loaded.metadata
+    return {"name": meta.get("name"), "version": meta.get("version"), "sha256": loaded.sha256,
+            "parameters": loaded.network.num_params, "metrics": meta.get("metrics", {})}
+
+
 def train_recipe(recipe: Recipe, dataset: datasets.Dataset, *, progress: bool = False) -> tuple[Sequential, History]:
     rng = np.random.default_rng(recipe.seed)
     net = build_network(recipe, dataset.x.shape[1], len(dataset.labels), rng)
     optimizer: Optimizer = OPTIMIZERS[recipe.optimizer](lr=recipe.lr)
     schedule = cosine_schedule(recipe.lr, recipe.epochs, recipe.lr / 100) if recipe.lr_schedule == "cosine" else None
-    history = fit(net, loss_for_head(net.head), optimizer, dataset.x, dataset.y, epochs=recipe.epochs,
+    loss, teacher = loss_for_head(net.head), None
+    if recipe.teacher:
+        teacher = load_teacher(recipe, dataset).network.infer
+        loss = Distillation(recipe.temperature, recipe.distill_weight)
+    history = fit(net, loss, optimizer, dataset.x, dataset.y, epochs=recipe.epochs,
                   batch_size=recipe.batch_size, rng=rng, eval_sets=dataset.eval_sets, augment=recipe.augmenter,
-                  lr_schedule=schedule, progress=progress)
+                  teacher=teacher, lr_schedule=schedule, progress=progress)
     return net, history
 
 
@@ -170,6 +198,8 @@ def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Seque
         "code_version": code_version(),
         "train_seconds": round(sum(history.series("seconds")), 2),
     }
+    if recipe.teacher:
+        metadata["teacher"] = teacher_record(load_teacher(recipe, dataset))
     save_model(target / WEIGHTS_FILE, net, metadata)
     report = {"metrics": metrics, "targets": metadata["targets"]}
     with atomic_writer(target / METRICS_FILE, "w") as fh:

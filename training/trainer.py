@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +15,10 @@ from model.heads import head
 from model.losses import Loss
 from model.network import Sequential
 from model.optimizers import Optimizer
+from training.batches import Augment, Batch, Teacher, ahead, make_batches
 from training.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 @dataclass
@@ -66,6 +65,7 @@ def fit(
     labels: np.ndarray | None = None,
     eval_sets: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     augment: Augment | None = None,
+    teacher: Teacher | None = None,
     lr_schedule: Callable[[int], float] | None = None,
     shuffle: bool = True,
     progress: bool = False,
@@ -83,7 +83,11 @@ def fit(
     eval_sets : {name: (x, labels)}
         Evaluated after each epoch, reported as ``<name>_accuracy``.
     augment : callable(batch, rng) -> batch, optional
-        Applied to each training batch (never to evaluation data).
+        Applied to each training batch (never to evaluation data), with a generator of its own
+        spawned from ``rng``, on a second thread one batch ahead (``training/batches.py``).
+    teacher : callable(batch) -> logits, optional
+        Distillation: each batch's loss targets become ``(targets, teacher(augmented batch))``,
+        made with the batch; ``loss`` must take them (:class:`model.losses.Distillation`).
     max_steps : int, optional
         Stop after this many optimizer steps (for iteration-count recipes); the last partial
         epoch is still recorded.
@@ -93,6 +97,7 @@ def fit(
     n = len(x)
     history = History()
     steps = 0
+    augment_rng = rng.spawn(1)[0] if augment is not None else None
     bar = progress_bar(progress, total=epochs * math.ceil(n / batch_size), unit="batch", leave=False)
     for epoch in range(epochs):
         if lr_schedule is not None:
@@ -100,9 +105,12 @@ def fit(
         start = time.perf_counter()
         order = rng.permutation(n) if shuffle else np.arange(n)
         net.train()
-        stats = train_epoch(net, loss, optimizer, x, targets, labels, order, batch_size=batch_size, rng=rng,
-                            augment=augment, max_steps=None if max_steps is None else max_steps - steps,
-                            on_step=bar.update)
+        batches = make_batches(x, targets, order, batch_size=batch_size, augment=augment, rng=augment_rng,
+                               teacher=teacher)
+        if augment is not None or teacher is not None:
+            batches = ahead(batches)
+        stats = train_epoch(net, loss, optimizer, batches, labels,
+                            max_steps=None if max_steps is None else max_steps - steps, on_step=bar.update)
         steps += stats.steps
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": stats.loss_sum / max(stats.seen, 1), "lr": optimizer.lr,
                                   "seconds": time.perf_counter() - start}
@@ -128,11 +136,10 @@ class EpochStats:
     steps: int = 0
 
 
-def train_epoch(net: Sequential, loss: Loss, optimizer: Optimizer, x: np.ndarray, targets: np.ndarray,
-                labels: np.ndarray | None, order: np.ndarray, *, batch_size: int, rng: np.random.Generator,
-                augment: Augment | None, max_steps: int | None,
+def train_epoch(net: Sequential, loss: Loss, optimizer: Optimizer, batches: Iterable[Batch],
+                labels: np.ndarray | None, *, max_steps: int | None,
                 on_step: Callable[[int], Any] = lambda n: None) -> EpochStats:
-    """One pass over the rows of ``x`` in ``order``, in mini-batches: forward, loss, backward, step.
+    """One pass over an epoch's ``batches``: forward, loss, backward, step.
 
     Stops after ``max_steps`` optimizer steps if given. The running accuracy skips the head
     (``model/heads.py`` says why that gives the same classes).
@@ -140,16 +147,14 @@ def train_epoch(net: Sequential, loss: Loss, optimizer: Optimizer, x: np.ndarray
     decide_logits = head(net.head).decide_logits
     params, grads = net.named_params(), net.named_grads()
     stats = EpochStats()
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        xb = x[idx] if augment is None else augment(x[idx], rng)
-        logits = net.forward(xb)
-        stats.loss_sum += loss.forward(logits, targets[idx]) * len(idx)
+    for batch in batches:
+        logits = net.forward(batch.x)
+        stats.loss_sum += loss.forward(logits, batch.targets) * len(batch.index)
         net.backward(loss.backward(), input_grad=False)
         optimizer.step(params, grads)
         if labels is not None:
-            stats.correct += int(np.sum(decide_logits(logits) == labels[idx]))
-        stats.seen += len(idx)
+            stats.correct += int(np.sum(decide_logits(logits) == labels[batch.index]))
+        stats.seen += len(batch.index)
         stats.steps += 1
         on_step(1)
         if max_steps is not None and stats.steps >= max_steps:
