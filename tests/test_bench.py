@@ -13,10 +13,29 @@ def test_machine_records_the_thread_pools_in_force():
     assert train_epoch.machine(threads=2)["threads asked"] == "2"
 
 
-@pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress"])
+@pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress", "bench.frontier"])
 def test_each_benchmark_parses_its_arguments(module, capsys):
     import importlib
 
     with pytest.raises(SystemExit) as exit_:
         importlib.import_module(module).main(["--help"])
     assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_the_frontier_table_reads_a_trained_version(mnist_dir, tmp_path, capsys):
+    import json
+
+    from bench import frontier
+    from model.io import load_model
+    from tests.conftest import ROOT
+
+    version = ROOT / "model_repository" / "mnist" / "1"
+    meta = load_model(version / "model.npz").metadata
+    assert frontier.main([str(version), "--data-dir", str(mnist_dir), "--rounds", "1",
+                          "--json", str(tmp_path / "f.json")]) == 0
+    row = json.loads((tmp_path / "f.json").read_text())["rows"][0]
+    assert row["parameters"] == sum(a.size for a in load_model(version / "model.npz").network.named_params().values())
+    assert (row["validation_accuracy"], row["test_accuracy"]) == (meta["metrics"]["validation_accuracy"],
+                                                                  meta["metrics"]["test_accuracy"])
+    assert row["forward_us_batch1"] > 0 and row["forward_us_batch256"] > 0
+    assert f"| {row['network']} | {row['parameters']:,} |" in capsys.readouterr().out
