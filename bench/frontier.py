@@ -1,11 +1,12 @@
 """The MNIST accuracy/latency frontier: trained versions side by side, as the README's table.
 
 For each version directory given (``<repository>/mnist/<v>``, written by ``python -m training mnist``):
-its parameters, validation and test accuracy and training seconds (from its metadata, recorded when
-it was trained), the forward pass per sample at batch 1 and 256 (in-process, one BLAS thread,
-median of ``--rounds``), and, with ``--serve``, ``/predict`` requests/s with one image at
-concurrency 16: the real server (gunicorn, the service's settings, ``--workers``) serving only that
-version as ``mnist``, driven by wrk, as in ``bench/serve_load.py``.
+its parameters, validation and test accuracy and training seconds, with and without the per-epoch
+validation passes (from its metadata, recorded when it was trained); the forward pass per sample at
+batch 1 and 256 (in-process, one BLAS thread, median of ``--rounds``); and, with ``--serve``,
+``/predict`` requests/s with one image at concurrency 16: the real server (gunicorn, the service's
+settings, ``--workers``) serving only that version as ``mnist``, driven by wrk, as in
+``bench/serve_load.py``.
 
     python -m bench.frontier model_repository/mnist/1 model_repository/mnist/2 --serve
 """
@@ -64,6 +65,7 @@ def row(version_dir: Path, x: np.ndarray, args, tmp: Path, body: Path | None) ->
            "teacher": (meta.get("teacher") or {}).get("parameters"),
            "validation_accuracy": meta["metrics"].get("validation_accuracy"),
            "test_accuracy": meta["metrics"].get("test_accuracy"), "train_seconds": meta.get("train_seconds"),
+           "fit_seconds": meta.get("fit_seconds"),
            "forward_us_batch1": per_sample_seconds(net, x, 1, args.rounds) * 1e6,
            "forward_us_batch256": per_sample_seconds(net, x, 256, args.rounds) * 1e6}
     if body is not None:
@@ -77,13 +79,15 @@ def pct(v: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| network | parameters | teacher | validation | test | training s | forward µs/sample, batch 1 "
+    lines = ["| network | parameters | teacher | validation | test | training s (with validation) "
+             "| forward µs/sample, batch 1 "
              "| batch 256 | `/predict` req/s, c=16 |", "|" + "---|" * 9]
     for r in rows:
         teacher = f"{r['teacher']:,}" if r["teacher"] else "none"
         rps = f"{r['predict_rps_c16']:.0f}" if "predict_rps_c16" in r else ""
+        fit = f" ({r['fit_seconds']:.0f})" if r.get("fit_seconds") else ""
         lines.append(f"| {r['network']} | {r['parameters']:,} | {teacher} | {pct(r['validation_accuracy'])} "
-                     f"| {pct(r['test_accuracy'])} | {r['train_seconds']:.0f} | {r['forward_us_batch1']:.0f} "
+                     f"| {pct(r['test_accuracy'])} | {r['train_seconds']:.0f}{fit} | {r['forward_us_batch1']:.0f} "
                      f"| {r['forward_us_batch256']:.1f} | {rps} |")
     return "\n".join(lines)
 

@@ -196,7 +196,8 @@ def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Seque
         "datasets": dataset.checksums,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
-        "train_seconds": round(sum(history.series("seconds")), 2),
+        "train_seconds": round(sum(history.series("seconds")), 2),  # the steps alone
+        "fit_seconds": round(sum(history.series("seconds")) + sum(history.series("eval_seconds")), 2),  # and validation
     }
     if recipe.teacher:
         metadata["teacher"] = teacher_record(load_teacher(recipe, dataset))

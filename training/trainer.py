@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class History:
-    """Per-epoch records: ``{"epoch", "loss", "train_accuracy", "<set>_accuracy", "seconds", "lr"}``."""
+    """Per-epoch records: ``{"epoch", "loss", "train_accuracy", "<set>_accuracy", "seconds", "eval_seconds", "lr"}``
+    (``seconds`` trains, ``eval_seconds`` evaluates the watched sets after it)."""
 
     epochs: list[dict[str, float]] = field(default_factory=list)
 
@@ -118,6 +119,8 @@ def fit(
             record["train_accuracy"] = stats.correct / max(stats.seen, 1)
         for name, (ex, ey) in eval_sets.items():
             record[f"{name}_accuracy"] = accuracy(net, ex, ey)
+        if eval_sets:
+            record["eval_seconds"] = time.perf_counter() - start - record["seconds"]
         history.epochs.append(record)
         log.info("epoch %d/%d %s", epoch + 1, epochs,
                  " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
