@@ -29,6 +29,19 @@ def pytest_report_header(config) -> list[str]:
             + (f"; set: {forced}" if forced else "")]
 
 
+def served_version(name: str) -> Path:
+    """The shipped version directory of ``name`` that the default policy (``latest:1``) serves: the
+    newest. (Older shipped versions stay on disk for a rollback, unserved.)"""
+    from model.repository import versions
+
+    model_dir = ROOT / "model_repository" / name
+    return model_dir / str(max(versions(model_dir)))
+
+
+def served_weights(name: str) -> Path:
+    return served_version(name) / "model.npz"
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

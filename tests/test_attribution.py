@@ -33,7 +33,7 @@ from model.gradcheck import input_gradient_check
 from model.io import load_model
 from model.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from model.network import Sequential
-from tests.conftest import ROOT, require_torch
+from tests.conftest import require_torch, served_weights
 from training.datasets import digits, xor
 
 SHIPPED = ("xor", "digits", "mnist")
@@ -41,7 +41,7 @@ DEFAULT_STEPS_COMPLETENESS = 0.02
 
 
 def shipped(name: str) -> Sequential:
-    return load_model(ROOT / "model_repository" / name / "1" / "model.npz").network
+    return load_model(served_weights(name)).network
 
 
 def real_inputs(name: str, mnist_data, n: int = 4) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import served_weights
 from training.drawing import BOX, FIELD, strokes_to_mnist
 
 ONE = [[[140, 30], [138, 250]]]
@@ -62,7 +63,7 @@ def test_pen_width_must_be_positive(width):
 def test_a_drawn_digit_is_read_by_the_shipped_model(model_repository):
     from model.io import load_model
 
-    net = load_model(model_repository / "mnist" / "1" / "model.npz").network
+    net = load_model(served_weights("mnist")).network
     four = [[[112, 40], [86, 120], [78, 162], [204, 160]], [[172, 70], [170, 160], [166, 248]]]
     for digit, strokes in (("1", ONE), ("7", SEVEN), ("4", four)):
         assert str(net.predict_proba(strokes_to_mnist(strokes, 18).reshape(1, -1)).argmax()) == digit

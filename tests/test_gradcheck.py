@@ -9,6 +9,7 @@ from model.gradcheck import gradient_check
 from model.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
 from model.losses import MeanSquaredError
 from model.network import Sequential
+from tests.conftest import served_weights
 
 
 def mixed_net(rng, dense_cls=Dense, sigmoid_cls=Sigmoid, bn_cls=BatchNorm1d, head="softmax", out=3):
@@ -152,7 +153,7 @@ def test_floor_follows_the_loss_and_still_catches_real_errors():
 def test_trained_mnist_passes_with_real_images(mnist_data, model_repository):
     from model.io import load_model
 
-    net = load_model(model_repository / "mnist" / "1" / "model.npz").network
+    net = load_model(served_weights("mnist")).network
     x, y = mnist_data.eval_sets["test"]
     for mode in ("sampled", "directional"):
         result = gradient_check(net, x[:16], y[:16], mode=mode, samples=10)

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from model.io import load_model, save_model
+from tests.conftest import served_version, served_weights
 from tests.floats import assert_probabilities_close
 from tests.integration.conftest import ROOT, LocalServer
 from tests.integration.test_operations import counter
@@ -75,7 +76,7 @@ def test_a_crowd_shares_passes_and_each_gets_its_own_answer_or_error(base_url, s
     equals its sample's answer alone, every invalid one is a 422 naming its own position, and fewer passes
     ran than valid requests, some with several samples: batches formed, and a bad request failed no other."""
     x = samples[model]
-    expected = reference(ROOT / "model_repository" / model / "1" / "model.npz", x)
+    expected = reference(served_weights(model), x)
     jobs = [(i, i % 5 == 3) for i in range(len(x))]
 
     def send(session, job):
@@ -124,7 +125,7 @@ def test_models_shows_the_batching_state(base_url):
     batching = requests.get(f"{base_url}/models/mnist", timeout=30).json()["batching"]
     assert batching["enabled"] is True and batching["mode"] == "opportunistic"
     assert batching["max_batch_size"] == 1024 and batching["max_queue_delay_microseconds"] == 0
-    table = batching["versions"]["1"]
+    table = batching["versions"][served_version("mnist").name]
     assert table["merge_limit"] == 64
     assert set(table["forward_us_by_rows"]) == {"1", "2", "4", "8", "16", "32", "64"}
     costs = list(table["forward_us_by_rows"].values())

@@ -18,14 +18,14 @@ import requests
 
 from model.attribution import METHODS, attribute
 from model.io import load_model
-from tests.conftest import ROOT
+from tests.conftest import served_weights
 from training.datasets import digits, xor
 
 COMPLETENESS = 0.02  # |convergence delta| of a probability at the default 64 steps (tests/test_attribution.py)
 
 
 def network(name):
-    return load_model(ROOT / "model_repository" / name / "1" / "model.npz").network
+    return load_model(served_weights(name)).network
 
 
 def inputs_of(name, mnist_data, n=4):

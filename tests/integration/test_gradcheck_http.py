@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import served_weights
 from training.datasets import digits, xor
 
 
@@ -84,10 +85,9 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicor
     from model.io import load_model
     from service.dataplane import Limits
     from service.diagnostics import gradcheck_cost
-    from tests.conftest import ROOT
 
     url = gunicorn_server.url
-    network = load_model(ROOT / "model_repository" / "mnist" / "1" / "model.npz").network
+    network = load_model(served_weights("mnist")).network
     n = 1
     while gradcheck_cost(network, n + 1, "directional", 100) <= Limits().gradcheck_max_cost:
         n += 1  # the largest batch the cost bound allows (4 images for the 784-1024-1024-10 model)

@@ -11,13 +11,15 @@ import time
 import pytest
 import requests
 
+from tests.conftest import served_version
 from tests.integration.conftest import LocalServer
 
 
 @pytest.fixture
 def broken_repository(tmp_path, model_repository):
     repo = tmp_path / "repo"
-    shutil.copytree(model_repository, repo)
+    for name in ("xor", "digits", "mnist"):  # each as its version 1: the one the shipped repository serves
+        shutil.copytree(served_version(name), repo / name / "1")
     (repo / "mnist" / "2").mkdir()
     data = (repo / "mnist" / "1" / "model.npz").read_bytes()
     (repo / "mnist" / "2" / "model.npz").write_bytes(data[: len(data) // 3])  # truncated upload

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tests.conftest import served_version
 from training.recipes import RECIPES
 
 
@@ -41,7 +42,8 @@ def test_health_and_readiness(base_url, http):
     assert http.get(f"{base_url}/healthz").json() == {"status": "ok"}
     ready = http.get(f"{base_url}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "models": {"digits/1": "ready", "mnist/1": "ready", "xor/1": "ready"}}
+    served = {f"{name}/{served_version(name).name}": "ready" for name in ("digits", "mnist", "xor")}
+    assert ready.json() == {"ready": True, "models": served}
 
 
 def counter(text: str, name: str, **labels: str) -> float:

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from model.io import file_sha256, load_model
+from tests.conftest import served_version, served_weights
 from tests.floats import assert_probabilities_close
 from training.datasets import digits, xor
 from training.recipes import RECIPES
 
 
 def library_model(model_repository, name):
-    return load_model(model_repository / name / "1" / "model.npz")
+    return load_model(served_weights(name))
 
 
 def exact_json(rows: np.ndarray) -> list:
@@ -23,10 +24,11 @@ def exact_json(rows: np.ndarray) -> list:
 @pytest.mark.parametrize("name", ["xor", "digits", "mnist"])
 def test_served_weights_are_the_shipped_ones(base_url, http, model_repository, name):
     info = http.get(f"{base_url}/models/{name}", timeout=10).json()
-    assert info["latest_version"] == 1
-    v1 = info["versions"][0]
-    assert v1["status"] == "ready"
-    assert v1["sha256"] == file_sha256(model_repository / name / "1" / "model.npz")
+    served = served_version(name)
+    assert info["latest_version"] == int(served.name)
+    (version,) = info["versions"]  # the default policy serves the newest only
+    assert version["version"] == int(served.name) and version["status"] == "ready"
+    assert version["sha256"] == file_sha256(served / "model.npz")
 
 
 @pytest.mark.parametrize("name,inputs", [

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import served_version
+
 XOR = [[0, 0], [0, 1], [1, 0], [1, 1]]
 
 
@@ -45,10 +47,11 @@ def test_columnar_format(base_url, inputs):
 
 def test_version_status_and_metadata(base_url):
     # KServe's model-ready keys and TF Serving's version states, in one body
+    served = served_version("mnist").name
     assert requests.get(f"{base_url}/v1/models/mnist", timeout=10).json() == {"name": "mnist", "ready": True,
                                                                               "model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
-    version = requests.get(f"{base_url}/v1/models/mnist/versions/1", timeout=10)
+        {"version": served, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    version = requests.get(f"{base_url}/v1/models/mnist/versions/{served}", timeout=10)
     assert version.status_code == 200 and version.json()["ready"] is True
     meta = requests.get(f"{base_url}/v1/models/digits/metadata", timeout=10).json()
     assert meta["model_spec"] == {"name": "digits", "signature_name": "", "version": "1"}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, served_version
 
 http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -89,7 +89,8 @@ def test_server_and_model_metadata(client):
     server = client.get_server_metadata()
     assert server["name"] == "numpy-nets" and "binary_tensor_data" in server["extensions"]
     meta = client.get_model_metadata("mnist")
-    assert meta["name"] == "mnist" and meta["versions"] == ["1"] and meta["platform"] == "numpy"
+    assert meta["name"] == "mnist" and meta["platform"] == "numpy"
+    assert meta["versions"] == [served_version("mnist").name]
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 28, 28]}]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
                                {"name": "label", "datatype": "BYTES", "shape": [-1]}]
