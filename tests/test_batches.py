@@ -87,3 +87,38 @@ def test_augmented_training_is_reproducible_bit_for_bit():
     for key, value in a.state().items():
         assert value.tobytes() == b.state()[key].tobytes()
     assert any(value.tobytes() != plain.state()[key].tobytes() for key, value in a.state().items())
+
+
+def test_the_step_runs_on_one_blas_thread_while_batches_are_made_ahead():
+    """One core steps, the other makes the next batch: BLAS is pinned to one thread for the epoch
+    (and the weights do not depend on OPENBLAS_NUM_THREADS), then given back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+
+    def watching(batch, rng):
+        seen.append(blas_threads())
+        return jitter(batch, rng)
+
+    with threadpool_limits(2, user_api="blas"):
+        recipe = replace(recipes.RECIPES["digits"], epochs=2, augmenter=watching)
+        recipes.train_recipe(recipe, recipe.load_data())
+        assert blas_threads() == {2}
+    assert seen and all(threads == {1} for threads in seen)
+
+
+def test_without_threadpoolctl_blas_keeps_its_threads(monkeypatch):
+    """A runtime-only install (no train extra) still trains augmented batches, BLAS as configured."""
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    before = [p["num_threads"] for p in threadpool_info()]
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    recipe = replace(recipes.RECIPES["digits"], epochs=1, augmenter=jitter)
+    recipes.train_recipe(recipe, recipe.load_data())
+    monkeypatch.undo()
+    assert [p["num_threads"] for p in threadpool_info()] == before

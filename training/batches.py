@@ -3,7 +3,9 @@
 Augmenting a batch (and running a teacher on it, for distillation) costs about as much as the
 training step itself for the MNIST networks, and needs nothing from that step. :func:`ahead` makes
 the next batch on a second thread while the step runs on the first; NumPy releases the GIL in its
-array loops and in BLAS, so on two cores the two overlap.
+array loops and in BLAS, so on two cores the two overlap. :func:`one_blas_thread` then keeps the
+step's BLAS to one thread, so it does not fight the batch being made for the other core, and the
+weights do not depend on how many threads the environment asks of OpenBLAS.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ def make_batches(x: np.ndarray, targets: np.ndarray, order: np.ndarray, *, batch
         xb = x[index] if augment is None else augment(x[index], rng)
         tb = targets[index] if teacher is None else (targets[index], teacher(xb))
         yield Batch(index, xb, tb)
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """BLAS limited to one thread for the block (threadpoolctl, in the ``train`` extra); without
+    threadpoolctl, BLAS keeps the threads the environment gives it (``OPENBLAS_NUM_THREADS``)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 _END = object()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from model.heads import head
 from model.losses import Loss
 from model.network import Sequential
 from model.optimizers import Optimizer
-from training.batches import Augment, Batch, Teacher, ahead, make_batches
+from training.batches import Augment, Batch, Teacher, ahead, make_batches, one_blas_thread
 from training.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def fit(
         Evaluated after each epoch, reported as ``<name>_accuracy``.
     augment : callable(batch, rng) -> batch, optional
         Applied to each training batch (never to evaluation data), with a generator of its own
-        spawned from ``rng``, on a second thread one batch ahead (``training/batches.py``).
+        spawned from ``rng``, on a second thread one batch ahead while the step runs on one BLAS
+        thread (``training/batches.py``).
     teacher : callable(batch) -> logits, optional
         Distillation: each batch's loss targets become ``(targets, teacher(augmented batch))``,
         made with the batch; ``loss`` must take them (:class:`model.losses.Distillation`).
@@ -108,10 +110,12 @@ def fit(
         net.train()
         batches = make_batches(x, targets, order, batch_size=batch_size, augment=augment, rng=augment_rng,
                                teacher=teacher)
-        if augment is not None or teacher is not None:
+        overlap = augment is not None or teacher is not None
+        if overlap:
             batches = ahead(batches)
-        stats = train_epoch(net, loss, optimizer, batches, labels,
-                            max_steps=None if max_steps is None else max_steps - steps, on_step=bar.update)
+        with one_blas_thread() if overlap else contextlib.nullcontext():
+            stats = train_epoch(net, loss, optimizer, batches, labels,
+                                max_steps=None if max_steps is None else max_steps - steps, on_step=bar.update)
         steps += stats.steps
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": stats.loss_sum / max(stats.seen, 1), "lr": optimizer.lr,
                                   "seconds": time.perf_counter() - start}
