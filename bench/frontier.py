@@ -62,6 +62,7 @@ def row(version_dir: Path, x: np.ndarray, args, tmp: Path, body: Path | None) ->
     meta, net = loaded.metadata, loaded.network
     sizes = [net.input_features] + [layer.out_features for layer in net.layers if hasattr(layer, "out_features")]
     out = {"path": str(version_dir), "network": "-".join(map(str, sizes)), "parameters": net.num_params,
+           "epochs": meta.get("training", {}).get("epochs"),
            "teacher": (meta.get("teacher") or {}).get("parameters"),
            "validation_accuracy": meta["metrics"].get("validation_accuracy"),
            "test_accuracy": meta["metrics"].get("test_accuracy"), "train_seconds": meta.get("train_seconds"),
@@ -79,15 +80,15 @@ def pct(v: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| network | parameters | teacher | validation | test | training s (with validation) "
-             "| forward µs/sample, batch 1 "
-             "| batch 256 | `/predict` req/s, c=16 |", "|" + "---|" * 9]
+    lines = ["| network | parameters | epochs | teacher | validation | test | training s (with validation) "
+             "| forward µs/sample, batch 1 | batch 256 | `/predict` req/s, c=16 |", "|" + "---|" * 10]
     for r in rows:
         teacher = f"{r['teacher']:,}" if r["teacher"] else "none"
         rps = f"{r['predict_rps_c16']:.0f}" if "predict_rps_c16" in r else ""
         fit = f" ({r['fit_seconds']:.0f})" if r.get("fit_seconds") else ""
-        lines.append(f"| {r['network']} | {r['parameters']:,} | {teacher} | {pct(r['validation_accuracy'])} "
-                     f"| {pct(r['test_accuracy'])} | {r['train_seconds']:.0f}{fit} | {r['forward_us_batch1']:.0f} "
+        lines.append(f"| {r['network']} | {r['parameters']:,} | {r['epochs']} | {teacher} "
+                     f"| {pct(r['validation_accuracy'])} | {pct(r['test_accuracy'])} | {r['train_seconds']:.0f}{fit} "
+                     f"| {r['forward_us_batch1']:.0f} "
                      f"| {r['forward_us_batch256']:.1f} | {rps} |")
     return "\n".join(lines)
 
