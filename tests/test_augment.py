@@ -40,6 +40,37 @@ def test_bilinear_whole_pixel_moves_are_exact_with_zero_fill():
     assert not out[:, -1, :].any() and not out[:, :, :2].any()
 
 
+def naive_bilinear(images: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Bilinear sampling, one pixel at a time, zero outside: the textbook formula."""
+    n, h, w = images.shape
+    out = np.zeros_like(images)
+
+    def at(k, r, c):
+        return images[k, r, c] if 0 <= r < h and 0 <= c < w else 0.0
+
+    for k, i, j in np.ndindex(n, h, w):
+        r0, c0 = int(np.floor(y[k, i, j])), int(np.floor(x[k, i, j]))
+        fy, fx = y[k, i, j] - r0, x[k, i, j] - c0
+        top = at(k, r0, c0) + (at(k, r0, c0 + 1) - at(k, r0, c0)) * fx
+        bottom = at(k, r0 + 1, c0) + (at(k, r0 + 1, c0 + 1) - at(k, r0 + 1, c0)) * fx
+        out[k, i, j] = top + (bottom - top) * fy
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bilinear_equals_the_textbook_formula_everywhere(dtype):
+    """Fractional positions inside, across the edges and far outside the image, in both dtypes."""
+    rng = np.random.default_rng(1)
+    img = rng.random((3, 28, 28)).astype(dtype)
+    y, x = (rng.uniform(-4, 31, (3, 28, 28)).astype(dtype) for _ in range(2))
+    expected = naive_bilinear(img, y, x)
+    out = bilinear(img, y.copy(), x.copy())
+    assert out.dtype == dtype
+    # The fractions are taken after the coordinates move by the border (8 pixels), so they carry the
+    # roundoff of numbers up to ~40: 40 eps, times a pixel difference of at most 1.
+    np.testing.assert_allclose(out, expected, rtol=0, atol=64 * np.finfo(dtype).eps)
+
+
 @pytest.mark.parametrize("shift", [1.0, 2.5])
 def test_shifts_cover_their_range_and_no_more(shift):
     dy, dx = mass_offsets(Distortion(shift=shift)(lone_pixels(2000), np.random.default_rng(0)))
