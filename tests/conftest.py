@@ -42,6 +42,15 @@ def served_weights(name: str) -> Path:
     return served_version(name) / "model.npz"
 
 
+MAX_SAMPLES = 5000  # GRADCHECK_MAX_SAMPLES for the long gradchecks below (the default, 100, is too few)
+
+
+def long_gradcheck_samples(seconds_for_ten: float, target: float = 4.0) -> int:
+    """Directions for a gradcheck of about ``target`` seconds, from one of 10 that took
+    ``seconds_for_ten``: its time is about proportional to the directions (each reads all the weights)."""
+    return int(min(MAX_SAMPLES, max(10, 10 * target / seconds_for_ten)))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

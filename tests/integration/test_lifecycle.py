@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import served_version
+from tests.conftest import MAX_SAMPLES, long_gradcheck_samples, served_version
 from tests.integration.conftest import LocalServer
 
 
@@ -83,7 +83,7 @@ def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
     a busy one and ran past the default 30 s)."""
     # two long gradchecks at once: lift the per-request cost bound and the concurrency bound
     server = LocalServer(tmp_path, GRACEFUL_TIMEOUT="120", GRADCHECK_MAX_COST="1e13",
-                         GRADCHECK_CONCURRENCY="2").start()
+                         GRADCHECK_CONCURRENCY="2", GRADCHECK_MAX_SAMPLES=str(MAX_SAMPLES)).start()
     x, y = mnist_data.eval_sets["test"]
 
     def body(samples: int) -> dict:
@@ -93,7 +93,7 @@ def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
     # its time is about proportional to the directions checked (each pass reads all the weights)
     probe = requests.post(f"{server.url}/gradcheck", json=body(10), timeout=120)
     assert probe.status_code == 200, probe.text
-    samples = int(min(100, max(10, 10 * 4.0 / probe.json()["seconds"])))
+    samples = long_gradcheck_samples(probe.json()["seconds"])
     results: list[tuple[requests.Response | Exception, float]] = []
 
     def call() -> None:
