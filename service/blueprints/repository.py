@@ -57,8 +57,7 @@ def index() -> Response:
     """Every model and version on disk, with its state (READY, or UNAVAILABLE and why)."""
     raw = request.get_data()
     only_ready = IndexRequest.model_validate(jsonio.loads(raw)).ready if raw.strip() else None
-    rows = dataplane().registry.index()
-    return respond_json([r for r in rows if r["state"] == "READY"] if only_ready else rows)
+    return respond_json(repository_ops.index(dataplane(), bool(only_ready)))
 
 
 @repository.post("/v2/repository/models/<model:name>/load", responses={200: None, **ERRORS})
