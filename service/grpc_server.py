@@ -49,7 +49,7 @@ def build_plane(settings: Settings) -> DataPlane:
     registry = ModelRegistry(settings.model_dir, VersionPolicy.parse(settings.version_policy),
                              settings.model_settle_seconds,
                              settings.state_dir / "repository.json" if settings.state_dir else None)
-    registry.counts_failures = False  # the HTTP side counts them (service/registry.py)
+    registry.counts_failures = False  # the HTTP side counts them (service/model_version.py)
     return DataPlane(registry.load_all(), Limits.from_settings(settings), settings.state_dir)
 
 

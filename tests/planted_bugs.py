@@ -68,7 +68,7 @@ BUGS = [
                'raise WeightsFileError(f"{path}: metadata must be a JSON object")', "pass",
                ("tests/test_io.py", "tests/test_service_unit.py::test_bad_weights_files_do_not_stop_the_others"),
                "weights metadata that is JSON but not an object is not refused"),
-    PlantedBug("label_count", "service/registry.py", "if out is not None and out != len(labels):", "if False:",
+    PlantedBug("label_count", "service/model_version.py", "if out is not None and out != len(labels):", "if False:",
                ("tests/test_service_unit.py::test_bad_weights_files_do_not_stop_the_others",),
                "a weights file whose labels do not match the network's outputs is served"),
     PlantedBug("batch_mixes_versions", "service/batcher.py",

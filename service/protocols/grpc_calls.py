@@ -88,7 +88,7 @@ def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
             name = getattr(request, "name", None) or getattr(request, "model_name", "")
-            known = name if not name or self.plane.registry.knows(name) else metrics.UNKNOWN_MODEL
+            known = name if not name or self.plane.registry.snapshot.knows(name) else metrics.UNKNOWN_MODEL
             metrics.observe_request(endpoint, known, status, time.perf_counter() - start)
 
     return rpc
