@@ -70,8 +70,12 @@ class GRPCServer:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{settings.host}:{settings.grpc_port}"
-        if self.server.add_insecure_port(address) == 0:
-            raise SystemExit(f"cannot listen on {address}")
+        try:
+            bound = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where it once returned 0 (port taken without SO_REUSEPORT, say)
+            bound = 0
+        if bound == 0:
+            raise SystemExit(f"cannot listen on {address} (in use by another program, or not allowed)")
         self.server.start()
         self.set_health()
         self.watcher = threading.Thread(target=self.watch_repository, name="repository", daemon=True)
