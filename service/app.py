@@ -85,7 +85,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     reg = model_registry or ModelRegistry(
         cfg.model_dir, VersionPolicy.parse(cfg.version_policy), cfg.model_settle_seconds,
         cfg.state_dir / "repository.json" if cfg.state_dir else None).load_all()
-    for name in reg.models:  # a zero sample per model, so "no failures" is visible as 0
+    for name in reg.snapshot.models:  # a zero sample per model, so "no failures" is visible as 0
         metrics.LOAD_FAILURES.labels(name)
     app.extensions["model_registry"] = reg
     plane = app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg), cfg.state_dir)
@@ -159,7 +159,8 @@ def _after(response: Response) -> Response:
         response.vary.add("Accept-Encoding")
     if endpoint != "/metrics":
         # a label value only for a model on record: a client naming others makes no new series
-        known = model if not model or current_app.extensions["model_registry"].knows(model) else metrics.UNKNOWN_MODEL
+        snapshot = current_app.extensions["model_registry"].snapshot
+        known = model if not model or snapshot.knows(model) else metrics.UNKNOWN_MODEL
         metrics.observe_request(endpoint, known or "", response.status_code, elapsed)
     log_request({"method": req.method, "path": req.path, "model": model, "batch_size": getattr(ctx, "batch_size", None),
                  "status": response.status_code, "latency_ms": round(elapsed * 1000, 3), "request_id": request_id})

@@ -34,7 +34,7 @@ from gevent.threadpool import ThreadPool
 
 from service import metrics
 from service.costs import CostTable
-from service.registry import ModelVersion
+from service.model_version import ModelVersion
 
 OFF_LOOP_SECONDS = 0.002  # a pass estimated longer than this runs on the model thread (handing off: ~0.1 ms)
 LEAD, DONE = "lead", "done"

@@ -21,8 +21,9 @@ import numpy as np
 from service import metrics, statistics
 from service.config import Settings
 from service.errors import ServiceError, invalid, too_large
+from service.model_version import ModelVersion
 from service.policy import VersionPolicy
-from service.registry import ModelRegistry, ModelVersion
+from service.registry import ModelRegistry
 from service.statistics import VersionStats
 
 
@@ -121,19 +122,20 @@ class DataPlane:
 
     # -- metadata ---------------------------------------------------------------------------
     def model_names(self) -> list[str]:
-        return sorted(self.registry.models)
+        return sorted(self.registry.snapshot.models)
 
     def describe(self, name: str) -> dict[str, Any]:
-        info = self.registry.describe(name)
-        serving = self.registry.snapshot.serving.get(name, {})
+        snap = self.registry.snapshot  # one state for both
+        info = snap.describe(name)
+        serving = snap.serving.get(name, {})
         return {**info, "batching": self.runner.describe([serving[v] for v in sorted(serving)])}
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        return self.registry.status()
+        return self.registry.snapshot.status()
 
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
         """The version to serve: the one named, or the newest loaded one (404 / 503 otherwise)."""
-        return self.registry.get(name, version)
+        return self.registry.snapshot.get(name, version)
 
     def is_ready(self, name: str, version: int | None = None) -> bool:
         """Whether the model (or that version) can serve now; an unknown one is a 404 error."""
@@ -148,7 +150,7 @@ class DataPlane:
     def max_values(self) -> int:
         """The most numbers any valid request may carry: MAX_BATCH samples of the largest model, plus
         room for the other fields (labels, parameters)."""
-        features = max((e.network.input_features for vs in self.registry.models.values() for e in vs.values()),
+        features = max((e.network.input_features for vs in self.registry.snapshot.models.values() for e in vs.values()),
                        default=0)
         return self.limits.max_batch * max(features, 1) + 4096
 
@@ -157,13 +159,13 @@ class DataPlane:
 
     def version_policy(self, name: str) -> VersionPolicy:
         """The policy choosing the model's served versions (its own config.json's, else the server's)."""
-        return self.registry.policy_of(name)
+        return self.registry.snapshot.policy_of(name)
 
     def statistics(self, name: str | None = None, version: int | None = None) -> list[tuple[str, int, VersionStats]]:
         """Inference statistics of every serving version (of one model, or one version), summed over
         the workers; a version that served no request yet is listed with zeros."""
         if name is None:
-            keys = [(n, v) for n, versions in sorted(self.registry.models.items()) for v in sorted(versions)]
+            keys = [(n, v) for n, versions in sorted(self.registry.snapshot.models.items()) for v in sorted(versions)]
         elif version is None:
             self.describe(name)  # the 404 for an unknown model
             keys = [(name, v) for v in self.ready_versions(name)]

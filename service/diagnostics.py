@@ -23,7 +23,7 @@ from model.gradcheck import GradCheckResult, gradient_check
 from service import metrics
 from service.dataplane import DataPlane, Inference, as_batch, label_indices
 from service.errors import ServiceError, invalid, too_large
-from service.registry import ModelVersion
+from service.model_version import ModelVersion
 from service.slots import Slots
 
 Offload = Callable[..., Any]  # runs a long computation: fn(*args, **kwargs), somewhere; returns its result

@@ -36,11 +36,11 @@ from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.logs import JSONFormatter
 from service.policy import VersionPolicy
-from service.protocols import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.protocols import grpc_service_pb2_grpc as pb_grpc
+from service.protocols.grpc_calls import SERVICE
 from service.protocols.v2_grpc import InferenceServicer
 from service.registry import ModelRegistry
 
-SERVICE_NAME = "inference.GRPCInferenceService"
 log = logging.getLogger("service.grpc")
 
 
@@ -49,7 +49,7 @@ def build_plane(settings: Settings) -> DataPlane:
     registry = ModelRegistry(settings.model_dir, VersionPolicy.parse(settings.version_policy),
                              settings.model_settle_seconds,
                              settings.state_dir / "repository.json" if settings.state_dir else None)
-    registry.counts_failures = False  # the HTTP side counts them (service/registry.py)
+    registry.counts_failures = False  # the HTTP side counts them (service/model_version.py)
     return DataPlane(registry.load_all(), Limits.from_settings(settings), settings.state_dir)
 
 
@@ -65,13 +65,17 @@ class GRPCServer:
             ("grpc.max_receive_message_length", settings.max_body_bytes),  # MAX_BODY_BYTES, as over HTTP
             ("grpc.max_send_message_length", -1),
         ])
-        self.servicer = InferenceServicer(plane, settings.grpc_threads, settings.admin_token)
+        self.servicer = InferenceServicer(plane, settings.grpc_threads, settings.admin_token, settings.workers)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{settings.host}:{settings.grpc_port}"
-        if self.server.add_insecure_port(address) == 0:
-            raise SystemExit(f"cannot listen on {address}")
+        try:
+            bound = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where it once returned 0 (port taken without SO_REUSEPORT, say)
+            bound = 0
+        if bound == 0:
+            raise SystemExit(f"cannot listen on {address} (in use by another program, or not allowed)")
         self.server.start()
         self.set_health()
         self.watcher = threading.Thread(target=self.watch_repository, name="repository", daemon=True)
@@ -80,7 +84,7 @@ class GRPCServer:
     def set_health(self) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if self.plane.readiness()[0] else \
             health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE):
             self.health.set(service, status)
 
     def watch_repository(self) -> None:

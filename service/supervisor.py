@@ -2,10 +2,15 @@
 
 This process starts gunicorn and ``GRPC_WORKERS`` gRPC processes (``service/grpc_server.py``),
 passes every signal gunicorn acts on to gunicorn and the stop signals to the gRPC processes too,
-restarts a gRPC process that dies while serving (at most once a second per slot, as gunicorn does
-its workers), and exits when gunicorn does: after stopping the gRPC processes, with gunicorn's
-status or, when that is 0, the first non-zero status of a gRPC process. Each child gets SIGTERM if
-this process dies (``PR_SET_PDEATHSIG``), so none outlives it.
+restarts a gRPC process that dies while serving, and exits when gunicorn does: after stopping the
+gRPC processes, with gunicorn's status or, when that is 0, the first non-zero status of a gRPC
+process. Each child gets SIGTERM if this process dies (``PR_SET_PDEATHSIG``), so none outlives it.
+
+Restarts back off as Kubernetes backs off a crashing container (:class:`Backoff`): a process that
+dies soon after its start is restarted after 1 s, then 2, 4 ... at most 30 s after each further
+quick death, and one that ran a minute or more counts as healthy again. Each restart is a log line
+on stderr naming the process, its status, how long it ran, how many deaths in a row, and the delay.
+HTTP keeps serving meanwhile, and a stop signal during a delay stops at once (no restart follows).
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 GUNICORN_SIGNALS = STOP_SIGNALS | {signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
                                    signal.SIGWINCH}
 PR_SET_PDEATHSIG = 1
+POLL_SECONDS = 0.1  # how often children are reaped while a restart waits for its time
 
 
 def die_with_parent() -> None:
@@ -31,40 +39,97 @@ def spawn(argv: list[str]) -> int:
     return subprocess.Popen(argv, preexec_fn=die_with_parent).pid  # preexec_fn: this process runs no threads
 
 
+@dataclass
+class Backoff:
+    """The restart delays of one gRPC process slot: ``first`` doubling per death in a row up to ``cap``;
+    a run of ``stable`` seconds or more starts the count again."""
+
+    first: float = 1.0
+    cap: float = 30.0
+    stable: float = 60.0
+    deaths: int = 0  # in a row
+
+    def delay(self, ran: float) -> float:
+        """Seconds from now until the restart of a process that died after running ``ran`` seconds."""
+        if ran >= self.stable:
+            self.deaths = 0
+        self.deaths += 1
+        if self.deaths == 1:
+            return max(0.0, self.first - ran)  # at most one start a second, as gunicorn does its workers
+        return min(self.cap, self.first * 2 ** (self.deaths - 1))
+
+
+def reap(next_restart: Callable[[], float | None]) -> tuple[int, int] | None:
+    """(pid, exit code as a shell says it) of the next child to end, or None when the time
+    ``next_restart()`` gives (``time.monotonic()``) comes first. Asked again at each poll, so a stop
+    signal that cancels the restarts meanwhile turns this into a plain wait."""
+    while True:
+        due = next_restart()
+        if due is None:
+            pid, wait_status = os.wait()
+            break
+        pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            break
+        left = due - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(POLL_SECONDS, left))
+    code = os.waitstatus_to_exitcode(wait_status)
+    return pid, 128 - code if code < 0 else code  # killed by signal N: 128 + N
+
+
 def supervise(gunicorn_argv: list[str], grpc_processes: int) -> int:
     grpc_argv = [sys.executable, "-m", "service.grpc_server"]
-    grpc: dict[int, float] = {spawn(grpc_argv): time.monotonic() for _ in range(grpc_processes)}
+    backoffs = [Backoff() for _ in range(grpc_processes)]
+    grpc: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
+    pending: dict[int, float] = {}  # slot -> when it restarts
+
+    def start(slot: int) -> None:
+        grpc[spawn(grpc_argv)] = (slot, time.monotonic())
+
+    for slot in range(grpc_processes):
+        start(slot)
     gunicorn = spawn(gunicorn_argv)
     stopping = False
     status = 0
 
-    def forward(sig: int, frame) -> None:
+    def stop_grpc() -> None:
         nonlocal stopping
+        stopping = True
+        pending.clear()
+        for pid in grpc:
+            os.kill(pid, signal.SIGTERM)
+
+    def forward(sig: int, frame) -> None:
         if sig in STOP_SIGNALS:
-            stopping = True
-            for pid in grpc:
-                os.kill(pid, signal.SIGTERM)
+            stop_grpc()
         if gunicorn:
             os.kill(gunicorn, sig)
 
     for sig in GUNICORN_SIGNALS:
         signal.signal(sig, forward)
     while gunicorn or grpc:
-        pid, wait_status = os.wait()
-        code = os.waitstatus_to_exitcode(wait_status)
-        code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+        ended = reap(lambda: min(pending.values(), default=None))
+        if ended is None:  # a restart's time has come
+            now = time.monotonic()
+            for slot in [s for s, due in pending.items() if due <= now]:
+                del pending[slot]
+                start(slot)
+            continue
+        pid, code = ended
         if pid == gunicorn:
             gunicorn, status = 0, code if code != 0 else status
             if not stopping:  # gunicorn ended by itself: the server is over
-                stopping = True
-                for other in grpc:
-                    os.kill(other, signal.SIGTERM)
+                stop_grpc()
         elif pid in grpc:
-            started = grpc.pop(pid)
+            slot, started = grpc.pop(pid)
             if stopping:
                 status = status or code
             else:
-                print(f"gRPC process {pid} exited with {code}; restarting it", file=sys.stderr, flush=True)
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-                grpc[spawn(grpc_argv)] = time.monotonic()
+                ran = time.monotonic() - started
+                delay = backoffs[slot].delay(ran)
+                print(f"gRPC process {pid} exited with {code} after {ran:.1f} s ({backoffs[slot].deaths} in a row); "
+                      f"restarting it in {delay:.1f} s", file=sys.stderr, flush=True)
+                pending[slot] = time.monotonic() + delay
     return status

@@ -68,7 +68,7 @@ BUGS = [
                'raise WeightsFileError(f"{path}: metadata must be a JSON object")', "pass",
                ("tests/test_io.py", "tests/test_service_unit.py::test_bad_weights_files_do_not_stop_the_others"),
                "weights metadata that is JSON but not an object is not refused"),
-    PlantedBug("label_count", "service/registry.py", "if out is not None and out != len(labels):", "if False:",
+    PlantedBug("label_count", "service/model_version.py", "if out is not None and out != len(labels):", "if False:",
                ("tests/test_service_unit.py::test_bad_weights_files_do_not_stop_the_others",),
                "a weights file whose labels do not match the network's outputs is served"),
     PlantedBug("batch_mixes_versions", "service/batcher.py",
@@ -146,6 +146,19 @@ BUGS = [
                ("tests/test_statistics.py",
                 "tests/integration/test_v2_extensions.py::test_statistics_move_with_traffic_from_every_protocol"),
                "the V2 statistics count only the worker that answers the stats request"),
+    PlantedBug("supervisor_sleeps_through_stop", "service/supervisor.py",
+               "pending[slot] = time.monotonic() + delay", "time.sleep(delay)\n                start(slot)",
+               ("tests/integration/test_supervisor.py::test_a_stop_during_a_restart_delay_stops_at_once",),
+               "the supervisor sleeps a restart's delay out and restarts even after a stop signal"),
+    PlantedBug("supervisor_no_backoff", "service/supervisor.py",
+               "return min(self.cap, self.first * 2 ** (self.deaths - 1))", "return self.first",
+               ("tests/integration/test_supervisor.py",),
+               "a gRPC process that keeps dying is restarted every second for good"),
+    PlantedBug("grpc_config_not_rests", "service/protocols/grpc_extensions.py",
+               "json_format.ParseDict(config, response.config)",
+               'json_format.ParseDict({**config, "max_batch_size": 0}, response.config)',
+               ("tests/integration/test_grpc.py::test_model_config_equals_rests",),
+               "the gRPC ModelConfig says something REST's /config does not"),
 ]
 
 

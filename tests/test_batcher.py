@@ -95,9 +95,9 @@ class Failing:
 
 @fresh_hub
 def test_a_failing_pass_fails_its_own_requests_only(registry):
-    digits = registry.get("digits")
+    digits = registry.snapshot.get("digits")
     broken = dataclasses.replace(digits, network=Failing(digits.network))
-    xor = registry.get("xor")
+    xor = registry.snapshot.get("xor")
     # The queue-delay mode (Triton's max_queue_delay / preferred_batch_size): the digits leader waits
     # until its six requests have joined. With the default single turn, which requests join depends on
     # how the loop schedules them, and on a busy machine (a CI run at load 10) it once took fewer.
@@ -125,7 +125,7 @@ def test_a_failing_pass_fails_its_own_requests_only(registry):
 
 @fresh_hub
 def test_rows_are_capped_at_max_batch_and_large_requests_run_alone(registry):
-    digits = registry.get("digits")
+    digits = registry.snapshot.get("digits")
     batcher = GeventBatcher(max_batch=8)
     with_table(batcher, digits, CostTable((1, 2, 4), (1e-4, 1.1e-4, 1.2e-4)))  # merge_limit 4
     rng = np.random.default_rng(1)
@@ -146,7 +146,7 @@ def test_rows_are_capped_at_max_batch_and_large_requests_run_alone(registry):
 @fresh_hub
 def test_two_loads_of_one_version_never_share_a_pass(registry):
     """A reload makes a new entry for the same name and version: requests that resolved each keep to it."""
-    old = registry.get("digits")
+    old = registry.snapshot.get("digits")
     new = dataclasses.replace(old)
     batcher = GeventBatcher(max_batch=1024)
     for entry in (old, new):
@@ -172,7 +172,7 @@ class Slow:
 def test_a_request_killed_while_it_waits_strands_nobody(registry):
     """A waiting request's greenlet is killed (as on a stop) while a pass runs: the requests queued
     behind it still get a leader and their answers, and the queue empties."""
-    digits = registry.get("digits")
+    digits = registry.snapshot.get("digits")
     slow = dataclasses.replace(digits, network=Slow(digits.network))
     batcher = GeventBatcher(max_batch=1024)
     with_table(batcher, slow, CostTable((1, 2, 4), (0.05, 0.05, 0.05)))

@@ -117,7 +117,7 @@ def client(registry):
 
 def expected_probabilities(registry, model: str, value) -> np.ndarray:
     """The served network on the same batch: equal to the data plane's answer by construction."""
-    network = registry.get(model).network
+    network = registry.snapshot.get(model).network
     batch = np.asarray(value, dtype=np.float64).reshape(len(value), -1).astype(network.dtype)
     return network.predict_proba(batch)
 

@@ -51,7 +51,7 @@ def to_batch(inputs, entry):
 
 
 def test_to_batch_accepts_flat_and_nested(registry):
-    entry = registry.get("digits")
+    entry = registry.snapshot.get("digits")
     flat = to_batch([[1.0] * 25, [0.0] * 25], entry)
     nested = to_batch([[[1.0] * 5] * 5, [[0, 0, 0, 0, 0]] * 5], entry)
     assert flat.dtype == np.float32 and flat.shape == (2, 25) and flat.flags.c_contiguous
@@ -77,7 +77,7 @@ def test_to_batch_accepts_flat_and_nested(registry):
 ])
 def test_to_batch_errors_name_the_sample(registry, inputs, loc, words):
     with pytest.raises(ServiceError) as info:
-        to_batch(inputs, registry.get("digits"))
+        to_batch(inputs, registry.snapshot.get("digits"))
     assert info.value.status == 422 and info.value.details[0]["loc"] == loc, info.value.details
     assert words in info.value.message
 
@@ -91,7 +91,7 @@ def test_deep_nesting_is_refused_not_crashed():
 
 
 def test_label_indices(registry):
-    entry = registry.get("digits")
+    entry = registry.snapshot.get("digits")
     assert label_indices(["1", "5"], entry).tolist() == [0, 4]
     with pytest.raises(ServiceError, match=r"labels\.1"):
         label_indices(["1", "6"], entry)
@@ -150,7 +150,7 @@ def test_predictions_are_independent_of_batch_composition(client, registry, mode
     """A sample's answer does not depend on what else is in the batch (eval mode, no batch statistics),
     to float32 precision: alone (OpenBLAS's one-row kernel) and among others (its many-row kernels) the
     sums run in another order, so the last digits may differ by CPU (tests/floats.py states by how much)."""
-    features = registry.get(model).network.input_features
+    features = registry.snapshot.get(model).network.input_features
     rng = np.random.default_rng(5)
     batch = rng.random((8, features)).round(3).tolist()  # the fixture's MAX_BATCH
     together = client.post("/predict", json={"model": model, "inputs": batch}).get_json()["predictions"]
@@ -178,11 +178,11 @@ del warm
 gc.collect()
 before = rss()
 reg = ModelRegistry(root, VersionPolicy.parse("all")).load_all()
-assert sorted(reg.models["mnist"]) == [1, 2, 3]
+assert sorted(reg.snapshot.models["mnist"]) == [1, 2, 3]
 loaded = rss()
 reg.set_unloaded("mnist", True)
 gc.collect()
-print(before, loaded, rss(), len(reg.models))
+print(before, loaded, rss(), len(reg.snapshot.models))
 """
 
 
@@ -214,7 +214,7 @@ def test_version_policies(tmp_path, model_repository, text, kind, served):
         shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / str(version))
     reg = ModelRegistry(tmp_path, VersionPolicy.parse(text)).load_all()
     assert str(VersionPolicy.parse(text)) == kind
-    assert sorted(reg.models["xor"], reverse=True) == served
+    assert sorted(reg.snapshot.models["xor"], reverse=True) == served
 
 
 def test_a_model_may_set_its_own_policy_and_bad_policies_are_refused(tmp_path, model_repository):
@@ -226,7 +226,7 @@ def test_a_model_may_set_its_own_policy_and_bad_policies_are_refused(tmp_path, m
     for version in (1, 2):
         shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / str(version))
     (tmp_path / "xor" / "config.json").write_text(json.dumps({"version_policy": "all"}))
-    assert sorted(ModelRegistry(tmp_path).load_all().models["xor"]) == [1, 2]
+    assert sorted(ModelRegistry(tmp_path).load_all().snapshot.models["xor"]) == [1, 2]
     for bad in ("newest", "latest:0", "specific:", "all:2", "specific:a"):
         with pytest.raises(ValueError):
             VersionPolicy.parse(bad)
@@ -330,8 +330,8 @@ def test_gradcheck_cost_is_a_hand_count(registry, model):
     full compares every parameter; sampled and directional compare ``samples`` per parameter tensor."""
     from service.diagnostics import gradcheck_cost
 
-    network = registry.get(model).network
-    params, tensors = hand_count(registry.get(model).metadata["architecture"])
+    network = registry.snapshot.get(model).network
+    params, tensors = hand_count(registry.snapshot.get(model).metadata["architecture"])
     assert network.num_params == params
     for inputs, samples in ((1, 1), (4, 10), (16, 100)):
         for mode in ("sampled", "directional"):
@@ -341,7 +341,7 @@ def test_gradcheck_cost_is_a_hand_count(registry, model):
 
 def test_a_gradcheck_just_over_its_cost_bound_is_refused(registry):
     """A bound set to exactly the hand-counted cost of 2 inputs: 2 run, 3 are refused."""
-    params, tensors = hand_count(registry.get("digits").metadata["architecture"])
+    params, tensors = hand_count(registry.snapshot.get("digits").metadata["architecture"])
     bound = 2.0 * 5 * tensors * params * 2  # directional, samples=5, two inputs
     client = create_app({"max_batch": 8, "gradcheck_max_cost": bound}, model_registry=registry).test_client()
     body = {"model": "digits", "labels": ["1"], "inputs": [[1.0] * 25], "mode": "directional", "samples": 5}
@@ -368,14 +368,14 @@ def odd_client(tmp_path_factory):
                {"name": "odd", "version": 1, "labels": ODD_LABELS, "input_shape": [2],
                 "preprocessing": {"input_range": [0.0, 1.0]}})
     reg = ModelRegistry(root).load_all()
-    assert reg.get("odd").labels == ODD_LABELS
+    assert reg.snapshot.get("odd").labels == ODD_LABELS
     return create_app({"max_batch": 8}, model_registry=reg).test_client()
 
 
 def test_labels_are_the_model_s_own_order_and_any_text(odd_client):
     import tritonclient.http as triton
 
-    entry = odd_client.application.extensions["model_registry"].get("odd")
+    entry = odd_client.application.extensions["model_registry"].snapshot.get("odd")
     assert label_indices(["äpfel", "β-Zelle", "zwei"], entry).tolist() == [2, 0, 1]
     r = odd_client.post("/predict", json={"model": "odd", "inputs": [[1, 0], [0, 1]]}).get_json()
     assert r["labels"] == ODD_LABELS and [p["label"] for p in r["predictions"]] == ["β-Zelle", "äpfel"]
@@ -406,9 +406,9 @@ def test_bad_weights_files_do_not_stop_the_others(tmp_path, model_repository, ki
     shutil.copytree(model_repository / "digits" / "1", tmp_path / "digits" / "1")
     make_bad(kind, tmp_path / "xor" / "1" / "model.npz", tmp_path / "xor" / "2" / "model.npz")
     reg = ModelRegistry(tmp_path).load_all()
-    versions = {v["version"]: v for v in reg.describe("xor")["versions"]}
+    versions = {v["version"]: v for v in reg.snapshot.describe("xor")["versions"]}
     assert versions[2]["status"] == "failed" and versions[2]["error"] and "\n" not in versions[2]["error"], versions
-    assert reg.get("xor").version == 1 and reg.get("digits").version == 1
+    assert reg.snapshot.get("xor").version == 1 and reg.snapshot.get("digits").version == 1
     client = create_app({"max_batch": 8}, model_registry=reg).test_client()
     assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200
     assert client.post("/predict", json={"model": "xor", "version": 2, "inputs": [[0, 1]]}).status_code == 503

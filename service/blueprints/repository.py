@@ -5,7 +5,7 @@ change what the server serves, so they need ``Authorization: Bearer <ADMIN_TOKEN
 ``ADMIN_TOKEN`` in the environment the API is off: its routes are not registered (404) and not in
 the OpenAPI document. A missing token is a
 401, a wrong one a 403 (compared in constant time, never logged). A change made through any worker
-reaches every worker within a second (``service/registry.py``). Errors are the Open Inference
+reaches every worker within a second (``service/repository_state.py``). Errors are the Open Inference
 Protocol's ``{"error": "..."}``.
 """
 
@@ -57,8 +57,7 @@ def index() -> Response:
     """Every model and version on disk, with its state (READY, or UNAVAILABLE and why)."""
     raw = request.get_data()
     only_ready = IndexRequest.model_validate(jsonio.loads(raw)).ready if raw.strip() else None
-    rows = dataplane().registry.index()
-    return respond_json([r for r in rows if r["state"] == "READY"] if only_ready else rows)
+    return respond_json(repository_ops.index(dataplane(), bool(only_ready)))
 
 
 @repository.post("/v2/repository/models/<model:name>/load", responses={200: None, **ERRORS})

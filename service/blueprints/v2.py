@@ -36,7 +36,7 @@ from service.dataplane import INPUT, LABEL, PROBABILITIES, Inference, signature
 from service.diagnostics import Explanation
 from service.error_handlers import register_renderer
 from service.errors import ServiceError, bad_request, quote
-from service.protocols import v2_tensors
+from service.protocols import v2_extensions, v2_tensors
 from service.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
 from service.schemas_v2 import (
     InferenceRequest,
@@ -52,8 +52,7 @@ from service.schemas_v2 import (
 )
 from service.worker import off_loop
 
-SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]  # the last two: v2_extensions.py
+EXTENSIONS = ["binary_tensor_data", *v2_extensions.EXTENSIONS]
 ATTRIBUTIONS, CONVERGENCE_DELTA, TARGET = "attributions", "convergence_delta", "target"
 EXPLAIN_OUTPUTS = (ATTRIBUTIONS, CONVERGENCE_DELTA)
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -86,7 +85,8 @@ register_renderer("/v2", v2_error)
 @v2.get("/v2", responses={200: ServerMetadata})
 def server_metadata() -> Response:
     """Server name, version and the protocol extensions it supports."""
-    return respond_json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+    return respond_json({"name": v2_extensions.SERVER_NAME, "version": v2_extensions.SERVER_VERSION,
+                         "extensions": EXTENSIONS})
 
 
 @v2.get("/v2/health/live", responses={200: ServerLive})
@@ -127,7 +127,7 @@ def metadata(name: str, version: int | None) -> Response:
     entry = plane.resolve(name, version)
     versions = [version] if version is not None else plane.ready_versions(name)
     inputs, outputs = signature(entry)
-    return respond_json({"name": name, "versions": [str(v) for v in versions], "platform": "numpy",
+    return respond_json({"name": name, "versions": [str(v) for v in versions], "platform": v2_extensions.PLATFORM,
                           "inputs": [tensor_metadata(t) for t in inputs],
                           "outputs": [tensor_metadata(t) for t in outputs]})
 

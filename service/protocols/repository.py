@@ -1,9 +1,9 @@
 """Triton's model repository operations, transport-free: the REST blueprint (``service/blueprints/repository.py``)
-and the gRPC codec (``service/protocols/v2_grpc.py``) both call these.
+and the gRPC codec (``service/protocols/grpc_repository.py``) both call these.
 
 ``authorize`` checks an ``Authorization`` value against ``ADMIN_TOKEN`` (401 missing, 403 wrong,
-compared in constant time and never logged); ``load`` and ``unload`` change what every process
-serves through the registry's shared state (``service/registry.py``).
+compared in constant time and never logged); ``index`` lists what is on record; ``load`` and
+``unload`` change what every process serves through the registry's shared state (``service/repository_state.py``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def load(plane: DataPlane, name: str) -> None:
     model_dir_exists(plane, name)
     registry = plane.registry
     registry.set_unloaded(name, False)
-    if not registry.models.get(name):
-        reasons = "; ".join(f"{k}: {v}" for k, v in registry.failures().items() if k.startswith(f"{name}/"))
+    snap = registry.snapshot
+    if not snap.models.get(name):
+        reasons = "; ".join(f"{k}: {v}" for k, v in snap.failures().items() if k.startswith(f"{name}/"))
         raise ServiceError(400, "load_failed", f"failed to load {name!r}: {reasons or 'no version found'}")
 
 
@@ -44,3 +45,10 @@ def unload(plane: DataPlane, name: str) -> None:
     """Stop serving the model in every process (its files stay; load serves it again)."""
     model_dir_exists(plane, name)
     plane.registry.set_unloaded(name, True)
+
+
+def index(plane: DataPlane, only_ready: bool = False) -> list[dict[str, str]]:
+    """Every model and version on record with its state (READY, or UNAVAILABLE and why); with
+    ``only_ready``, what serves only."""
+    rows = plane.registry.snapshot.index()
+    return [r for r in rows if r["state"] == "READY"] if only_ready else rows

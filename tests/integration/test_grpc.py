@@ -2,7 +2,9 @@
 ``contents`` field) against the real ``python -m service``: health, the standard grpc.health.v1
 service, metadata, inference with ``raw_input_contents`` and ``contents`` for all three models
 (answers equal to /predict's to 1e-6, and to each other exactly), request ids, errors and their
-status codes, the message size limit, metrics in /metrics, and a SIGTERM with calls in flight."""
+status codes, the message size limit, metrics in /metrics, a SIGTERM with calls in flight, Triton's
+configuration, statistics and repository index equal to REST's, the RPCs not served UNIMPLEMENTED,
+and KServe's InferenceGRPCClient on its own proto."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from tests.integration.conftest import LocalServer
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
+from google.protobuf import json_format  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 GLYPHS = json.loads((ROOT / "training" / "data" / "digits5x5.json").read_text())
@@ -113,7 +116,9 @@ def test_standard_health_service(server):
 
 def test_metadata_equals_rest(server, client):
     meta = client.get_server_metadata()
-    assert meta.name == "numpy-nets"
+    rest = requests.get(f"{server.url}/v2", timeout=10).json()
+    assert meta.name == rest["name"] == "numpy-nets" and meta.version == rest["version"]
+    assert list(meta.extensions) == ["model_configuration", "statistics"]  # REST adds binary_tensor_data
     for name in MODELS:
         rest = requests.get(f"{server.url}/v2/models/{name}", timeout=10).json()
         got = client.get_model_metadata(name, as_json=True)
@@ -121,6 +126,62 @@ def test_metadata_equals_rest(server, client):
         for side in ("inputs", "outputs"):
             assert [{**t, "shape": [int(d) for d in t["shape"]]} for t in got[side]] == rest[side]
     assert client.get_model_metadata("xor", "1", as_json=True)["versions"] == ["1"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_config_equals_rests(server, client, name):
+    """ModelConfig answers what GET /v2/models/{m}/config does: REST's JSON, read by Triton's own
+    ModelConfig schema (every field must be one of Triton's), is the message gRPC sends, field for field."""
+    for version, path in ((None, f"/v2/models/{name}/config"), ("1", f"/v2/models/{name}/versions/1/config")):
+        rest = requests.get(f"{server.url}{path}", timeout=10).json()
+        got = client.get_model_config(name, version or "").config
+        assert got == json_format.ParseDict(rest, model_config_pb2.ModelConfig()), (got, rest)
+        assert got.name == name and got.max_batch_size == 1024 and got.input[0].data_type == model_config_pb2.TYPE_FP32
+    for args, code in ((("resnet",), "NOT_FOUND"), ((name, "7"), "NOT_FOUND"), ((name, "one"), "INVALID_ARGUMENT")):
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_config(*args)
+        assert info.value.status() == f"StatusCode.{code}", args
+
+
+def test_statistics_equal_rests_and_count_grpc_calls(server, client, samples):
+    """ModelStatistics answers what GET /v2/models[/{m}[/versions/{v}]]/stats does (the same counters,
+    summed over the HTTP workers and the gRPC processes), and a gRPC inference moves them."""
+    def rest(path: str) -> service_pb2.ModelStatisticsResponse:
+        return json_format.ParseDict(requests.get(f"{server.url}{path}", timeout=10).json(),
+                                     service_pb2.ModelStatisticsResponse())
+
+    raw_infer(client, "digits", samples["digits"])  # so the numbers compared are not all zeros
+    before = client.get_inference_statistics("digits")
+    assert before == rest("/v2/models/digits/stats")
+    assert client.get_inference_statistics() == rest("/v2/models/stats")
+    assert client.get_inference_statistics("digits", "1") == rest("/v2/models/digits/versions/1/stats")
+    (stat,) = before.model_stats
+    assert stat.name == "digits" and stat.version == "1" and stat.inference_count >= len(samples["digits"])
+    raw_infer(client, "digits", samples["digits"])
+    (after,) = client.get_inference_statistics("digits").model_stats
+    assert after.execution_count == stat.execution_count + 1
+    assert after.inference_count == stat.inference_count + len(samples["digits"])
+    assert after.inference_stats.success.count == stat.inference_stats.success.count + 1
+    assert after.inference_stats.compute_infer.ns > stat.inference_stats.compute_infer.ns
+    for args, code in ((("resnet",), "NOT_FOUND"), (("digits", "9"), "NOT_FOUND"), (("", "1"), "INVALID_ARGUMENT")):
+        with pytest.raises(InferenceServerException) as info:
+            client.get_inference_statistics(*args)
+        assert info.value.status() == f"StatusCode.{code}", args
+
+
+def test_rpcs_not_served_are_unimplemented_without_a_traceback(server, client, stub):
+    """Triton's shared-memory, trace, log-settings and streaming RPCs: UNIMPLEMENTED, named, nothing logged
+    as a failure (the generated base class would answer so too, with a traceback in the log each time)."""
+    for call in (client.get_system_shared_memory_status, client.get_cuda_shared_memory_status,
+                 client.get_trace_settings, client.get_log_settings):
+        with pytest.raises(InferenceServerException) as info:
+            call()
+        assert info.value.status() == "StatusCode.UNIMPLEMENTED" and "not supported" in info.value.message()
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest(model_name="xor")]), timeout=10))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    if hasattr(server, "read_log"):  # the gunicorn target (the container's log is its engine's)
+        assert "Traceback" not in server.read_log() and "Method not implemented" not in server.read_log()
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -263,35 +324,26 @@ def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
 
 
 def test_kserves_grpc_client(server, samples):
-    """KServe's own InferenceGRPCClient (kserve.inference_client, from the wheel): live, ready, infer."""
-    import asyncio
-    import concurrent.futures
+    """KServe's own InferenceGRPCClient (kserve.inference_client, from the wheel) with KServe's own
+    grpc_predict_v2 messages, in a process of its own (tests/integration/kserve_grpc_client.py): live,
+    ready, infer equal to /predict's, against the server's Triton proto."""
+    import sys
 
-    from tests.integration.test_kserve_sdk import load_sdk
+    from tests.integration.test_kserve_sdk import MODELS_DIR, load_sdk
 
-    sdk = load_sdk()
+    load_sdk()  # the other KServe tests' rule for a missing wheel: skip here, fail in CI
+
     x = samples["digits"]
     expected, _ = predict(server.url, "digits", x)
-
-    async def run():
-        client = sdk.InferenceGRPCClient(server.grpc_target, timeout=30)
-        try:
-            assert await client.is_server_live() and await client.is_server_ready()
-            assert await client.is_model_ready("digits")
-            tensor = sdk.InferInput("input", list(x.shape), "FP32")
-            tensor.set_data_from_numpy(x, binary_data=True)
-            request = sdk.InferRequest(model_name="digits", infer_inputs=[tensor], request_id="k1")
-            return await client.infer(request)
-        finally:
-            await client.close()
-
-    # On an event loop of its own thread, as tests/integration/test_kserve_sdk.py runs the SDK: the
-    # browser tests' Playwright keeps one running on this thread for the whole session.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        response = pool.submit(asyncio.run, run()).result()
-    assert response.model_name == "digits" and response.id == "k1"
-    got = next(o for o in response.outputs if o.name == "probabilities").as_numpy()
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    run = subprocess.run([sys.executable, "-m", "tests.integration.kserve_grpc_client", server.grpc_target,
+                          str(MODELS_DIR)], input=json.dumps(x.tolist()), capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout)
+    assert answer["proto"].startswith(str(MODELS_DIR)) and not answer["tritonclient_imported"]
+    assert answer["health"] == [True, True, True]
+    assert answer["model_name"] == "digits" and answer["id"] == "k1"
+    np.testing.assert_allclose(np.array(answer["probabilities"]), expected, rtol=0, atol=1e-6)
 
 
 def test_hot_reload_and_a_failed_version_over_grpc(tmp_path):
@@ -329,37 +381,87 @@ def test_hot_reload_and_a_failed_version_over_grpc(tmp_path):
         assert srv.stop() == 0, srv.read_log()[-3000:]
 
 
+def wait_http_ready(url: str, name: str, status: int) -> None:
+    """HTTP's workers rescan on their own clock (within a second of a change to the shared state)."""
+    deadline = time.monotonic() + 30
+    while requests.get(f"{url}/v2/models/{name}/ready", timeout=10).status_code != status:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def rest_index(url: str, token: str, body: dict | None = None) -> list[dict]:
+    r = requests.post(f"{url}/v2/repository/index", headers={"Authorization": f"Bearer {token}"}, json=body,
+                      timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def as_rows(models) -> list[dict]:
+    """RepositoryIndexResponse.models as REST's rows (an unloaded model has no version)."""
+    return [{"name": m.name, **({"version": m.version} if m.version else {}), "state": m.state, "reason": m.reason}
+            for m in models]
+
+
+def grpc_index(client, admin: dict) -> list[dict]:
+    return as_rows(client.get_model_repository_index(headers=admin).models)
+
+
 def test_repository_rpcs_need_the_token(tmp_path):
-    """RepositoryModelUnload/Load over gRPC with ADMIN_TOKEN as metadata (tritonclient's unload_model and
-    load_model); without it UNAUTHENTICATED, with a wrong one PERMISSION_DENIED; an unload reaches HTTP too."""
+    """RepositoryIndex/ModelUnload/ModelLoad over gRPC with ADMIN_TOKEN as metadata (tritonclient's
+    get_model_repository_index, unload_model and load_model); without it UNAUTHENTICATED, with a wrong one
+    PERMISSION_DENIED; the index equals REST's; an unload reaches HTTP too."""
     token = "grpc-admin-token"
     srv = LocalServer(tmp_path, ADMIN_TOKEN=token, WORKERS="1").start()
     try:
         wait_grpc(srv.grpc_target)
         with grpcclient.InferenceServerClient(srv.grpc_target) as c:
             for headers, code in ((None, "UNAUTHENTICATED"), ({"authorization": "Bearer nope"}, "PERMISSION_DENIED")):
-                with pytest.raises(InferenceServerException) as info:
-                    c.unload_model("xor", headers=headers)
-                assert info.value.status() == f"StatusCode.{code}"
+                for call in (lambda h: c.unload_model("xor", headers=h), lambda h: c.load_model("xor", headers=h),
+                             lambda h: c.get_model_repository_index(headers=h)):
+                    with pytest.raises(InferenceServerException) as info:
+                        call(headers)
+                    assert info.value.status() == f"StatusCode.{code}"
             admin = {"authorization": f"Bearer {token}"}
+            index = grpc_index(c, admin)
+            assert index == rest_index(srv.url, token)
+            assert {(r["name"], r["version"], r["state"]) for r in index} == {
+                ("digits", "1", "READY"), ("mnist", "1", "READY"), ("xor", "1", "READY")}
+            with grpc.insecure_channel(srv.grpc_target) as channel, pytest.raises(grpc.RpcError) as raw:
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+                    service_pb2.RepositoryIndexRequest(repository_name="other"), metadata=tuple(admin.items()),
+                    timeout=10)  # Triton's answer: a repository's name is not supported
+            assert raw.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            with pytest.raises(InferenceServerException) as info:  # a config override is a client's file
+                c.load_model("xor", headers=admin, config='{"max_batch_size": 8}')
+            assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "config" in info.value.message()
             with pytest.raises(InferenceServerException) as info:
                 c.unload_model("resnet", headers=admin)
             assert info.value.status() == "StatusCode.NOT_FOUND"
             c.unload_model("xor", headers=admin)
             assert not c.is_model_ready("xor") and c.is_model_ready("mnist")
-            deadline = time.monotonic() + 30
-            while requests.get(f"{srv.url}/v2/models/xor/ready", timeout=10).status_code != 400:  # unloaded
-                assert time.monotonic() < deadline  # every process serves what the shared state says
-                time.sleep(0.2)
+            assert {"name": "xor", "state": "UNAVAILABLE", "reason": "unloaded"} in grpc_index(c, admin)
+            wait_http_ready(srv.url, "xor", 400)  # every process serves what the shared state says
+            assert grpc_index(c, admin) == rest_index(srv.url, token)
+            with grpc.insecure_channel(srv.grpc_target) as channel:  # ready: true, which tritonclient never sends
+                ready = service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+                    service_pb2.RepositoryIndexRequest(ready=True), metadata=tuple(admin.items()), timeout=10)
+            assert as_rows(ready.models) == rest_index(srv.url, token, {"ready": True})
+            assert {r["name"] for r in as_rows(ready.models)} == {"digits", "mnist"}
             c.load_model("xor", headers=admin)
             assert c.is_model_ready("xor")
+            wait_http_ready(srv.url, "xor", 200)
+            assert grpc_index(c, admin) == rest_index(srv.url, token)
             assert raw_infer(c, "xor", np.array([[0, 1]], np.float32)).as_numpy("label").tolist() == [b"1"]
     finally:
         assert srv.stop() == 0, srv.read_log()[-3000:]
 
 
 def test_repository_rpcs_are_off_without_a_token(client):
+    for call in (client.unload_model, client.load_model):
+        with pytest.raises(InferenceServerException) as info:
+            call("xor", headers={"authorization": "Bearer anything"})
+        assert info.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(InferenceServerException) as info:
-        client.unload_model("xor", headers={"authorization": "Bearer anything"})
+        client.get_model_repository_index(headers={"authorization": "Bearer anything"})
     assert info.value.status() == "StatusCode.UNIMPLEMENTED"
     assert client.is_model_ready("xor")

@@ -1,0 +1,28 @@
+"""The gRPC benchmark's driver runs (``bench/grpc_load.py``; its figures are measured by hand): client
+processes of their own answer both contenders against the real server, with no errors. Speed is not
+judged here."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+from bench import grpc_load
+from tests.integration.test_grpc import wait_grpc
+
+
+def test_the_driver_answers_both_contenders(gunicorn_server):
+    wait_grpc(gunicorn_server.grpc_target)
+    rows = grpc_load.run(gunicorn_server.grpc_target, gunicorn_server.url.removeprefix("http://"), [3],
+                         seconds=1.0, rounds=1, processes=2)
+    assert [r["scenario"] for r in rows] == list(grpc_load.CONTENDERS)
+    for r in rows:  # 3 calls in flight from 2 client processes (2 + 1 threads)
+        assert r["errors"] == 0 and r["rps"] > 0 and r["p50_ms"] <= r["p99_ms"], r
+        assert r["client_processes"] == 2 and r["concurrency"] == 3
+    assert "| gRPC (tritonclient.grpc) | 1 | 3 |" in grpc_load.table(rows)
+
+
+def test_the_benchmark_parses_its_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        grpc_load.main(["--help"])
+    assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
