@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, served_version
 from tests.integration.conftest import LocalServer
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -97,7 +97,7 @@ def infer_error(client, name, x, datatype="FP32", **kwargs) -> InferenceServerEx
 def test_health(client):
     assert client.is_server_live() and client.is_server_ready()
     for name in MODELS:
-        assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+        assert client.is_model_ready(name) and client.is_model_ready(name, served_version(name).name)
     assert not client.is_model_ready("mnist", "7")
     assert not client.is_model_ready("resnet")  # Triton's answer for a model it does not have
 
@@ -132,7 +132,8 @@ def test_metadata_equals_rest(server, client):
 def test_model_config_equals_rests(server, client, name):
     """ModelConfig answers what GET /v2/models/{m}/config does: REST's JSON, read by Triton's own
     ModelConfig schema (every field must be one of Triton's), is the message gRPC sends, field for field."""
-    for version, path in ((None, f"/v2/models/{name}/config"), ("1", f"/v2/models/{name}/versions/1/config")):
+    served = served_version(name).name
+    for version, path in ((None, f"/v2/models/{name}/config"), (served, f"/v2/models/{name}/versions/{served}/config")):
         rest = requests.get(f"{server.url}{path}", timeout=10).json()
         got = client.get_model_config(name, version or "").config
         assert got == json_format.ParseDict(rest, model_config_pb2.ModelConfig()), (got, rest)
@@ -188,12 +189,13 @@ def test_rpcs_not_served_are_unimplemented_without_a_traceback(server, client, s
 def test_infer_raw_equals_predict(server, client, samples, name):
     x = samples[name]
     outputs = [grpcclient.InferRequestedOutput("probabilities"), grpcclient.InferRequestedOutput("label")]
-    result = raw_infer(client, name, x, outputs=outputs, request_id=f"req-{name}", model_version="1")
+    served = served_version(name).name
+    result = raw_infer(client, name, x, outputs=outputs, request_id=f"req-{name}", model_version=served)
     expected, labels = predict(server.url, name, x)
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=0, atol=1e-6)
     assert [v.decode() for v in result.as_numpy("label")] == labels
     response = result.get_response()
-    assert response.id == f"req-{name}" and response.model_name == name and response.model_version == "1"
+    assert response.id == f"req-{name}" and response.model_name == name and response.model_version == served
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -425,7 +427,7 @@ def test_repository_rpcs_need_the_token(tmp_path):
             index = grpc_index(c, admin)
             assert index == rest_index(srv.url, token)
             assert {(r["name"], r["version"], r["state"]) for r in index} == {
-                ("digits", "1", "READY"), ("mnist", "1", "READY"), ("xor", "1", "READY")}
+                (name, served_version(name).name, "READY") for name in ("digits", "mnist", "xor")}
             with grpc.insecure_channel(srv.grpc_target) as channel, pytest.raises(grpc.RpcError) as raw:
                 service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
                     service_pb2.RepositoryIndexRequest(repository_name="other"), metadata=tuple(admin.items()),
