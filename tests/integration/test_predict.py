@@ -47,7 +47,7 @@ def test_predictions_match_the_library(base_url, http, model_repository, mnist_d
     # same batch, but the server pins one BLAS thread and this process may use more: the float policy
     assert_probabilities_close(got, expected)
     labels = loaded.metadata["labels"]
-    assert body["labels"] == labels and body["model"] == name and body["version"] == 1
+    assert body["labels"] == labels and body["model"] == name and body["version"] == int(served_version(name).name)
     assert [p["label"] for p in body["predictions"]] == [labels[i] for i in expected.argmax(axis=1)]
 
 

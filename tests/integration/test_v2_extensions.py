@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import served_version
 from tests.integration.conftest import SERVER_ENV
 
 http = pytest.importorskip("tritonclient.http")
@@ -35,7 +36,7 @@ def test_server_metadata_lists_the_extensions(client):
 def test_model_configuration(client, name):
     dims, classes = DIMS[name]
     config = client.get_model_config(name)
-    assert config == client.get_model_config(name, "1")
+    assert config == client.get_model_config(name, served_version(name).name)
     assert config["name"] == name and config["platform"] == "numpy"
     assert config["max_batch_size"] == int(SERVER_ENV["MAX_BATCH"])
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": dims, "format": "FORMAT_NONE"}]
@@ -104,7 +105,7 @@ def test_statistics_move_with_traffic_from_every_protocol(base_url, client):
     assert after["last_inference"] >= before["last_inference"] and after["last_inference"] > 1.7e12  # ms, not s
     assert after["batch_stats"] == []
     assert {(s["name"], s["version"]) for s in client.get_inference_statistics()["model_stats"]} == {
-        ("digits", "1"), ("mnist", "1"), ("xor", "1")}
+        (name, served_version(name).name) for name in ("digits", "mnist", "xor")}
     assert client.get_inference_statistics("digits", "1")["model_stats"][0]["execution_count"] >= runs
 
 
@@ -122,5 +123,6 @@ def test_statistics_of_what_does_not_exist_are_errors_not_entries(base_url, clie
         assert requests.post(f"{base_url}{path}", data=json.dumps(body), timeout=10).status_code == 404
     series = [line for line in requests.get(f"{base_url}/metrics", timeout=10).text.splitlines()
               if line.startswith(("nn_inference_", "nn_last_inference_"))]
-    assert series and all('version="1"' in line for line in series)
+    served = {f'model="{name}",' : f'version="{served_version(name).name}"' for name in ("digits", "mnist", "xor")}
+    assert series and all(any(m in line and v in line for m, v in served.items()) for line in series)
     assert {line.split('model="')[1].split('"')[0] for line in series} <= {"digits", "mnist", "xor"}

@@ -42,7 +42,7 @@ def predict(base_url, name, x):
 def test_health(client):
     assert client.is_server_live() and client.is_server_ready()
     for name in ("xor", "digits", "mnist"):
-        assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+        assert client.is_model_ready(name) and client.is_model_ready(name, served_version(name).name)
     assert not client.is_model_ready("mnist", "7")
 
 
@@ -106,13 +106,14 @@ def test_infer_equals_predict(base_url, client, samples, name, binary_in, binary
     tensor.set_data_from_numpy(x, binary_data=binary_in)
     outputs = [http.InferRequestedOutput("probabilities", binary_data=binary_out),
                http.InferRequestedOutput("label", binary_data=binary_out)]
-    result = client.infer(name, [tensor], outputs=outputs, request_id=f"req-{name}", model_version="1")
+    served = served_version(name).name
+    result = client.infer(name, [tensor], outputs=outputs, request_id=f"req-{name}", model_version=served)
     expected, labels = predict(base_url, name, x)
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=0, atol=1e-6)
     got_labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")]
     assert got_labels == labels
     response = result.get_response()
-    assert response["id"] == f"req-{name}" and response["model_name"] == name and response["model_version"] == "1"
+    assert response["id"] == f"req-{name}" and response["model_name"] == name and response["model_version"] == served
 
 
 def test_default_output_is_the_probabilities(base_url, client, samples):
