@@ -80,8 +80,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(app: str, workers: int, tmp: Path, **env: str) -> Iterator[Server]:
-    """gunicorn with the service's own configuration (``service/gunicorn_conf.py``) serving ``app``."""
+def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> Iterator[Server]:
+    """gunicorn with the service's own configuration (``service/gunicorn_conf.py``) serving ``app``
+    from the source tree ``root`` (another tree: ``bench/cpu_per_request.py`` compares two)."""
     port = free_port()
     metrics_dir = tmp / f"metrics-{port}"
     metrics_dir.mkdir()
@@ -90,8 +91,8 @@ def server(app: str, workers: int, tmp: Path, **env: str) -> Iterator[Server]:
                "MKL_NUM_THREADS": "1", **env}
     log = tmp / f"{app.split('.')[0]}-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "service" / "gunicorn_conf.py"),
-                                 app], cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(root / "service" / "gunicorn_conf.py"),
+                                 app], cwd=root, env=environ, stdout=out, stderr=subprocess.STDOUT)
     srv = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + 60

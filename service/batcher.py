@@ -45,8 +45,10 @@ class Pending:
     """One request's rows in a queue, and what it is given back."""
 
     rows: np.ndarray
+    # LEAD: run the queue; DONE: result or error set. Only a request that joins a busy queue waits: the
+    # one that finds it idle leads at once and is never woken (so it is not given one to allocate)
+    wake: AsyncResult | None = None
     enqueued: float = field(default_factory=time.perf_counter)
-    wake: AsyncResult = field(default_factory=AsyncResult)  # LEAD: run the queue; DONE: result or error set
     result: np.ndarray | None = None
     error: BaseException | None = None
 
@@ -57,7 +59,7 @@ class VersionQueue:
     items: list[Pending] = field(default_factory=list)
     busy: bool = False  # a leader is running (or has been handed) this queue; False only when items is empty
     rows: int = 0
-    enough: Event = field(default_factory=Event)  # set when the queue reaches its target (queue delay only)
+    enough: Event | None = None  # set when the queue reaches its target (queue delay only)
 
 
 class GeventBatcher:
@@ -106,13 +108,13 @@ class GeventBatcher:
         key = id(entry)
         queue = self.queues.get(key)
         if queue is None or queue.entry is not entry:
-            queue = self.queues[key] = VersionQueue(entry)
-        item = Pending(batch)
+            queue = self.queues[key] = VersionQueue(entry, enough=Event() if self.delay else None)
+        item = Pending(batch, AsyncResult() if queue.busy else None)
         queue.items.append(item)
         queue.rows += len(batch)
-        if queue.rows >= self.target:
+        if queue.enough is not None and queue.rows >= self.target:
             queue.enough.set()
-        if queue.busy:
+        if item.wake is not None:
             try:
                 outcome = item.wake.get()
             except BaseException:  # killed while waiting (a stop): never strand the requests behind it
@@ -141,7 +143,7 @@ class GeventBatcher:
             taken.append(item)
             rows += len(item.rows)
         queue.rows -= rows
-        if queue.rows < self.target:
+        if queue.enough is not None and queue.rows < self.target:
             queue.enough.clear()
         return taken
 
@@ -190,7 +192,7 @@ class GeventBatcher:
         if item in queue.items:
             queue.items.remove(item)
             queue.rows -= len(item.rows)
-        if item.wake.ready() and item.wake.value is LEAD:  # made leader, never ran: pass it on
+        if item.wake is not None and item.wake.ready() and item.wake.value is LEAD:  # made leader, never ran
             self.hand_on(key, queue)
 
     @staticmethod

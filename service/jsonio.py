@@ -76,8 +76,13 @@ class ORJSONProvider(DefaultJSONProvider):
 
 # -- JSON arrays to NumPy -------------------------------------------------------------------------
 def count_booleans(body: bytes) -> int:
-    """How many ``true``/``false`` the text could hold at most (a string may contain them too)."""
-    return body.count(b"true") + body.count(b"false")
+    """How many ``true``/``false`` the text could hold at most (a string may contain them too).
+
+    Each word is counted only if a letter it needs is in the body at all: a one-byte search runs at
+    memchr speed (0.1 µs for one MNIST sample's 5 kB) where counting a word took 4-5 µs, and a body
+    of numbers under ``/predict``'s keys (model, inputs) has no ``r`` and no ``f``.
+    """
+    return (body.count(b"true") if b"r" in body else 0) + (body.count(b"false") if b"f" in body else 0)
 
 
 def to_array(value: list[Any], loc: str, booleans: bool = True) -> np.ndarray:

@@ -14,8 +14,19 @@ from gunicorn.glogging import Logger as GunicornLogger
 
 
 def timestamp(created: float) -> str:
-    """ISO 8601 in UTC with milliseconds, e.g. ``2026-11-27T15:26:58.467+00:00``."""
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(created))}.{int(created * 1000) % 1000:03d}+00:00"
+    """ISO 8601 in UTC with milliseconds, e.g. ``2026-11-27T15:26:58.467+00:00``.
+
+    The date and time of day are formatted once per second (``strftime`` was a third of the request
+    log line's cost at thousands of lines a second); only the milliseconds change in between.
+    """
+    global _second, _prefix
+    second = int(created)
+    if second != _second:
+        _prefix, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
+    return f"{_prefix}.{int(created * 1000) % 1000:03d}+00:00"
+
+
+_second, _prefix = -1, ""
 
 
 def json_line(entry: dict[str, Any]) -> str:
@@ -52,9 +63,18 @@ def log_request(fields: dict[str, Any]) -> None:
     request log took ~13% of a worker's time through ``logging``).
     """
     if REQUESTS.isEnabledFor(logging.INFO):
-        entry = {"ts": timestamp(time.time()), "level": "info", "logger": "service.requests", "pid": os.getpid(),
+        entry = {"ts": timestamp(time.time()), "level": "info", "logger": "service.requests", "pid": _pid,
                  "message": "request", **fields}
         sys.stderr.write(json_line(entry) + "\n")
+
+
+def _note_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+_pid = os.getpid()  # a system call each time otherwise; a forked worker notes its own
+os.register_at_fork(after_in_child=_note_pid)
 
 
 class ServerLogger(GunicornLogger):

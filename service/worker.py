@@ -20,6 +20,7 @@ On top of gunicorn's gevent worker this adds what a buffering proxy would do in 
 * gunicorn's own refusals (bad request line, URI or headers over the limits, bad chunks) are in
   the documented JSON error shape with a request id, not HTML;
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
+* a response's head and a small body leave in one send (``service/one_send.py``);
 * a gradcheck runs on the worker's background thread (:func:`off_loop`), not on the event loop;
 * concurrent inference requests share forward passes (``service/batcher.py``, set up in :meth:`run`);
 * connections take turns: each yields to the others after every request;
@@ -50,7 +51,7 @@ from gunicorn import util as gunicorn_util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
-from service import metrics
+from service import metrics, one_send
 from service.batcher import install as install_batcher
 from service.buffering import BodyBudget
 from service.config import Settings
@@ -119,6 +120,7 @@ class BufferingGeventWorker(GeventWorker):
         # silent clients can never fill the worker and leave a new client queued for KEEPALIVE seconds.
         self.max_idle = max(1, int(IDLE_SHARE * settings.worker_connections))
         gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
+        one_send.install()  # a response's head and small body in one send (service/one_send.py)
         super().init_process()
 
     def run(self) -> None:

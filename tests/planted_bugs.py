@@ -42,7 +42,8 @@ class PlantedBug:
 
 BUGS = [
     PlantedBug("booleans_true_only", "service/jsonio.py",
-               'return body.count(b"true") + body.count(b"false")', 'return body.count(b"true")',
+               'return (body.count(b"true") if b"r" in body else 0) + (body.count(b"false") if b"f" in body else 0)',
+               'return body.count(b"true") if b"r" in body else 0',
                ("tests/integration/test_errors.py::test_a_boolean_is_not_a_number_in_any_protocol",
                 "tests/test_dataplane_properties.py"),
                "a JSON false is read as 0 when the body holds no true"),
@@ -97,6 +98,10 @@ BUGS = [
     PlantedBug("sigterm_keeps_idle", "service/worker.py", "gevent.spawn(self.close_idle)", "pass",
                ("tests/integration/test_worker.py::test_sigterm_closes_idle_keep_alive_connections_at_once",),
                "SIGTERM waits for idle keep-alive connections instead of closing them"),
+    PlantedBug("head_held_back_for_good", "service/one_send.py",
+               "        self.flush_head()  # no body", "        pass  # no body",
+               ("tests/test_one_send.py::test_no_body_the_head_alone",),
+               "a response without a body (HEAD, 204) never sends the head held back for it"),
     PlantedBug("v2_int64_size", "service/dataplane.py", '"INT64": "<i8"', '"INT64": "<i4"',
                ("tests/integration/test_v2_tensors.py::test_every_input_datatype_in_json_and_binary",),
                "V2 INT64 read with a 4-byte item size"),

@@ -13,7 +13,8 @@ def test_machine_records_the_thread_pools_in_force():
     assert train_epoch.machine(threads=2)["threads asked"] == "2"
 
 
-@pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress", "bench.frontier"])
+@pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress",
+                                    "bench.cpu_per_request", "bench.frontier"])
 def test_each_benchmark_parses_its_arguments(module, capsys):
     import importlib
 

@@ -73,6 +73,10 @@ def expected_status(value, model: str) -> set[int]:
     shape = regular_shape(value)
     if shape is None:
         return {422}  # numbers only, in a regular shape
+    try:  # the codec turns the numbers into an array before any other rule
+        flat = np.asarray(value, dtype=np.float64).ravel()
+    except OverflowError:  # an integer past float64's range: not a finite number
+        return {422}
     if len(value) > MAX_BATCH:
         # a sample nested past MAX_SAMPLE_DEPTH is refused by the element walk, which runs first when it runs
         return {413, 422} if len(shape) > MAX_SAMPLE_DEPTH + 1 else {413}
@@ -80,10 +84,6 @@ def expected_status(value, model: str) -> set[int]:
         return {404}
     sample_shape, (lo, hi) = MODELS[model]
     if shape[1:] not in ((math.prod(sample_shape),), sample_shape):
-        return {422}
-    try:
-        flat = np.asarray(value, dtype=np.float64).ravel()
-    except OverflowError:  # an integer past float64's range: not a finite number
         return {422}
     if not np.all(np.isfinite(flat)) or flat.min() < lo or flat.max() > hi:
         return {422}
@@ -98,6 +98,7 @@ def test_the_oracle_knows_the_rules():
     assert expected_status([[[0] * 5] * 5], "digits") == {200}
     assert expected_status([[[0] * 5] * 4], "digits") == {422}
     assert expected_status([[0, 1], [0]], "xor") == {422} and expected_status([[]], "xor") == {422}
+    assert expected_status([[10**400, 0.0]], "nope") == expected_status([[10**400, 0]] * 9, "xor") == {422}
 
 
 @pytest.fixture(scope="module")
