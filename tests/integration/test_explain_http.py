@@ -19,9 +19,8 @@ import requests
 from model.attribution import METHODS, attribute
 from model.io import load_model
 from tests.conftest import served_version, served_weights
+from tests.test_attribution import DEFAULT_STEPS_COMPLETENESS as COMPLETENESS  # at the default 64 steps
 from training.datasets import digits, xor
-
-COMPLETENESS = 0.02  # |convergence delta| of a probability at the default 64 steps (tests/test_attribution.py)
 
 
 def network(name):
@@ -105,8 +104,8 @@ def test_smoothgrad_is_reproducible_by_seed(base_url, http, mnist_data):
 
 
 @pytest.mark.parametrize("body,status,code,words", [
-    ({"method": "integrated_gradients", "steps": 64, "inputs": "40 mnist images"}, 422, "explain_too_large",
-     ["EXPLAIN_MAX_COST", "send at most", "fewer steps"]),
+    ({"method": "integrated_gradients", "steps": 1024, "inputs": "one image over the cost bound"}, 422,
+     "explain_too_large", ["EXPLAIN_MAX_COST", "send at most", "fewer steps"]),
     ({"steps": 100000}, 422, "explain_too_large", ["EXPLAIN_MAX_STEPS"]),
     ({"method": "smoothgrad", "samples": 100000}, 422, "explain_too_large", ["EXPLAIN_MAX_SAMPLES"]),
     ({"inputs": "65 xor inputs"}, 422, "explain_too_large", ["EXPLAIN_MAX_BATCH"]),
@@ -120,10 +119,15 @@ def test_smoothgrad_is_reproducible_by_seed(base_url, http, mnist_data):
     ({"steps": 0}, 422, "validation_error", ["steps"]),
 ])
 def test_bad_explanations_say_what_to_send(base_url, http, mnist_data, body, status, code, words):
-    x = inputs_of("mnist", mnist_data, n=41)
-    model, inputs = "mnist", x[:1].tolist()
-    if body.get("inputs") == "40 mnist images":
-        inputs = x[:41].tolist()  # one more than the cost bound allows at 64 steps
+    from service.dataplane import Limits
+    from service.diagnostics import ExplainOptions, explain_cost
+
+    model, inputs = "mnist", inputs_of("mnist", mnist_data, n=1).tolist()
+    if body.get("inputs") == "one image over the cost bound":
+        options = ExplainOptions(method=body["method"], steps=body["steps"])
+        over = int(Limits().explain_max_cost // explain_cost(network("mnist"), options, 1)) + 1
+        assert over <= Limits().explain_max_batch  # else the batch bound would answer first
+        inputs = inputs_of("mnist", mnist_data, n=over).tolist()
     elif body.get("inputs") == "65 xor inputs":
         model, inputs = "xor", [[0, 1]] * 65
     r = http.post(f"{base_url}/explain", json={"model": model, **body, "inputs": inputs}, timeout=60)
@@ -253,7 +257,7 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_explanations(gunic
 
     url = gunicorn_server.url
     net, options = network("mnist"), ExplainOptions()
-    n = int(Limits().explain_max_cost // explain_cost(net, options, 1))
+    n = min(Limits().explain_max_batch, int(Limits().explain_max_cost // explain_cost(net, options, 1)))
     big = {"model": "mnist", "inputs": inputs_of("mnist", mnist_data, n=n).tolist()}
     statuses: list[int] = []
     stop = threading.Event()
