@@ -71,7 +71,7 @@ def row(version_dir: Path, x: np.ndarray, args, tmp: Path, body: Path | None) ->
            "forward_us_batch256": per_sample_seconds(net, x, 256, args.rounds) * 1e6}
     if body is not None:
         r = served_rps(version_dir, body, args.workers, args.seconds, tmp)
-        out |= {"predict_rps_c16": r["rps"], "predict_p99_ms_c16": r["latency_p99_us"] / 1e3, "errors": r["errors"]}
+        out |= {"predict_rps_c16": r["rps"], "predict_p99_ms_c16": r["p99_us"] / 1e3, "errors": r["errors"]}
     return out
 
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the NumPy library (model/ needs NumPy only)
 
 from model.io import load_model  # noqa: E402
+from model.repository import newest_weights  # noqa: E402
 
 
 class NumpyMNIST(kserve.Model):
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--http_port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    model = NumpyMNIST("mnist", ROOT / "model_repository" / "mnist" / "1" / "model.npz")
+    model = NumpyMNIST("mnist", newest_weights(ROOT / "model_repository", "mnist"))  # what the service serves
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.http_port + 1, enable_grpc=False, workers=args.workers,
                        enable_docs_url=False).start([model])
 

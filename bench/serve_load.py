@@ -235,8 +235,9 @@ def slow_client_row(srv: Server, body: Path) -> dict:
 def compute_ceiling(x: np.ndarray, rounds: int = 50) -> float:
     """Images/s of the MNIST network's forward pass in plain NumPy (one BLAS thread), one process."""
     from model.io import load_model
+    from model.repository import newest_weights
 
-    net = load_model(ROOT / "model_repository" / "mnist" / "1" / "model.npz").network
+    net = load_model(newest_weights(ROOT / "model_repository", "mnist")).network  # the served version
     dense = [layer.params for layer in net.layers if "W" in layer.params]
     batch = np.ascontiguousarray(x, dtype=np.float32)
 

@@ -49,3 +49,12 @@ def version_dir(root: Path, name: str, version: int) -> Path:
 
 def next_version(model_dir: Path) -> int:
     return max(versions(model_dir), default=0) + 1
+
+
+def newest_weights(root: Path, name: str) -> Path:
+    """The newest version's weights file of ``name`` under ``root``: what the default policy
+    (``latest:1``) serves when it loads."""
+    found = versions(root / name)
+    if not found:
+        raise FileNotFoundError(f"{root / name}: no versions")
+    return version_dir(root, name, found[-1]) / WEIGHTS_FILE

@@ -32,10 +32,9 @@ def pytest_report_header(config) -> list[str]:
 def served_version(name: str) -> Path:
     """The shipped version directory of ``name`` that the default policy (``latest:1``) serves: the
     newest. (Older shipped versions stay on disk for a rollback, unserved.)"""
-    from model.repository import versions
+    from model.repository import newest_weights
 
-    model_dir = ROOT / "model_repository" / name
-    return model_dir / str(max(versions(model_dir)))
+    return newest_weights(ROOT / "model_repository", name).parent
 
 
 def served_weights(name: str) -> Path:

@@ -23,20 +23,21 @@ def test_each_benchmark_parses_its_arguments(module, capsys):
     assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
 
 
-def test_the_frontier_table_reads_a_trained_version(mnist_dir, tmp_path, capsys):
+def test_the_frontier_table_reads_a_trained_version_and_serves_it(mnist_dir, tmp_path, capsys):
     import json
 
     from bench import frontier
     from model.io import load_model
-    from tests.conftest import ROOT
+    from tests.conftest import served_version
 
-    version = ROOT / "model_repository" / "mnist" / "1"
+    version = served_version("mnist")
     meta = load_model(version / "model.npz").metadata
-    assert frontier.main([str(version), "--data-dir", str(mnist_dir), "--rounds", "1",
+    assert frontier.main([str(version), "--data-dir", str(mnist_dir), "--rounds", "1", "--serve", "--seconds", "1",
                           "--json", str(tmp_path / "f.json")]) == 0
     row = json.loads((tmp_path / "f.json").read_text())["rows"][0]
     assert row["parameters"] == sum(a.size for a in load_model(version / "model.npz").network.named_params().values())
     assert (row["validation_accuracy"], row["test_accuracy"]) == (meta["metrics"]["validation_accuracy"],
                                                                   meta["metrics"]["test_accuracy"])
     assert row["forward_us_batch1"] > 0 and row["forward_us_batch256"] > 0
+    assert row["predict_rps_c16"] > 0 and row["errors"] == 0  # the real server, under wrk
     assert f"| {row['network']} | {row['parameters']:,} |" in capsys.readouterr().out
