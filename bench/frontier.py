@@ -6,7 +6,8 @@ validation passes (from its metadata, recorded when it was trained); the forward
 batch 1 and 256 (in-process, one BLAS thread, median of ``--rounds``); and, with ``--serve``,
 ``/predict`` requests/s with one image at concurrency 16: the real server (gunicorn, the service's
 settings, ``--workers``) serving only that version as ``mnist``, driven by wrk, as in
-``bench/serve_load.py``.
+``bench/serve_load.py``, every row's server up at once and measured in turns (the median of
+``--serve-rounds``).
 
     python -m bench.frontier model_repository/mnist/1 model_repository/mnist/2 --serve
 """
@@ -14,6 +15,7 @@ settings, ``--workers``) serving only that version as ``mnist``, driven by wrk, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -47,32 +49,44 @@ def per_sample_seconds(net, x: np.ndarray, batch: int, rounds: int) -> float:
     return float(np.median(times))
 
 
-def served_rps(version_dir: Path, body: Path, workers: int, seconds: float, tmp: Path) -> dict:
-    """``/predict`` one image at concurrency 16, the server serving only this version as ``mnist``."""
-    repo = tmp / f"repo-{version_dir.parent.parent.name}-{version_dir.name}"
-    (repo / "mnist" / "1").mkdir(parents=True)
-    shutil.copy(version_dir / WEIGHTS_FILE, repo / "mnist" / "1" / WEIGHTS_FILE)
-    with server("service.wsgi:app", workers, tmp, MODEL_DIR=str(repo), MODEL_POLL_SECONDS="0") as srv:
-        wrk(f"{srv.url}/predict", body, 16, 1)  # warm-up
-        return wrk(f"{srv.url}/predict", body, 16, seconds)
+def serve_rows(rows: list[dict], body: Path, args, tmp: Path) -> None:
+    """``/predict`` one image at concurrency 16, each version served alone as ``mnist`` by a server of its
+    own; all servers up at once, ``--serve-rounds`` rounds in turns, each row the median round (a
+    neighbour's burst then lands in one round of each, not in one row)."""
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for i, r in enumerate(rows):
+            repo = tmp / f"repo-{i}"
+            (repo / "mnist" / "1").mkdir(parents=True)
+            shutil.copy(Path(r["path"]) / WEIGHTS_FILE, repo / "mnist" / "1" / WEIGHTS_FILE)
+            srv = stack.enter_context(server("service.wsgi:app", args.workers, tmp, MODEL_DIR=str(repo),
+                                             MODEL_POLL_SECONDS="0"))
+            wrk(f"{srv.url}/predict", body, 16, 1)  # warm-up
+            servers.append(srv)
+        results: list[list[dict]] = [[] for _ in rows]
+        for round_ in range(args.serve_rounds):
+            order = list(range(len(rows)))
+            order = order[round_ % len(order):] + order[:round_ % len(order)]  # rotated each round
+            for i in order:
+                results[i].append(wrk(f"{servers[i].url}/predict", body, 16, args.seconds))
+    for r, rounds in zip(rows, results, strict=True):
+        median = sorted(rounds, key=lambda x: x["rps"])[len(rounds) // 2]
+        r |= {"predict_rps_c16": median["rps"], "predict_p99_ms_c16": median["p99_us"] / 1e3,
+              "predict_rps_rounds": [x["rps"] for x in rounds], "errors": sum(x["errors"] for x in rounds)}
 
 
-def row(version_dir: Path, x: np.ndarray, args, tmp: Path, body: Path | None) -> dict:
+def row(version_dir: Path, x: np.ndarray, args) -> dict:
     loaded = load_model(version_dir / WEIGHTS_FILE)
     meta, net = loaded.metadata, loaded.network
     sizes = [net.input_features] + [layer.out_features for layer in net.layers if hasattr(layer, "out_features")]
-    out = {"path": str(version_dir), "network": "-".join(map(str, sizes)), "parameters": net.num_params,
-           "epochs": meta.get("training", {}).get("epochs"),
-           "teacher": (meta.get("teacher") or {}).get("parameters"),
-           "validation_accuracy": meta["metrics"].get("validation_accuracy"),
-           "test_accuracy": meta["metrics"].get("test_accuracy"), "train_seconds": meta.get("train_seconds"),
-           "fit_seconds": meta.get("fit_seconds"),
-           "forward_us_batch1": per_sample_seconds(net, x, 1, args.rounds) * 1e6,
-           "forward_us_batch256": per_sample_seconds(net, x, 256, args.rounds) * 1e6}
-    if body is not None:
-        r = served_rps(version_dir, body, args.workers, args.seconds, tmp)
-        out |= {"predict_rps_c16": r["rps"], "predict_p99_ms_c16": r["p99_us"] / 1e3, "errors": r["errors"]}
-    return out
+    return {"path": str(version_dir), "network": "-".join(map(str, sizes)), "parameters": net.num_params,
+            "epochs": meta.get("training", {}).get("epochs"),
+            "teacher": (meta.get("teacher") or {}).get("parameters"),
+            "validation_accuracy": meta["metrics"].get("validation_accuracy"),
+            "test_accuracy": meta["metrics"].get("test_accuracy"), "train_seconds": meta.get("train_seconds"),
+            "fit_seconds": meta.get("fit_seconds"),
+            "forward_us_batch1": per_sample_seconds(net, x, 1, args.rounds) * 1e6,
+            "forward_us_batch256": per_sample_seconds(net, x, 256, args.rounds) * 1e6}
 
 
 def pct(v: float | None) -> str:
@@ -100,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
     parser.add_argument("--serve", action="store_true", help="also measure /predict under wrk (needs wrk)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per round of a served row")
+    parser.add_argument("--serve-rounds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", type=Path, default=RESULTS / "frontier.json")
     args = parser.parse_args(argv)
@@ -113,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(name)
         data = bodies(tmp, args.data_dir)
         x = np.frombuffer(data["v2bin256"][0].read_bytes()[data["v2bin256"][2]:], dtype="<f4").reshape(256, 784)
-        body = data["mnist1"][0] if args.serve else None
-        rows = [row(v, x, args, tmp, body) for v in args.versions]
+        rows = [row(v, x, args) for v in args.versions]
+        if args.serve:
+            serve_rows(rows, data["mnist1"][0], args, tmp)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     sys.stdout.write(table(rows) + "\n")
