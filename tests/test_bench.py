@@ -32,8 +32,9 @@ def test_the_frontier_table_reads_a_trained_version_and_serves_it(mnist_dir, tmp
 
     version = served_version("mnist")
     meta = load_model(version / "model.npz").metadata
-    assert frontier.main([str(version), "--data-dir", str(mnist_dir), "--rounds", "1", "--serve", "--seconds", "1", "--serve-rounds", "1",
-                          "--json", str(tmp_path / "f.json")]) == 0
+    argv = [str(version), "--data-dir", str(mnist_dir), "--rounds", "1", "--serve", "--seconds", "1",
+            "--serve-rounds", "1", "--json", str(tmp_path / "f.json")]
+    assert frontier.main(argv) == 0
     row = json.loads((tmp_path / "f.json").read_text())["rows"][0]
     assert row["parameters"] == sum(a.size for a in load_model(version / "model.npz").network.named_params().values())
     assert (row["validation_accuracy"], row["test_accuracy"]) == (meta["metrics"]["validation_accuracy"],
