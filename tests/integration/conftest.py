@@ -13,6 +13,7 @@ give it the environment in ``SERVER_ENV`` so the limits the tests probe are the 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
@@ -127,3 +129,23 @@ def base_url(request) -> str:
 def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session
+
+
+GLYPHS = json.loads((ROOT / "training" / "data" / "digits5x5.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def samples(mnist_data) -> dict[str, np.ndarray]:
+    """A batch of real inputs per shipped model, in each model's input shape (float32)."""
+    return {"xor": np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
+            "digits": np.array(GLYPHS["images"], np.float32).reshape(-1, 5, 5),
+            "mnist": mnist_data.eval_sets["test"][0][:16].reshape(16, 28, 28).astype(np.float32)}
+
+
+def predict(url: str, name: str, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """``/predict``'s probabilities (as parsed from JSON) and labels for ``x``: what every other
+    protocol's answer is judged against."""
+    r = requests.post(f"{url}/predict", json={"model": name, "inputs": x.tolist()}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return np.array([p["probabilities"] for p in body["predictions"]]), [p["label"] for p in body["predictions"]]

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, served_version
-from tests.integration.conftest import LocalServer
+from tests.integration.conftest import LocalServer, predict
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
@@ -28,7 +28,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-GLYPHS = json.loads((ROOT / "training" / "data" / "digits5x5.json").read_text())
 MODELS = ("xor", "digits", "mnist")
 
 
@@ -65,21 +64,6 @@ def client(server):
 def stub(server):
     with grpc.insecure_channel(server.grpc_target) as channel:
         yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def samples(mnist_data):
-    x = mnist_data.eval_sets["test"][0][:16].reshape(16, 28, 28).astype(np.float32)
-    return {"xor": np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
-            "digits": np.array(GLYPHS["images"], np.float32).reshape(-1, 5, 5),
-            "mnist": x}
-
-
-def predict(url, name, x):
-    r = requests.post(f"{url}/predict", json={"model": name, "inputs": x.tolist()}, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([p["probabilities"] for p in body["predictions"]]), [p["label"] for p in body["predictions"]]
 
 
 def raw_infer(client, name, x, datatype="FP32", **kwargs):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import os
 import sys
 import types
@@ -21,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from tests.conftest import ROOT
+from tests.integration.conftest import predict
 
 MODELS_DIR = Path(os.environ.get("KSERVE_MODELS", ROOT / ".venv" / "kserve-models"))
-GLYPHS = json.loads((ROOT / "training" / "data" / "digits5x5.json").read_text())
 
 
 def share_inference_messages() -> None:
@@ -82,21 +80,6 @@ def run(sdk, protocol: str, call):
         return pool.submit(asyncio.run, main()).result()
 
 
-@pytest.fixture(scope="module")
-def samples(mnist_data):
-    return {"xor": np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
-            "digits": np.array(GLYPHS["images"], np.float32).reshape(-1, 5, 5),
-            "mnist": mnist_data.eval_sets["test"][0][:16].reshape(16, 28, 28).astype(np.float32)}
-
-
-def predict(base_url, name, x):
-    r = requests.post(f"{base_url}/predict", json={"model": name, "inputs": x.tolist()}, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([p["probabilities"] for p in body["predictions"]], np.float32), \
-        [p["label"] for p in body["predictions"]]
-
-
 # -- V2 -------------------------------------------------------------------------------------------
 def test_v2_health_and_model_readiness(sdk, base_url):
     async def calls(client):
@@ -121,6 +104,7 @@ def test_v2_infer_equals_predict(sdk, base_url, samples, name, binary):
                                request_outputs=outputs)
     response = run(sdk, "v2", lambda client: client.infer(base_url, request, model_name=name))
     expected, labels = predict(base_url, name, x)
+    expected = expected.astype(np.float32)  # the SDK decodes float32; /predict sent float32 values
     assert response.model_name == name and response.id == f"kserve-{name}"
     by_name = {o.name: o for o in response.outputs}
     np.testing.assert_array_equal(by_name["probabilities"].as_numpy(), expected)
@@ -161,7 +145,7 @@ def test_v1_unknown_model_is_a_404_naming_it(sdk, base_url):
 def test_v1_infer_equals_predict(sdk, base_url, samples, name):
     x = samples[name]
     response = run(sdk, "v1", lambda client: client.infer(base_url, {"instances": x.tolist()}, model_name=name))
-    expected, _ = predict(base_url, name, x)
+    expected = predict(base_url, name, x)[0].astype(np.float32)
     assert set(response) == {"predictions"}
     np.testing.assert_array_equal(np.array(response["predictions"], np.float32), expected)
 
@@ -170,6 +154,6 @@ def test_v1_explain_through_the_sdk(sdk, base_url, samples):
     """The SDK's explain() (V1 :explain, served by the explanations' codec) answers as KServe's does."""
     x = samples["xor"]
     response = run(sdk, "v1", lambda client: client.explain(base_url, "xor", {"instances": x.tolist()}))
-    expected, _ = predict(base_url, "xor", x)
+    expected = predict(base_url, "xor", x)[0].astype(np.float32)
     np.testing.assert_array_equal(np.array(response["predictions"], np.float32), expected)
     assert len(response["explanations"]) == len(x)

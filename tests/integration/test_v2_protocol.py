@@ -10,33 +10,17 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import ROOT, served_version
+from tests.conftest import served_version
+from tests.integration.conftest import predict
 
 http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
-GLYPHS = json.loads((ROOT / "training" / "data" / "digits5x5.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def client(base_url):
     with http.InferenceServerClient(base_url.split("//")[1]) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def samples(mnist_data):
-    x = mnist_data.eval_sets["test"][0][:16].reshape(16, 28, 28).astype(np.float32)
-    return {"xor": np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
-            "digits": np.array(GLYPHS["images"], np.float32).reshape(-1, 5, 5),
-            "mnist": x}
-
-
-def predict(base_url, name, x):
-    r = requests.post(f"{base_url}/predict", json={"model": name, "inputs": x.tolist()}, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    return np.array([p["probabilities"] for p in body["predictions"]]), [p["label"] for p in body["predictions"]]
 
 
 def test_health(client):
