@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.layers import sigmoid, softmax
+from model.layers import sigmoid
 
 
 class Loss:
@@ -120,11 +120,11 @@ class Distillation(Loss):
     def forward(self, logits: np.ndarray, targets: tuple[np.ndarray, np.ndarray]) -> float:
         labels, teacher_logits = targets
         t = self.temperature
-        scaled = np.asarray(teacher_logits, dtype=logits.dtype) / t
-        soft_targets = softmax(scaled.copy())
-        log_targets = scaled - scaled.max(axis=1, keepdims=True)
+        log_targets = np.asarray(teacher_logits, dtype=logits.dtype) / t  # log-softmax, shifted to be stable
+        log_targets -= log_targets.max(axis=1, keepdims=True)
         log_targets -= np.log(np.exp(log_targets).sum(axis=1, keepdims=True))
-        entropy = -float(np.sum(soft_targets * log_targets)) / len(scaled)
+        soft_targets = np.exp(log_targets)
+        entropy = -float(np.sum(soft_targets * log_targets)) / len(log_targets)
         hard = self._hard.forward(logits, labels)
         kl = self._soft.forward(logits / t, soft_targets) - entropy
         return (1.0 - self.weight) * hard + self.weight * t * t * kl
