@@ -31,10 +31,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_ENV = {"WORKERS": "2", "MAX_BATCH": "1024", "MAX_BODY_BYTES": str(8 * 1024 * 1024), "LOG_LEVEL": "info"}
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: every socket stays bound until all are picked, so the kernel
+    cannot hand the same port out twice (two one-at-a-time picks can collide: PORT == GRPC_PORT)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
@@ -59,9 +67,9 @@ class LocalServer:
 
     def __init__(self, tmp: Path, **env: str) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        # GRPC_PORT: never the default 8001, which servers side by side would share
+        self.port, self.grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.grpc_port = free_port()  # GRPC_PORT: never the default 8001, which servers side by side would share
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = tmp / f"server-{self.port}.log"
         environ = {**os.environ, **SERVER_ENV, "HOST": "127.0.0.1", "PORT": str(self.port),
