@@ -40,6 +40,20 @@ logconfig_dict = {
 }
 
 
+def when_ready(server) -> None:
+    """In the master, the app loaded and no worker forked yet: its objects leave the collector's reach
+    (``service/heap.py``), so collections in the workers never touch, and un-share, their pages."""
+    from service.heap import freeze_startup_objects
+
+    freeze_startup_objects()
+
+
+def on_exit(server) -> None:
+    from service.heap import release_startup_objects
+
+    release_startup_objects()
+
+
 def child_exit(server, worker) -> None:
     """A dead worker's live gauges must leave the multiprocess metrics."""
     from prometheus_client import multiprocess

@@ -1,0 +1,40 @@
+"""The garbage collector in a serving process: what exists at start-up is never scanned again.
+
+A process that serves requests holds some 10^5 long-lived objects (Flask, pydantic's schemas,
+NumPy, grpcio, the models' metadata) and each request makes a few hundred short-lived
+containers, nearly all freed by reference counting. CPython's collector still runs a young
+collection every 700 net container allocations and, now and then, a full one that walks every
+long-lived object. Measured with ``python -m bench.cpu_per_request`` (one gunicorn worker, wrk
+c=16, 4 rounds each, the README's "leaner hot path"): ``gc.freeze()`` after start-up cut the
+CPU per ``/predict`` request by 14% (MNIST one sample) and 20% (XOR); a young-generation
+threshold of 20,000 a further 5%. Cyclic garbage is still collected, only less often (at most
+20,000 objects wait).
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG_THRESHOLD = 20_000  # container allocations between young collections (CPython's default: 700)
+
+
+def freeze_startup_objects() -> None:
+    """Call once a serving process has loaded everything and before it serves: every object alive now
+    moves to the collector's permanent generation, and young collections run less often.
+
+    gunicorn's master calls it before forking (``service/gunicorn_conf.py``: a collection in a worker
+    would otherwise write to every inherited object and un-share its page) and each worker again
+    after its own set-up (``service/worker.py``); a gRPC process once it has loaded its models.
+    """
+    gc.collect()  # what start-up left as garbage goes now, not into the permanent generation
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+def release_startup_objects() -> None:
+    """Call as a serving process stops: the frozen objects return to the collector, so the interpreter's
+    last collection frees them while every module still exists. Left frozen they are freed during
+    module teardown, where a logging handler's weakref callback met gevent's thread module half gone
+    and printed a traceback at every worker's exit."""
+    gc.unfreeze()
