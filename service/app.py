@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import time
 from typing import Any
 
 from flask import Request, Response, current_app, g, redirect, request
 from flask_openapi3 import Info, OpenAPI
 
-from service import encoding, jsonio, metrics
+from service import encoding, exchange, jsonio, metrics
 from service.blueprints import ModelNameConverter, VersionConverter
 from service.blueprints.health import health
 from service.blueprints.inference import inference
@@ -26,14 +24,13 @@ from service.dataplane import DataPlane, Limits
 from service.diagnostics import Diagnostics
 from service.error_handlers import register_error_handlers, validation_error_response
 from service.errors import ServiceError, bad_request, invalid
+from service.fast_lane import FastLane
 from service.jsonio import ORJSONProvider
-from service.logs import log_request
 from service.policy import VersionPolicy
 from service.registry import ModelRegistry
 
 JSON_BODY_BLUEPRINTS = {"inference"}
 BODY_METHODS = {"POST", "PUT", "PATCH"}
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class ServiceAPI(OpenAPI):
@@ -108,6 +105,8 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
 
     app.before_request(_before)
     app.after_request(_after)
+    # POST /predict's common case in front of Flask, everything else through it (service/fast_lane.py)
+    app.wsgi_app = FastLane(app.wsgi_app, plane, cfg.max_body_bytes)
     return app
 
 
@@ -115,9 +114,7 @@ def _before() -> None:
     req = request._get_current_object()  # one proxy lookup, not one per attribute (the hot path)
     ctx = g._get_current_object()
     ctx.start = time.perf_counter()
-    supplied = req.headers.get("X-Request-ID", "")
-    # 32 random hex digits, as uuid4().hex was, without building a UUID object each request
-    ctx.request_id = supplied if supplied and REQUEST_ID.match(supplied) else os.urandom(16).hex()
+    ctx.request_id = exchange.request_id(req.headers.get("X-Request-ID"))
     coding = req.headers.get("Content-Encoding")
     if coding and req.method in BODY_METHODS and req.routing_exception is None:
         # Every protocol's body, decompressed once here (service/encoding.py: bounded by MAX_BODY_BYTES);
@@ -158,11 +155,6 @@ def _after(response: Response) -> Response:
             response.set_data(encoding.encode(response.get_data(), coding))
             response.headers["Content-Encoding"] = coding
         response.vary.add("Accept-Encoding")
-    if endpoint != "/metrics":
-        # a label value only for a model on record: a client naming others makes no new series
-        snapshot = current_app.extensions["model_registry"].snapshot
-        known = model if not model or snapshot.knows(model) else metrics.UNKNOWN_MODEL
-        metrics.observe_request(endpoint, known or "", response.status_code, elapsed)
-    log_request({"method": req.method, "path": req.path, "model": model, "batch_size": getattr(ctx, "batch_size", None),
-                 "status": response.status_code, "latency_ms": round(elapsed * 1000, 3), "request_id": request_id})
+    exchange.record(current_app.extensions["model_registry"].snapshot, endpoint, req.method, req.path, model,
+                    getattr(ctx, "batch_size", None), response.status_code, elapsed, request_id)
     return response

@@ -85,6 +85,12 @@ def count_booleans(body: bytes) -> int:
     return (body.count(b"true") if b"r" in body else 0) + (body.count(b"false") if b"f" in body else 0)
 
 
+def samples(inputs: list[Any], raw: bytes, loc: str = "inputs") -> np.ndarray:
+    """A request's samples as one array (:func:`to_array`), walked for booleans only when ``raw``, the body
+    they were parsed from, may hold any."""
+    return to_array(inputs, loc, booleans=count_booleans(raw) > 0)
+
+
 def to_array(value: list[Any], loc: str, booleans: bool = True) -> np.ndarray:
     """A JSON array of numbers, nested to any regular shape, as an int64 or float64 array.
 

@@ -10,6 +10,7 @@ from service import jsonio
 from service.blueprints import dataplane, diagnostics, respond, respond_json
 from service.diagnostics import ExplainOptions, Explanation
 from service.errors import invalid
+from service.protocols.predict import answer as predict_answer
 from service.schemas import (
     ErrorResponse,
     ExplainParameters,
@@ -28,9 +29,9 @@ BODY_ERRORS = {status: ErrorResponse for status in (400, 404, 413, 415, 422, 503
 inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")], abp_responses=BODY_ERRORS)
 
 
-def decode_inputs(body: PredictRequest | GradcheckRequest | ExplainRequest):
-    """The ``inputs`` list as one NumPy array, numbers only (see :func:`service.jsonio.to_array`)."""
-    return jsonio.to_array(body.inputs, "inputs", booleans=jsonio.count_booleans(request.get_data()) > 0)
+def decode_inputs(body: PredictRequest | GradcheckRequest | ExplainRequest) -> np.ndarray:
+    """The ``inputs`` list as one NumPy array, numbers only (see :func:`service.jsonio.samples`)."""
+    return jsonio.samples(body.inputs, request.get_data())
 
 
 @inference.post("/predict", responses={200: PredictResponse})
@@ -39,9 +40,7 @@ def predict(body: PredictRequest) -> Response:
     g.model = body.model
     result = dataplane().infer(body.model, body.version, decode_inputs(body))
     g.batch_size = len(result.classes)
-    return respond_json({"model": result.model, "version": result.version, "labels": result.labels,
-                         "predictions": [{"label": label, "probabilities": row}
-                                         for label, row in zip(result.predicted(), result.probabilities, strict=True)]})
+    return respond_json(predict_answer(result))
 
 
 @inference.post("/gradcheck", responses={200: GradcheckResponse})
@@ -81,7 +80,7 @@ def explain_options(params: ExplainParameters, raw: bytes, field: str = "baselin
     if not isinstance(baseline, int | float) or isinstance(baseline, bool):
         if not isinstance(baseline, list) or not baseline:
             raise invalid(field, "Input should be a number or a list of numbers (one sample)")
-        baseline = jsonio.to_array(baseline, field, booleans=jsonio.count_booleans(raw) > 0)
+        baseline = jsonio.samples(baseline, raw, field)
     return ExplainOptions(method=params.method, output=params.output, baseline=baseline, steps=params.steps,
                           noise=params.noise, samples=params.samples, seed=params.seed, given=frozenset(given))
 

@@ -76,7 +76,7 @@ def run_predict(name: str, version: int | None) -> Response:
     tensor = named_input(req.instances if rows else req.inputs, "instances" if rows else "inputs")
     if not isinstance(tensor, list) or not tensor:
         raise bad_request(f"'{'instances' if rows else 'inputs'}' must be a non-empty list of samples")
-    batch = jsonio.to_array(tensor, "instances" if rows else "inputs", jsonio.count_booleans(raw) > 0)
+    batch = jsonio.samples(tensor, raw, "instances" if rows else "inputs")
     result = dataplane().infer(name, version, batch, field="instances" if rows else "inputs")
     g.batch_size = len(result.classes)
     return respond_json({"predictions" if rows else "outputs": result.probabilities})
@@ -101,7 +101,7 @@ def run_explain(name: str, version: int | None) -> Response:
     raw = request.get_data()
     jsonio.check_value_count(raw, dataplane().max_values)
     req = ExplainRequest.model_validate(jsonio.loads(raw))
-    batch = jsonio.to_array(named_input(req.instances, "instances"), "instances", jsonio.count_booleans(raw) > 0)
+    batch = jsonio.samples(named_input(req.instances, "instances"), raw, "instances")
     params = req.parameters or ExplainParameters()
     done = diagnostics().explain(name, version, batch, params.targets, explain_options(params, raw),
                                field="instances", run=off_loop)
