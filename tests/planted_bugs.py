@@ -176,6 +176,12 @@ BUGS = [
                "return min(self.cap, self.first * 2 ** (self.deaths - 1))", "return self.first",
                ("tests/integration/test_supervisor.py",),
                "a gRPC process that keeps dying is restarted every second for good"),
+    PlantedBug("grpc_calls_one_at_a_time", "service/protocols/v2_grpc.py",
+               "self.running = contextlib.nullcontext() if isinstance(plane.runner, ThreadBatcher) else",
+               "self.running = threading.BoundedSemaphore(running) if isinstance(plane.runner, ThreadBatcher) else",
+               ("tests/integration/test_grpc_batching.py::"
+                "test_concurrent_grpc_calls_share_passes_each_with_its_own_answer",),
+               "GRPC_THREADS bounds whole calls also with the thread batcher: the calls it would merge never meet"),
     PlantedBug("grpc_config_not_rests", "service/protocols/grpc_extensions.py",
                "json_format.ParseDict(config, response.config)",
                'json_format.ParseDict({**config, "max_batch_size": 0}, response.config)',
