@@ -229,3 +229,24 @@ def test_passes_at_once_are_capped_at_threads_across_versions(registry, pool):
     for f in (busy, held, third):
         assert f.result(timeout=30) is not None
     assert not batcher.lanes and batcher.running == 0
+
+
+@pytest.mark.parametrize(("env", "batches"), [({}, True), ({"BATCHING": "off"}, False),
+                                              ({"BATCHING": "off", "GRPC_BATCHING": "on"}, True),
+                                              ({"GRPC_BATCHING": "off"}, False)])
+def test_grpc_batching_follows_batching_unless_set(model_repository, env, batches):
+    """GRPC_BATCHING decides for the gRPC processes; unset, BATCHING does (off turns off both)."""
+    from service.config import Settings
+    from service.dataplane import DataPlane, InlineRunner
+    from service.thread_batcher import install
+
+    settings = Settings.from_env(env, model_dir=model_repository, grpc_threads=3)
+    plane = DataPlane(ModelRegistry(model_repository).load_all())
+    batcher = install(plane, settings)
+    assert settings.grpc_batches is batches and (batcher is plane.runner) is batches
+    if not batches:
+        assert isinstance(plane.runner, InlineRunner) and plane.describe("mnist")["batching"]["enabled"] is False
+        return
+    state = plane.describe("mnist")["batching"]  # every loaded version's table measured before the first call
+    assert state["enabled"] and state["threads"] == 3 and state["mode"] == "opportunistic"
+    assert set(state["versions"]) == {str(v) for v in plane.registry.snapshot.serving["mnist"]}
