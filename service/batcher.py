@@ -18,6 +18,10 @@ after fork (``install``), so the data plane itself knows nothing of gevent. How 
   the GIL in its products), so the loop keeps answering probes and small requests meanwhile;
 * optional, Triton-style: ``MAX_QUEUE_DELAY_MICROSECONDS`` lets a leader wait up to that long for
   the queue to reach a ``PREFERRED_BATCH_SIZE`` (or ``MAX_BATCH``) rows.
+
+What a batch is (cost tables, taking, merging, error isolation, metrics) is ``service/batching.py``'s,
+shared with the gRPC processes' thread batcher (``service/thread_batcher.py``); here, only how
+greenlets wait and wake.
 """
 
 from __future__ import annotations

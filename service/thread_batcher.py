@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from service import batching
 from service.batching import BatchPolicy, Pending
 from service.costs import CostTable
 from service.model_version import ModelVersion
+
+if TYPE_CHECKING:
+    from service.config import Settings
+    from service.dataplane import DataPlane
 
 
 @dataclass(eq=False)
@@ -118,7 +122,7 @@ class ThreadBatcher(BatchPolicy):
         return {**super().describe(entries), "threads": self.threads}
 
 
-def install(plane, settings) -> ThreadBatcher | None:
+def install(plane: DataPlane, settings: Settings) -> ThreadBatcher | None:
     """In a gRPC process: the data plane's runner becomes a thread batcher (``GRPC_BATCHING``), with a
     cost table measured for every loaded version before the first call."""
     if not settings.grpc_batches:
