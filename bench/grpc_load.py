@@ -15,6 +15,7 @@ as ``bench/serve_load.py`` does, because this shared machine's speed drifts with
 
     python -m bench.grpc_load                        # about 1 minute: 3 rounds x 2 x 3 levels x 3 s
     python -m bench.grpc_load --batch 256 --concurrency 8
+    python -m bench.grpc_load --compare-grpc-batching   # and gRPC with GRPC_BATCHING=off, in the same turns
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 CONTENDERS = ("gRPC (tritonclient.grpc)", "HTTP V2 binary (tritonclient.http)")
+UNBATCHED = "gRPC, GRPC_BATCHING=off"  # with --compare-grpc-batching: a second server, its gRPC unbatched
 
 
 def drive(protocol: str, target: str, threads: int, batch: int, start_at: float, end_at: float,
@@ -106,14 +108,19 @@ def measure(protocol: str, target: str, concurrency: int, seconds: float, batch:
 
 
 def run(grpc_target: str, http_target: str, concurrency: list[int], seconds: float, batch: int = 1,
-        rounds: int = 3, processes: int = 2, shared_connection: bool = False) -> list[dict]:
-    """Both contenders at each concurrency, in turns; the median round of each."""
+        rounds: int = 3, processes: int = 2, shared_connection: bool = False,
+        unbatched_target: str | None = None) -> list[dict]:
+    """Both contenders (and gRPC of ``unbatched_target``, if given) at each concurrency, in turns; the
+    median round of each."""
     targets = {CONTENDERS[0]: ("grpc", grpc_target), CONTENDERS[1]: ("http", http_target)}
+    if unbatched_target:
+        targets[UNBATCHED] = ("grpc", unbatched_target)
+    labels = list(targets)
     rows = []
     for c in concurrency:
-        results: dict[str, list[dict]] = {label: [] for label in CONTENDERS}
+        results: dict[str, list[dict]] = {label: [] for label in labels}
         for k in range(rounds):
-            for label in CONTENDERS[k % 2:] + CONTENDERS[:k % 2]:
+            for label in labels[k % len(labels):] + labels[:k % len(labels)]:
                 protocol, target = targets[label]
                 results[label].append(measure(protocol, target, c, seconds, batch, processes,
                                               shared_connection=shared_connection))
@@ -148,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--shared-connection", action="store_true",
                         help="the gRPC clients of a client process share one connection (grpcio's default)")
+    parser.add_argument("--compare-grpc-batching", action="store_true",
+                        help=f"also a second server with GRPC_BATCHING=off, its gRPC a third contender ({UNBATCHED})")
     args = parser.parse_args(argv)
     from bench.train_epoch import machine
     from tests.integration.conftest import LocalServer
@@ -155,13 +164,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
-        server = LocalServer(Path(tmp), LOG_LEVEL="warning").start()
+        server = LocalServer(Path(tmp) / "on", LOG_LEVEL="warning").start()
+        unbatched = LocalServer(Path(tmp) / "off", LOG_LEVEL="warning", GRPC_BATCHING="off").start() \
+            if args.compare_grpc_batching else None
         try:
             wait_grpc(server.grpc_target)
+            if unbatched:
+                wait_grpc(unbatched.grpc_target)
             rows = run(server.grpc_target, server.url.removeprefix("http://"), args.concurrency, args.seconds,
-                       args.batch, args.rounds, args.client_processes, args.shared_connection)
+                       args.batch, args.rounds, args.client_processes, args.shared_connection,
+                       unbatched.grpc_target if unbatched else None)
         finally:
             server.stop()
+            if unbatched:
+                unbatched.stop()
     print(table(rows))
     for r in rows:
         if r["errors"]:

@@ -18,39 +18,29 @@ after fork (``install``), so the data plane itself knows nothing of gevent. How 
   the GIL in its products), so the loop keeps answering probes and small requests meanwhile;
 * optional, Triton-style: ``MAX_QUEUE_DELAY_MICROSECONDS`` lets a leader wait up to that long for
   the queue to reach a ``PREFERRED_BATCH_SIZE`` (or ``MAX_BATCH``) rows.
+
+What a batch is (cost tables, taking, merging, error isolation, metrics) is ``service/batching.py``'s,
+shared with the gRPC processes' thread batcher (``service/thread_batcher.py``); here, only how
+greenlets wait and wake.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass, field
-from typing import Any
 
 import gevent
 import numpy as np
 from gevent.event import AsyncResult, Event
 from gevent.threadpool import ThreadPool
 
-from service import metrics
+from service import batching
+from service.batching import BatchPolicy, Pending
 from service.costs import CostTable
 from service.model_version import ModelVersion
 
 OFF_LOOP_SECONDS = 0.002  # a pass estimated longer than this runs on the model thread (handing off: ~0.1 ms)
 LEAD, DONE = "lead", "done"
-
-
-@dataclass(eq=False)  # compared by identity (its rows are an array)
-class Pending:
-    """One request's rows in a queue, and what it is given back."""
-
-    rows: np.ndarray
-    # LEAD: run the queue; DONE: result or error set. Only a request that joins a busy queue waits: the
-    # one that finds it idle leads at once and is never woken (so it is not given one to allocate)
-    wake: AsyncResult | None = None
-    enqueued: float = field(default_factory=time.perf_counter)
-    result: np.ndarray | None = None
-    error: BaseException | None = None
 
 
 @dataclass(eq=False)
@@ -62,43 +52,17 @@ class VersionQueue:
     enough: Event | None = None  # set when the queue reaches its target (queue delay only)
 
 
-class GeventBatcher:
-    """The data plane's runner in a gevent worker (``run(entry, batch) -> probabilities``)."""
+class GeventBatcher(BatchPolicy):
+    """The data plane's runner in a gevent worker (``run(entry, batch) -> probabilities``); the rules
+    of a batch (cost tables, taking, merging, describing) are ``service/batching.py``'s."""
 
     def __init__(self, max_batch: int, max_queue_delay_us: int = 0, preferred: tuple[int, ...] = ()) -> None:
-        self.max_batch = max_batch
+        super().__init__(max_batch)
         self.delay = max_queue_delay_us / 1e6
         self.preferred = tuple(sorted(p for p in preferred if p <= max_batch))
         self.target = self.preferred[0] if self.preferred else max_batch
         self.queues: dict[int, VersionQueue] = {}  # id(entry) -> its queue (removed when it empties)
-        self.tables: dict[int, tuple[weakref.ref, CostTable]] = {}  # id(entry) -> cost table
         self.pool = ThreadPool(1)  # the model thread: passes run one at a time per worker, as inline
-
-    # -- the cost table -------------------------------------------------------------------------
-    def table(self, entry: ModelVersion) -> CostTable:
-        """The version's cost table, measured on first use (and by :meth:`warm` at start)."""
-        known = self.tables.get(id(entry))
-        if known is not None and known[0]() is entry:
-            return known[1]
-        table = CostTable.measure(entry.network, int(np.prod(entry.input_shape)), entry.dtype)
-        self.tables = {k: v for k, v in self.tables.items() if v[0]() is not None}  # unloaded versions go
-        self.tables[id(entry)] = (weakref.ref(entry), table)
-        return table
-
-    def warm(self, entries: list[ModelVersion]) -> None:
-        for entry in entries:
-            self.table(entry)
-
-    def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
-        tables = {}
-        for entry in entries:
-            known = self.tables.get(id(entry))
-            if known is not None and known[0]() is entry:
-                tables[str(entry.version)] = {"merge_limit": known[1].merge_limit,
-                                              "forward_us_by_rows": known[1].as_dict()}
-        return {"enabled": True, "mode": "opportunistic" if not self.delay else "queue delay",
-                "max_batch_size": self.max_batch, "max_queue_delay_microseconds": round(self.delay * 1e6),
-                "preferred_batch_size": list(self.preferred), "versions": tables}
 
     # -- running ------------------------------------------------------------------------------------
     def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
@@ -137,11 +101,7 @@ class GeventBatcher:
 
     def take(self, queue: VersionQueue) -> list[Pending]:
         """The queue's head, whole requests, up to ``MAX_BATCH`` rows (the leader is the first)."""
-        taken, rows = [], 0
-        while queue.items and (not taken or rows + len(queue.items[0].rows) <= self.max_batch):
-            item = queue.items.pop(0)
-            taken.append(item)
-            rows += len(item.rows)
+        taken, rows = batching.take(queue.items, self.max_batch)
         queue.rows -= rows
         if queue.enough is not None and queue.rows < self.target:
             queue.enough.clear()
@@ -149,32 +109,15 @@ class GeventBatcher:
 
     def execute(self, queue: VersionQueue, taken: list[Pending], table: CostTable) -> None:
         """One merged pass, or one pass per request, whichever the cost table says is cheaper."""
-        groups = [taken] if table.merge_pays([len(i.rows) for i in taken]) else [[i] for i in taken]
         try:
-            for group in groups:
-                try:
-                    rows = group[0].rows if len(group) == 1 else np.concatenate([i.rows for i in group])
-                    probabilities = self.forward(queue.entry, rows, table, [i.enqueued for i in group])
-                except Exception as exc:  # this pass only: the other groups and queued requests go on
-                    for item in group:
-                        item.error = exc
-                    continue
-                start = 0
-                for item in group:
-                    item.result = probabilities[start:start + len(item.rows)]
-                    start += len(item.rows)
+            batching.execute(taken, table, lambda rows, group: self.forward(
+                queue.entry, rows, table, [i.enqueued for i in group]))
         finally:
-            for item in taken:
-                if item.result is None and item.error is None:  # the leader was killed mid-way (a stop)
-                    item.error = RuntimeError("the batch this request was in was interrupted")
             for item in taken[1:]:  # the leader (taken[0]) returns its own
                 item.wake.set(DONE)
 
     def forward(self, entry: ModelVersion, rows: np.ndarray, table: CostTable, enqueued: list[float]) -> np.ndarray:
-        now = time.perf_counter()
-        for t in enqueued:
-            metrics.observe_queue(entry.name, now - t)
-        metrics.observe_executed(entry.name, len(rows))
+        batching.record(entry, len(rows), enqueued)
         if table.cost(len(rows)) > OFF_LOOP_SECONDS:
             return self.pool.apply(entry.network.predict_proba, (rows,))
         return entry.network.predict_proba(rows)
@@ -195,11 +138,7 @@ class GeventBatcher:
         if item.wake is not None and item.wake.ready() and item.wake.value is LEAD:  # made leader, never ran
             self.hand_on(key, queue)
 
-    @staticmethod
-    def outcome(item: Pending) -> np.ndarray:
-        if item.error is not None:
-            raise item.error
-        return item.result
+    outcome = staticmethod(batching.outcome)
 
 
 def install(app, settings) -> GeventBatcher | None:

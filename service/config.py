@@ -62,6 +62,8 @@ class Settings(BaseModel):
     worker_connections: int = Field(1000, ge=10, le=100_000, description="open connections per worker")
     request_timeout: int = Field(10, ge=1, le=600)
     batching: bool = Field(True, description="merge concurrent requests into one forward pass (gunicorn worker)")
+    grpc_batching: bool | None = Field(None, description="merge concurrent gRPC calls into one forward pass (the gRPC "
+                                       "process's thread batcher); default BATCHING")
     max_queue_delay_microseconds: int = Field(0, ge=0, le=1_000_000,
                                               description="a batch may wait this long to grow; 0: opportunistic")
     preferred_batch_size: str = Field("", pattern=r"^[0-9, ]*$",
@@ -83,6 +85,11 @@ class Settings(BaseModel):
         if self.grpc_port == self.port:
             raise ValueError(f"GRPC_PORT={self.grpc_port} is PORT too: give gRPC a port of its own (0 turns it off)")
         return self
+
+    @property
+    def grpc_batches(self) -> bool:
+        """Whether the gRPC processes batch: ``GRPC_BATCHING``, else as ``BATCHING`` (off turns off both)."""
+        return self.batching if self.grpc_batching is None else self.grpc_batching
 
     @property
     def body_budget(self) -> int:

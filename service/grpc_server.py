@@ -12,8 +12,9 @@ workers' (so ``/metrics`` and the statistics sum them), and serves the standard
 flight finish within ``GRACEFUL_TIMEOUT``, exit 0.
 
 Threads: a call holds a thread of the pool from the moment the server takes it (``GRPC_MAX_CALLS``
-of them; more at once are refused with RESOURCE_EXHAUSTED), and ``GRPC_THREADS`` of those run the
-model at once. A call queued for a free pool thread instead would be cancelled by grpcio's stop,
+of them; more at once are refused with RESOURCE_EXHAUSTED), and ``GRPC_THREADS`` forward passes run
+at once; with ``GRPC_BATCHING`` the calls waiting for one share the next pass
+(``service/thread_batcher.py``). A call queued for a free pool thread instead would be cancelled by grpcio's stop,
 not drained (seen in tests/integration/test_grpc.py's SIGTERM test); waiting inside the handler,
 it finishes.
 """
@@ -40,6 +41,7 @@ from service.protocols import grpc_service_pb2_grpc as pb_grpc
 from service.protocols.grpc_calls import SERVICE
 from service.protocols.v2_grpc import InferenceServicer
 from service.registry import ModelRegistry
+from service.thread_batcher import install as install_batcher
 
 log = logging.getLogger("service.grpc")
 
@@ -50,7 +52,9 @@ def build_plane(settings: Settings) -> DataPlane:
                              settings.model_settle_seconds,
                              settings.state_dir / "repository.json" if settings.state_dir else None)
     registry.counts_failures = False  # the HTTP side counts them (service/model_version.py)
-    return DataPlane(registry.load_all(), Limits.from_settings(settings), settings.state_dir)
+    plane = DataPlane(registry.load_all(), Limits.from_settings(settings), settings.state_dir)
+    install_batcher(plane, settings)  # GRPC_BATCHING: concurrent calls share passes (service/thread_batcher.py)
+    return plane
 
 
 class GRPCServer:

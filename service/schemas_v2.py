@@ -122,6 +122,9 @@ class ModelConfig(StrictModel):
     default_model_filename: str
     model_transaction_policy: dict[str, bool]
     response_cache: dict[str, bool]
+    dynamic_batching: dict[str, Any] | None = Field(None, description=(
+        "Present when the answering process batches concurrent requests (BATCHING for REST, GRPC_BATCHING for "
+        "gRPC): preferred_batch_size, max_queue_delay_microseconds"))
 
 
 class DurationStat(StrictModel):

@@ -4,7 +4,9 @@ both answer with these dicts, REST as JSON and gRPC parsed into Triton's message
 
 The configuration is Triton's ``ModelConfig`` (model_config.proto) in its JSON form, with the fields
 that hold here: the batch limit, the input and output tensors with their per-sample dims and data
-types, the version policy, one CPU instance per worker; no ``dynamic_batching``. The statistics are
+types, the version policy, one CPU instance per worker, and ``dynamic_batching`` when the process
+answering batches (its data plane's runner: the gunicorn worker's for REST, the gRPC process's for
+gRPC, so each transport reports the batching it does; ``BATCHING``, ``GRPC_BATCHING``). The statistics are
 Triton's ``ModelStatistics`` per serving version, summed over all processes (``service/statistics.py``).
 """
 
@@ -29,6 +31,10 @@ def model_config(plane: DataPlane, name: str, version: int | None, instances: in
     is the instance group's count (the workers)."""
     entry = plane.resolve(name, version)
     inputs, outputs = signature(entry)
+    batching = plane.runner.describe([entry])
+    dynamic = {"dynamic_batching": {"preferred_batch_size": batching["preferred_batch_size"],
+                                    "max_queue_delay_microseconds": batching["max_queue_delay_microseconds"]}} \
+        if batching["enabled"] else {}
     return {
         "name": name, "platform": PLATFORM, "version_policy": triton_policy(plane.version_policy(name)),
         "max_batch_size": plane.limits.max_batch,
@@ -36,7 +42,7 @@ def model_config(plane: DataPlane, name: str, version: int | None, instances: in
         "output": [tensor_config(t) for t in outputs],
         "instance_group": [{"name": name, "kind": "KIND_CPU", "count": instances}],
         "default_model_filename": WEIGHTS_FILE,
-        "model_transaction_policy": {"decoupled": False}, "response_cache": {"enable": False}}
+        "model_transaction_policy": {"decoupled": False}, "response_cache": {"enable": False}, **dynamic}
 
 
 def tensor_config(spec: TensorSpec) -> dict[str, Any]:

@@ -13,6 +13,7 @@ limit is grpcio's own), UNAVAILABLE (a version that failed to load). The reposit
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import grpc
@@ -28,6 +29,7 @@ from service.protocols.grpc_calls import Calls, answers, model_name, version_of
 from service.protocols.grpc_extensions import ExtensionRPCs, NotServedRPCs
 from service.protocols.grpc_repository import RepositoryRPCs
 from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.thread_batcher import ThreadBatcher
 
 # Which typed field of InferTensorContents carries each input datatype.
 CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -42,7 +44,10 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
                  instances: int = 1) -> None:
         Calls.__init__(self, plane)
         self.admin_token, self.instances = admin_token, instances
-        self.running = threading.BoundedSemaphore(running)  # inferences at once (GRPC_THREADS)
+        # GRPC_THREADS forward passes at once: the thread batcher's own slots when it is the runner (a
+        # semaphore around the whole call would keep the calls it merges from ever meeting); else here
+        self.running = contextlib.nullcontext() if isinstance(plane.runner, ThreadBatcher) else \
+            threading.BoundedSemaphore(running)
 
     @answers
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:

@@ -45,7 +45,9 @@ def test_model_configuration(client, name):
         {"name": "label", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}}]
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
     assert config["instance_group"] == [{"name": name, "kind": "KIND_CPU", "count": int(SERVER_ENV["WORKERS"])}]
-    assert "dynamic_batching" not in config and "sequence_batching" not in config
+    # the answering worker batches (BATCHING's default), opportunistically: no queue delay, no preferred sizes
+    assert config["dynamic_batching"] == {"preferred_batch_size": [], "max_queue_delay_microseconds": 0}
+    assert "sequence_batching" not in config
     assert config["model_transaction_policy"] == {"decoupled": False}
 
 
