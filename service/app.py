@@ -150,9 +150,9 @@ def _after(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id
     response.headers["X-Content-Type-Options"] = "nosniff"  # an API's bodies are never to be sniffed
     if "Accept-Encoding" in req.headers and compressible(req, response):
-        coding = encoding.negotiate(req.headers["Accept-Encoding"])
+        body, coding = encoding.for_client(response.get_data(), req.headers["Accept-Encoding"])
         if coding is not None:
-            response.set_data(encoding.encode(response.get_data(), coding))
+            response.set_data(body)
             response.headers["Content-Encoding"] = coding
         response.vary.add("Accept-Encoding")
     exchange.record(current_app.extensions["model_registry"].snapshot, endpoint, req.method, req.path, model,

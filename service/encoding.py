@@ -129,6 +129,12 @@ def negotiate(accept_encoding: str | None) -> str | None:
     return best[0] if best else None
 
 
+def for_client(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
+    """``body`` as the client's ``Accept-Encoding`` prefers it, and the coding used (None: as it is)."""
+    coding = negotiate(accept_encoding)
+    return (body, None) if coding is None else (encode(body, coding), coding)
+
+
 def encode(body: bytes, coding: str) -> bytes:
     """``body`` compressed with ``coding`` (gzip or deflate) at zlib's fastest level."""
     compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, WBITS[coding])

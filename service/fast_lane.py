@@ -69,9 +69,8 @@ class FastLane:
                    ("X-Content-Type-Options", "nosniff"), *headers]
         accept = environ.get("HTTP_ACCEPT_ENCODING")
         if accept is not None:  # as service/app.py's hook compresses a response
-            coding = encoding.negotiate(accept)
+            out, coding = encoding.for_client(out, accept)
             if coding is not None:
-                out = encoding.encode(out, coding)
                 headers.append(("Content-Encoding", coding))
             headers.append(("Vary", "Accept-Encoding"))
         headers[1] = ("Content-Length", str(len(out)))

@@ -40,7 +40,6 @@ import queue
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -52,7 +51,7 @@ from gunicorn import util as gunicorn_util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
-from service import heap, metrics, one_send
+from service import exchange, heap, metrics, one_send
 from service.batcher import install as install_batcher
 from service.buffering import BodyBudget
 from service.config import Settings
@@ -272,7 +271,7 @@ def write_error(sock: socket.socket, error: ServiceError, path: str = "") -> Non
 
     status, body = rendered(path, error)
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Request-ID: {uuid.uuid4().hex}\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {exchange.request_id(None)}\r\n"
             + "".join(f"{name}: {value}\r\n" for name, value in error.headers.items())
             + "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n").encode()
     with contextlib.suppress(OSError):
