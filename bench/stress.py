@@ -134,8 +134,7 @@ def soak(tmp: Path, bodies: Path, seconds: float, max_growth: float = 0.05) -> d
             "p99_ms": result["p99_us"] / 1000, "rss": f"{'/'.join(f'{v:.0f}' for v in rss0)} -> "
             f"{'/'.join(f'{v:.0f}' for v in rss1)} MB",
             "fds": f"{'/'.join(map(str, fd0))} -> {'/'.join(map(str, fd1))} (not sockets)",
-            # none added: one fewer is a descriptor the collector closed late (it runs every 20,000 allocations,
-            # service/heap.py), seen once as 15 -> 14 in a worker
+            # none added: one fewer is a descriptor closed late, by a garbage collection (seen once: 15 -> 14)
             "ok": failed == 0 and growth < max_growth and all(b <= a for a, b in zip(fd0, fd1, strict=True)),
             "note": f"worker RSS growth {growth:+.1%}"}
 
