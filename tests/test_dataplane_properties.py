@@ -145,6 +145,24 @@ def test_the_data_plane_answers_as_the_rules_say(plane, registry, value, model):
 
 
 @SETTINGS
+@given(value=st.one_of(json_values, near_inputs, valid_xor, valid_digits, almost_valid(), st.lists(pixels)))
+def test_the_struct_path_reads_what_the_element_walk_reads(value):
+    """``jsonio.samples`` (struct-packed rows where it can) against ``to_array`` alone: the same error,
+    or the same values (as float64: the struct path reads integers as floats)."""
+    raw = json.dumps({"inputs": value}, allow_nan=True).encode()
+    try:
+        expected = jsonio.to_array(value, "inputs", booleans=jsonio.count_booleans(raw) > 0)
+    except ServiceError as exc:
+        with pytest.raises(ServiceError) as got:
+            jsonio.samples(value, raw)
+        assert (got.value.status, got.value.message, got.value.details) == (exc.status, exc.message, exc.details)
+        return
+    got = jsonio.samples(value, raw)
+    assert got.shape == expected.shape and got.dtype.kind in "iuf"
+    np.testing.assert_array_equal(got.astype(np.float64), expected.astype(np.float64))
+
+
+@SETTINGS
 @given(value=st.one_of(json_values, near_inputs, valid_xor, valid_digits, almost_valid()),
        model=st.sampled_from(["xor", "digits"]))
 def test_through_the_app_the_status_and_content_follow_the_rules(client, registry, value, model):
