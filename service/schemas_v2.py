@@ -2,7 +2,8 @@
 
 The JSON parts of the protocol as pydantic models, for validation and the OpenAPI document. The
 binary tensor data extension (raw tensor bytes after the JSON header) is described in words in
-the ``infer`` operation; ``service/blueprints/v2.py`` implements it.
+the ``infer`` operation; ``service/protocols/v2_http.py`` decodes and encodes it,
+``service/blueprints/v2.py`` serves it.
 """
 
 from __future__ import annotations

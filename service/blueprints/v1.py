@@ -24,12 +24,13 @@ from service.blueprints import dataplane, diagnostics, parses_own_body, respond_
 from service.blueprints.inference import attributions_as_sent, explain_options
 from service.dataplane import INPUT, signature
 from service.error_handlers import register_renderer
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError
+from service.protocols import v1_http
+from service.protocols.v1_http import SIGNATURE, named_input
 from service.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
 from service.schemas_v1 import ExplainRequest, ExplainResponse, Metadata, ModelStatus, PredictRequest, PredictResponse
 from service.worker import off_loop
 
-SIGNATURE = "serving_default"
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
 TF_DTYPES = {"FP32": "DT_FLOAT", "BYTES": "DT_STRING"}
 
@@ -65,21 +66,10 @@ def predict_version(path: VersionPath, body: PredictRequest) -> Response:
 
 def run_predict(name: str, version: int | None) -> Response:
     g.model = name
-    raw = request.get_data()
-    jsonio.check_value_count(raw, dataplane().max_values)
-    req = PredictRequest.model_validate(jsonio.loads(raw))
-    if req.signature_name not in (None, "", SIGNATURE):
-        raise bad_request(f"unknown signature_name {req.signature_name!r}; the model has '{SIGNATURE}'")
-    if (req.instances is None) == (req.inputs is None):
-        raise bad_request("send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
-    rows = req.instances is not None
-    tensor = named_input(req.instances if rows else req.inputs, "instances" if rows else "inputs")
-    if not isinstance(tensor, list) or not tensor:
-        raise bad_request(f"'{'instances' if rows else 'inputs'}' must be a non-empty list of samples")
-    batch = jsonio.samples(tensor, raw, "instances" if rows else "inputs")
-    result = dataplane().infer(name, version, batch, field="instances" if rows else "inputs")
+    call = v1_http.decode(request.get_data(), dataplane().max_values)
+    result = dataplane().infer(name, version, call.batch, field=call.field)
     g.batch_size = len(result.classes)
-    return respond_json({"predictions" if rows else "outputs": result.probabilities})
+    return respond_json(v1_http.answer(result, call.rows))
 
 
 @v1.post("/v1/models/<model:name>:explain", responses={200: ExplainResponse, **ERRORS})
@@ -112,19 +102,6 @@ def run_explain(name: str, version: int | None) -> Response:
                      **({} if r.convergence_delta is None else {"convergence_delta": r.convergence_delta[i]})}
                     for i, target in enumerate(done.targets)]
     return respond_json({"predictions": done.inference.probabilities, "explanations": explanations})
-
-
-def named_input(value: Any, field: str) -> Any:
-    """Rows or columns may name the input: ``[{"input": [...]}, ...]`` or ``{"input": [...]}``."""
-    def unwrap(obj: dict[str, Any], where: str) -> Any:
-        if set(obj) != {INPUT}:
-            raise bad_request(f"{where}: the model takes one input named '{INPUT}', got {sorted(obj)}")
-        return obj[INPUT]
-    if isinstance(value, dict):
-        return unwrap(value, field)
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return [unwrap(v, f"{field}.{i}") for i, v in enumerate(value)]
-    return value
 
 
 # -- status and metadata ------------------------------------------------------------------------------

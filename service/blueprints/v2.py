@@ -20,32 +20,26 @@ version that failed to load or when the server's explanation slots are all busy.
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Any
 
-import numpy as np
 import orjson
 from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
-from service import jsonio
 from service.blueprints import dataplane, diagnostics, parses_own_body, respond_json
 from service.blueprints.inference import explain_options
-from service.dataplane import INPUT, LABEL, PROBABILITIES, Inference, signature
-from service.diagnostics import Explanation
+from service.dataplane import INPUT, signature
 from service.error_handlers import register_renderer
-from service.errors import ServiceError, bad_request, quote
-from service.protocols import v2_extensions, v2_tensors
-from service.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
+from service.errors import ServiceError
+from service.protocols import v2_extensions, v2_http
+from service.protocols.v2_http import HEADER_LENGTH, TARGET, decode_targets, explain_parameters
+from service.schemas import ModelPath, ProtocolError, VersionPath
 from service.schemas_v2 import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
     ModelReady,
     NotReadyOrError,
-    RequestInput,
-    RequestOutput,
     ServerLive,
     ServerMetadata,
     ServerReady,
@@ -53,10 +47,6 @@ from service.schemas_v2 import (
 from service.worker import off_loop
 
 EXTENSIONS = ["binary_tensor_data", *v2_extensions.EXTENSIONS]
-ATTRIBUTIONS, CONVERGENCE_DELTA, TARGET = "attributions", "convergence_delta", "target"
-EXPLAIN_OUTPUTS = (ATTRIBUTIONS, CONVERGENCE_DELTA)
-HEADER_LENGTH = "Inference-Header-Content-Length"
-VERSION_TEXT = re.compile(r"[0-9]{1,9}")
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
 BINARY_DOC = (
     "Binary tensor data extension: send the JSON header, then each input's raw little-endian bytes in "
@@ -166,179 +156,26 @@ def infer_version(path: VersionPath, body: InferenceRequest) -> Response:
 
 def run_inference(name: str, version: int | None) -> Response:
     g.model = name
-    head, binary = split_body(request.get_data())
-    jsonio.check_value_count(head, dataplane().max_values)
-    req = InferenceRequest.model_validate(jsonio.loads(head))
-    version = named_in_body(req, name, version)
-    names = [i.name for i in req.inputs]
-    explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]
-    if names.count(INPUT) != 1 or not set(names) <= {INPUT, TARGET} or len(names) != len(set(names)) or \
-            (TARGET in names and not explaining):
-        raise bad_request(f"model '{name}' takes one input named '{INPUT}' (and '{TARGET}' with an explanation "
-                          f"output); the request has {quote(names)}")
-    # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
-    booleans = jsonio.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
-    tensor = decode_input(next(i for i in req.inputs if i.name == INPUT), binary, booleans)
-    if not explaining:
-        result = dataplane().infer(name, version, tensor, field=INPUT)
+    call = v2_http.decode(request.get_data(), request.headers.get(HEADER_LENGTH), name, version,
+                          dataplane().max_values)
+    if not call.explaining:
+        result = dataplane().infer(name, call.version, call.tensor, field=INPUT)
         g.batch_size = len(result.classes)
-        return encode_outputs(req, result)
-    targets = next((decode_targets(i) for i in req.inputs if i.name == TARGET), None)
-    params = explain_parameters(req.parameters or {}, explaining)
-    done = diagnostics().explain(name, version, tensor, targets, explain_options(params, head), field=INPUT,
-                               run=off_loop)
+        return response(*v2_http.encode_outputs(call.request, result))
+    targets = next((decode_targets(i) for i in call.request.inputs if i.name == TARGET), None)
+    params = explain_parameters(call.request.parameters or {}, call.explaining)
+    done = diagnostics().explain(name, call.version, call.tensor, targets, explain_options(params, call.head),
+                               field=INPUT, run=off_loop)
     g.batch_size = len(done.targets)
-    return encode_outputs(req, done.inference, done, tensor.shape)
+    return response(*v2_http.encode_outputs(call.request, done.inference, done, call.tensor.shape))
 
 
-def explain_parameters(request_parameters: dict[str, Any], outputs: list[RequestOutput]) -> ExplainParameters:
-    """The explanation's settings: the request's parameters of those names (tritonclient sends
-    request parameters only), then the explanation outputs' own (less the binary extension's)."""
-    merged = {k: v for k, v in request_parameters.items() if k in ExplainParameters.model_fields}
-    for out in outputs:
-        merged.update({k: v for k, v in (out.parameters or {}).items() if k != "binary_data"})
-    if "targets" in merged:
-        raise bad_request(f"name the classes in an input '{TARGET}' (BYTES, one per sample), not a parameter")
-    if isinstance(merged.get("baseline"), list | dict):
-        raise bad_request("baseline must be a number here (parameters are scalars); POST /explain takes a sample")
-    return ExplainParameters.model_validate(merged)
-
-
-def decode_targets(inp: RequestInput) -> list[str]:
-    if inp.datatype != "BYTES" or (inp.parameters or {}).get("binary_data_size") is not None:
-        raise bad_request(f"input '{TARGET}' must be BYTES sent as JSON data: one class name per sample")
-    data = inp.data
-    if not isinstance(data, list) or not all(isinstance(v, str) for v in data) or len(data) != math.prod(inp.shape):
-        raise bad_request(f"input '{TARGET}' must hold {math.prod(inp.shape)} class names (strings) as its data")
-    return data
-
-
-def named_in_body(req: InferenceRequest, name: str, version: int | None) -> int | None:
-    """The version to run, once the body's ``model_name``/``model_version`` (KServe's SDK sends them)
-    agree with the URL: a body that names another model or version is a 400; a body version where
-    the URL names none selects it."""
-    if req.model_name not in (None, "") and req.model_name != name:
-        raise bad_request(f"the body's model_name {quote(req.model_name)} contradicts the URL's model '{name}'")
-    if req.model_version in (None, ""):
-        return version
-    if not VERSION_TEXT.fullmatch(req.model_version):
-        raise bad_request(f"the body's model_version must be a version number, got {quote(req.model_version)}")
-    named = int(req.model_version)
-    if version is not None and named != version:
-        raise bad_request(f"the body's model_version {quote(req.model_version)} contradicts the URL's version "
-                          f"{version}")
-    return named
-
-
-def split_body(raw: bytes) -> tuple[bytes, memoryview]:
-    """(JSON header, binary tail) per the Inference-Header-Content-Length request header."""
-    header = request.headers.get(HEADER_LENGTH)
-    if header is None:
-        return raw, memoryview(b"")
-    if not (header.isascii() and header.isdigit()) or not 0 < int(header) <= len(raw):
-        raise bad_request(f"{HEADER_LENGTH} must be a byte count from 1 to the body's {len(raw)}, got {quote(header)}")
-    n = int(header)
-    return raw[:n], memoryview(raw)[n:]
-
-
-def parameter_dicts(req: InferenceRequest) -> list[dict[str, Any]]:
-    dicts = [req.parameters or {}, *((i.parameters or {}) for i in req.inputs)]
-    return dicts + [o.parameters or {} for o in req.outputs or []]
-
-
-def booleans_in(value: Any) -> int:
-    """How many booleans a parsed JSON value holds (iteratively: parameters may nest ~1000 deep)."""
-    count, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, bool):
-            count += 1
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
-def flag(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
-    """A boolean parameter, strictly: ``"no"`` or ``1`` is a client mistake, not true."""
-    value = params.get(name, default)
-    if not isinstance(value, bool):
-        raise bad_request(f"{where} parameter {name} must be true or false, got {quote(value)}")
-    return value
-
-
-def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.ndarray:
-    """The input tensor in its declared shape and datatype, from JSON data or the binary tail
-    (the rules both V2 front-ends share: service/protocols/v2_tensors.py)."""
-    v2_tensors.input_dtype(inp.name, inp.datatype)
-    count = math.prod(inp.shape)
-    params = inp.parameters or {}
-    if "binary_data_size" in params:
-        size = params["binary_data_size"]
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise bad_request(f"input {quote(inp.name)}: binary_data_size must be a byte count, got {size!r}")
-        if inp.data is not None:
-            raise bad_request(f"input {quote(inp.name)} has both data and binary_data_size; send one")
-        if size != len(binary):
-            raise bad_request(f"input {quote(inp.name)} declares {size} bytes of binary data, but {len(binary)} bytes "
-                              f"follow the JSON header")
-        return v2_tensors.from_raw(inp.name, inp.datatype, inp.shape, binary)
-    if len(binary):
-        raise bad_request(f"{len(binary)} bytes follow the JSON header, but no input names binary_data_size")
-    if not isinstance(inp.data, list):
-        raise bad_request(f"input {quote(inp.name)} has no data: send 'data' (a list) or binary_data_size")
-    arr = jsonio.to_array(inp.data, inp.name, booleans)
-    if arr.size != count:
-        raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} holds {count} values, but data has {arr.size}")
-    v2_tensors.check_integers(inp.name, inp.datatype, arr)
-    return arr.reshape(inp.shape)
-
-
-def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explanation | None = None,
-                   input_shape: tuple[int, ...] = ()) -> Response:
-    all_binary = flag(req.parameters or {}, "binary_data_output", False, "the request's")
-    wanted = req.outputs or [RequestOutput(name=PROBABILITIES)]
-    outputs, tail = [], []
-    for out in wanted:
-        params = out.parameters or {}
-        binary = flag(params, "binary_data", all_binary, f"output {quote(out.name)}'s")
-        if out.name == PROBABILITIES:
-            tensor = result.probabilities
-            spec = {"name": PROBABILITIES, "datatype": "FP32", "shape": list(tensor.shape)}
-            raw = np.ascontiguousarray(tensor, dtype="<f4").tobytes() if binary else None
-            data = tensor.ravel() if not binary else None
-        elif out.name == LABEL:
-            labels = result.predicted()
-            spec = {"name": LABEL, "datatype": "BYTES", "shape": [len(labels)]}
-            raw = v2_tensors.pack_bytes(labels) if binary else None
-            data = labels if not binary else None
-        elif explanation is not None and out.name in EXPLAIN_OUTPUTS:
-            if out.name == ATTRIBUTIONS:
-                tensor = explanation.result.attributions.reshape(input_shape)
-            elif explanation.result.convergence_delta is None:
-                raise bad_request(f"output '{CONVERGENCE_DELTA}' is given by method 'integrated_gradients' only")
-            else:
-                tensor = explanation.result.convergence_delta
-            spec = {"name": out.name, "datatype": "FP64", "shape": list(tensor.shape)}
-            raw = np.ascontiguousarray(tensor, dtype="<f8").tobytes() if binary else None
-            data = tensor.ravel() if not binary else None
-        else:
-            raise bad_request(f"unknown output {quote(out.name)}; the model gives '{PROBABILITIES}' and '{LABEL}', and "
-                              f"explanations as '{ATTRIBUTIONS}' and '{CONVERGENCE_DELTA}'")
-        if raw is not None:
-            spec["parameters"] = {"binary_data_size": len(raw)}
-            tail.append(raw)
-        else:
-            spec["data"] = data
-        outputs.append(spec)
-    body: dict[str, Any] = {"model_name": result.model, "model_version": str(result.version)}
-    if req.id is not None:
-        body["id"] = req.id
-    body["outputs"] = outputs
-    head = jsonio.dumps(body)
-    if not tail:
+def response(head: bytes, tail: bytes | None) -> Response:
+    """The JSON header alone, or followed by the binary outputs (their split in HEADER_LENGTH)."""
+    if tail is None:
         return Response(head, mimetype="application/json")
-    response = Response(head + b"".join(tail), mimetype="application/octet-stream")
-    response.headers[HEADER_LENGTH] = str(len(head))
-    return response
+    out = Response(head + tail, mimetype="application/octet-stream")
+    out.headers[HEADER_LENGTH] = str(len(head))
+    return out
+
+

@@ -1,6 +1,6 @@
 """The Open Inference Protocol over gRPC (Triton's ``inference.GRPCInferenceService``), a codec of the data plane.
 
-The same models, versions, limits and rules as the REST codec (``service/blueprints/v2.py``): the
+The same models, versions, limits and rules as the REST codec (``service/protocols/v2_http.py``): the
 tensor rules are shared (``service/protocols/v2_tensors.py``), everything else is the data plane's.
 An input's values come either in ``contents`` (the typed field of its datatype) or, for every input at
 once, in ``raw_input_contents``; outputs always come back in ``raw_output_contents`` (as Triton sends

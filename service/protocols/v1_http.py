@@ -1,0 +1,67 @@
+"""TensorFlow Serving's REST predict body (KServe's V1), without a transport: what Flask's view
+(``service/blueprints/v1.py``) and the fast lane (``service/fast_lane.py``) both run.
+
+``{"instances": [...]}`` (row format, answered ``{"predictions": [...]}``) or ``{"inputs": ...}``
+(columnar, answered ``{"outputs": ...}``); rows or columns may name the one input,
+``[{"input": [...]}, ...]`` or ``{"input": [...]}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service import jsonio
+from service.dataplane import INPUT, Inference
+from service.errors import bad_request
+from service.schemas_v1 import PredictRequest
+
+SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    batch: np.ndarray
+    rows: bool  # row format (instances) rather than columnar (inputs)
+
+    @property
+    def field(self) -> str:
+        return "instances" if self.rows else "inputs"
+
+
+def decode(raw: bytes, max_values: Callable[[], int]) -> Decoded:
+    """The samples of a predict body; a :class:`ServiceError` or ``ValidationError`` for a client's
+    mistake, and nothing else touched. ``max_values()`` bounds the numbers a (large) body may hold."""
+    jsonio.check_value_count(raw, max_values)
+    req = PredictRequest.model_validate(jsonio.loads(raw))
+    if req.signature_name not in (None, "", SIGNATURE):
+        raise bad_request(f"unknown signature_name {req.signature_name!r}; the model has '{SIGNATURE}'")
+    if (req.instances is None) == (req.inputs is None):
+        raise bad_request("send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    rows = req.instances is not None
+    field = "instances" if rows else "inputs"
+    tensor = named_input(req.instances if rows else req.inputs, field)
+    if not isinstance(tensor, list) or not tensor:
+        raise bad_request(f"'{field}' must be a non-empty list of samples")
+    return Decoded(jsonio.samples(tensor, raw, field), rows)
+
+
+def answer(result: Inference, rows: bool) -> dict[str, Any]:
+    """Each sample's probabilities, aligned with the model's labels, in the request's format."""
+    return {"predictions" if rows else "outputs": result.probabilities}
+
+
+def named_input(value: Any, field: str) -> Any:
+    """Rows or columns may name the input: ``[{"input": [...]}, ...]`` or ``{"input": [...]}``."""
+    def unwrap(obj: dict[str, Any], where: str) -> Any:
+        if set(obj) != {INPUT}:
+            raise bad_request(f"{where}: the model takes one input named '{INPUT}', got {sorted(obj)}")
+        return obj[INPUT]
+    if isinstance(value, dict):
+        return unwrap(value, field)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [unwrap(v, f"{field}.{i}") for i, v in enumerate(value)]
+    return value

@@ -1,0 +1,213 @@
+"""The Open Inference Protocol's REST bodies, without a transport: what Flask's view
+(``service/blueprints/v2.py``) and the fast lane (``service/fast_lane.py``) both run.
+
+:func:`decode` turns a body (a JSON header, optionally followed by the binary tensor data extension's
+raw bytes) into the validated request and its input tensor, raising a :class:`ServiceError` or
+pydantic's ``ValidationError`` for a client's mistake and touching nothing else; :func:`encode_outputs`
+turns the data plane's answer into the response's JSON header and binary tail. The tensor rules both
+V2 front-ends (REST and gRPC) share are in ``service/protocols/v2_tensors.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service import jsonio
+from service.dataplane import INPUT, LABEL, PROBABILITIES, Inference
+from service.diagnostics import Explanation
+from service.errors import bad_request, quote
+from service.protocols import v2_tensors
+from service.schemas import ExplainParameters
+from service.schemas_v2 import InferenceRequest, RequestInput, RequestOutput
+
+ATTRIBUTIONS, CONVERGENCE_DELTA, TARGET = "attributions", "convergence_delta", "target"
+EXPLAIN_OUTPUTS = (ATTRIBUTIONS, CONVERGENCE_DELTA)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+VERSION_TEXT = re.compile(r"[0-9]{1,9}")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A validated inference request: what to run, on which version, and the explanation outputs asked for."""
+
+    request: InferenceRequest
+    head: bytes  # the JSON header (its booleans and baseline are read again by an explanation)
+    version: int | None
+    tensor: np.ndarray  # the input, in its declared shape and datatype
+    explaining: list[RequestOutput]
+
+
+def decode(raw: bytes, header: str | None, name: str, version: int | None,
+           max_values: Callable[[], int]) -> Decoded:
+    """The request in ``raw`` (``header``: its Inference-Header-Content-Length, if sent) for the model
+    ``name`` (and ``version``) of the URL; ``max_values()`` bounds the numbers a body may hold (asked
+    only of a large body)."""
+    head, binary = split_body(raw, header)
+    jsonio.check_value_count(head, max_values)
+    req = InferenceRequest.model_validate(jsonio.loads(head))
+    version = named_in_body(req, name, version)
+    names = [i.name for i in req.inputs]
+    explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]
+    if names.count(INPUT) != 1 or not set(names) <= {INPUT, TARGET} or len(names) != len(set(names)) or \
+            (TARGET in names and not explaining):
+        raise bad_request(f"model '{name}' takes one input named '{INPUT}' (and '{TARGET}' with an explanation "
+                          f"output); the request has {quote(names)}")
+    # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
+    booleans = jsonio.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
+    tensor = decode_input(next(i for i in req.inputs if i.name == INPUT), binary, booleans)
+    return Decoded(req, head, version, tensor, explaining)
+
+
+def explain_parameters(request_parameters: dict[str, Any], outputs: list[RequestOutput]) -> ExplainParameters:
+    """The explanation's settings: the request's parameters of those names (tritonclient sends
+    request parameters only), then the explanation outputs' own (less the binary extension's)."""
+    merged = {k: v for k, v in request_parameters.items() if k in ExplainParameters.model_fields}
+    for out in outputs:
+        merged.update({k: v for k, v in (out.parameters or {}).items() if k != "binary_data"})
+    if "targets" in merged:
+        raise bad_request(f"name the classes in an input '{TARGET}' (BYTES, one per sample), not a parameter")
+    if isinstance(merged.get("baseline"), list | dict):
+        raise bad_request("baseline must be a number here (parameters are scalars); POST /explain takes a sample")
+    return ExplainParameters.model_validate(merged)
+
+
+def decode_targets(inp: RequestInput) -> list[str]:
+    if inp.datatype != "BYTES" or (inp.parameters or {}).get("binary_data_size") is not None:
+        raise bad_request(f"input '{TARGET}' must be BYTES sent as JSON data: one class name per sample")
+    data = inp.data
+    if not isinstance(data, list) or not all(isinstance(v, str) for v in data) or len(data) != math.prod(inp.shape):
+        raise bad_request(f"input '{TARGET}' must hold {math.prod(inp.shape)} class names (strings) as its data")
+    return data
+
+
+def named_in_body(req: InferenceRequest, name: str, version: int | None) -> int | None:
+    """The version to run, once the body's ``model_name``/``model_version`` (KServe's SDK sends them)
+    agree with the URL: a body that names another model or version is a 400; a body version where
+    the URL names none selects it."""
+    if req.model_name not in (None, "") and req.model_name != name:
+        raise bad_request(f"the body's model_name {quote(req.model_name)} contradicts the URL's model '{name}'")
+    if req.model_version in (None, ""):
+        return version
+    if not VERSION_TEXT.fullmatch(req.model_version):
+        raise bad_request(f"the body's model_version must be a version number, got {quote(req.model_version)}")
+    named = int(req.model_version)
+    if version is not None and named != version:
+        raise bad_request(f"the body's model_version {quote(req.model_version)} contradicts the URL's version "
+                          f"{version}")
+    return named
+
+
+def split_body(raw: bytes, header: str | None) -> tuple[bytes, memoryview]:
+    """(JSON header, binary tail) per the Inference-Header-Content-Length request header's value."""
+    if header is None:
+        return raw, memoryview(b"")
+    if not (header.isascii() and header.isdigit()) or not 0 < int(header) <= len(raw):
+        raise bad_request(f"{HEADER_LENGTH} must be a byte count from 1 to the body's {len(raw)}, got {quote(header)}")
+    n = int(header)
+    return raw[:n], memoryview(raw)[n:]
+
+
+def parameter_dicts(req: InferenceRequest) -> list[dict[str, Any]]:
+    dicts = [req.parameters or {}, *((i.parameters or {}) for i in req.inputs)]
+    return dicts + [o.parameters or {} for o in req.outputs or []]
+
+
+def booleans_in(value: Any) -> int:
+    """How many booleans a parsed JSON value holds (iteratively: parameters may nest ~1000 deep)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            count += 1
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def flag(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
+    """A boolean parameter, strictly: ``"no"`` or ``1`` is a client mistake, not true."""
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise bad_request(f"{where} parameter {name} must be true or false, got {quote(value)}")
+    return value
+
+
+def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.ndarray:
+    """The input tensor in its declared shape and datatype, from JSON data or the binary tail
+    (the rules both V2 front-ends share: service/protocols/v2_tensors.py)."""
+    v2_tensors.input_dtype(inp.name, inp.datatype)
+    count = math.prod(inp.shape)
+    params = inp.parameters or {}
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad_request(f"input {quote(inp.name)}: binary_data_size must be a byte count, got {size!r}")
+        if inp.data is not None:
+            raise bad_request(f"input {quote(inp.name)} has both data and binary_data_size; send one")
+        if size != len(binary):
+            raise bad_request(f"input {quote(inp.name)} declares {size} bytes of binary data, but {len(binary)} bytes "
+                              f"follow the JSON header")
+        return v2_tensors.from_raw(inp.name, inp.datatype, inp.shape, binary)
+    if len(binary):
+        raise bad_request(f"{len(binary)} bytes follow the JSON header, but no input names binary_data_size")
+    if not isinstance(inp.data, list):
+        raise bad_request(f"input {quote(inp.name)} has no data: send 'data' (a list) or binary_data_size")
+    fast = jsonio.floats(inp.data) if not booleans and inp.datatype.startswith("FP") else None  # float tensors
+    arr = fast if fast is not None else jsonio.to_array(inp.data, inp.name, booleans)
+    if arr.size != count:
+        raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} holds {count} values, but data has {arr.size}")
+    v2_tensors.check_integers(inp.name, inp.datatype, arr)
+    return arr.reshape(inp.shape)
+
+
+def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explanation | None = None,
+                   input_shape: tuple[int, ...] = ()) -> tuple[bytes, bytes | None]:
+    """The response's JSON header and its binary tail (None when every output went as JSON data)."""
+    all_binary = flag(req.parameters or {}, "binary_data_output", False, "the request's")
+    wanted = req.outputs or [RequestOutput(name=PROBABILITIES)]
+    outputs, tail = [], []
+    for out in wanted:
+        params = out.parameters or {}
+        binary = flag(params, "binary_data", all_binary, f"output {quote(out.name)}'s")
+        if out.name == PROBABILITIES:
+            tensor = result.probabilities
+            spec = {"name": PROBABILITIES, "datatype": "FP32", "shape": list(tensor.shape)}
+            raw = np.ascontiguousarray(tensor, dtype="<f4").tobytes() if binary else None
+            data = tensor.ravel() if not binary else None
+        elif out.name == LABEL:
+            labels = result.predicted()
+            spec = {"name": LABEL, "datatype": "BYTES", "shape": [len(labels)]}
+            raw = v2_tensors.pack_bytes(labels) if binary else None
+            data = labels if not binary else None
+        elif explanation is not None and out.name in EXPLAIN_OUTPUTS:
+            if out.name == ATTRIBUTIONS:
+                tensor = explanation.result.attributions.reshape(input_shape)
+            elif explanation.result.convergence_delta is None:
+                raise bad_request(f"output '{CONVERGENCE_DELTA}' is given by method 'integrated_gradients' only")
+            else:
+                tensor = explanation.result.convergence_delta
+            spec = {"name": out.name, "datatype": "FP64", "shape": list(tensor.shape)}
+            raw = np.ascontiguousarray(tensor, dtype="<f8").tobytes() if binary else None
+            data = tensor.ravel() if not binary else None
+        else:
+            raise bad_request(f"unknown output {quote(out.name)}; the model gives '{PROBABILITIES}' and '{LABEL}', and "
+                              f"explanations as '{ATTRIBUTIONS}' and '{CONVERGENCE_DELTA}'")
+        if raw is not None:
+            spec["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:
+            spec["data"] = data
+        outputs.append(spec)
+    body: dict[str, Any] = {"model_name": result.model, "model_version": str(result.version)}
+    if req.id is not None:
+        body["id"] = req.id
+    body["outputs"] = outputs
+    return jsonio.dumps(body), (b"".join(tail) if tail else None)
