@@ -1,4 +1,5 @@
-"""The fast lane (service/fast_lane.py) answers ``POST /predict`` exactly as Flask would, and hands over what it must.
+"""The fast lane (service/fast_lane.py) answers ``/predict``, V1 ``:predict`` and V2 ``infer`` exactly as Flask
+would, and hands over what it must.
 
 Every case is sent twice, as the same bytes: to the app as served (the lane in front of Flask) and to
 Flask alone (the lane's ``inner``). Status, headers and body must be equal (the request id too, where
@@ -12,9 +13,11 @@ import gzip
 import json
 import logging
 
+import numpy as np
 import pytest
 from werkzeug.test import Client
 
+from service import exchange
 from service.app import create_app
 from service.fast_lane import FastLane
 from service.registry import ModelRegistry
@@ -23,8 +26,8 @@ ID = {"X-Request-ID": "fixed-id-1"}
 JSON = {"Content-Type": "application/json", **ID}
 ONE = {"model": "xor", "inputs": [[0, 1]]}
 
-# (name, body bytes, headers, answered by the lane itself)
-CASES = [
+# (name, body bytes, headers, answered by the lane itself), all sent to POST /predict
+PREDICT_CASES = [
     ("xor", json.dumps(ONE).encode(), JSON, True),
     ("digits nested", json.dumps({"model": "digits", "inputs": [[[0.5] * 5] * 5, [[1] * 5] * 5]}).encode(),
      JSON, True),
@@ -52,6 +55,42 @@ CASES = [
     ("text/plain", json.dumps(ONE).encode(), {**ID, "Content-Type": "text/plain"}, False),
     ("gzip body", gzip.compress(json.dumps(ONE).encode()), {**JSON, "Content-Encoding": "gzip"}, False),
     ("a bad request id", json.dumps(ONE).encode(), {**JSON, "X-Request-ID": "bad id <script>"}, True),
+]
+V1 = "/v1/models/xor:predict"
+V2 = "/v2/models/xor/infer"
+V2_ONE = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]}
+V2_HEAD = json.dumps({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+                                  "parameters": {"binary_data_size": 8}}],
+                      "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+V2_BINARY = V2_HEAD + np.array([1, 0], dtype="<f4").tobytes()
+OCTETS = {**ID, "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(V2_HEAD))}
+# (name, path, body bytes, headers, answered by the lane itself)
+CASES = [(name, "/predict", *rest) for name, *rest in PREDICT_CASES] + [
+    ("v1 rows", V1, b'{"instances": [[0, 1], [1, 1]]}', JSON, True),
+    ("v1 columns, named", V1, b'{"inputs": {"input": [[0, 1]]}}', ID, True),
+    ("v1 a version", "/v1/models/xor/versions/1:predict", b'{"instances": [[1, 0]]}', JSON, True),
+    ("v1 a missing version", "/v1/models/xor/versions/9:predict", b'{"instances": [[1, 0]]}', JSON, True),
+    ("v1 version 0", "/v1/models/xor/versions/0:predict", b'{"instances": [[1, 0]]}', JSON, False),
+    ("v1 an unknown model", "/v1/models/nope:predict", b'{"instances": [[1, 0]]}', JSON, True),
+    ("v1 out of range", V1, b'{"instances": [[1, 5]]}', JSON, True),
+    ("v1 gzip answer", V1, b'{"instances": [[1, 0]]}', {**JSON, "Accept-Encoding": "gzip"}, True),
+    ("v1 both formats", V1, b'{"instances": [[1, 0]], "inputs": [[1, 0]]}', JSON, False),
+    ("v1 a boolean", V1, b'{"instances": [[true, 0]]}', JSON, False),
+    ("v1 a form", V1, b'{"instances": [[1, 0]]}', {**ID, "Content-Type": "application/x-www-form-urlencoded"},
+     False),
+    ("v2 json", V2, json.dumps(V2_ONE).encode(), JSON, True),
+    ("v2 a version, labels too", "/v2/models/xor/versions/1/infer",
+     json.dumps({**V2_ONE, "id": "r1", "outputs": [{"name": "probabilities"}, {"name": "label"}]}).encode(),
+     JSON, True),
+    ("v2 binary in and out", V2, V2_BINARY, OCTETS, True),
+    ("v2 binary, the header too long", V2, V2_BINARY,
+     {**OCTETS, "Inference-Header-Content-Length": str(len(V2_BINARY) + 1)}, False),
+    ("v2 an unknown output", V2, json.dumps({**V2_ONE, "outputs": [{"name": "nope"}]}).encode(), JSON, True),
+    ("v2 an unknown model", "/v2/models/nope/infer", json.dumps(V2_ONE).encode(), JSON, True),
+    ("v2 out of range", V2, json.dumps({"inputs": [{**V2_ONE["inputs"][0], "data": [0, 3]}]}).encode(), JSON, True),
+    ("v2 the body names another model", V2, json.dumps({**V2_ONE, "model_name": "digits"}).encode(), JSON, False),
+    ("v2 an explanation", V2, json.dumps({**V2_ONE, "outputs": [{"name": "attributions"}]}).encode(), JSON, False),
+    ("v2 a name Flask's path model refuses", "/v2/models/-x/infer", json.dumps(V2_ONE).encode(), JSON, False),
 ]
 
 
@@ -81,8 +120,8 @@ class Spy:
         return self.inner(environ, start_response)
 
 
-def send(wsgi, body: bytes, headers: dict[str, str]):
-    response = Client(wsgi).post("/predict", data=body, headers=headers)
+def send(wsgi, body: bytes, headers: dict[str, str], path: str = "/predict"):
+    response = Client(wsgi).post(path, data=body, headers=headers)
     return response.status_code, dict(response.headers), response.get_data()
 
 
@@ -91,16 +130,19 @@ def log_line(err: str) -> dict:
     return {k: v for k, v in line.items() if k not in ("ts", "latency_ms")}
 
 
-@pytest.mark.parametrize(("body", "headers", "lane_answers"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_the_lane_answers_as_flask_does(app, capsys, body, headers, lane_answers):
+@pytest.mark.parametrize(("path", "body", "headers", "lane_answers"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_the_lane_answers_as_flask_does(app, capsys, monkeypatch, path, body, headers, lane_answers):
     assert isinstance(app.wsgi_app, FastLane)
+    recorded = []  # what each path counts in /metrics: endpoint (the Flask rule), method, path, model, batch, status
+    record = exchange.record
+    monkeypatch.setattr(exchange, "record", lambda *args: (recorded.append(args[1:7]), record(*args)))
     flask_alone = app.wsgi_app.inner
     spy = Spy(flask_alone)
     lane = FastLane(spy, app.wsgi_app.plane, app.wsgi_app.max_body)
     capsys.readouterr()
-    status, got_headers, got = send(lane, body, headers)
+    status, got_headers, got = send(lane, body, headers, path)
     lane_log = log_line(capsys.readouterr().err)
-    want_status, want_headers, want = send(flask_alone, body, headers)
+    want_status, want_headers, want = send(flask_alone, body, headers, path)
     flask_log = log_line(capsys.readouterr().err)
     assert spy.calls == (0 if lane_answers else 1)
     if headers.get("X-Request-ID") != ID["X-Request-ID"]:  # not ours to keep: a fresh random id each
@@ -111,28 +153,47 @@ def test_the_lane_answers_as_flask_does(app, capsys, body, headers, lane_answers
         got, want = gzip.decompress(got), gzip.decompress(want)
     assert got == want
     assert lane_log == flask_log
+    assert len(recorded) == 2 and recorded[0] == recorded[1], recorded
 
 
-def test_only_post_predict_takes_the_lane(app):
+def test_only_the_inference_routes_take_the_lane(app):
     lane = app.wsgi_app
     base = {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "CONTENT_TYPE": "application/json",
             "CONTENT_LENGTH": "10"}
-    assert lane.takes(base) == 10
+    assert lane.takes(base)[2] == 10
+    for path in ("/v1/models/mnist:predict", "/v1/models/a.b-c_d/versions/12:predict", "/v2/models/mnist/infer",
+                 "/v2/models/mnist/versions/123456789/infer"):
+        for content_type in ("application/json", "application/octet-stream", ""):
+            assert lane.takes({**base, "PATH_INFO": path, "CONTENT_TYPE": content_type}) is not None, path
     for change in ({"REQUEST_METHOD": "PUT"}, {"PATH_INFO": "/predict/"}, {"PATH_INFO": "/gradcheck"},
+                   {"PATH_INFO": "/explain"}, {"PATH_INFO": "/v1/models/mnist:explain"},
+                   {"PATH_INFO": "/v1/models/mnist/versions/01:predict"}, {"PATH_INFO": "/v2/models/mnist/infer/"},
+                   {"PATH_INFO": "/v2/models/mnist/versions/0/infer"}, {"PATH_INFO": "/v2/models/a/b/infer"},
+                   {"PATH_INFO": "/v2/models/mnist/versions/1234567890/infer"}, {"PATH_INFO": "/v2/repository/index"},
                    {"CONTENT_LENGTH": ""}, {"CONTENT_LENGTH": "-1"}, {"CONTENT_LENGTH": str(lane.max_body + 1)},
-                   {"CONTENT_TYPE": "application/x-www-form-urlencoded"}, {"HTTP_CONTENT_ENCODING": "gzip"}):
+                   {"CONTENT_TYPE": "application/x-www-form-urlencoded"}, {"CONTENT_TYPE": ""},
+                   {"HTTP_CONTENT_ENCODING": "gzip"}):
         assert lane.takes({**base, **change}) is None, change
+    v2 = {**base, "PATH_INFO": "/v2/models/mnist/infer"}
+    for change in ({"CONTENT_TYPE": "multipart/form-data; boundary=x"}, {"HTTP_CONTENT_ENCODING": "deflate"},
+                   {"REQUEST_METHOD": "GET"}):
+        assert lane.takes({**v2, **change}) is None, change
 
 
-def test_a_model_failure_is_a_500_naming_the_request_id(app, monkeypatch, caplog):
+@pytest.mark.parametrize(("path", "body"), [("/predict", json.dumps(ONE).encode()),
+                                            (V1, b'{"instances": [[0, 1]]}'), (V2, json.dumps(V2_ONE).encode())])
+def test_a_model_failure_is_a_500_naming_the_request_id(app, monkeypatch, caplog, path, body):
     entry = app.extensions["model_registry"].snapshot.get("xor")
 
     def broken(x):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(entry.network, "predict_proba", broken)
-    status, headers, body = send(app.wsgi_app, json.dumps(ONE).encode(), JSON)
-    assert status == 500 and headers["X-Request-ID"] == "fixed-id-1"
-    assert json.loads(body)["error"]["code"] == "internal_error" and "fixed-id-1" in body.decode()
+    spy = Spy(app.wsgi_app.inner)
+    status, headers, body = send(FastLane(spy, app.wsgi_app.plane, app.wsgi_app.max_body), body, JSON, path)
+    assert spy.calls == 0 and status == 500 and headers["X-Request-ID"] == "fixed-id-1"
+    error = json.loads(body)["error"]
+    assert (error["code"] == "internal_error") if path == "/predict" else isinstance(error, str)
+    assert "fixed-id-1" in body.decode()
     assert "a bug" not in body.decode()
     assert "unhandled error (request_id=fixed-id-1)" in caplog.text and "a bug" in caplog.text  # the log has it
