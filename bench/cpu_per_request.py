@@ -7,7 +7,8 @@ that, so two versions of the server can be compared in one session: each contend
 wrk (the same body, ``--connections``), rounds rotated, and each prints its CPU µs per request.
 
 Contenders: the bare-Flask ceiling, ``/predict`` MNIST one sample and ``/predict`` XOR (the
-service's per-request cost with a negligible model), for each source tree given (``--tree``, e.g.
+service's per-request cost with a negligible model), with ``--protocols`` V1 and V2 JSON MNIST one
+sample too, for each source tree given (``--tree``, e.g.
 an unpacked ``git archive`` of the code before a change, and this checkout). ``--profile DIR`` also
 records every round of the MNIST and ceiling contenders with ``py-spy record --format raw``
 (``pip install py-spy``; a tool, not a dependency), for a breakdown of where the time goes.
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=8.0, help="per round and contender")
     parser.add_argument("--profile", type=Path, help="write py-spy raw profiles of each round here")
+    parser.add_argument("--protocols", action="store_true", help="also V1 :predict and V2 JSON infer, MNIST one "
+                        "sample (each protocol's codec beside /predict's)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
@@ -59,20 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
         data = bodies(Path(tmp), args.data_dir)
-        contenders = []  # (label, server, body)
+        contenders = []  # (label, server, path, body)
         for i, tree in enumerate(trees):
             tag = f"tree {i} " if len(trees) > 1 else ""
             ceiling = stack.enter_context(server(CEILING_APP, 1, Path(tmp), root=tree))
             ours = stack.enter_context(server(SERVICE_APP, 1, Path(tmp), root=tree, LOG_LEVEL="info"))
-            contenders += [(f"{tag}ceiling", ceiling, "mnist1"), (f"{tag}/predict mnist", ours, "mnist1"),
-                           (f"{tag}/predict xor", ours, "xor1")]
-        for _, srv, body in contenders:
-            wrk(f"{srv.url}/predict", data[body][0], 4, 1)
+            contenders += [(f"{tag}ceiling", ceiling, "/predict", "mnist1"),
+                           (f"{tag}/predict mnist", ours, "/predict", "mnist1"),
+                           (f"{tag}/predict xor", ours, "/predict", "xor1")]
+            if args.protocols:
+                contenders += [(f"{tag}V1 mnist", ours, "/v1/models/mnist:predict", "v1mnist1"),
+                               (f"{tag}V2 JSON mnist", ours, "/v2/models/mnist/infer", "v2jsonmnist1")]
+        for _, srv, path, body in contenders:
+            wrk(f"{srv.url}{path}", data[body][0], 4, 1)
         results: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in contenders}
         for k in range(args.rounds):
-            for label, srv, body in contenders[k % len(contenders):] + contenders[:k % len(contenders)]:
+            for label, srv, path, body in contenders[k % len(contenders):] + contenders[:k % len(contenders)]:
                 pid, recorder = worker_pid(srv), None
-                if args.profile and "xor" not in label:
+                if args.profile and "xor" not in label and "V" not in label:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     out = args.profile / f"{label.replace(' ', '_').replace('/', '')}-{k}.raw"
                     recorder = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "500", "--nonblocking",
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(0.5)
                 before = cpu_seconds(pid)
-                r = wrk(f"{srv.url}/predict", data[body][0], args.connections, args.seconds)
+                r = wrk(f"{srv.url}{path}", data[body][0], args.connections, args.seconds)
                 used = cpu_seconds(pid) - before
                 if recorder is not None:
                     recorder.wait()

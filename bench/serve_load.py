@@ -97,7 +97,7 @@ def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> 
     try:
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(requests.ConnectionError):
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):  # a busy machine: ask again
                 if requests.get(f"{srv.url}/readyz", timeout=2).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -123,7 +123,7 @@ def kserve_peer(python: Path, workers: int, tmp: Path) -> Iterator[Server]:
     try:
         deadline = time.monotonic() + 120
         while True:
-            with contextlib.suppress(requests.ConnectionError):
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):  # a busy machine: ask again
                 if requests.get(f"{srv.url}/v2/models/mnist/ready", timeout=2).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
