@@ -34,7 +34,6 @@ from http import HTTPStatus
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from model.repository import NAME_PATTERN
 from service import encoding, exchange, jsonio
@@ -184,10 +183,11 @@ class FastLane:
     def decode(self, route: Route, body: bytes, environ: dict[str, Any], name: str | None,
                version: int | None) -> Call | None:
         """The route's decoded request, or None where any rule refuses the body (Flask then answers
-        with the rule's error). Nothing here has side effects."""
+        with the rule's error). Nothing here has side effects, so anything unforeseen is handed over
+        too: Flask's handlers then meet it again and answer it as they answer every failure."""
         try:
             return route.decode(body, environ, name, version, self.plane)
-        except (ServiceError, ValidationError, ValueError, TypeError, RecursionError):
+        except Exception:
             return None
 
     def answer(self, path: str, call: Call, rid: str) -> tuple[int, bytes, Headers, int | None]:
