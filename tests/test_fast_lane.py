@@ -20,6 +20,7 @@ from werkzeug.test import Client
 from service import exchange
 from service.app import create_app
 from service.fast_lane import FastLane
+from service.protocols import v1_http
 from service.registry import ModelRegistry
 
 ID = {"X-Request-ID": "fixed-id-1"}
@@ -197,3 +198,16 @@ def test_a_model_failure_is_a_500_naming_the_request_id(app, monkeypatch, caplog
     assert "fixed-id-1" in body.decode()
     assert "a bug" not in body.decode()
     assert "unhandled error (request_id=fixed-id-1)" in caplog.text and "a bug" in caplog.text  # the log has it
+
+
+def test_a_bug_while_decoding_is_handed_to_flask_which_answers_a_500(app, monkeypatch, caplog):
+    def broken(raw, max_values):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(v1_http, "decode", broken)
+    spy = Spy(app.wsgi_app.inner)
+    status, headers, body = send(FastLane(spy, app.wsgi_app.plane, app.wsgi_app.max_body),
+                                 b'{"instances": [[0, 1]]}', JSON, V1)
+    assert spy.calls == 1 and status == 500 and headers["X-Request-ID"] == "fixed-id-1"
+    assert "fixed-id-1" in json.loads(body)["error"]
+    assert "a bug" not in body.decode() and "a bug" in caplog.text
