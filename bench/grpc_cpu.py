@@ -51,9 +51,11 @@ class Contender:
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def grpc_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [pid for pid in map(int, out.split())
-                if b"service.grpc_server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return [pid for pid in children(self.proc.pid) if b"service.grpc_server" in cmdline(pid)]
+
+    def http_pids(self) -> list[int]:
+        """gunicorn's workers (the children of its master, a child of the supervisor)."""
+        return [worker for pid in children(self.proc.pid) if b"gunicorn" in cmdline(pid) for worker in children(pid)]
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -63,19 +65,49 @@ class Contender:
             self.log.close()
 
 
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def drive_timed(protocol: str, target: str, threads: int, start_at: float, end_at: float,
+                out: multiprocessing.Queue, spent: multiprocessing.Queue) -> None:
+    """``bench/grpc_load.py``'s driver in this client process, and this process's own CPU seconds over
+    the window on ``spent`` (the client shares the server's cores: its cost per call matters too)."""
+    readings: list[float] = []
+
+    def read_at(when: float) -> None:
+        time.sleep(max(0.0, when - time.monotonic()))
+        readings.append(time.process_time())
+
+    reader = threading.Thread(target=lambda: (read_at(start_at), read_at(end_at)))
+    reader.start()
+    drive(protocol, target, threads, 1, start_at, end_at, out)
+    reader.join()
+    spent.put(readings[1] - readings[0])
+
+
 def cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def measure(contender: Contender, concurrency: int, seconds: float, processes: int = 2) -> tuple[float, float]:
-    """One round: (µs of gRPC-process CPU per call, calls/s) over a window of ``seconds``."""
+def measure(contender: Contender, concurrency: int, seconds: float, processes: int = 2,
+            protocol: str = "grpc") -> tuple[float, float, float]:
+    """One round: (µs of server CPU per call, µs of client CPU per call, calls/s) over a window of
+    ``seconds``; the server is the gRPC processes for ``grpc``, gunicorn's workers for ``http``
+    (tritonclient.http with binary tensors)."""
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")
-    out = context.Queue()
+    out, spent = context.Queue(), context.Queue()
     start_at = time.monotonic() + 3.0  # the client processes start and warm up before the window
     end_at = start_at + seconds
-    pids = contender.grpc_pids()
+    pids = contender.grpc_pids() if protocol == "grpc" else contender.http_pids()
+    target = contender.target if protocol == "grpc" else contender.url.removeprefix("http://")
     readings: list[float] = []
 
     def read_at(when: float) -> None:
@@ -84,11 +116,12 @@ def measure(contender: Contender, concurrency: int, seconds: float, processes: i
 
     reader = threading.Thread(target=lambda: (read_at(start_at), read_at(end_at)))
     reader.start()
-    procs = [context.Process(target=drive, args=("grpc", contender.target, n, 1, start_at, end_at, out))
+    procs = [context.Process(target=drive_timed, args=(protocol, target, n, start_at, end_at, out, spent))
              for n in shares]
     for p in procs:
         p.start()
     results = [out.get(timeout=seconds + 120) for _ in procs]
+    client = sum(spent.get(timeout=60) for _ in procs)
     for p in procs:
         p.join(30)
     reader.join()
@@ -96,7 +129,7 @@ def measure(contender: Contender, concurrency: int, seconds: float, processes: i
     errors = sum(len(r[1]) for r in results)
     if errors:
         print(f"  {contender.label} c={concurrency}: {errors} errors, e.g. {results[0][1][:1]}", flush=True)
-    return (readings[1] - readings[0]) / max(1, calls) * 1e6, calls / seconds
+    return (readings[1] - readings[0]) / max(1, calls) * 1e6, client / max(1, calls) * 1e6, calls / seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--http", action="store_true", help="also each contender's HTTP V2 binary "
+                        "(tritonclient.http), its server CPU read from gunicorn's workers")
     args = parser.parse_args(argv)
     from tests.integration.conftest import wait_ready
     from tests.integration.test_grpc import wait_grpc
@@ -129,17 +164,22 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(c.url, proc=c.proc)
             wait_grpc(c.target)
             print(f"{c.label}: gRPC pids {c.grpc_pids()}", flush=True)
+        runs = [(c.label, c, "grpc") for c in contenders]
+        if args.http:
+            runs += [(f"{c.label} HTTP V2 binary", c, "http") for c in contenders]
         for level in args.concurrency:
-            results: dict[str, list[tuple[float, float]]] = {c.label: [] for c in contenders}
+            results: dict[str, list[tuple[float, float, float]]] = {label: [] for label, *_ in runs}
             for k in range(args.rounds):
-                for c in contenders[k % len(contenders):] + contenders[:k % len(contenders)]:
-                    results[c.label].append(measure(c, level, args.seconds))
-                    print(f"  round {k} c={level} {c.label}: {results[c.label][-1][0]:.0f} µs/call, "
-                          f"{results[c.label][-1][1]:.0f} calls/s (load {os.getloadavg()[0]:.1f})", flush=True)
+                for label, c, protocol in runs[k % len(runs):] + runs[:k % len(runs)]:
+                    server, client, rate = measure(c, level, args.seconds, protocol=protocol)
+                    results[label].append((server, client, rate))
+                    print(f"  round {k} c={level} {label}: server {server:.0f} µs/call, client {client:.0f}, "
+                          f"{rate:.0f} calls/s (load {os.getloadavg()[0]:.1f})", flush=True)
             for label, rs in results.items():
-                print(f"c={level} {label}: CPU per call median {statistics.median(r[0] for r in rs):.0f} µs "
-                      f"{[round(r[0]) for r in rs]}; calls/s median {statistics.median(r[1] for r in rs):.0f} "
-                      f"{[round(r[1]) for r in rs]}", flush=True)
+                print(f"c={level} {label}: server CPU per call median {statistics.median(r[0] for r in rs):.0f} µs "
+                      f"{[round(r[0]) for r in rs]}; client {statistics.median(r[1] for r in rs):.0f} µs "
+                      f"{[round(r[1]) for r in rs]}; calls/s {statistics.median(r[2] for r in rs):.0f} "
+                      f"{[round(r[2]) for r in rs]}", flush=True)
     return 0
 
 
