@@ -8,7 +8,8 @@ tree of its own (``--tree``, e.g. an unpacked ``git archive`` of the code before
 checkout), optionally with extra environment (``--env TREE_INDEX:NAME=VALUE``). All are up at once and
 driven in turns by ``bench/grpc_load.py``'s tritonclient.grpc driver (MNIST one sample, a connection
 per caller), rounds rotated; each round reads the gRPC processes' CPU at the window's start and end.
-Printed per contender and concurrency: the median µs of CPU per call and calls/s over the rounds.
+Printed per contender and concurrency: the median µs of the server's and the clients' CPU per call and
+calls/s over the rounds (exit status 1 if any call failed).
 
     python -m bench.grpc_cpu --tree /tmp/before --tree . --concurrency 1 64 --rounds 6
 """
@@ -96,8 +97,8 @@ def cpu(pids: list[int]) -> float:
 
 
 def measure(contender: Contender, concurrency: int, seconds: float, processes: int = 2,
-            protocol: str = "grpc") -> tuple[float, float, float]:
-    """One round: (µs of server CPU per call, µs of client CPU per call, calls/s) over a window of
+            protocol: str = "grpc") -> tuple[float, float, float, int]:
+    """One round: (µs of server CPU per call, µs of client CPU per call, calls/s, errors) over a window of
     ``seconds``; the server is the gRPC processes for ``grpc``, gunicorn's workers for ``http``
     (tritonclient.http with binary tensors)."""
     processes = max(1, min(processes, concurrency))
@@ -129,7 +130,7 @@ def measure(contender: Contender, concurrency: int, seconds: float, processes: i
     errors = sum(len(r[1]) for r in results)
     if errors:
         print(f"  {contender.label} c={concurrency}: {errors} errors, e.g. {results[0][1][:1]}", flush=True)
-    return (readings[1] - readings[0]) / max(1, calls) * 1e6, client / max(1, calls) * 1e6, calls / seconds
+    return (readings[1] - readings[0]) / max(1, calls) * 1e6, client / max(1, calls) * 1e6, calls / seconds, errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,14 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             wait_grpc(c.target)
             print(f"{c.label}: gRPC pids {c.grpc_pids()}", flush=True)
         runs = [(c.label, c, "grpc") for c in contenders]
+        failed = False
         if args.http:
             runs += [(f"{c.label} HTTP V2 binary", c, "http") for c in contenders]
         for level in args.concurrency:
-            results: dict[str, list[tuple[float, float, float]]] = {label: [] for label, *_ in runs}
+            results: dict[str, list[tuple[float, float, float, int]]] = {label: [] for label, *_ in runs}
             for k in range(args.rounds):
                 for label, c, protocol in runs[k % len(runs):] + runs[:k % len(runs)]:
-                    server, client, rate = measure(c, level, args.seconds, protocol=protocol)
-                    results[label].append((server, client, rate))
+                    server, client, rate, errors = measure(c, level, args.seconds, protocol=protocol)
+                    results[label].append((server, client, rate, errors))
                     print(f"  round {k} c={level} {label}: server {server:.0f} µs/call, client {client:.0f}, "
                           f"{rate:.0f} calls/s (load {os.getloadavg()[0]:.1f})", flush=True)
             for label, rs in results.items():
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{[round(r[0]) for r in rs]}; client {statistics.median(r[1] for r in rs):.0f} µs "
                       f"{[round(r[1]) for r in rs]}; calls/s {statistics.median(r[2] for r in rs):.0f} "
                       f"{[round(r[2]) for r in rs]}", flush=True)
-    return 0
+                failed = failed or any(r[3] for r in rs)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
