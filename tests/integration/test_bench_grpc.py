@@ -26,3 +26,17 @@ def test_the_benchmark_parses_its_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         grpc_load.main(["--help"])
     assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_cpu_per_call_reads_both_protocols_servers(capsys):
+    """``bench/grpc_cpu.py``: its own ``python -m service``, one round each of gRPC and HTTP V2 binary with
+    no errors (its exit status), a CPU per call read from the gRPC processes and from gunicorn's workers
+    (positive: they served)."""
+    from bench import grpc_cpu
+
+    assert grpc_cpu.main(["--http", "--concurrency", "2", "--rounds", "1", "--seconds", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("c=2 ")]
+    assert len(rows) == 2 and rows[1].endswith(tuple("0123456789]")) and "HTTP V2 binary" in rows[1], rows
+    for row in rows:
+        server = float(row.split("server CPU per call median ")[1].split(" µs")[0])
+        assert server > 0, row
