@@ -33,7 +33,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 
-from service import heap
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.logs import JSONFormatter
@@ -126,18 +125,13 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, lambda *_: stop.set())
-    plane = build_plane(settings)
-    heap.freeze_startup_objects()  # service/heap.py: the models, grpcio and protobuf never scanned again
-    try:
-        server = GRPCServer(settings, plane)
-        log.info("gRPC serving on %s:%d (pid %d)", settings.host, settings.grpc_port, os.getpid())
-        # With a timeout: a process-directed signal may be taken by one of grpcio's threads, and Python runs
-        # its handler only when the main thread next runs bytecode (an untimed wait hung for good, 1 stop in 5).
-        while not stop.wait(0.2):
-            pass
-        server.stop()
-    finally:
-        heap.release_startup_objects()  # freed by the last collection, not in module teardown (heap.py)
+    server = GRPCServer(settings, build_plane(settings))
+    log.info("gRPC serving on %s:%d (pid %d)", settings.host, settings.grpc_port, os.getpid())
+    # With a timeout: a process-directed signal may be taken by one of grpcio's threads, and Python runs
+    # its handler only when the main thread next runs bytecode (an untimed wait hung for good, 1 stop in 5).
+    while not stop.wait(0.2):
+        pass
+    server.stop()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(os.getpid())
     log.info("gRPC server stopped (pid %d)", os.getpid())
