@@ -115,6 +115,7 @@ class BufferingGeventWorker(GeventWorker):
         self.poll_seconds = settings.model_poll_seconds
         self.settings = settings
         self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait, oldest first
+        self.connections = 0  # open client connections (the batcher's lone request needs no turn)
         # Connections waiting for a request head may hold at most 90% of worker_connections: past that
         # the one waiting longest is closed (as nginx does with keep-alive connections), so idle and
         # silent clients can never fill the worker and leave a new client queued for KEEPALIVE seconds.
@@ -126,7 +127,7 @@ class BufferingGeventWorker(GeventWorker):
     def run(self) -> None:
         # after fork (the app is preloaded in the master): the batcher's thread, queues and cost tables
         # belong to this process (service/batcher.py)
-        install_batcher(self.wsgi, self.settings)
+        install_batcher(self.wsgi, self.settings, alone=lambda: self.connections <= 1)
         registry = getattr(self.wsgi, "extensions", {}).get("model_registry")
         if registry is not None:
             gevent.spawn(self.watch_repository, registry, self.poll_seconds)
@@ -167,7 +168,11 @@ class BufferingGeventWorker(GeventWorker):
 
     def handle(self, listener, client, addr) -> None:
         client.settimeout(self.request_timeout)
-        AsyncWorker.handle(self, listener, client, addr)
+        self.connections += 1
+        try:
+            AsyncWorker.handle(self, listener, client, addr)
+        finally:
+            self.connections -= 1
 
     @contextlib.contextmanager
     def timeout_ctx(self) -> Iterator[None]:

@@ -186,3 +186,23 @@ def test_a_request_killed_while_it_waits_strands_nobody(registry):
     gevent.joinall([first, survivor], timeout=30, raise_error=True)
     assert_probabilities_close(survivor.value, digits.network.predict_proba(x))
     assert first.value is not None and not batcher.queues
+
+
+@fresh_hub
+def test_a_request_alone_in_its_worker_runs_at_once(registry, monkeypatch):
+    """With no other connection in the worker nothing could join, so no turn of the loop and no queue;
+    with others it takes its turn (where the connections that are ready would join)."""
+    xor = registry.snapshot.get("xor")
+    turns = []
+    idle = gevent.idle
+    monkeypatch.setattr(gevent, "idle", lambda *args: (turns.append(1), idle(*args)))
+    x = np.array([[0, 1], [1, 1]], dtype=np.float32)
+    alone = GeventBatcher(max_batch=64, alone=lambda: True)
+    with_table(alone, xor)
+    before = executed("xor")
+    np.testing.assert_array_equal(alone.run(xor, x), xor.network.predict_proba(x))  # the same pass: exact
+    assert turns == [] and alone.queues == {} and np.subtract(executed("xor"), before).tolist() == [1, 2]
+    crowded = GeventBatcher(max_batch=64, alone=lambda: False)
+    with_table(crowded, xor)
+    np.testing.assert_array_equal(crowded.run(xor, x), xor.network.predict_proba(x))
+    assert turns == [1] and crowded.queues == {}
