@@ -8,8 +8,9 @@ wrk (the same body, ``--connections``), rounds rotated, and each prints its CPU 
 
 Contenders: the bare-Flask ceiling, ``/predict`` MNIST one sample and ``/predict`` XOR (the
 service's per-request cost with a negligible model), with ``--protocols`` V1 and V2 JSON MNIST one
-sample too, for each source tree given (``--tree``, e.g.
-an unpacked ``git archive`` of the code before a change, and this checkout). ``--profile DIR`` also
+sample too, with ``--batching-off`` ``/predict`` MNIST from a server with ``BATCHING=off``, for each
+source tree given (``--tree``, e.g. an unpacked ``git archive`` of the code before a change, and this
+checkout). ``--profile DIR`` also
 records every round of the MNIST and ceiling contenders with ``py-spy record --format raw``
 (``pip install py-spy``; a tool, not a dependency), for a breakdown of where the time goes.
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=8.0, help="per round and contender")
     parser.add_argument("--profile", type=Path, help="write py-spy raw profiles of each round here")
+    parser.add_argument("--batching-off", action="store_true", help="also /predict MNIST from a server with "
+                        "BATCHING=off (with --connections 1: what batching costs a lone request)")
     parser.add_argument("--protocols", action="store_true", help="also V1 :predict and V2 JSON infer, MNIST one "
                         "sample (each protocol's codec beside /predict's)")
     args = parser.parse_args(argv)
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             contenders += [(f"{tag}ceiling", ceiling, "/predict", "mnist1"),
                            (f"{tag}/predict mnist", ours, "/predict", "mnist1"),
                            (f"{tag}/predict xor", ours, "/predict", "xor1")]
+            if args.batching_off:
+                unbatched = stack.enter_context(server(SERVICE_APP, 1, Path(tmp), root=tree, LOG_LEVEL="info",
+                                                       BATCHING="off"))
+                contenders.append((f"{tag}/predict mnist, batching off", unbatched, "/predict", "mnist1"))
             if args.protocols:
                 contenders += [(f"{tag}V1 mnist", ours, "/v1/models/mnist:predict", "v1mnist1"),
                                (f"{tag}V2 JSON mnist", ours, "/v2/models/mnist/infer", "v2jsonmnist1")]
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.rounds):
             for label, srv, path, body in contenders[k % len(contenders):] + contenders[:k % len(contenders)]:
                 pid, recorder = worker_pid(srv), None
-                if args.profile and "xor" not in label and "V" not in label:
+                if args.profile and "xor" not in label and "V" not in label and "off" not in label:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     out = args.profile / f"{label.replace(' ', '_').replace('/', '')}-{k}.raw"
                     recorder = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "500", "--nonblocking",
