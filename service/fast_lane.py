@@ -41,7 +41,7 @@ from service.dataplane import INPUT, DataPlane, Inference
 from service.error_handlers import rendered
 from service.errors import ServiceError, internal
 from service.protocols import predict, v1_http, v2_http
-from service.schemas import PredictRequest
+from service.schemas import VERSION_PATTERN, PredictRequest
 
 log = logging.getLogger("service.errors")  # where Flask's handler logs an unexpected error
 
@@ -109,16 +109,11 @@ def decode_v2(body: bytes, environ: dict[str, Any], name: str | None, version: i
     if call.explaining:  # an explanation runs off the event loop, through Flask's view
         return None
 
-    def respond(result: Inference) -> tuple[bytes, Headers]:
-        head, tail = v2_http.encode_outputs(call.request, result)
-        if tail is None:
-            return head, [("Content-Type", JSON)]
-        return head + tail, [("Content-Type", "application/octet-stream"),
-                             (v2_http.HEADER_LENGTH, str(len(head)))]
-    return Call(name, call.version, call.tensor, INPUT, respond)
+    return Call(name, call.version, call.tensor, INPUT,
+                lambda result: v2_http.framed(*v2_http.encode_outputs(call.request, result)))
 
 
-VERSION = r"(?:/versions/(?P<version>[1-9][0-9]{0,8}))?"  # schemas.VersionPath's rule
+VERSION = rf"(?:/versions/(?P<version>{VERSION_PATTERN}))?"
 ROUTES = {  # by the path's first 4 characters: one dictionary look-up decides most requests
     "/pre": Route(re.compile(r"/predict"), ("/predict", "/predict"), decode_predict, frozenset({JSON})),
     "/v1/": Route(re.compile(rf"/v1/models/(?P<name>{NAME_PATTERN}){VERSION}:predict"),

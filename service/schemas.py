@@ -130,9 +130,12 @@ class ModelPath(StrictModel):
     name: ModelName
 
 
+VERSION_PATTERN = r"[1-9][0-9]{0,8}"  # a version in a URL (the fast lane's routes ask this too)
+
+
 class VersionPath(StrictModel):
     name: ModelName
-    version: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}$", description="A version number")]
+    version: Annotated[str, Field(pattern=f"^{VERSION_PATTERN}$", description="A version number")]
 
 
 class ProtocolError(StrictModel):

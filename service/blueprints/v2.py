@@ -171,11 +171,8 @@ def run_inference(name: str, version: int | None) -> Response:
 
 
 def response(head: bytes, tail: bytes | None) -> Response:
-    """The JSON header alone, or followed by the binary outputs (their split in HEADER_LENGTH)."""
-    if tail is None:
-        return Response(head, mimetype="application/json")
-    out = Response(head + tail, mimetype="application/octet-stream")
-    out.headers[HEADER_LENGTH] = str(len(head))
-    return out
+    """The JSON header alone, or followed by the binary outputs (``v2_http.framed``)."""
+    body, headers = v2_http.framed(head, tail)
+    return Response(body, headers=headers)
 
 

@@ -211,3 +211,11 @@ def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explan
         body["id"] = req.id
     body["outputs"] = outputs
     return jsonio.dumps(body), (b"".join(tail) if tail else None)
+
+
+def framed(head: bytes, tail: bytes | None) -> tuple[bytes, list[tuple[str, str]]]:
+    """The response body and its headers: the JSON header alone, or followed by the binary outputs,
+    their split in HEADER_LENGTH."""
+    if tail is None:
+        return head, [("Content-Type", "application/json")]
+    return head + tail, [("Content-Type", "application/octet-stream"), (HEADER_LENGTH, str(len(head)))]
