@@ -13,9 +13,19 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY requirements.lock requirements-build.lock ./
+# gunicorn-h1c (gunicorn's C request parser) is published as source only: it is compiled here, and
+# the compiler stays in this stage (the runtime stages below have none). Unpinned: the two bases (python:3.12-slim,
+# the local bookworm one) carry different Debian releases, and nothing of these packages ships.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && (python -c "import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path('include') + '/Python.h'))" \
+        || apt-get install -y --no-install-recommends python3-dev) \
+    && rm -rf /var/lib/apt/lists/*
 # /opt/venv is what ships; /opt/build only holds the pinned build backend that makes our wheel.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock \
+    && /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: --no-binary=gunicorn-h1c \
+       -r requirements.lock \
     && python -m venv /opt/build \
     && /opt/build/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements-build.lock
 COPY pyproject.toml README.md ./
@@ -31,7 +41,7 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --whe
 FROM build AS build-train
 COPY requirements-train.lock ./
 RUN /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir --require-hashes --only-binary=:all: \
-    -r requirements-train.lock
+    --no-binary=gunicorn-h1c -r requirements-train.lock
 
 # ---- common runtime layout: no compilers, no pip cache, an unprivileged user ----
 FROM ${PYTHON_IMAGE} AS base
