@@ -131,9 +131,20 @@ class FastLane:
         self.inner, self.plane, self.max_body = inner, plane, max_body
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        answer = self.respond(environ)
+        if answer is None:
+            return self.inner(environ, start_response)
+        status, headers, out = answer
+        start_response(STATUS_LINES[status], headers)
+        return [out]
+
+    def respond(self, environ: dict[str, Any]) -> tuple[int, Headers, bytes] | None:
+        """(status, headers, body) for a request the lane answers, counted and logged; None for one it
+        leaves to ``inner`` (with the body it read put back in ``wsgi.input``). The WSGI call above and
+        the worker's direct writer (``service/direct_answer.py``) both ask this."""
         taken = self.takes(environ)
         if taken is None:
-            return self.inner(environ, start_response)
+            return None
         route, match, length = taken
         start = time.perf_counter()
         body = environ["wsgi.input"].read(length)
@@ -141,7 +152,7 @@ class FastLane:
         call = self.decode(route, body, environ, name, int(version) if version else None)
         if call is None:  # Flask answers, from the same bytes
             environ["wsgi.input"] = io.BytesIO(body)
-            return self.inner(environ, start_response)
+            return None
         path = environ["PATH_INFO"]
         rid = exchange.request_id(environ.get("HTTP_X_REQUEST_ID"))
         status, out, headers, batch_size = self.answer(path, call, rid)
@@ -156,8 +167,7 @@ class FastLane:
         headers[1] = ("Content-Length", str(len(out)))
         exchange.record(self.plane.registry.snapshot, route.rules[version is not None], "POST", path, call.model,
                         batch_size, status, time.perf_counter() - start, rid)
-        start_response(STATUS_LINES[status], headers)
-        return [out]
+        return status, headers, out
 
     def takes(self, environ: dict[str, Any]) -> tuple[Route, re.Match[str], int] | None:
         """The route, its path's match and the body's length if this request is one the lane may answer."""

@@ -21,6 +21,8 @@ On top of gunicorn's gevent worker this adds what a buffering proxy would do in 
   the documented JSON error shape with a request id, not HTML;
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * a response's head and a small body leave in one send (``service/one_send.py``);
+* the fast lane's answers are written by the worker itself, as gunicorn would write them
+  (``service/direct_answer.py``);
 * a gradcheck runs on the worker's background thread (:func:`off_loop`), not on the event loop;
 * concurrent inference requests share forward passes (``service/batcher.py``, set up in :meth:`run`);
 * what start-up made is never scanned by the garbage collector again (``service/heap.py``);
@@ -51,11 +53,12 @@ from gunicorn import util as gunicorn_util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
-from service import exchange, heap, metrics, one_send
+from service import direct_answer, exchange, heap, metrics, one_send
 from service.batcher import install as install_batcher
 from service.buffering import BodyBudget
 from service.config import Settings
 from service.errors import HTTP_CODES, ServiceError
+from service.fast_lane import FastLane
 
 T = TypeVar("T")
 
@@ -114,6 +117,7 @@ class BufferingGeventWorker(GeventWorker):
         self.body_budget = BodyBudget(settings.body_budget)
         self.poll_seconds = settings.model_poll_seconds
         self.settings = settings
+        self.lane: FastLane | None = None  # the app's, found after fork (run)
         self.idle: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait, oldest first
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
         # Connections waiting for a request head may hold at most 90% of worker_connections: past that
@@ -128,6 +132,8 @@ class BufferingGeventWorker(GeventWorker):
         # after fork (the app is preloaded in the master): the batcher's thread, queues and cost tables
         # belong to this process (service/batcher.py)
         install_batcher(self.wsgi, self.settings, alone=lambda: self.connections <= 1)
+        lane = getattr(self.wsgi, "wsgi_app", None)
+        self.lane = lane if isinstance(lane, FastLane) else None
         registry = getattr(self.wsgi, "extensions", {}).get("model_registry")
         if registry is not None:
             gevent.spawn(self.watch_repository, registry, self.poll_seconds)
@@ -211,7 +217,9 @@ class BufferingGeventWorker(GeventWorker):
             # rest of its buffer again for every chunk werkzeug asks for (13% of a 256-image request).
             req.body = io.BytesIO(data)
         try:
-            keep_alive = super().handle_request(listener_name, req, sock, addr)
+            keep_alive = self.answer_directly(req, sock)
+            if keep_alive is None:
+                keep_alive = super().handle_request(listener_name, req, sock, addr)
         except StopIteration:  # gunicorn's way to say the connection closes now
             if req.must_close:
                 self.linger(sock)
@@ -223,6 +231,27 @@ class BufferingGeventWorker(GeventWorker):
         # waits for the next poll, so every ready connection gets one request per turn (p99 61 ms).
         gevent.idle()
         return keep_alive
+
+    def answer_directly(self, req, sock: socket.socket) -> bool | None:
+        """What gunicorn's ``handle_request`` does, for a request the fast lane answers: True (keep the
+        connection), StopIteration (close it); None if the lane leaves it to the app, body put back."""
+        env = direct_answer.environ(req) if self.lane is not None else None
+        if env is None:
+            return None
+        answer = self.lane.respond(env)
+        if answer is None:
+            req.body = env["wsgi.input"]
+            return None
+        self.cfg.pre_request(self, req)  # gunicorn's hooks, once each (a handed-over request meets them there)
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        close = direct_answer.write(sock, req, *answer, must_close=not self.alive or not self.cfg.keepalive)
+        self.cfg.post_request(self, req, env, None)
+        if close:
+            raise StopIteration()
+        return True
 
     def read_body(self, req, sock: socket.socket, size: int, continues: bool) -> bytes:
         """The whole body (at most MAX_BODY_BYTES + 1 bytes), within REQUEST_TIMEOUT of the head, once

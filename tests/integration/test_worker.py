@@ -129,3 +129,42 @@ def test_idle_connections_never_fill_the_worker(tmp_path):
         for sock in silent:
             sock.close()
         assert server.stop() == 0
+
+
+
+def answer_of(sock: socket.socket) -> tuple[list[bytes], bytes]:
+    """One response with a Content-Length: its head's lines and its body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.startswith(b"Content-Length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert len(body) == length
+    return lines, body
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_answers_written_by_the_worker_keep_gunicorns_connection_rules(base_url, version):
+    """The fast lane's answers are written by the worker (service/direct_answer.py): the same default
+    headers as gunicorn's (Server, Date, Connection), keep-alive until the client says close, and an
+    HTTP/1.0 client without keep-alive gets its answer and a closed connection."""
+    raw = raw_request("/predict", MNIST_ONE).replace(b"HTTP/1.1", f"HTTP/{version}".encode())
+    with socket.create_connection(host_port(base_url), timeout=30) as sock:
+        if version == "1.1":
+            for _ in range(3):
+                sock.sendall(raw)
+                lines, body = answer_of(sock)
+                assert lines[0] == b"HTTP/1.1 200 OK" and b'"predictions"' in body
+                assert lines[1:4] == [b"Server: gunicorn", lines[2], b"Connection: keep-alive"]
+                assert lines[2].startswith(b"Date: ") and lines[2].endswith(b" GMT")
+            raw = raw.replace(b"Host:", b"Connection: close\r\nHost:")
+        sock.sendall(raw)
+        lines, body = answer_of(sock)
+        assert lines[0] == f"HTTP/{version} 200 OK".encode() and b"Connection: close" in lines
+        assert b'"predictions"' in body
+        assert sock.recv(1) == b""  # closed by the server
