@@ -9,7 +9,8 @@ the same repository with the same policy and rescans it every ``MODEL_POLL_SECON
 when the repository API's shared state changes), writes its metrics and statistics beside the HTTP
 workers' (so ``/metrics`` and the statistics sum them), and serves the standard
 ``grpc.health.v1`` service. SIGTERM: health says NOT_SERVING, new calls are refused, calls in
-flight finish within ``GRACEFUL_TIMEOUT``, exit 0.
+flight finish within ``GRACEFUL_TIMEOUT``, a stream's requests in flight too (its next one is refused
+and ends it UNAVAILABLE; one left idle is cancelled after a second), exit 0.
 
 Threads: a call holds a thread of the pool from the moment the server takes it (``GRPC_MAX_CALLS``
 of them; more at once are refused with RESOURCE_EXHAUSTED), and ``GRPC_THREADS`` forward passes run
@@ -44,6 +45,7 @@ from service.registry import ModelRegistry
 from service.thread_batcher import install as install_batcher
 
 log = logging.getLogger("service.grpc")
+STREAM_GRACE = 1.0  # seconds an idle ModelStreamInfer stream is given at a stop before it is cancelled
 
 
 def build_plane(settings: Settings) -> DataPlane:
@@ -113,7 +115,9 @@ class GRPCServer:
         self.stopping.set()
         self.health.enter_graceful_shutdown()
         self.servicer.drain(deadline)
-        self.server.stop(grace=max(0.1, deadline - time.monotonic())).wait()
+        # Nothing is in flight now, and a call that comes is refused at once; what grpcio still holds is
+        # streams waiting for their next request, which a second's grace lets their clients close.
+        self.server.stop(grace=min(STREAM_GRACE, max(0.1, deadline - time.monotonic()))).wait()
 
 
 def main() -> None:

@@ -58,14 +58,10 @@ class Calls:
                     return
                 self.calls.wait(0.05)
 
-
-def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """An RPC whose ServiceError becomes its gRPC status (never a traceback), counted in /metrics
-    under the endpoint ``grpc:<method>`` with the model on record (an unknown name counts as one)."""
-    endpoint = f"grpc:{METHOD_PREFIX}{fn.__name__}"
-
-    @functools.wraps(fn)
-    def rpc(self: Calls, request: Any, context: grpc.ServicerContext) -> Any:
+    def attempt(self, endpoint: str, request: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` as one call in flight (refused with a 503 while draining), counted in /metrics
+        under ``grpc:<endpoint>`` with the request's model on record (an unknown name counts as one).
+        Raises ServiceError; a bug is logged and raised as a 500 with no text of ours."""
         start = time.perf_counter()
         status = 200
         try:
@@ -74,22 +70,34 @@ def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
                     raise ServiceError(503, "stopping", "the server is stopping; retry on another instance")
                 self.active += 1
             try:
-                return fn(self, request, context)
+                return fn(*args)
             finally:
                 with self.calls:
                     self.active -= 1
                     self.calls.notify_all()
         except ServiceError as exc:
             status = exc.status
-            context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            raise
         except Exception:  # a bug: the log has it, the client a status and no text of ours
             status = 500
-            log.exception("gRPC %s failed", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            log.exception("gRPC %s failed", endpoint.rsplit("/", 1)[-1])
+            raise ServiceError(500, "internal_error", "internal error") from None
         finally:
             name = getattr(request, "name", None) or getattr(request, "model_name", "")
             known = name if not name or self.plane.registry.snapshot.knows(name) else metrics.UNKNOWN_MODEL
-            metrics.observe_request(endpoint, known, status, time.perf_counter() - start)
+            metrics.observe_request(f"grpc:{endpoint}", known, status, time.perf_counter() - start)
+
+
+def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An RPC whose ServiceError becomes its gRPC status (never a traceback), run by :meth:`Calls.attempt`."""
+    endpoint = f"{METHOD_PREFIX}{fn.__name__}"
+
+    @functools.wraps(fn)
+    def rpc(self: Calls, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self.attempt(endpoint, request, fn, self, request, context)
+        except ServiceError as exc:
+            context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
 
     return rpc
 

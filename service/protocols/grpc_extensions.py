@@ -2,14 +2,14 @@
 
 ``ModelConfig`` and ``ModelStatistics`` answer with the very dicts REST's ``/config`` and ``/stats``
 answer with (``service/protocols/v2_extensions.py``), parsed into Triton's messages: the two
-transports cannot disagree. The shared-memory, trace and log-settings RPCs and streaming inference
+transports cannot disagree. The shared-memory, trace and log-settings RPCs
 are UNIMPLEMENTED through the codec's one error path (counted, no traceback): the generated base
 class would answer UNIMPLEMENTED too, but by raising an exception grpcio logs with its traceback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -65,9 +65,3 @@ class NotServedRPCs:
     CudaSharedMemoryUnregister = not_served("CudaSharedMemoryUnregister")
     TraceSetting = not_served("TraceSetting")
     LogSettings = not_served("LogSettings")
-
-    def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest],
-                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "ModelStreamInfer is not supported by this server (use "
-                      "ModelInfer)")
-        yield from ()  # a generator, as a stream-stream handler is

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -25,12 +26,13 @@ from service.errors import ServiceError, bad_request, quote
 from service.protocols import grpc_service_pb2 as pb
 from service.protocols import grpc_service_pb2_grpc as pb_grpc
 from service.protocols import v2_tensors
-from service.protocols.grpc_calls import Calls, answers, model_name, version_of
+from service.protocols.grpc_calls import METHOD_PREFIX, Calls, answers, model_name, version_of
 from service.protocols.grpc_extensions import ExtensionRPCs, NotServedRPCs
 from service.protocols.grpc_repository import RepositoryRPCs
 from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
 from service.thread_batcher import ThreadBatcher
 
+STREAM_ENDPOINT = f"{METHOD_PREFIX}ModelStreamInfer"
 # Which typed field of InferTensorContents carries each input datatype.
 CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -88,6 +90,29 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
 
     @answers
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        return self.infer(request)
+
+    def ModelStreamInfer(self, requests: Iterator[pb.ModelInferRequest],
+                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
+        """Triton's stream: one answer per request, in order; a request's error is its answer's
+        ``error_message`` and the stream goes on (tritonclient's callback gets it as the error). Each
+        request is a call of its own (limits, batching, metrics under this RPC); after SIGTERM the
+        stream ends UNAVAILABLE once a request arrives."""
+        for request in requests:
+            try:
+                response = self.attempt(STREAM_ENDPOINT, request, self.infer, request)
+            except ServiceError as exc:
+                if exc.status == 503 and exc.code == "stopping":
+                    context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+                yield pb.ModelStreamInferResponse(error_message=exc.message)
+                continue
+            asked = request.parameters.get("triton_enable_empty_final_response")  # .get: [] would add the key
+            if asked is not None and asked.bool_param:
+                # as Triton marks the last answer to a request (a model here gives one answer per request)
+                response.parameters["triton_final_response"].bool_param = True
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         name, version = model_name(request.model_name), version_of(request.model_version)
         names = [i.name for i in request.inputs]
         if names != [INPUT]:
@@ -111,7 +136,6 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
                 response.outputs.add(name=name, datatype="BYTES", shape=[len(labels)])
                 response.raw_output_contents.append(v2_tensors.pack_bytes(labels))
         return response
-
 
 
 def decode_input(request: pb.ModelInferRequest) -> np.ndarray:

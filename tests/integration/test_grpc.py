@@ -155,16 +155,13 @@ def test_statistics_equal_rests_and_count_grpc_calls(server, client, samples):
 
 
 def test_rpcs_not_served_are_unimplemented_without_a_traceback(server, client, stub):
-    """Triton's shared-memory, trace, log-settings and streaming RPCs: UNIMPLEMENTED, named, nothing logged
+    """Triton's shared-memory, trace and log-settings RPCs: UNIMPLEMENTED, named, nothing logged
     as a failure (the generated base class would answer so too, with a traceback in the log each time)."""
     for call in (client.get_system_shared_memory_status, client.get_cuda_shared_memory_status,
                  client.get_trace_settings, client.get_log_settings):
         with pytest.raises(InferenceServerException) as info:
             call()
         assert info.value.status() == "StatusCode.UNIMPLEMENTED" and "not supported" in info.value.message()
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest(model_name="xor")]), timeout=10))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     if hasattr(server, "read_log"):  # the gunicorn target (the container's log is its engine's)
         assert "Traceback" not in server.read_log() and "Method not implemented" not in server.read_log()
 
@@ -251,6 +248,78 @@ def test_errors_and_their_codes(client, stub, samples):
     assert evil.code() == grpc.StatusCode.NOT_FOUND and "\n" not in evil.details() and len(evil.details()) < 400
 
 
+def stream(target: str, sends) -> list[tuple]:
+    """Run ``sends(client)`` on a tritonclient stream; the callbacks' (result, error) in arrival order."""
+    got: list[tuple] = []
+    done = threading.Condition()
+
+    def callback(result, error):
+        with done:
+            got.append((result, error))
+            done.notify_all()
+
+    with grpcclient.InferenceServerClient(target) as c:
+        c.start_stream(callback=callback, stream_timeout=60)
+        count = sends(c)
+        with done:
+            assert done.wait_for(lambda: len(got) >= count, 60), got
+        c.stop_stream()
+    return got
+
+
+def stream_inputs(x, datatype="FP32"):
+    tensor = grpcclient.InferInput("input", list(x.shape), datatype)
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def test_stream_infer_answers_each_request_in_order_and_errors_in_stream(server, samples):
+    """ModelStreamInfer through tritonclient's stream: one answer per request, in order, each equal to
+    /predict's; a bad request's error comes back as its answer and the stream goes on."""
+    requests_sent = [("xor", samples["xor"]), ("resnet", samples["xor"]), ("mnist", samples["mnist"]),
+                     ("xor", samples["digits"]), ("digits", samples["digits"]),
+                     ("xor", np.zeros((1025, 2), np.float32))]
+
+    def sends(c):
+        for i, (name, x) in enumerate(requests_sent):
+            c.async_stream_infer(name, stream_inputs(x), request_id=f"s{i}", enable_empty_final_response=i == 0)
+        return len(requests_sent)
+
+    got = stream(server.grpc_target, sends)
+    assert len(got) == len(requests_sent)
+    for i, ((name, x), (result, error)) in enumerate(zip(requests_sent, got, strict=True)):
+        if i in (1, 3, 5):
+            assert result is None and error is not None, (i, result)
+            continue
+        assert error is None, (i, error)
+        response = result.get_response()
+        assert response.id == f"s{i}" and response.model_name == name
+        expected, labels = predict(server.url, name, x)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=0, atol=1e-6)
+        assert [v.decode() for v in result.as_numpy("label")] == labels
+        final = response.parameters.get("triton_final_response")
+        assert (final is not None and final.bool_param) == (i == 0), (i, response.parameters)
+    assert "unknown model 'resnet'" in got[1][1].message()
+    assert "expected 2 values" in got[3][1].message()
+    assert "MAX_BATCH=1024" in got[5][1].message()
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    counted = [li for li in text.splitlines() if li.startswith("nn_requests_total{") and "ModelStreamInfer" in li]
+    assert any('model="xor"' in li and 'status="200"' in li for li in counted), counted
+    assert any('model="(unknown)"' in li and 'status="404"' in li for li in counted), counted
+
+
+def test_stream_infer_answers_are_modelinfers_exactly(stub, samples):
+    """The same request alone and in a stream (same kernel): the same bytes back."""
+    x = samples["mnist"]
+    request = service_pb2.ModelInferRequest(model_name="mnist", id="same")
+    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.astype("<f4").tobytes())
+    alone = stub.ModelInfer(request, timeout=30)
+    streamed = list(stub.ModelStreamInfer(iter([request, request]), timeout=30))
+    assert [r.error_message for r in streamed] == ["", ""]
+    assert all(r.infer_response == alone for r in streamed)
+
+
 def test_message_size_is_max_body_bytes(client):
     """MAX_BODY_BYTES (8 MiB in the tests' server) bounds a gRPC message as it bounds an HTTP body."""
     x = np.zeros((1024, 28 * 28 * 3), np.float32)  # 9.4 MB
@@ -268,7 +337,8 @@ def test_grpc_requests_are_in_metrics(server, client, samples):
 
 
 def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
-    """Calls the server has taken finish after SIGTERM; later ones are refused (UNAVAILABLE); exit 0."""
+    """Calls the server has taken finish after SIGTERM; later ones are refused (UNAVAILABLE); an idle
+    stream is ended within a second or so; exit 0."""
     srv = LocalServer(tmp_path, WORKERS="1", GRPC_THREADS="2").start()
     try:
         wait_grpc(srv.grpc_target)
@@ -286,21 +356,30 @@ def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
                     results.append((time.monotonic(), exc.status()))
                 first.set()
 
+        streamed: list = []
+        idle = grpcclient.InferenceServerClient(srv.grpc_target)  # a stream left open, idle, across the stop
+        idle.start_stream(callback=lambda result, error: streamed.append((result, error)))
+        idle.async_stream_infer("mnist", stream_inputs(x[:1]))
         threads = [threading.Thread(target=send) for _ in range(24)]
         for t in threads:
             t.start()
         assert first.wait(60)
+        assert streamed and streamed[0][1] is None, streamed
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(90)
         try:
             code = srv.proc.wait(60)
+            stopped = time.monotonic() - signalled
         except subprocess.TimeoutExpired:
             subprocess.run(["pkill", "-USR1", "-P", str(srv.proc.pid), "-f", "service.grpc_server"], check=False)
             time.sleep(1)
             pytest.fail(f"still running 60 s after SIGTERM:\n{srv.read_log()[-4000:]}")
         assert code == 0, srv.read_log()[-3000:]
+        # the idle stream was ended, not waited for until GRACEFUL_TIMEOUT (30 s)
+        assert stopped < 20 and len(streamed) == 2 and streamed[1][1] is not None, (stopped, streamed)
+        idle.close()
     finally:
         srv.stop()
     statuses = {status for _, status in results}
