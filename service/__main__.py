@@ -44,7 +44,7 @@ def main() -> None:
         os.execv(sys.executable, argv)
     from service.supervisor import supervise
 
-    sys.exit(supervise(argv, settings.grpc_workers or settings.workers))
+    sys.exit(supervise(argv, settings.grpc_workers or settings.workers, Path(os.environ["STATE_DIR"])))
 
 
 if __name__ == "__main__":

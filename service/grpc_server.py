@@ -34,6 +34,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 
+from service import grpc_presence
 from service.config import Settings
 from service.dataplane import DataPlane, Limits
 from service.logs import JSONFormatter
@@ -84,6 +85,7 @@ class GRPCServer:
             raise SystemExit(f"cannot listen on {address} (in use by another program, or not allowed)")
         self.server.start()
         self.set_health()
+        grpc_presence.mark(settings.state_dir)  # HTTP's /readyz counts this process as serving
         self.watcher = threading.Thread(target=self.watch_repository, name="repository", daemon=True)
         self.watcher.start()
 
@@ -112,6 +114,7 @@ class GRPCServer:
     def stop(self) -> None:
         """Refuse new calls, let those in flight finish (GRACEFUL_TIMEOUT at most in all)."""
         deadline = time.monotonic() + self.settings.graceful_timeout
+        grpc_presence.unmark(self.settings.state_dir)
         self.stopping.set()
         self.health.enter_graceful_shutdown()
         self.servicer.drain(deadline)

@@ -181,6 +181,8 @@ class Health(StrictModel):
 class Readiness(StrictModel):
     ready: bool
     models: dict[str, str] = Field(..., description="'<name>/<version>' -> 'ready' or the reason it is not")
+    grpc: str | None = Field(None, description="with gRPC on (python -m service): 'serving (N processes)', or "
+                             "why not; null when this server runs no gRPC")
 
 
 class ErrorBody(StrictModel):

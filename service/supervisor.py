@@ -23,6 +23,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from service import grpc_presence
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 GUNICORN_SIGNALS = STOP_SIGNALS | {signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
@@ -79,8 +82,12 @@ def reap(next_restart: Callable[[], float | None]) -> tuple[int, int] | None:
     return pid, 128 - code if code < 0 else code  # killed by signal N: 128 + N
 
 
-def supervise(gunicorn_argv: list[str], grpc_processes: int) -> int:
+def supervise(gunicorn_argv: list[str], grpc_processes: int, state_dir: Path | None = None) -> int:
+    """Run gunicorn and the gRPC processes until gunicorn ends; ``state_dir`` (``STATE_DIR``) is where
+    the gRPC processes say they serve, for HTTP's readiness (``service/grpc_presence.py``)."""
     grpc_argv = [sys.executable, "-m", "service.grpc_server"]
+    if state_dir is not None:
+        grpc_presence.expect(state_dir)
     backoffs = [Backoff() for _ in range(grpc_processes)]
     grpc: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
     pending: dict[int, float] = {}  # slot -> when it restarts
@@ -124,6 +131,7 @@ def supervise(gunicorn_argv: list[str], grpc_processes: int) -> int:
                 stop_grpc()
         elif pid in grpc:
             slot, started = grpc.pop(pid)
+            grpc_presence.unmark(state_dir, pid)  # ended without saying so (killed): it serves no more
             if stopping:
                 status = status or code
             else:

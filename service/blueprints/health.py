@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
-from service import metrics
-from service.blueprints import dataplane, respond
+from service import grpc_presence, metrics
+from service.blueprints import dataplane, respond, settings
 from service.schemas import Health, Readiness
 
 health = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
@@ -20,9 +20,16 @@ def healthz() -> Response:
 
 @health.get("/readyz", responses={200: Readiness, 503: Readiness})
 def readyz() -> Response:
-    """Readiness: every model version found is loaded (503 with the reasons otherwise)."""
+    """Readiness: every model version found is loaded and, with gRPC on, a gRPC process serves (503
+    with the reasons otherwise)."""
     ready, states = dataplane().readiness()
-    return respond(Readiness(ready=ready, models=states), 200 if ready else 503)
+    grpc = None
+    serving = grpc_presence.serving(settings().state_dir)
+    if serving is not None:
+        ready = ready and serving > 0
+        grpc = f"serving ({serving} process{'es' if serving != 1 else ''})" if serving else \
+            f"no gRPC process is serving on GRPC_PORT={settings().grpc_port}"
+    return respond(Readiness(ready=ready, models=states, grpc=grpc), 200 if ready else 503)
 
 
 @health.get("/metrics", doc_ui=False)

@@ -45,14 +45,14 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
         try:
-            r = requests.get(f"{url}/readyz", timeout=2)
+            r = requests.get(f"{url}{path}", timeout=2)
             if r.status_code == 200:
                 return
             last = f"{r.status_code} {r.text[:200]}"
@@ -79,9 +79,11 @@ class LocalServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environ,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
-    def start(self) -> LocalServer:
+    def start(self, path: str = "/readyz") -> LocalServer:
+        """Wait until ``path`` answers 200: ``/readyz`` (models loaded, gRPC serving), or ``/healthz``
+        for a server whose gRPC side is not meant to come up."""
         try:
-            wait_ready(self.url, proc=self.proc)
+            wait_ready(self.url, proc=self.proc, path=path)
         except RuntimeError:
             self.stop()
             print(self.read_log())

@@ -8,8 +8,11 @@ fails to bind it and exits 1, until the test closes that socket."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -41,13 +44,18 @@ def test_a_failing_grpc_process_backs_off_and_recovers(tmp_path):
     holder = socket.socket()  # no SO_REUSEPORT: the gRPC processes cannot bind beside it
     holder.bind(("127.0.0.1", port))
     holder.listen()
-    srv = LocalServer(tmp_path, WORKERS="1", GRPC_PORT=str(port)).start()
+    srv = LocalServer(tmp_path, WORKERS="1", GRPC_PORT=str(port)).start("/healthz")
     try:
         deadline = time.monotonic() + 120
         while len(restarts(srv.read_log())) < 3:
             assert srv.proc.poll() is None, srv.read_log()[-3000:]
             assert time.monotonic() < deadline, srv.read_log()[-3000:]
-            assert requests.get(f"{srv.url}/readyz", timeout=10).status_code == 200  # HTTP serves meanwhile
+            # HTTP serves meanwhile, but the pod is not ready: its gRPC port serves no one
+            assert requests.post(f"{srv.url}/predict", json={"model": "xor", "inputs": [[0, 1]]},
+                                 timeout=10).status_code == 200
+            ready = requests.get(f"{srv.url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["grpc"] == f"no gRPC process is serving on " \
+                f"GRPC_PORT={port}" and set(ready.json()["models"].values()) == {"ready"}, ready.text
             time.sleep(0.5)
         seen = restarts(srv.read_log())
         assert [n for n, _ in seen[:3]] == [1, 2, 3]
@@ -63,6 +71,8 @@ def test_a_failing_grpc_process_backs_off_and_recovers(tmp_path):
                     pass
                 assert time.monotonic() < deadline + 60, srv.read_log()[-3000:]
                 time.sleep(0.5)
+        ready = requests.get(f"{srv.url}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["grpc"] == "serving (1 process)", ready.text
     finally:
         holder.close()
         code = srv.stop(60)
@@ -76,7 +86,7 @@ def test_a_stop_during_a_restart_delay_stops_at_once(tmp_path):
     holder = socket.socket()
     holder.bind(("127.0.0.1", port))
     holder.listen()
-    srv = LocalServer(tmp_path, WORKERS="1", GRPC_PORT=str(port)).start()
+    srv = LocalServer(tmp_path, WORKERS="1", GRPC_PORT=str(port)).start("/healthz")
     try:
         deadline = time.monotonic() + 120
         while len(restarts(srv.read_log())) < 4:  # the next delay is 8 s
@@ -90,3 +100,35 @@ def test_a_stop_during_a_restart_delay_stops_at_once(tmp_path):
     assert code == 0, srv.read_log()[-3000:]
     assert srv.read_log().count("cannot listen on") == failures  # no gRPC process started after the stop
     assert "Traceback" not in srv.read_log()
+
+
+def grpc_pids(srv: LocalServer) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(srv.proc.pid), "-f", "service.grpc_server"], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_readiness_counts_the_grpc_processes_that_serve(tmp_path):
+    """/readyz names how many gRPC processes serve; one killed outright (no chance to say so) is not
+    counted from the moment it is gone, and counted again once its restart serves."""
+    srv = LocalServer(tmp_path, WORKERS="1", GRPC_WORKERS="2").start()
+    try:
+        deadline = time.monotonic() + 60
+        while requests.get(f"{srv.url}/readyz", timeout=10).json()["grpc"] != "serving (2 processes)":
+            assert time.monotonic() < deadline, srv.read_log()[-3000:]
+            time.sleep(0.1)
+        victim = grpc_pids(srv)[0]
+        os.kill(victim, signal.SIGKILL)
+        seen = ["serving (2 processes)"]  # before the kill; then each change /readyz reports
+        while seen[-1] != "serving (2 processes)" or len(seen) == 1:
+            ready = requests.get(f"{srv.url}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text  # one process still serves the port
+            if seen[-1] != ready.json()["grpc"]:
+                seen.append(ready.json()["grpc"])
+            assert time.monotonic() < deadline + 60, (seen, srv.read_log()[-3000:])
+            time.sleep(0.01)
+        assert seen == ["serving (2 processes)", "serving (1 process)", "serving (2 processes)"], seen
+        assert victim not in grpc_pids(srv)
+    finally:
+        code = srv.stop(60)
+    assert code == 0, srv.read_log()[-3000:]
