@@ -9,8 +9,9 @@ from) must not stay ready while gRPC clients are sent to it. So:
   in-process) there is no gRPC to ask about;
 * each gRPC process puts a file named by its pid there once it serves (models loaded, port bound;
   :func:`mark`) and takes it away when it starts to stop (:func:`unmark`);
-* :func:`serving` counts the files whose process is alive. One killed outright leaves its file, which
-  is not counted (and is removed): a file per gRPC process at most, so nothing here grows.
+* :func:`serving` counts the files whose process is alive (:func:`readiness` words the count for
+  ``/readyz``). One killed outright leaves its file, which is not counted (and is removed): a file per
+  gRPC process at most, so nothing here grows.
 
 No Flask or grpcio here: the supervisor, the gRPC process and the health view all ask this module.
 """
@@ -49,7 +50,7 @@ def unmark(state_dir: Path | None, pid: int | None = None) -> None:
             (directory(state_dir) / str(pid or os.getpid())).unlink()
 
 
-def alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,9 +66,19 @@ def serving(state_dir: Path | None) -> int | None:
         return None
     count = 0
     for entry in directory(state_dir).iterdir():
-        if entry.name.isdigit() and alive(int(entry.name)):
+        if entry.name.isdigit() and _alive(int(entry.name)):
             count += 1
         else:  # killed without unmarking, or not ours
             with contextlib.suppress(OSError):
                 entry.unlink()
     return count
+
+
+def readiness(state_dir: Path | None, port: int) -> tuple[bool, str | None]:
+    """What ``/readyz`` says of gRPC: (serves, the phrase), or (True, None) when gRPC is not expected."""
+    count = serving(state_dir)
+    if count is None:
+        return True, None
+    if count == 0:
+        return False, f"no gRPC process is serving on GRPC_PORT={port}"
+    return True, f"serving ({count} process{'es' if count != 1 else ''})"

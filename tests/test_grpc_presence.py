@@ -41,3 +41,13 @@ def test_expect_empties_a_kept_state_dir(tmp_path):
     grpc_presence.mark(tmp_path)
     grpc_presence.expect(tmp_path)  # the next run of a server with the same STATE_DIR
     assert grpc_presence.serving(tmp_path) == 0
+
+
+def test_readiness_words_the_count(tmp_path):
+    assert grpc_presence.readiness(tmp_path, 8001) == (True, None)  # gRPC off: nothing to say
+    grpc_presence.expect(tmp_path)
+    assert grpc_presence.readiness(tmp_path, 8001) == (False, "no gRPC process is serving on GRPC_PORT=8001")
+    grpc_presence.mark(tmp_path)
+    assert grpc_presence.readiness(tmp_path, 8001) == (True, "serving (1 process)")
+    grpc_presence.mark(tmp_path, os.getppid())  # another live process
+    assert grpc_presence.readiness(tmp_path, 8001) == (True, "serving (2 processes)")

@@ -22,13 +22,9 @@ def healthz() -> Response:
 def readyz() -> Response:
     """Readiness: every model version found is loaded and, with gRPC on, a gRPC process serves (503
     with the reasons otherwise)."""
-    ready, states = dataplane().readiness()
-    grpc = None
-    serving = grpc_presence.serving(settings().state_dir)
-    if serving is not None:
-        ready = ready and serving > 0
-        grpc = f"serving ({serving} process{'es' if serving != 1 else ''})" if serving else \
-            f"no gRPC process is serving on GRPC_PORT={settings().grpc_port}"
+    models_ready, states = dataplane().readiness()
+    grpc_ready, grpc = grpc_presence.readiness(settings().state_dir, settings().grpc_port)
+    ready = models_ready and grpc_ready
     return respond(Readiness(ready=ready, models=states, grpc=grpc), 200 if ready else 503)
 
 
