@@ -6,8 +6,9 @@ reads a gunicorn worker's) per call answered does not depend on that. Each conte
 ``python -m service`` (``WORKERS=2``, a gRPC process each: the default arrangement) from a source
 tree of its own (``--tree``, e.g. an unpacked ``git archive`` of the code before a change, and this
 checkout), optionally with extra environment (``--env TREE_INDEX:NAME=VALUE``). All are up at once and
-driven in turns by ``bench/grpc_load.py``'s tritonclient.grpc driver (MNIST one sample, a connection
-per caller), rounds rotated; each round reads the gRPC processes' CPU at the window's start and end.
+driven in turns by ``bench/grpc_load.py``'s tritonclient.grpc driver (MNIST one sample, or
+``--batch`` images a call; a connection per caller), rounds rotated;
+each round reads the gRPC processes' CPU at the window's start and end.
 Printed per contender and concurrency: the median µs of the server's and the clients' CPU per call and
 calls/s over the rounds (exit status 1 if any call failed).
 
@@ -76,7 +77,7 @@ def cmdline(pid: int) -> bytes:
 
 
 def drive_timed(protocol: str, target: str, threads: int, start_at: float, end_at: float,
-                out: multiprocessing.Queue, spent: multiprocessing.Queue) -> None:
+                out: multiprocessing.Queue, spent: multiprocessing.Queue, batch: int = 1) -> None:
     """``bench/grpc_load.py``'s driver in this client process, and this process's own CPU seconds over
     the window on ``spent`` (the client shares the server's cores: its cost per call matters too)."""
     readings: list[float] = []
@@ -87,7 +88,7 @@ def drive_timed(protocol: str, target: str, threads: int, start_at: float, end_a
 
     reader = threading.Thread(target=lambda: (read_at(start_at), read_at(end_at)))
     reader.start()
-    drive(protocol, target, threads, 1, start_at, end_at, out)
+    drive(protocol, target, threads, batch, start_at, end_at, out)
     reader.join()
     spent.put(readings[1] - readings[0])
 
@@ -97,7 +98,7 @@ def cpu(pids: list[int]) -> float:
 
 
 def measure(contender: Contender, concurrency: int, seconds: float, processes: int = 2,
-            protocol: str = "grpc") -> tuple[float, float, float, int]:
+            protocol: str = "grpc", batch: int = 1) -> tuple[float, float, float, int]:
     """One round: (µs of server CPU per call, µs of client CPU per call, calls/s, errors) over a window of
     ``seconds``; the server is the gRPC processes for ``grpc``, gunicorn's workers for ``http``
     (tritonclient.http with binary tensors)."""
@@ -117,7 +118,7 @@ def measure(contender: Contender, concurrency: int, seconds: float, processes: i
 
     reader = threading.Thread(target=lambda: (read_at(start_at), read_at(end_at)))
     reader.start()
-    procs = [context.Process(target=drive_timed, args=(protocol, target, n, start_at, end_at, out, spent))
+    procs = [context.Process(target=drive_timed, args=(protocol, target, n, start_at, end_at, out, spent, batch))
              for n in shares]
     for p in procs:
         p.start()
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], help="INDEX:NAME=VALUE for contender INDEX "
                         "(a tree given twice with different settings compares settings)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--http", action="store_true", help="also each contender's HTTP V2 binary "
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, list[tuple[float, float, float, int]]] = {label: [] for label, *_ in runs}
             for k in range(args.rounds):
                 for label, c, protocol in runs[k % len(runs):] + runs[:k % len(runs)]:
-                    server, client, rate, errors = measure(c, level, args.seconds, protocol=protocol)
+                    server, client, rate, errors = measure(c, level, args.seconds, protocol=protocol,
+                                                             batch=args.batch)
                     results[label].append((server, client, rate, errors))
                     print(f"  round {k} c={level} {label}: server {server:.0f} µs/call, client {client:.0f}, "
                           f"{rate:.0f} calls/s (load {os.getloadavg()[0]:.1f})", flush=True)

@@ -31,10 +31,10 @@ def test_the_benchmark_parses_its_arguments(capsys):
 def test_cpu_per_call_reads_both_protocols_servers(capsys):
     """``bench/grpc_cpu.py``: its own ``python -m service``, one round each of gRPC and HTTP V2 binary with
     no errors (its exit status), a CPU per call read from the gRPC processes and from gunicorn's workers
-    (positive: they served)."""
+    (positive: they served); calls of 4 images (``--batch``)."""
     from bench import grpc_cpu
 
-    assert grpc_cpu.main(["--http", "--concurrency", "2", "--rounds", "1", "--seconds", "1"]) == 0
+    assert grpc_cpu.main(["--http", "--batch", "4", "--concurrency", "2", "--rounds", "1", "--seconds", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("c=2 ")]
     assert len(rows) == 2 and rows[1].endswith(tuple("0123456789]")) and "HTTP V2 binary" in rows[1], rows
     for row in rows:
