@@ -7,8 +7,8 @@ reads a gunicorn worker's) per call answered does not depend on that. Each conte
 tree of its own (``--tree``, e.g. an unpacked ``git archive`` of the code before a change, and this
 checkout), optionally with extra environment (``--env TREE_INDEX:NAME=VALUE``). All are up at once and
 driven in turns by ``bench/grpc_load.py``'s tritonclient.grpc driver (MNIST one sample, or
-``--batch`` images a call; a connection per caller), rounds rotated;
-each round reads the gRPC processes' CPU at the window's start and end.
+``--batch`` images a call; a connection per caller), rounds rotated; each round reads the gRPC
+processes' CPU at the window's start and end.
 Printed per contender and concurrency: the median µs of the server's and the clients' CPU per call and
 calls/s over the rounds (exit status 1 if any call failed).
 
