@@ -14,13 +14,36 @@ def test_machine_records_the_thread_pools_in_force():
 
 
 @pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress",
-                                    "bench.cpu_per_request", "bench.frontier"])
+                                    "bench.cpu_per_request", "bench.frontier", "bench.lone_request"])
 def test_each_benchmark_parses_its_arguments(module, capsys):
     import importlib
 
     with pytest.raises(SystemExit) as exit_:
         importlib.import_module(module).main(["--help"])
     assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("n", "low", "high"), [(10, 2, 9), (20, 6, 15), (40, 14, 27), (150, 63, 88)])
+def test_the_median_interval_is_the_sign_tests(n, low, high):
+    """The 95 % interval of a median from order statistics, as the textbooks' tables give it (ranks from 1)."""
+    from bench.lone_request import median_interval
+
+    values = [float(i) for i in range(1, n + 1)][::-1]  # any order: ranks are by value
+    assert median_interval(values) == ((n + 1) / 2, low, high)
+
+
+def test_the_lone_request_pairs_run_against_both_servers(mnist_dir, tmp_path, capsys):
+    import json
+
+    from bench import lone_request
+
+    assert lone_request.main(["--data-dir", str(mnist_dir), "--pairs", "2", "--model", "xor1",
+                              "--out", str(tmp_path / "pairs.json")]) == 0
+    result = json.loads((tmp_path / "pairs.json").read_text())
+    assert [p["first"] for p in result["pairs"]] == ["on", "off"]  # the order alternates
+    assert result["summary"]["errors"] == 0 and result["summary"]["p50_us_on"] > 0
+    assert all(p["cpu_us"]["on"] > 0 and p["cpu_us"]["off"] > 0 for p in result["pairs"])  # the workers' /proc
+    assert "| p50 latency |" in capsys.readouterr().out
 
 
 def test_the_frontier_table_reads_a_trained_version_and_serves_it(mnist_dir, tmp_path, capsys):

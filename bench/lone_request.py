@@ -1,0 +1,117 @@
+"""What server-side batching costs a lone request: batching on against off, in alternating pairs.
+
+Issue 17's goal: at concurrency 1, p50 no more than 5 % above the same server with batching off.
+On a shared machine whose speed swings 2x within seconds, two rows measured a minute apart cannot
+show 5 %. Here both servers (the service's gunicorn configuration, ``--workers`` each) are up at
+once and wrk drives one connection at them in bursts of ``--seconds`` (wrk's shortest is 1 s), in
+pairs: on then off, and off then on in the next pair, so neither always goes first. Each pair
+gives one ratio (on / off) of p50s, and of the workers' CPU time per request (from ``/proc``),
+measured within a few seconds of each other. The answer is the median ratio with a
+distribution-free 95 % interval (the sign test's order statistics). Drift slower than a pair
+cancels out of each ratio, and a burst that met another tenant's spike moves one ratio, not the
+median. ``--out`` keeps the pairs, so runs can be pooled.
+
+    python -m bench.lone_request --pairs 150           # about 7 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.serve_load import SERVICE_APP, Server, bodies, server, wrk
+
+
+def workers_cpu(srv: Server) -> float:
+    """User + system CPU seconds used so far by the server's worker processes."""
+    pids = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):  # a worker that just exited
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high): the median and the widest order-statistic interval ``[x_(k), x_(n-k+1)]``
+    whose coverage is at least ``level`` (the binomial sign test; no assumption about the spread)."""
+    xs, n = sorted(values), len(values)
+    tail, k = 0.0, 0  # P(Binomial(n, 1/2) <= k - 1): the chance that fewer than k values fall below the median
+    while k < n // 2:
+        step = math.comb(n, k) / 2 ** n
+        if 2 * (tail + step) > 1 - level:
+            break
+        tail += step
+        k += 1
+    if k == 0:  # too few pairs for any interval at this level
+        return statistics.median(xs), xs[0], xs[-1]
+    return statistics.median(xs), xs[k - 1], xs[n - k]
+
+
+def burst(srv: Server, body: Path, seconds: float) -> tuple[int, float, int]:
+    """One wrk burst on one connection: (p50 µs, workers' CPU µs per request, errors)."""
+    before = workers_cpu(srv)
+    r = wrk(f"{srv.url}/predict", body, 1, seconds)
+    return r["p50_us"], (workers_cpu(srv) - before) * 1e6 / max(r["requests"], 1), r["errors"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=150)
+    parser.add_argument("--seconds", type=int, default=1, help="per burst")
+    parser.add_argument("--model", choices=("mnist1", "xor1"), default="mnist1", help="the one-sample body")
+    parser.add_argument("--out", type=Path, help="write the pairs and the summary as JSON here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+        return 2
+    pairs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
+        body = bodies(Path(tmp), args.data_dir)[args.model][0]
+        servers = {b: stack.enter_context(server(SERVICE_APP, args.workers, Path(tmp), LOG_LEVEL="info", BATCHING=b))
+                   for b in ("on", "off")}
+        for srv in servers.values():  # warm both
+            wrk(f"{srv.url}/predict", body, 4, 1)
+        for k in range(args.pairs):
+            order = ("on", "off") if k % 2 == 0 else ("off", "on")
+            got = {b: burst(servers[b], body, args.seconds) for b in order}
+            pair = {"first": order[0], "p50_us": {b: got[b][0] for b in got}, "cpu_us": {b: got[b][1] for b in got},
+                    "errors": sum(g[2] for g in got.values())}
+            pair["p50_ratio"] = pair["p50_us"]["on"] / pair["p50_us"]["off"]
+            pair["cpu_ratio"] = pair["cpu_us"]["on"] / pair["cpu_us"]["off"]
+            pairs.append(pair)
+            print(f"  pair {k:2d} ({order[0]} first)  p50 on {got['on'][0]:5d} / off {got['off'][0]:5d} µs "
+                  f"= {pair['p50_ratio']:.3f}   CPU {got['on'][1]:5.0f} / {got['off'][1]:5.0f} µs "
+                  f"= {pair['cpu_ratio']:.3f}   load {os.getloadavg()[0]:.1f}", flush=True)
+    summary = {name: dict(zip(("median", "low95", "high95"), median_interval([p[name] for p in pairs]), strict=True))
+               for name in ("p50_ratio", "cpu_ratio")}
+    summary["errors"] = sum(p["errors"] for p in pairs)
+    for b in ("on", "off"):
+        summary[f"p50_us_{b}"] = statistics.median(p["p50_us"][b] for p in pairs)
+        summary[f"cpu_us_{b}"] = statistics.median(p["cpu_us"][b] for p in pairs)
+    print(f"\n{args.pairs} pairs of {args.seconds} s bursts, {args.model}, c=1, {args.workers} workers each")
+    print("| batching on / off | median | 95 % interval |\n| --- | --- | --- |")
+    for name, what in (("p50_ratio", "p50 latency"), ("cpu_ratio", "workers' CPU per request")):
+        s = summary[name]
+        print(f"| {what} | {s['median']:.3f} | {s['low95']:.3f}-{s['high95']:.3f} |")
+    print(f"(medians: p50 {summary['p50_us_on']:.0f} / {summary['p50_us_off']:.0f} µs, CPU "
+          f"{summary['cpu_us_on']:.0f} / {summary['cpu_us_off']:.0f} µs a request; errors {summary['errors']})")
+    if args.out:
+        args.out.write_text(json.dumps({"summary": summary, "pairs": pairs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
