@@ -28,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.serve_load import SERVICE_APP, Server, bodies, server, wrk
+from bench.serve_load import RESULTS, SERVICE_APP, Server, bodies, server, wrk
+from bench.train_epoch import machine
 
 
 def workers_cpu(srv: Server) -> float:
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=150)
     parser.add_argument("--seconds", type=int, default=1, help="per burst")
     parser.add_argument("--model", choices=("mnist1", "xor1"), default="mnist1", help="the one-sample body")
-    parser.add_argument("--out", type=Path, help="write the pairs and the summary as JSON here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "lone_request.json",
+                        help="the pairs and the summary, as JSON (with the machine)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
@@ -108,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {what} | {s['median']:.3f} | {s['low95']:.3f}-{s['high95']:.3f} |")
     print(f"(medians: p50 {summary['p50_us_on']:.0f} / {summary['p50_us_off']:.0f} µs, CPU "
           f"{summary['cpu_us_on']:.0f} / {summary['cpu_us_off']:.0f} µs a request; errors {summary['errors']})")
-    if args.out:
-        args.out.write_text(json.dumps({"summary": summary, "pairs": pairs}, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine(), "summary": summary, "pairs": pairs}, indent=1))
     return 0
 
 
