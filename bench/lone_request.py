@@ -9,9 +9,10 @@ gives one ratio (on / off) of p50s, and of the workers' CPU time per request (fr
 measured within a few seconds of each other. The answer is the median ratio with a
 distribution-free 95 % interval (the sign test's order statistics). Drift slower than a pair
 cancels out of each ratio, and a burst that met another tenant's spike moves one ratio, not the
-median. ``--out`` keeps the pairs, so runs can be pooled.
+median. ``--out`` keeps the pairs, and ``--pool`` summarizes several runs' pairs together.
 
     python -m bench.lone_request --pairs 150           # about 7 minutes
+    python -m bench.lone_request --pool run1.json run2.json
 """
 
 from __future__ import annotations
@@ -66,19 +67,8 @@ def burst(srv: Server, body: Path, seconds: float) -> tuple[int, float, int]:
     return r["p50_us"], (workers_cpu(srv) - before) * 1e6 / max(r["requests"], 1), r["errors"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pairs", type=int, default=150)
-    parser.add_argument("--seconds", type=int, default=1, help="per burst")
-    parser.add_argument("--model", choices=("mnist1", "xor1"), default="mnist1", help="the one-sample body")
-    parser.add_argument("--out", type=Path, default=RESULTS / "lone_request.json",
-                        help="the pairs and the summary, as JSON (with the machine)")
-    args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
-        return 2
+def run_pairs(args) -> list[dict]:
+    """Both servers up at once, ``args.pairs`` pairs of bursts, the first of each pair alternating."""
     pairs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
         body = bodies(Path(tmp), args.data_dir)[args.model][0]
@@ -97,19 +87,55 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  pair {k:2d} ({order[0]} first)  p50 on {got['on'][0]:5d} / off {got['off'][0]:5d} µs "
                   f"= {pair['p50_ratio']:.3f}   CPU {got['on'][1]:5.0f} / {got['off'][1]:5.0f} µs "
                   f"= {pair['cpu_ratio']:.3f}   load {os.getloadavg()[0]:.1f}", flush=True)
-    summary = {name: dict(zip(("median", "low95", "high95"), median_interval([p[name] for p in pairs]), strict=True))
-               for name in ("p50_ratio", "cpu_ratio")}
+    return pairs
+
+
+def summarize(pairs: list[dict]) -> dict:
+    """The median ratios with their intervals, the median p50s and CPU times, and the errors."""
+    summary: dict = {name: dict(zip(("median", "low95", "high95"), median_interval([p[name] for p in pairs]),
+                                    strict=True)) for name in ("p50_ratio", "cpu_ratio")}
+    summary["pairs"] = len(pairs)
     summary["errors"] = sum(p["errors"] for p in pairs)
     for b in ("on", "off"):
         summary[f"p50_us_{b}"] = statistics.median(p["p50_us"][b] for p in pairs)
         summary[f"cpu_us_{b}"] = statistics.median(p["cpu_us"][b] for p in pairs)
-    print(f"\n{args.pairs} pairs of {args.seconds} s bursts, {args.model}, c=1, {args.workers} workers each")
-    print("| batching on / off | median | 95 % interval |\n| --- | --- | --- |")
+    return summary
+
+
+def report(summary: dict) -> str:
+    lines = ["| batching on / off | median | 95 % interval |", "| --- | --- | --- |"]
     for name, what in (("p50_ratio", "p50 latency"), ("cpu_ratio", "workers' CPU per request")):
         s = summary[name]
-        print(f"| {what} | {s['median']:.3f} | {s['low95']:.3f}-{s['high95']:.3f} |")
-    print(f"(medians: p50 {summary['p50_us_on']:.0f} / {summary['p50_us_off']:.0f} µs, CPU "
-          f"{summary['cpu_us_on']:.0f} / {summary['cpu_us_off']:.0f} µs a request; errors {summary['errors']})")
+        lines.append(f"| {what} | {s['median']:.3f} | {s['low95']:.3f}-{s['high95']:.3f} |")
+    lines.append(f"({summary['pairs']} pairs; medians: p50 {summary['p50_us_on']:.0f} / {summary['p50_us_off']:.0f} "
+                 f"µs, CPU {summary['cpu_us_on']:.0f} / {summary['cpu_us_off']:.0f} µs a request; "
+                 f"errors {summary['errors']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=150)
+    parser.add_argument("--seconds", type=int, default=1, help="per burst")
+    parser.add_argument("--model", choices=("mnist1", "xor1"), default="mnist1", help="the one-sample body")
+    parser.add_argument("--out", type=Path, default=RESULTS / "lone_request.json",
+                        help="the pairs and the summary, as JSON (with the machine)")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: the summary of the pairs of these earlier runs' --out files together")
+    args = parser.parse_args(argv)
+    if args.pool:
+        pairs = [p for path in args.pool for p in json.loads(path.read_text())["pairs"]]
+        print(f"{len(args.pool)} runs pooled\n{report(summarize(pairs))}")
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+        return 2
+    pairs = run_pairs(args)
+    summary = summarize(pairs)
+    print(f"\n{args.pairs} pairs of {args.seconds} s bursts, {args.model}, c=1, {args.workers} workers each")
+    print(report(summary))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine(), "summary": summary, "pairs": pairs}, indent=1))
     return 0

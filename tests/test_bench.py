@@ -44,6 +44,11 @@ def test_the_lone_request_pairs_run_against_both_servers(mnist_dir, tmp_path, ca
     assert result["summary"]["errors"] == 0 and result["summary"]["p50_us_on"] > 0
     assert all(p["cpu_us"]["on"] > 0 and p["cpu_us"]["off"] > 0 for p in result["pairs"])  # the workers' /proc
     assert "| p50 latency |" in capsys.readouterr().out
+    # two runs pooled: four pairs, the same medians as the pairs give
+    assert lone_request.main(["--pool", str(tmp_path / "pairs.json"), str(tmp_path / "pairs.json")]) == 0
+    pooled = capsys.readouterr().out
+    ratio = sorted(p["p50_ratio"] for p in result["pairs"])
+    assert "(4 pairs;" in pooled and f"| p50 latency | {(ratio[0] + ratio[1]) / 2:.3f} |" in pooled
 
 
 def test_the_frontier_table_reads_a_trained_version_and_serves_it(mnist_dir, tmp_path, capsys):
