@@ -9,8 +9,8 @@ checkout), optionally with extra environment (``--env TREE_INDEX:NAME=VALUE``). 
 driven in turns by ``bench/grpc_load.py``'s tritonclient.grpc driver (MNIST one sample, or
 ``--batch`` images a call; a connection per caller), rounds rotated; each round reads the gRPC
 processes' CPU at the window's start and end.
-Printed per contender and concurrency: the median µs of the server's and the clients' CPU per call and
-calls/s over the rounds (exit status 1 if any call failed).
+Printed per contender and concurrency: the median µs of the server's and the clients' CPU per call,
+calls/s and the server's minor page faults per call over the rounds (exit status 1 if any call failed).
 
     python -m bench.grpc_cpu --tree /tmp/before --tree . --concurrency 1 64 --rounds 6
 """
@@ -93,13 +93,20 @@ def drive_timed(protocol: str, target: str, threads: int, start_at: float, end_a
     spent.put(readings[1] - readings[0])
 
 
-def cpu(pids: list[int]) -> float:
-    return sum(cpu_seconds(pid) for pid in pids)
+def cpu(pids: list[int]) -> tuple[float, int]:
+    """(CPU seconds, minor page faults) the processes have used so far."""
+    return sum(cpu_seconds(pid) for pid in pids), sum(minor_faults(pid) for pid in pids)
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults served without I/O: on a large message, mostly freshly mapped memory touched."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def measure(contender: Contender, concurrency: int, seconds: float, processes: int = 2,
-            protocol: str = "grpc", batch: int = 1) -> tuple[float, float, float, int]:
-    """One round: (µs of server CPU per call, µs of client CPU per call, calls/s, errors) over a window of
+            protocol: str = "grpc", batch: int = 1) -> tuple[float, float, float, int, float]:
+    """One round: (µs of server CPU per call, µs of client CPU per call, calls/s, errors, the server's
+    minor page faults per call) over a window of
     ``seconds``; the server is the gRPC processes for ``grpc``, gunicorn's workers for ``http``
     (tritonclient.http with binary tensors)."""
     processes = max(1, min(processes, concurrency))
@@ -110,7 +117,7 @@ def measure(contender: Contender, concurrency: int, seconds: float, processes: i
     end_at = start_at + seconds
     pids = contender.grpc_pids() if protocol == "grpc" else contender.http_pids()
     target = contender.target if protocol == "grpc" else contender.url.removeprefix("http://")
-    readings: list[float] = []
+    readings: list[tuple[float, int]] = []
 
     def read_at(when: float) -> None:
         time.sleep(max(0.0, when - time.monotonic()))
@@ -131,7 +138,9 @@ def measure(contender: Contender, concurrency: int, seconds: float, processes: i
     errors = sum(len(r[1]) for r in results)
     if errors:
         print(f"  {contender.label} c={concurrency}: {errors} errors, e.g. {results[0][1][:1]}", flush=True)
-    return (readings[1] - readings[0]) / max(1, calls) * 1e6, client / max(1, calls) * 1e6, calls / seconds, errors
+    per_call = 1 / max(1, calls)
+    return ((readings[1][0] - readings[0][0]) * per_call * 1e6, client * per_call * 1e6, calls / seconds, errors,
+            (readings[1][1] - readings[0][1]) * per_call)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,19 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.http:
             runs += [(f"{c.label} HTTP V2 binary", c, "http") for c in contenders]
         for level in args.concurrency:
-            results: dict[str, list[tuple[float, float, float, int]]] = {label: [] for label, *_ in runs}
+            results: dict[str, list[tuple[float, float, float, int, float]]] = {label: [] for label, *_ in runs}
             for k in range(args.rounds):
                 for label, c, protocol in runs[k % len(runs):] + runs[:k % len(runs)]:
-                    server, client, rate, errors = measure(c, level, args.seconds, protocol=protocol,
-                                                             batch=args.batch)
-                    results[label].append((server, client, rate, errors))
-                    print(f"  round {k} c={level} {label}: server {server:.0f} µs/call, client {client:.0f}, "
-                          f"{rate:.0f} calls/s (load {os.getloadavg()[0]:.1f})", flush=True)
+                    r = measure(c, level, args.seconds, protocol=protocol, batch=args.batch)
+                    results[label].append(r)
+                    print(f"  round {k} c={level} {label}: server {r[0]:.0f} µs/call ({r[4]:.0f} page faults), "
+                          f"client {r[1]:.0f}, {r[2]:.0f} calls/s (load {os.getloadavg()[0]:.1f})", flush=True)
             for label, rs in results.items():
                 print(f"c={level} {label}: server CPU per call median {statistics.median(r[0] for r in rs):.0f} µs "
                       f"{[round(r[0]) for r in rs]}; client {statistics.median(r[1] for r in rs):.0f} µs "
                       f"{[round(r[1]) for r in rs]}; calls/s {statistics.median(r[2] for r in rs):.0f} "
-                      f"{[round(r[2]) for r in rs]}", flush=True)
+                      f"{[round(r[2]) for r in rs]}; server page faults per call "
+                      f"{statistics.median(r[4] for r in rs):.0f}", flush=True)
                 failed = failed or any(r[3] for r in rs)
     return 1 if failed else 0
 

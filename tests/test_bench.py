@@ -14,7 +14,8 @@ def test_machine_records_the_thread_pools_in_force():
 
 
 @pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress",
-                                    "bench.cpu_per_request", "bench.frontier", "bench.lone_request"])
+                                    "bench.cpu_per_request", "bench.frontier", "bench.lone_request",
+                                    "bench.grpc_cpu"])
 def test_each_benchmark_parses_its_arguments(module, capsys):
     import importlib
 
