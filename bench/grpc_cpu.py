@@ -106,9 +106,8 @@ def minor_faults(pid: int) -> int:
 def measure(contender: Contender, concurrency: int, seconds: float, processes: int = 2,
             protocol: str = "grpc", batch: int = 1) -> tuple[float, float, float, int, float]:
     """One round: (µs of server CPU per call, µs of client CPU per call, calls/s, errors, the server's
-    minor page faults per call) over a window of
-    ``seconds``; the server is the gRPC processes for ``grpc``, gunicorn's workers for ``http``
-    (tritonclient.http with binary tensors)."""
+    minor page faults per call) over a window of ``seconds``; the server is the gRPC processes for
+    ``grpc``, gunicorn's workers for ``http`` (tritonclient.http with binary tensors)."""
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")
