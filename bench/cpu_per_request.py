@@ -33,10 +33,20 @@ from pathlib import Path
 from bench.serve_load import CEILING_APP, ROOT, SERVICE_APP, Server, bodies, server, wrk
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (``state`` first, as proc(5) counts from 3)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults served without I/O: on a large message, mostly freshly mapped memory touched."""
+    return int(proc_stat(pid)[7])
 
 
 def worker_pid(srv: Server) -> int:

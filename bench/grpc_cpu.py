@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.cpu_per_request import cpu_seconds
+from bench.cpu_per_request import cpu_seconds, minor_faults
 from bench.grpc_load import drive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,11 +96,6 @@ def drive_timed(protocol: str, target: str, threads: int, start_at: float, end_a
 def cpu(pids: list[int]) -> tuple[float, int]:
     """(CPU seconds, minor page faults) the processes have used so far."""
     return sum(cpu_seconds(pid) for pid in pids), sum(minor_faults(pid) for pid in pids)
-
-
-def minor_faults(pid: int) -> int:
-    """Page faults served without I/O: on a large message, mostly freshly mapped memory touched."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def measure(contender: Contender, concurrency: int, seconds: float, processes: int = 2,

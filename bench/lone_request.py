@@ -29,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.cpu_per_request import cpu_seconds
 from bench.serve_load import RESULTS, SERVICE_APP, Server, bodies, server, wrk
 from bench.train_epoch import machine
 
@@ -39,14 +40,14 @@ def workers_cpu(srv: Server) -> float:
     total = 0.0
     for pid in pids:
         with contextlib.suppress(FileNotFoundError):  # a worker that just exited
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += cpu_seconds(int(pid))
     return total
 
 
 def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(median, low, high): the median and the widest order-statistic interval ``[x_(k), x_(n-k+1)]``
-    whose coverage is at least ``level`` (the binomial sign test; no assumption about the spread)."""
+    """(median, low, high): the median and the narrowest symmetric order-statistic interval
+    ``[x_(k), x_(n-k+1)]`` whose coverage is at least ``level`` (the sign test's; no assumption about
+    the spread). Below 6 values no interval reaches 95 %: then the range, which covers less."""
     xs, n = sorted(values), len(values)
     tail, k = 0.0, 0  # P(Binomial(n, 1/2) <= k - 1): the chance that fewer than k values fall below the median
     while k < n // 2:
