@@ -49,9 +49,14 @@ def minor_faults(pid: int) -> int:
     return int(proc_stat(pid)[7])
 
 
+def children(pid: int) -> list[int]:
+    """The process's children (a gunicorn master's workers), from ``pgrep -P``."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def worker_pid(srv: Server) -> int:
-    out = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()
-    return int(out[0])
+    return children(srv.proc.pid)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.cpu_per_request import cpu_seconds, minor_faults
+from bench.cpu_per_request import children, cpu_seconds, minor_faults
 from bench.grpc_load import drive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +65,6 @@ class Contender:
             return self.proc.wait(30)
         finally:
             self.log.close()
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def cmdline(pid: int) -> bytes:

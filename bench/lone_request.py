@@ -24,23 +24,21 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.cpu_per_request import cpu_seconds
+from bench.cpu_per_request import children, cpu_seconds
 from bench.serve_load import RESULTS, SERVICE_APP, Server, bodies, server, wrk
 from bench.train_epoch import machine
 
 
 def workers_cpu(srv: Server) -> float:
     """User + system CPU seconds used so far by the server's worker processes."""
-    pids = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()
     total = 0.0
-    for pid in pids:
+    for pid in children(srv.proc.pid):
         with contextlib.suppress(FileNotFoundError):  # a worker that just exited
-            total += cpu_seconds(int(pid))
+            total += cpu_seconds(pid)
     return total
 
 

@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.cpu_per_request import children
 from bench.train_epoch import machine
 from bench.uploads import stalled_uploads, timed_small_request
 from tests.integration.conftest import LocalServer
@@ -58,8 +59,7 @@ def write_bodies(directory: Path, data_dir: Path | None) -> None:
 
 
 def workers(server: LocalServer) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(server.master_pid())], capture_output=True, text=True).stdout
-    return sorted(int(p) for p in out.split())
+    return sorted(children(server.master_pid()))
 
 
 def rss_mb(pid: int) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from bench.cpu_per_request import children
 from tests.integration.conftest import LocalServer
 
 SMALL = json.dumps({"model": "xor", "inputs": [[0, 1]]})
@@ -43,9 +43,8 @@ def timed_small_request(post, url: str) -> float | None:
 
 def workers_rss_mb(server: LocalServer) -> float:
     """The sum of the workers' resident memory, in MB."""
-    out = subprocess.run(["pgrep", "-P", str(server.master_pid())], capture_output=True, text=True).stdout
     total = 0
-    for pid in out.split():
+    for pid in children(server.master_pid()):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
