@@ -53,7 +53,7 @@ class Contender:
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def grpc_pids(self) -> list[int]:
-        return [pid for pid in children(self.proc.pid) if b"service.grpc_server" in cmdline(pid)]
+        return [pid for pid in children(self.proc.pid) if b"service.grpc.server" in cmdline(pid)]
 
     def http_pids(self) -> list[int]:
         """gunicorn's workers (the children of its master, a child of the supervisor)."""

@@ -22,7 +22,7 @@ It prints a Markdown table, writes JSON and a PNG (throughput and p99 against co
 ``--compare`` runs the worker comparison instead (README, "Choosing the worker").
 
     python -m bench.serve_load                  # what `make bench` runs, about 3 minutes
-    python -m bench.serve_load --compare sync gthread gevent service.worker.BufferingGeventWorker
+    python -m bench.serve_load --compare sync gthread gevent service.http_server.worker.BufferingGeventWorker
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> Iterator[Server]:
-    """gunicorn with the service's own configuration (``service/gunicorn_conf.py``) serving ``app``
+    """gunicorn with the service's own configuration (``service/http_server/gunicorn_conf.py``) serving ``app``
     from the source tree ``root`` (another tree: ``bench/cpu_per_request.py`` compares two)."""
     port = free_port()
     metrics_dir = tmp / f"metrics-{port}"
@@ -90,9 +90,12 @@ def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> 
                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", **env}
     log = tmp / f"{app.split('.')[0]}-{port}.log"
+    # the configuration's home in this tree, or in a tree from before the packages (service/gunicorn_conf.py)
+    config = next(path for path in (root / "service" / "http_server" / "gunicorn_conf.py",
+                                    root / "service" / "gunicorn_conf.py") if path.exists())
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(root / "service" / "gunicorn_conf.py"),
-                                 app], cwd=root, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(config), app], cwd=root, env=environ,
+                                stdout=out, stderr=subprocess.STDOUT)
     srv = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + 60

@@ -3,7 +3,7 @@
     <root>/<name>/<version>/model.npz      weights and metadata (model/io.py)
                            /metrics.json   final metrics and the per-epoch history
                            /curves.png     loss and accuracy per epoch
-    <root>/<name>/config.json              optional: the model's own version policy (service/policy.py)
+    <root>/<name>/config.json              optional: its own version policy (service/repository/version_policy.py)
 
 Versions are numbered directories from 1; a new version is one more than the newest.
 """

@@ -38,7 +38,7 @@ def main() -> None:
     # Where workers share the repository API's state (models unloaded); a fresh one per server.
     if not os.environ.get("STATE_DIR"):
         os.environ["STATE_DIR"] = tempfile.mkdtemp(prefix="nn-state-")
-    config = Path(__file__).with_name("gunicorn_conf.py")
+    config = Path(__file__).with_name("http_server") / "gunicorn_conf.py"
     argv = [sys.executable, "-m", "gunicorn", "-c", str(config), *sys.argv[1:], "service.wsgi:app"]
     if settings.grpc_port == 0:
         os.execv(sys.executable, argv)

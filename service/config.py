@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from model.repository import DEFAULT_ROOT
-from service.policy import VersionPolicy
+from service.repository.version_policy import VersionPolicy
 
 
 def usable_cores() -> int:
@@ -37,7 +37,7 @@ class Settings(BaseModel):
     max_batch: int = Field(1024, ge=1, le=65536)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     body_buffer_bytes: int | None = Field(None, ge=1024, description="large request bodies a worker reads at once, "
-                                          "in bytes (service/buffering.py); default 2 x MAX_BODY_BYTES")
+                                          "in bytes (service/http_server/request_body.py); default 2 x MAX_BODY_BYTES")
     log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")
     gradcheck_max_batch: int = Field(64, ge=1)
     gradcheck_max_samples: int = Field(100, ge=1)
@@ -50,7 +50,7 @@ class Settings(BaseModel):
     explain_max_samples: int = Field(256, ge=1)
     explain_max_cost: float = Field(1e10, gt=0, description="estimated multiply-adds of one explanation")
     graceful_timeout: int = Field(30, ge=1)
-    worker_class: str = Field("service.worker.BufferingGeventWorker", pattern=r"^[A-Za-z0-9_.]+$",
+    worker_class: str = Field("service.http_server.worker.BufferingGeventWorker", pattern=r"^[A-Za-z0-9_.]+$",
                               description="gunicorn worker class; others only for the benchmark's comparison")
     threads: int = Field(1, ge=1, le=256, description="threads per worker (gthread only)")
     version_policy: str = Field("latest:1", description="latest, latest:N, all or specific:V1,V2")

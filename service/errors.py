@@ -1,7 +1,7 @@
 """The service's one error type, its constructors, and pydantic errors in its shape. No Flask here.
 
 Everything that refuses a request raises :class:`ServiceError`: the data plane, the registry and
-every protocol codec. How it is rendered is each protocol's business (``service/error_handlers.py``
+every protocol codec. How it is rendered is each protocol's business (``service/app/error_handlers.py``
 renders it once per protocol); what it says is decided here.
 
 ``details`` is ``None`` or a list of ``{"loc", "message", "type"}`` naming the offending field in

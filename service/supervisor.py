@@ -1,6 +1,6 @@
 """``python -m service`` with gRPC on: gunicorn (HTTP) and the gRPC server processes, side by side.
 
-This process starts gunicorn and ``GRPC_WORKERS`` gRPC processes (``service/grpc_server.py``),
+This process starts gunicorn and ``GRPC_WORKERS`` gRPC processes (``service/grpc/server.py``),
 passes every signal gunicorn acts on to gunicorn and the stop signals to the gRPC processes too,
 restarts a gRPC process that dies while serving, and exits when gunicorn does: after stopping the
 gRPC processes, with gunicorn's status or, when that is 0, the first non-zero status of a gRPC
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import grpc_presence
+from service.observability import grpc_readiness
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 GUNICORN_SIGNALS = STOP_SIGNALS | {signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
@@ -84,10 +84,10 @@ def reap(next_restart: Callable[[], float | None]) -> tuple[int, int] | None:
 
 def supervise(gunicorn_argv: list[str], grpc_processes: int, state_dir: Path | None = None) -> int:
     """Run gunicorn and the gRPC processes until gunicorn ends; ``state_dir`` (``STATE_DIR``) is where
-    the gRPC processes say they serve, for HTTP's readiness (``service/grpc_presence.py``)."""
-    grpc_argv = [sys.executable, "-m", "service.grpc_server"]
+    the gRPC processes say they serve, for HTTP's readiness (``service/observability/grpc_readiness.py``)."""
+    grpc_argv = [sys.executable, "-m", "service.grpc.server"]
     if state_dir is not None:
-        grpc_presence.expect(state_dir)
+        grpc_readiness.expect(state_dir)
     backoffs = [Backoff() for _ in range(grpc_processes)]
     grpc: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
     pending: dict[int, float] = {}  # slot -> when it restarts
@@ -131,7 +131,7 @@ def supervise(gunicorn_argv: list[str], grpc_processes: int, state_dir: Path | N
                 stop_grpc()
         elif pid in grpc:
             slot, started = grpc.pop(pid)
-            grpc_presence.unmark(state_dir, pid)  # ended without saying so (killed): it serves no more
+            grpc_readiness.unmark(state_dir, pid)  # ended without saying so (killed): it serves no more
             if stopping:
                 status = status or code
             else:

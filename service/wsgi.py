@@ -1,4 +1,4 @@
-"""WSGI entry point for gunicorn: ``gunicorn -c service/gunicorn_conf.py service.wsgi:app``."""
+"""WSGI entry point for gunicorn: ``gunicorn -c service/http_server/gunicorn_conf.py service.wsgi:app``."""
 
 from service.app import create_app
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from service.batcher import GeventBatcher
-from service.costs import CostTable
-from service.registry import ModelRegistry
+from service.batching.cost_table import CostTable
+from service.batching.gevent_batcher import GeventBatcher
+from service.repository.registry import ModelRegistry
 from tests.floats import assert_probabilities_close
 
 MERGING_PAYS = CostTable((1, 2, 4, 8, 16, 32, 64), (1e-4, 1.1e-4, 1.2e-4, 1.3e-4, 1.5e-4, 2e-4, 3e-4))

@@ -1,5 +1,5 @@
 """Property tests of the data plane with hypothesis, against an oracle written here from the documented
-rules (independently of ``service/jsonio.py`` and ``service/dataplane.py``): any JSON value as ``inputs``
+rules (independently of ``protocols/json_codec.py`` and ``dataplane/dataplane.py``): any JSON value as ``inputs``
 gets exactly the status the rules give it, and a 200 only for a valid batch, with its content right."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from service import jsonio  # noqa: E402
 from service.app import create_app  # noqa: E402
-from service.dataplane import DataPlane, Limits  # noqa: E402
+from service.dataplane.dataplane import DataPlane, Limits  # noqa: E402
 from service.errors import ServiceError  # noqa: E402
-from service.jsonio import MAX_SAMPLE_DEPTH  # noqa: E402
-from service.registry import ModelRegistry  # noqa: E402
+from service.protocols import json_codec  # noqa: E402
+from service.protocols.json_codec import MAX_SAMPLE_DEPTH  # noqa: E402
+from service.repository.registry import ModelRegistry  # noqa: E402
 
 MAX_BATCH = 8
 numbers = st.one_of(st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True))
@@ -134,7 +134,7 @@ def test_the_data_plane_answers_as_the_rules_say(plane, registry, value, model):
     try:
         if not isinstance(value, list) or not value:
             return  # the envelope's rule is pydantic's, exercised through the app below
-        result = plane.infer(model, None, jsonio.to_array(value, "inputs"))
+        result = plane.infer(model, None, json_codec.to_array(value, "inputs"))
     except ServiceError as exc:
         assert exc.status in expected, (exc.status, exc.message, value)
         assert exc.message and (exc.details is None or all({"loc", "message", "type"} <= set(d) for d in exc.details))
@@ -147,17 +147,17 @@ def test_the_data_plane_answers_as_the_rules_say(plane, registry, value, model):
 @SETTINGS
 @given(value=st.one_of(json_values, near_inputs, valid_xor, valid_digits, almost_valid(), st.lists(pixels)))
 def test_the_struct_path_reads_what_the_element_walk_reads(value):
-    """``jsonio.samples`` (struct-packed rows where it can) against ``to_array`` alone: the same error,
+    """``json_codec.samples`` (struct-packed rows where it can) against ``to_array`` alone: the same error,
     or the same values (as float64: the struct path reads integers as floats)."""
     raw = json.dumps({"inputs": value}, allow_nan=True).encode()
     try:
-        expected = jsonio.to_array(value, "inputs", booleans=jsonio.count_booleans(raw) > 0)
+        expected = json_codec.to_array(value, "inputs", booleans=json_codec.count_booleans(raw) > 0)
     except ServiceError as exc:
         with pytest.raises(ServiceError) as got:
-            jsonio.samples(value, raw)
+            json_codec.samples(value, raw)
         assert (got.value.status, got.value.message, got.value.details) == (exc.status, exc.message, exc.details)
         return
-    got = jsonio.samples(value, raw)
+    got = json_codec.samples(value, raw)
     assert got.shape == expected.shape and got.dtype.kind in "iuf"
     np.testing.assert_array_equal(got.astype(np.float64), expected.astype(np.float64))
 

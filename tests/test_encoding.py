@@ -1,4 +1,4 @@
-"""The content-coding rule (service/encoding.py), transport-free: limits to the byte, codings in
+"""The content-coding rule (service/protocols/content_coding.py), transport-free: limits to the byte, codings in
 order, Accept-Encoding negotiation, and every refusal with its status."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from service import encoding
 from service.errors import ServiceError
+from service.protocols import content_coding
 
 BODY = b'{"inputs": [[0, 1], [1, 1]]}' * 50
 
@@ -28,25 +28,25 @@ def status_of(call) -> int:
     ("gzip", gzip.compress(BODY[:100]) + gzip.compress(BODY[100:])),  # two gzip members
 ])
 def test_decodes(header, data):
-    assert encoding.decode(data, header, len(BODY)) == BODY
+    assert content_coding.decode(data, header, len(BODY)) == BODY
 
 
 @pytest.mark.parametrize("coding,compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
 def test_the_limit_holds_to_the_byte(coding, compress):
     data = compress(BODY)
-    assert encoding.decode(data, coding, len(BODY)) == BODY
-    assert status_of(lambda: encoding.decode(data, coding, len(BODY) - 1)) == 413
+    assert content_coding.decode(data, coding, len(BODY)) == BODY
+    assert status_of(lambda: content_coding.decode(data, coding, len(BODY) - 1)) == 413
 
 
 def test_a_gzip_trailer_that_understates_the_size_is_stopped_by_the_stream():
     data = gzip.compress(BODY)[:-4] + (10).to_bytes(4, "little")
-    assert status_of(lambda: encoding.decode(data, "gzip", len(BODY) // 2)) == 413
+    assert status_of(lambda: content_coding.decode(data, "gzip", len(BODY) // 2)) == 413
 
 
 def test_the_limit_spans_gzip_members():
     data = gzip.compress(BODY) + gzip.compress(BODY)
-    assert encoding.decode(data, "gzip", 2 * len(BODY)) == BODY * 2
-    assert status_of(lambda: encoding.decode(data, "gzip", 2 * len(BODY) - 1)) == 413
+    assert content_coding.decode(data, "gzip", 2 * len(BODY)) == BODY * 2
+    assert status_of(lambda: content_coding.decode(data, "gzip", 2 * len(BODY) - 1)) == 413
 
 
 @pytest.mark.parametrize("header,data,status", [
@@ -56,12 +56,12 @@ def test_the_limit_spans_gzip_members():
     ("deflate", zlib.compress(BODY) + b"tail", 400), ("gzip", gzip.compress(BODY) + b"tail", 400),
 ])
 def test_refusals(header, data, status):
-    assert status_of(lambda: encoding.decode(data, header, 10 * len(BODY))) == status
+    assert status_of(lambda: content_coding.decode(data, header, 10 * len(BODY))) == status
 
 
 def test_a_refused_coding_is_named_briefly():
     with pytest.raises(ServiceError) as info:
-        encoding.decode(BODY, "br" * 100, 1000)
+        content_coding.decode(BODY, "br" * 100, 1000)
     assert info.value.message.startswith("Content-Encoding 'brbr") and "(202 characters)" in info.value.message
 
 
@@ -72,10 +72,10 @@ def test_a_refused_coding_is_named_briefly():
     ("gzip;q=bad", None),
 ])
 def test_negotiation(header, chosen):
-    assert encoding.negotiate(header) == chosen
+    assert content_coding.negotiate(header) == chosen
 
 
 @pytest.mark.parametrize("coding,decompress", [("gzip", gzip.decompress), ("deflate", zlib.decompress)])
 def test_encode_round_trips(coding, decompress):
-    assert decompress(encoding.encode(BODY, coding)) == BODY
-    assert encoding.decode(encoding.encode(BODY, coding), coding, len(BODY)) == BODY
+    assert decompress(content_coding.encode(BODY, coding)) == BODY
+    assert content_coding.decode(content_coding.encode(BODY, coding), coding, len(BODY)) == BODY

@@ -1,4 +1,4 @@
-"""The fast lane (service/fast_lane.py) answers ``/predict``, V1 ``:predict`` and V2 ``infer`` exactly as Flask
+"""The fast lane (service/app/fast_lane.py) answers ``/predict``, V1 ``:predict`` and V2 ``infer`` exactly as Flask
 would, and hands over what it must.
 
 Every case is sent twice, as the same bytes: to the app as served (the lane in front of Flask) and to
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from werkzeug.test import Client
 
-from service import exchange
 from service.app import create_app
-from service.fast_lane import FastLane
+from service.app.fast_lane import FastLane
+from service.observability import request_record
 from service.protocols import v1_http
-from service.registry import ModelRegistry
+from service.repository.registry import ModelRegistry
 
 ID = {"X-Request-ID": "fixed-id-1"}
 JSON = {"Content-Type": "application/json", **ID}
@@ -135,8 +135,8 @@ def log_line(err: str) -> dict:
 def test_the_lane_answers_as_flask_does(app, capsys, monkeypatch, path, body, headers, lane_answers):
     assert isinstance(app.wsgi_app, FastLane)
     recorded = []  # what each path counts in /metrics: endpoint (the Flask rule), method, path, model, batch, status
-    record = exchange.record
-    monkeypatch.setattr(exchange, "record", lambda *args: (recorded.append(args[1:7]), record(*args)))
+    record = request_record.record
+    monkeypatch.setattr(request_record, "record", lambda *args: (recorded.append(args[1:7]), record(*args)))
     flask_alone = app.wsgi_app.inner
     spy = Spy(flask_alone)
     lane = FastLane(spy, app.wsgi_app.plane, app.wsgi_app.max_body)

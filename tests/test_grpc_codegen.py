@@ -1,5 +1,5 @@
 """The vendored Triton protos are upstream's files unchanged, and the checked-in Python code is exactly
-what the pinned grpcio-tools makes of them (``python -m service.protocols.generate``), so neither can
+what the pinned grpcio-tools makes of them (``python -m service.grpc.stubs.generate``), so neither can
 drift. (The generated modules are not imported here: their descriptors share the file name
 ``grpc_service.proto`` with tritonclient's copy, which the integration tests import.)"""
 
@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from service.protocols import generate
+from service.grpc.stubs import generate
 
 
 def git_blob_hash(data: bytes) -> str:
@@ -23,7 +23,7 @@ def test_generated_files_are_up_to_date(tmp_path):
     for path in generate.GENERATED:
         regenerated = (tmp_path / path).read_text()
         assert regenerated == (generate.ROOT / path).read_text(), f"{path} is stale: run python -m " \
-            "service.protocols.generate"
+            "service.grpc.stubs.generate"
 
 
 @pytest.mark.parametrize("name", sorted(generate.UPSTREAM_BLOBS))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service import jsonio
 from service.app import create_app
 from service.config import Settings
-from service.dataplane import as_batch, label_indices
+from service.dataplane.dataplane import as_batch, label_indices
 from service.errors import ServiceError, validation_details
-from service.registry import ModelRegistry
-from service.schemas import ErrorResponse, GradcheckRequest
+from service.protocols import json_codec
+from service.protocols.schemas import ErrorResponse, GradcheckRequest
+from service.repository.registry import ModelRegistry
 from tests.bad_weights import ALL_KINDS, make_bad
 from tests.floats import assert_probabilities_close
 
@@ -47,7 +47,7 @@ def test_grpc_settings():
 
 def to_batch(inputs, entry):
     """What a JSON request goes through: the codec's conversion, then the data plane's checks."""
-    return as_batch(jsonio.to_array(inputs, "inputs"), entry)
+    return as_batch(json_codec.to_array(inputs, "inputs"), entry)
 
 
 def test_to_batch_accepts_flat_and_nested(registry):
@@ -85,8 +85,8 @@ def test_to_batch_errors_name_the_sample(registry, inputs, loc, words):
 def test_deep_nesting_is_refused_not_crashed():
     for depth in (50, 5000):
         with pytest.raises(ServiceError) as info:
-            body = jsonio.loads(b"[" * depth + b"0" + b"]" * depth)
-            jsonio.to_array(body, "inputs")
+            body = json_codec.loads(b"[" * depth + b"0" + b"]" * depth)
+            json_codec.to_array(body, "inputs")
         assert info.value.status in (400, 422) and "nested too deeply" in info.value.message
 
 
@@ -163,8 +163,8 @@ def test_predictions_are_independent_of_batch_composition(client, registry, mode
 UNLOAD_SCRIPT = """
 import gc, os, shutil, sys, tempfile
 from pathlib import Path
-from service.policy import VersionPolicy
-from service.registry import ModelRegistry
+from service.repository.version_policy import VersionPolicy
+from service.repository.registry import ModelRegistry
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -208,7 +208,7 @@ def test_unloaded_versions_give_their_memory_back(model_repository):
 def test_version_policies(tmp_path, model_repository, text, kind, served):
     import shutil
 
-    from service.policy import VersionPolicy
+    from service.repository.version_policy import VersionPolicy
 
     for version in (1, 2, 3):
         shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / str(version))
@@ -221,7 +221,7 @@ def test_a_model_may_set_its_own_policy_and_bad_policies_are_refused(tmp_path, m
     import json
     import shutil
 
-    from service.policy import VersionPolicy
+    from service.repository.version_policy import VersionPolicy
 
     for version in (1, 2):
         shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / str(version))
@@ -328,7 +328,7 @@ def hand_count(architecture: dict) -> tuple[int, int]:
 def test_gradcheck_cost_is_a_hand_count(registry, model):
     """Two forward passes of the batch per comparison, each about (parameters) multiply-adds per input:
     full compares every parameter; sampled and directional compare ``samples`` per parameter tensor."""
-    from service.diagnostics import gradcheck_cost
+    from service.dataplane.diagnostics import gradcheck_cost
 
     network = registry.snapshot.get(model).network
     params, tensors = hand_count(registry.snapshot.get(model).metadata["architecture"])

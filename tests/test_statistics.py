@@ -1,4 +1,4 @@
-"""Triton-style inference statistics (service/statistics.py) are summed over worker processes: real
+"""Triton-style inference statistics (service/observability/statistics.py) are summed over worker processes: real
 processes write in Prometheus's multiprocess mode, as gunicorn's workers do, and one reads them all."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 WORKER = """
 import sys, time
-from service import statistics
+from service.observability import statistics
 rec = statistics.recorder("xor", 1)
 for _ in range(int(sys.argv[1])):
     rec.succeeded(samples=3, compute_input=0.001, compute_infer=0.002, compute_output=0.0005)
@@ -24,7 +24,7 @@ def test_statistics_are_summed_over_processes(tmp_path, monkeypatch):
     for runs in (5, 7):  # two "workers", one after the other: a finished worker's counts stay
         subprocess.run([sys.executable, "-c", WORKER, str(runs)], cwd=ROOT, env=env, check=True, timeout=60)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    from service import statistics
+    from service.observability import statistics
 
     stats = statistics.read()
     assert set(stats) == {("xor", 1), ("digits", 2)}

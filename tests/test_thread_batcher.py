@@ -1,4 +1,4 @@
-"""The thread batcher's rules in-process (service/thread_batcher.py): real threads, the shipped networks,
+"""The thread batcher's rules in-process (service/batching/thread_batcher.py): real threads, the shipped networks,
 no server. A lone request runs on its caller's thread at once; requests that wait for a pass share the
 next one and each gets its own answer (the float32 policy); a failing pass fails only its own batch;
 versions never mix; rows are capped at MAX_BATCH; a request over the merge limit runs alone. The real
@@ -18,9 +18,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.costs import CostTable
-from service.registry import ModelRegistry
-from service.thread_batcher import ThreadBatcher
+from service.batching.cost_table import CostTable
+from service.batching.thread_batcher import ThreadBatcher
+from service.repository.registry import ModelRegistry
 from tests.floats import assert_probabilities_close
 from tests.test_batcher import MERGING_PAYS, Failing, executed
 
@@ -236,9 +236,9 @@ def test_passes_at_once_are_capped_at_threads_across_versions(registry, pool):
                                               ({"GRPC_BATCHING": "off"}, False)])
 def test_grpc_batching_follows_batching_unless_set(model_repository, env, batches):
     """GRPC_BATCHING decides for the gRPC processes; unset, BATCHING does (off turns off both)."""
+    from service.batching.thread_batcher import install
     from service.config import Settings
-    from service.dataplane import DataPlane, InlineRunner
-    from service.thread_batcher import install
+    from service.dataplane.dataplane import DataPlane, InlineRunner
 
     settings = Settings.from_env(env, model_dir=model_repository, grpc_threads=3)
     plane = DataPlane(ModelRegistry(model_repository).load_all())

@@ -1,7 +1,7 @@
 """A drawing (pen strokes) to the 28x28 input the MNIST model sees, the way MNIST digits were made.
 
 This docstring is the one description of the algorithm. It exists twice as code: here, for Python
-clients who hold raw strokes, and in ``service/static/drawing.js``, which the web page runs. A test
+clients who hold raw strokes, and in ``service/app/static/drawing.js``, which the web page runs. A test
 (``tests/integration/test_browser.py``) runs both on the same strokes and requires the same array to 1e-6.
 
 Input: ``strokes``, a list of strokes, each a list of ``(x, y)`` points in the drawing's own units

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.dataplane import Inference
+from service.dataplane.dataplane import Inference
 
 
 def answer(result: Inference) -> dict[str, Any]:

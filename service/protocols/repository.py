@@ -1,9 +1,9 @@
-"""Triton's model repository operations, transport-free: the REST blueprint (``service/blueprints/repository.py``)
-and the gRPC codec (``service/protocols/grpc_repository.py``) both call these.
+"""Triton's model repository operations, transport-free: the REST blueprint (``service/app/blueprints/repository.py``)
+and the gRPC codec (``service/grpc/repository.py``) both call these.
 
 ``authorize`` checks an ``Authorization`` value against ``ADMIN_TOKEN`` (401 missing, 403 wrong,
 compared in constant time and never logged); ``index`` lists what is on record; ``load`` and
-``unload`` change what every process serves through the registry's shared state (``service/repository_state.py``).
+``unload`` change what every process serves through the registry's shared state (``repository/unloaded_models.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hmac
 
 from pydantic import SecretStr
 
-from service.dataplane import DataPlane
+from service.dataplane.dataplane import DataPlane
 from service.errors import ServiceError, not_found, quote
 
 

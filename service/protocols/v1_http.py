@@ -1,5 +1,5 @@
 """TensorFlow Serving's REST predict body (KServe's V1), without a transport: what Flask's view
-(``service/blueprints/v1.py``) and the fast lane (``service/fast_lane.py``) both run.
+(``service/app/blueprints/v1.py``) and the fast lane (``service/app/fast_lane.py``) both run.
 
 ``{"instances": [...]}`` (row format, answered ``{"predictions": [...]}``) or ``{"inputs": ...}``
 (columnar, answered ``{"outputs": ...}``); rows or columns may name the one input,
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from service import jsonio
-from service.dataplane import INPUT, Inference
+from service.dataplane.dataplane import INPUT, Inference
 from service.errors import bad_request
-from service.schemas_v1 import PredictRequest
+from service.protocols import json_codec
+from service.protocols.v1_schemas import PredictRequest
 
 SIGNATURE = "serving_default"
 
@@ -35,8 +35,8 @@ class Decoded:
 def decode(raw: bytes, max_values: Callable[[], int]) -> Decoded:
     """The samples of a predict body; a :class:`ServiceError` or ``ValidationError`` for a client's
     mistake, and nothing else touched. ``max_values()`` bounds the numbers a (large) body may hold."""
-    jsonio.check_value_count(raw, max_values)
-    req = PredictRequest.model_validate(jsonio.loads(raw))
+    json_codec.check_value_count(raw, max_values)
+    req = PredictRequest.model_validate(json_codec.loads(raw))
     if req.signature_name not in (None, "", SIGNATURE):
         raise bad_request(f"unknown signature_name {req.signature_name!r}; the model has '{SIGNATURE}'")
     if (req.instances is None) == (req.inputs is None):
@@ -46,7 +46,7 @@ def decode(raw: bytes, max_values: Callable[[], int]) -> Decoded:
     tensor = named_input(req.instances if rows else req.inputs, field)
     if not isinstance(tensor, list) or not tensor:
         raise bad_request(f"'{field}' must be a non-empty list of samples")
-    return Decoded(jsonio.samples(tensor, raw, field), rows)
+    return Decoded(json_codec.samples(tensor, raw, field), rows)
 
 
 def answer(result: Inference, rows: bool) -> dict[str, Any]:

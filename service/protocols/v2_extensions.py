@@ -1,5 +1,5 @@
 """Triton's model configuration and statistics extensions, transport-free: the REST blueprint
-(``service/blueprints/v2_extensions.py``) and the gRPC codec (``service/protocols/grpc_extensions.py``)
+(``service/app/blueprints/v2_extensions.py``) and the gRPC codec (``service/grpc/extensions.py``)
 both answer with these dicts, REST as JSON and gRPC parsed into Triton's messages.
 
 The configuration is Triton's ``ModelConfig`` (model_config.proto) in its JSON form, with the fields
@@ -7,7 +7,7 @@ that hold here: the batch limit, the input and output tensors with their per-sam
 types, the version policy, one CPU instance per worker, and ``dynamic_batching`` when the process
 answering batches (its data plane's runner: the gunicorn worker's for REST, the gRPC process's for
 gRPC, so each transport reports the batching it does; ``BATCHING``, ``GRPC_BATCHING``). The statistics are
-Triton's ``ModelStatistics`` per serving version, summed over all processes (``service/statistics.py``).
+Triton's ``ModelStatistics`` per serving version, summed over all processes (``service/observability/statistics.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from model.repository import WEIGHTS_FILE
-from service.dataplane import DataPlane, TensorSpec, signature
-from service.policy import VersionPolicy
-from service.statistics import VersionStats
+from service.dataplane.dataplane import DataPlane, TensorSpec, signature
+from service.observability.statistics import VersionStats
+from service.repository.version_policy import VersionPolicy
 
 # What both V2 front-ends say of the server and its models (REST adds binary_tensor_data, its own).
 SERVER_NAME, SERVER_VERSION = "numpy-nets", "1"

@@ -1,5 +1,5 @@
 """The Open Inference Protocol's REST bodies, without a transport: what Flask's view
-(``service/blueprints/v2.py``) and the fast lane (``service/fast_lane.py``) both run.
+(``service/app/blueprints/v2.py``) and the fast lane (``service/app/fast_lane.py``) both run.
 
 :func:`decode` turns a body (a JSON header, optionally followed by the binary tensor data extension's
 raw bytes) into the validated request and its input tensor, raising a :class:`ServiceError` or
@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from service import jsonio
-from service.dataplane import INPUT, LABEL, PROBABILITIES, Inference
-from service.diagnostics import Explanation
+from service.dataplane.dataplane import INPUT, LABEL, PROBABILITIES, Inference
+from service.dataplane.diagnostics import Explanation
 from service.errors import bad_request, quote
-from service.protocols import v2_tensors
-from service.schemas import ExplainParameters
-from service.schemas_v2 import InferenceRequest, RequestInput, RequestOutput
+from service.protocols import json_codec, v2_tensors
+from service.protocols.schemas import ExplainParameters
+from service.protocols.v2_schemas import InferenceRequest, RequestInput, RequestOutput
 
 ATTRIBUTIONS, CONVERGENCE_DELTA, TARGET = "attributions", "convergence_delta", "target"
 EXPLAIN_OUTPUTS = (ATTRIBUTIONS, CONVERGENCE_DELTA)
@@ -49,8 +48,8 @@ def decode(raw: bytes, header: str | None, name: str, version: int | None,
     ``name`` (and ``version``) of the URL; ``max_values()`` bounds the numbers a body may hold (asked
     only of a large body)."""
     head, binary = split_body(raw, header)
-    jsonio.check_value_count(head, max_values)
-    req = InferenceRequest.model_validate(jsonio.loads(head))
+    json_codec.check_value_count(head, max_values)
+    req = InferenceRequest.model_validate(json_codec.loads(head))
     version = named_in_body(req, name, version)
     names = [i.name for i in req.inputs]
     explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]
@@ -59,7 +58,7 @@ def decode(raw: bytes, header: str | None, name: str, version: int | None,
         raise bad_request(f"model '{name}' takes one input named '{INPUT}' (and '{TARGET}' with an explanation "
                           f"output); the request has {quote(names)}")
     # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
-    booleans = jsonio.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
+    booleans = json_codec.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
     tensor = decode_input(next(i for i in req.inputs if i.name == INPUT), binary, booleans)
     return Decoded(req, head, version, tensor, explaining)
 
@@ -160,8 +159,8 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.nd
         raise bad_request(f"{len(binary)} bytes follow the JSON header, but no input names binary_data_size")
     if not isinstance(inp.data, list):
         raise bad_request(f"input {quote(inp.name)} has no data: send 'data' (a list) or binary_data_size")
-    fast = jsonio.floats(inp.data) if not booleans and inp.datatype.startswith("FP") else None  # float tensors
-    arr = fast if fast is not None else jsonio.to_array(inp.data, inp.name, booleans)
+    fast = json_codec.floats(inp.data) if not booleans and inp.datatype.startswith("FP") else None  # float tensors
+    arr = fast if fast is not None else json_codec.to_array(inp.data, inp.name, booleans)
     if arr.size != count:
         raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} holds {count} values, but data has {arr.size}")
     v2_tensors.check_integers(inp.name, inp.datatype, arr)
@@ -210,7 +209,7 @@ def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explan
     if req.id is not None:
         body["id"] = req.id
     body["outputs"] = outputs
-    return jsonio.dumps(body), (b"".join(tail) if tail else None)
+    return json_codec.dumps(body), (b"".join(tail) if tail else None)
 
 
 def framed(head: bytes, tail: bytes | None) -> tuple[bytes, list[tuple[str, str]]]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.dataplane import INPUT_DATATYPES
+from service.dataplane.dataplane import INPUT_DATATYPES
 from service.errors import bad_request, quote
 
 

@@ -1,4 +1,4 @@
-"""Server-side batching (service/batcher.py) in the real gunicorn server: concurrent requests share forward
+"""Server-side batching (batching/gevent_batcher.py) in the real gunicorn server: concurrent requests share forward
 passes, each still gets its own answer (float32 policy of tests/floats.py) or its own error, a batch never
 mixes model versions, a lone request is not held back, and the probes answer while big batches compute.
 

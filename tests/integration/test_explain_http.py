@@ -119,8 +119,8 @@ def test_smoothgrad_is_reproducible_by_seed(base_url, http, mnist_data):
     ({"steps": 0}, 422, "validation_error", ["steps"]),
 ])
 def test_bad_explanations_say_what_to_send(base_url, http, mnist_data, body, status, code, words):
-    from service.dataplane import Limits
-    from service.diagnostics import ExplainOptions, explain_cost
+    from service.dataplane.dataplane import Limits
+    from service.dataplane.diagnostics import ExplainOptions, explain_cost
 
     model, inputs = "mnist", inputs_of("mnist", mnist_data, n=1).tolist()
     if body.get("inputs") == "one image over the cost bound":
@@ -252,8 +252,8 @@ def test_v2_explanation_errors(base_url, http):
 def test_predict_stays_fast_while_clients_loop_on_the_largest_explanations(gunicorn_server, mnist_data):
     """Two clients loop on the largest integrated-gradients explanations the bound allows while a third
     sends /predict: at most WORKERS - 1 run (the others are told to retry), so /predict's p99 stays low."""
-    from service.dataplane import Limits
-    from service.diagnostics import ExplainOptions, explain_cost
+    from service.dataplane.dataplane import Limits
+    from service.dataplane.diagnostics import ExplainOptions, explain_cost
 
     url = gunicorn_server.url
     net, options = network("mnist"), ExplainOptions()

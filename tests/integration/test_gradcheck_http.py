@@ -83,8 +83,8 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicor
     import requests
 
     from model.io import load_model
-    from service.dataplane import Limits
-    from service.diagnostics import gradcheck_cost
+    from service.dataplane.dataplane import Limits
+    from service.dataplane.diagnostics import gradcheck_cost
 
     url = gunicorn_server.url
     network = load_model(served_weights("mnist")).network

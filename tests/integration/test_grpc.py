@@ -373,7 +373,7 @@ def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
             code = srv.proc.wait(60)
             stopped = time.monotonic() - signalled
         except subprocess.TimeoutExpired:
-            subprocess.run(["pkill", "-USR1", "-P", str(srv.proc.pid), "-f", "service.grpc_server"], check=False)
+            subprocess.run(["pkill", "-USR1", "-P", str(srv.proc.pid), "-f", "service.grpc.server"], check=False)
             time.sleep(1)
             pytest.fail(f"still running 60 s after SIGTERM:\n{srv.read_log()[-4000:]}")
         assert code == 0, srv.read_log()[-3000:]

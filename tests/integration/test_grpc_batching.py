@@ -1,4 +1,4 @@
-"""Server-side batching of gRPC calls (service/thread_batcher.py) in the real ``python -m service``: concurrent
+"""Server-side batching of gRPC calls (service/batching/thread_batcher.py) in the real ``python -m service``: concurrent
 tritonclient.grpc calls share forward passes (seen in ``nn_batch_size{kind="executed"}``), each answer
 equals /predict's to the float32 policy, a lone call runs alone, and Triton's ModelConfig over gRPC says
 what the gRPC process does (``GRPC_BATCHING``) while REST's says what the HTTP workers do.

@@ -129,7 +129,7 @@ def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
 
 def test_sigterm_while_a_worker_boots_still_stops_the_server(tmp_path):
     """gunicorn lost a SIGTERM that reached a worker before its handlers were installed (the worker
-    then served on for good); service.worker.catch_early_stop honours it."""
+    then served on for good); service.http_server.worker.catch_early_stop honours it."""
     for attempt in range(3):
         server = LocalServer(tmp_path / str(attempt))
         deadline = time.monotonic() + 60

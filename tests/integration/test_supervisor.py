@@ -103,7 +103,7 @@ def test_a_stop_during_a_restart_delay_stops_at_once(tmp_path):
 
 
 def grpc_pids(srv: LocalServer) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(srv.proc.pid), "-f", "service.grpc_server"], capture_output=True,
+    out = subprocess.run(["pgrep", "-P", str(srv.proc.pid), "-f", "service.grpc.server"], capture_output=True,
                          text=True).stdout
     return [int(p) for p in out.split()]
 

@@ -1,5 +1,5 @@
 """Many large uploads that stall cost the server bounded memory and its other clients nothing
-(service/buffering.py); ``make stress`` runs the same scenario at 100 connections."""
+(service/http_server/request_body.py); ``make stress`` runs the same scenario at 100 connections."""
 
 from __future__ import annotations
 

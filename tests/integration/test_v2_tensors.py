@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from service.dataplane import INPUT_DATATYPES
+from service.dataplane.dataplane import INPUT_DATATYPES
 
 http = pytest.importorskip("tritonclient.http")
 

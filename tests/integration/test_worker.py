@@ -1,4 +1,4 @@
-"""What the gevent worker adds (service/worker.py), each shown on a server of our own where it matters:
+"""What the gevent worker adds (service/http_server/worker.py), each shown on a server of our own where it matters:
 connections take turns, and a graceful stop does not wait for idle keep-alive connections.
 
 Both are judged by ratios and wide margins, not by a clock: they hold on a slow or busy machine."""
@@ -150,7 +150,7 @@ def answer_of(sock: socket.socket) -> tuple[list[bytes], bytes]:
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_answers_written_by_the_worker_keep_gunicorns_connection_rules(base_url, version):
-    """The fast lane's answers are written by the worker (service/direct_answer.py): the same default
+    """The fast lane's answers are written by the worker (service/http_server/response_writer.py): the same default
     headers as gunicorn's (Server, Date, Connection), keep-alive until the client says close, and an
     HTTP/1.0 client without keep-alive gets its answer and a closed connection."""
     raw = raw_request("/predict", MNIST_ONE).replace(b"HTTP/1.1", f"HTTP/{version}".encode())

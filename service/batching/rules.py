@@ -1,0 +1,143 @@
+"""The batching rules both batchers share, free of any transport or concurrency library.
+
+Two front-ends, one request path: the gunicorn worker's batcher (``service/batching/gevent_batcher.py``, greenlets)
+and the gRPC process's (``service/batching/thread_batcher.py``, threads) differ only in how requests wait and
+wake. What a batch is and how it runs is decided here, once:
+
+* a cost table per loaded model version (``service/batching/cost_table.py``), measured on first use, held by
+  weak reference so an unloaded version's table goes with it;
+* :func:`take`: the queue's head, whole requests, up to ``MAX_BATCH`` rows;
+* :func:`execute`: one merged pass or one pass per request, whichever the table says is cheaper,
+  where a failing pass fails only the requests in it;
+* :meth:`BatchPolicy.describe`: the batching state ``GET /models/{m}`` and Triton's configuration show;
+* :func:`record`: the queue-time and executed-batch-size metrics of one pass.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.batching.cost_table import CostTable
+from service.observability import metrics
+from service.repository.model_version import ModelVersion
+
+
+@dataclass(eq=False)  # compared by identity (its rows are an array)
+class Pending:
+    """One request's rows in a queue, and what it is given back."""
+
+    rows: np.ndarray
+    # How the request is woken (the batcher's own kind of event). Only a request that joins a busy queue
+    # waits: the one that finds it idle runs at once and is never woken (so it is not given one to allocate)
+    wake: Any = None
+    enqueued: float = field(default_factory=time.perf_counter)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+    batch: list[Pending] | None = None  # handed to a waiter that is to lead (the thread batcher)
+
+
+class BatchPolicy:
+    """What a batcher knows besides its queues: the limits, and the cost table of every version."""
+
+    delay: float = 0.0  # seconds a batch may wait to grow (Triton's max_queue_delay); 0: opportunistic
+    preferred: tuple[int, ...] = ()
+
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self.tables: dict[int, tuple[weakref.ref, CostTable]] = {}  # id(entry) -> cost table
+
+    def table(self, entry: ModelVersion) -> CostTable:
+        """The version's cost table, measured on first use (and by :meth:`warm` at start)."""
+        known = self.tables.get(id(entry))
+        if known is not None and known[0]() is entry:
+            return known[1]
+        table = CostTable.measure(entry.network, int(np.prod(entry.input_shape)), entry.dtype)
+        self.tables = {k: v for k, v in self.tables.items() if v[0]() is not None}  # unloaded versions go
+        self.tables[id(entry)] = (weakref.ref(entry), table)
+        return table
+
+    def warm(self, entries: list[ModelVersion]) -> None:
+        for entry in entries:
+            self.table(entry)
+
+    def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
+        """The batching state of these versions, for ``GET /models/{m}`` (and Triton's configuration)."""
+        tables = {}
+        for entry in entries:
+            known = self.tables.get(id(entry))
+            if known is not None and known[0]() is entry:
+                tables[str(entry.version)] = {"merge_limit": known[1].merge_limit,
+                                              "forward_us_by_rows": known[1].as_dict()}
+        return {"enabled": True, "mode": "opportunistic" if not self.delay else "queue delay",
+                "max_batch_size": self.max_batch, "max_queue_delay_microseconds": round(self.delay * 1e6),
+                "preferred_batch_size": list(self.preferred), "versions": tables}
+
+
+def take(items: list[Pending], max_batch: int, merge_limit: int | None = None) -> tuple[list[Pending], int]:
+    """Pop the head of ``items``: whole requests, up to ``max_batch`` rows (the first is always taken).
+
+    With ``merge_limit``, a request over it is taken only alone (it goes straight to the model, as
+    merging would save nothing). Returns the requests taken and their rows.
+    """
+    taken: list[Pending] = []
+    rows = 0
+    while items and (not taken or rows + len(items[0].rows) <= max_batch):
+        if taken and merge_limit is not None and len(items[0].rows) > merge_limit:
+            break  # a large request waits for a pass of its own
+        item = items.pop(0)
+        taken.append(item)
+        rows += len(item.rows)
+        if merge_limit is not None and len(item.rows) > merge_limit:
+            break  # it was the first: alone
+    return taken, rows
+
+
+Forward = Callable[[np.ndarray, Sequence[Pending]], np.ndarray]  # (rows, the requests in them) -> probabilities
+
+
+def execute(taken: list[Pending], table: CostTable, forward: Forward) -> None:
+    """Run ``taken``: one merged pass, or one pass per request, whichever the cost table says is cheaper.
+
+    Each request gets its own rows of the answer in ``result``, or the failure of the pass it was in
+    in ``error``: a failing pass fails only its own requests, the other passes go on. Waking the
+    requests is the caller's (the batcher's own kind of event), after this returns or raises.
+    """
+    groups = [taken] if table.merge_pays([len(i.rows) for i in taken]) else [[i] for i in taken]
+    try:
+        for group in groups:
+            try:
+                rows = group[0].rows if len(group) == 1 else np.concatenate([i.rows for i in group])
+                probabilities = forward(rows, group)
+            except Exception as exc:  # this pass only: the other groups and queued requests go on
+                for item in group:
+                    item.error = exc
+                continue
+            start = 0
+            for item in group:
+                item.result = probabilities[start:start + len(item.rows)]
+                start += len(item.rows)
+    finally:
+        for item in taken:
+            if item.result is None and item.error is None:  # the leader was killed mid-way (a stop)
+                item.error = RuntimeError("the batch this request was in was interrupted")
+
+
+def record(entry: ModelVersion, rows: int, enqueued: Sequence[float]) -> None:
+    """One pass about to run: each request's time in the queue, and the pass's rows."""
+    now = time.perf_counter()
+    for t in enqueued:
+        metrics.observe_queue(entry.name, now - t)
+    metrics.observe_executed(entry.name, rows)
+
+
+def outcome(item: Pending) -> np.ndarray:
+    """A request's answer, or its pass's failure raised."""
+    if item.error is not None:
+        raise item.error
+    return item.result

@@ -1,0 +1,134 @@
+"""One gRPC server process: ``python -m service.grpc.server`` (started by ``python -m service``).
+
+Why processes of their own (the README's "gRPC" section has the measurement): grpcio runs its
+handlers on real threads and blocks in its C core, which a gevent-patched gunicorn worker cannot
+host without stalling its event loop. So ``GRPC_WORKERS`` processes (default ``WORKERS``) each
+run a grpcio server, all bound to ``GRPC_PORT`` with
+``SO_REUSEPORT`` so the kernel spreads connections over them and every core serves. Each loads
+the same repository with the same policy and rescans it every ``MODEL_POLL_SECONDS`` (and at once
+when the repository API's shared state changes), writes its metrics and statistics beside the HTTP
+workers' (so ``/metrics`` and the statistics sum them), and serves the standard
+``grpc.health.v1`` service. SIGTERM: health says NOT_SERVING, new calls are refused, calls in
+flight finish within ``GRACEFUL_TIMEOUT``, a stream's requests in flight too (its next one is refused
+and ends it UNAVAILABLE; one left idle is cancelled after a second), exit 0.
+
+Threads: a call holds a thread of the pool from the moment the server takes it (``GRPC_MAX_CALLS``
+of them; more at once are refused with RESOURCE_EXHAUSTED), and ``GRPC_THREADS`` forward passes run
+at once; with ``GRPC_BATCHING`` the calls waiting for one share the next pass
+(``batching/thread_batcher.py``). A call queued for a free pool thread instead would be cancelled by grpcio's stop,
+not drained (seen in tests/integration/test_grpc.py's SIGTERM test); waiting inside the handler,
+it finishes.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import multiprocess
+
+from service.batching.thread_batcher import install as install_batcher
+from service.config import Settings
+from service.dataplane.dataplane import DataPlane, Limits
+from service.grpc.calls import SERVICE
+from service.grpc.servicer import InferenceServicer
+from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
+from service.observability import grpc_readiness
+from service.observability.logs import JSONFormatter
+from service.repository.registry import ModelRegistry
+from service.repository.version_policy import VersionPolicy
+from service.repository.watcher import watch
+
+log = logging.getLogger("service.grpc")
+STREAM_GRACE = 1.0  # seconds an idle ModelStreamInfer stream is given at a stop before it is cancelled
+
+
+def build_plane(settings: Settings) -> DataPlane:
+    """The data plane as the HTTP app builds it (service/app.py), on the same repository and state."""
+    registry = ModelRegistry(settings.model_dir, VersionPolicy.parse(settings.version_policy),
+                             settings.model_settle_seconds,
+                             settings.state_dir / "repository.json" if settings.state_dir else None)
+    registry.counts_failures = False  # the HTTP side counts them (service/repository/model_version.py)
+    plane = DataPlane(registry.load_all(), Limits.from_settings(settings))
+    install_batcher(plane, settings)  # GRPC_BATCHING: concurrent calls share passes (batching/thread_batcher.py)
+    return plane
+
+
+class GRPCServer:
+    """A started grpcio server over a data plane, its health service and its repository watcher."""
+
+    def __init__(self, settings: Settings, plane: DataPlane) -> None:
+        self.settings, self.plane = settings, plane
+        self.stopping = threading.Event()
+        self.server = grpc.server(ThreadPoolExecutor(settings.grpc_max_calls, thread_name_prefix="grpc"),
+                                  maximum_concurrent_rpcs=settings.grpc_max_calls, options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", settings.max_body_bytes),  # MAX_BODY_BYTES, as over HTTP
+            ("grpc.max_send_message_length", -1),
+        ])
+        self.servicer = InferenceServicer(plane, settings.grpc_threads, settings.admin_token, settings.workers)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            bound = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where it once returned 0 (port taken without SO_REUSEPORT, say)
+            bound = 0
+        if bound == 0:
+            raise SystemExit(f"cannot listen on {address} (in use by another program, or not allowed)")
+        self.server.start()
+        self.set_health()
+        grpc_readiness.mark(settings.state_dir)  # HTTP's /readyz counts this process as serving
+        self.watcher = threading.Thread(target=watch, name="repository", daemon=True, args=(
+            plane.registry, settings.model_poll_seconds, self.stopping.wait, self.set_health))
+        self.watcher.start()
+
+    def set_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.plane.readiness()[0] else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE):
+            self.health.set(service, status)
+
+    def stop(self) -> None:
+        """Refuse new calls, let those in flight finish (GRACEFUL_TIMEOUT at most in all)."""
+        deadline = time.monotonic() + self.settings.graceful_timeout
+        grpc_readiness.unmark(self.settings.state_dir)
+        self.stopping.set()
+        self.health.enter_graceful_shutdown()
+        self.servicer.drain(deadline)
+        # Nothing is in flight now, and a call that comes is refused at once; what grpcio still holds is
+        # streams waiting for their next request, which a second's grace lets their clients close.
+        self.server.stop(grace=min(STREAM_GRACE, max(0.1, deadline - time.monotonic()))).wait()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr (a stuck stop)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = GRPCServer(settings, build_plane(settings))
+    log.info("gRPC serving on %s:%d (pid %d)", settings.host, settings.grpc_port, os.getpid())
+    # With a timeout: a process-directed signal may be taken by one of grpcio's threads, and Python runs
+    # its handler only when the main thread next runs bytecode (an untimed wait hung for good, 1 stop in 5).
+    while not stop.wait(0.2):
+        pass
+    server.stop()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())
+    log.info("gRPC server stopped (pid %d)", os.getpid())
+
+
+if __name__ == "__main__":
+    main()

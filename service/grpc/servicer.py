@@ -1,0 +1,163 @@
+"""The Open Inference Protocol over gRPC (Triton's ``inference.GRPCInferenceService``), a codec of the data plane.
+
+The same models, versions, limits and rules as the REST codec (``service/protocols/v2_http.py``): the
+tensor rules are shared (``service/protocols/v2_tensors.py``), everything else is the data plane's.
+An input's values come either in ``contents`` (the typed field of its datatype) or, for every input at
+once, in ``raw_input_contents``; outputs always come back in ``raw_output_contents`` (as Triton sends
+them). With no outputs named, every output is returned (the protocol's rule). Errors are gRPC status
+codes as Triton gives them (``service/grpc/calls.py``): NOT_FOUND (unknown model or
+version), INVALID_ARGUMENT (a client mistake), RESOURCE_EXHAUSTED (over MAX_BATCH; the message size
+limit is grpcio's own), UNAVAILABLE (a version that failed to load). The repository RPCs are
+``grpc_repository.py``'s, configuration and statistics ``grpc_extensions.py``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+from pydantic import SecretStr
+
+from service.batching.thread_batcher import ThreadBatcher
+from service.dataplane.dataplane import INPUT, LABEL, PROBABILITIES, DataPlane, signature
+from service.errors import ServiceError, bad_request, quote
+from service.grpc.calls import METHOD_PREFIX, Calls, answers, model_name, version_of
+from service.grpc.extensions import ExtensionRPCs, NotServedRPCs
+from service.grpc.repository import RepositoryRPCs
+from service.grpc.stubs import grpc_service_pb2 as pb
+from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
+from service.protocols import v2_tensors
+from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
+
+STREAM_ENDPOINT = f"{METHOD_PREFIX}ModelStreamInfer"
+# Which typed field of InferTensorContents carries each input datatype.
+CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
+            "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+            "UINT32": "uint_contents", "UINT64": "uint64_contents"}
+
+
+class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_grpc.GRPCInferenceServiceServicer):
+    """Triton's V2 gRPC service over one data plane: health, metadata and inference here, the rest mixed in."""
+
+    def __init__(self, plane: DataPlane, running: int = 1, admin_token: SecretStr | None = None,
+                 instances: int = 1) -> None:
+        Calls.__init__(self, plane)
+        self.admin_token, self.instances = admin_token, instances
+        # GRPC_THREADS forward passes at once: the thread batcher's own slots when it is the runner (a
+        # semaphore around the whole call would keep the calls it merges from ever meeting); else here
+        self.running = contextlib.nullcontext() if isinstance(plane.runner, ThreadBatcher) else \
+            threading.BoundedSemaphore(running)
+
+    @answers
+    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @answers
+    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.readiness()[0])
+
+    @answers
+    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
+        """Triton's answer: ready false, not an error, for a model or version it does not have."""
+        try:
+            ready = self.plane.is_ready(model_name(request.name), version_of(request.version))
+        except ServiceError as exc:
+            if exc.status != 404:
+                raise
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
+
+    @answers
+    def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                       context: grpc.ServicerContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS))
+
+    @answers
+    def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                      context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
+        version = version_of(request.version)
+        entry = self.plane.resolve(model_name(request.name), version)
+        versions = [version] if version is not None else self.plane.ready_versions(request.name)
+        inputs, outputs = signature(entry)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=request.name, versions=[str(v) for v in versions], platform=PLATFORM,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in outputs])
+
+    @answers
+    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        return self.infer(request)
+
+    def ModelStreamInfer(self, requests: Iterator[pb.ModelInferRequest],
+                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
+        """Triton's stream: one answer per request, in order; a request's error is its answer's
+        ``error_message`` and the stream goes on (tritonclient's callback gets it as the error). Each
+        request is a call of its own (limits, batching, metrics under this RPC); after SIGTERM the
+        stream ends UNAVAILABLE once a request arrives."""
+        for request in requests:
+            try:
+                response = self.attempt(STREAM_ENDPOINT, request, self.infer, request)
+            except ServiceError as exc:
+                if exc.status == 503 and exc.code == "stopping":
+                    context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
+                yield pb.ModelStreamInferResponse(error_message=exc.message)
+                continue
+            asked = request.parameters.get("triton_enable_empty_final_response")  # .get: [] would add the key
+            if asked is not None and asked.bool_param:
+                # as Triton marks the last answer to a request (a model here gives one answer per request)
+                response.parameters["triton_final_response"].bool_param = True
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        name, version = model_name(request.model_name), version_of(request.model_version)
+        names = [i.name for i in request.inputs]
+        if names != [INPUT]:
+            raise bad_request(f"model '{name}' takes one input named '{INPUT}'; the request has "
+                              f"{quote(names)}")
+        wanted = [o.name for o in request.outputs] or [PROBABILITIES, LABEL]
+        unknown = [n for n in wanted if n not in (PROBABILITIES, LABEL)]
+        if unknown or len(set(wanted)) != len(wanted):
+            raise bad_request(f"outputs {quote(wanted)}: the model gives '{PROBABILITIES}' and '{LABEL}', each once")
+        tensor = decode_input(request)
+        with self.running:
+            result = self.plane.infer(name, version, tensor, field=INPUT)
+        response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
+        for name in wanted:
+            if name == PROBABILITIES:
+                probabilities = np.ascontiguousarray(result.probabilities, dtype="<f4")
+                response.outputs.add(name=name, datatype="FP32", shape=list(probabilities.shape))
+                response.raw_output_contents.append(probabilities.tobytes())
+            else:
+                labels = result.predicted()
+                response.outputs.add(name=name, datatype="BYTES", shape=[len(labels)])
+                response.raw_output_contents.append(v2_tensors.pack_bytes(labels))
+        return response
+
+
+def decode_input(request: pb.ModelInferRequest) -> np.ndarray:
+    """The one input's tensor, from ``raw_input_contents`` or from its typed ``contents``."""
+    inp = request.inputs[0]
+    shape = list(inp.shape)
+    dtype = v2_tensors.input_dtype(inp.name, inp.datatype)
+    count = v2_tensors.element_count(inp.name, shape)
+    sent = [field.name for field, _ in inp.contents.ListFields()]
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1 or sent:
+            raise bad_request(f"raw_input_contents must hold one entry per input ({len(request.inputs)}) and the "
+                              "inputs no contents")
+        return v2_tensors.from_raw(inp.name, inp.datatype, shape, request.raw_input_contents[0])
+    field = CONTENTS[inp.datatype]
+    if sent not in ([field], []):
+        raise bad_request(f"input {quote(inp.name)} is {inp.datatype}: send its values in contents.{field}")
+    values = getattr(inp.contents, field)
+    if len(values) != count:
+        raise bad_request(f"input {quote(inp.name)}: shape {shape} holds {count} values, but contents has "
+                          f"{len(values)}")
+    arr = np.asarray(values, dtype=np.float64 if field.startswith("fp") else None)
+    v2_tensors.check_integers(inp.name, inp.datatype, arr)
+    return arr.astype(dtype, copy=False).reshape(shape)
+

@@ -1,0 +1,48 @@
+"""Connections waiting for a request head (a first one, or the next on a kept-alive connection).
+
+Each wait is bounded by ``KEEPALIVE`` (gunicorn's own rule; the connection is then closed quietly).
+Waiting connections may hold at most 90% of ``WORKER_CONNECTIONS``: past that the one waiting
+longest is closed (as nginx does with keep-alive connections), so idle and silent clients can never
+fill the worker and leave a new client queued for ``KEEPALIVE`` seconds. On a graceful stop every
+wait ends at once instead of holding the stop for its keep-alive time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+
+IDLE_SHARE = 0.9  # of worker_connections, at most, waiting idle for a next (or first) request head
+
+
+class IdleConnections:
+    """The waits of one worker, oldest first (one event loop: no locks)."""
+
+    def __init__(self, worker_connections: int) -> None:
+        self.waits: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait
+        self.limit = max(1, int(IDLE_SHARE * worker_connections))
+
+    @contextlib.contextmanager
+    def waiting(self, seconds: float) -> Iterator[None]:
+        """While the current greenlet's connection waits for a request head, for at most ``seconds``
+        (0 on stop: a connection answered just before the signal was not yet waiting when it came)."""
+        me = gevent.getcurrent()
+        wait = gevent.Timeout(seconds, False)
+        if len(self.waits) >= self.limit:  # near worker_connections: the longest-waiting one goes
+            oldest = next(iter(self.waits))
+            gevent.kill(oldest, self.waits.pop(oldest))
+        self.waits[me] = wait
+        try:
+            with wait:
+                yield
+        finally:
+            self.waits.pop(me, None)
+
+    def close_all(self) -> None:
+        """End each wait as if KEEPALIVE had run out: gunicorn then closes the connection quietly
+        (closing the socket under the waiting greenlet logged a traceback each)."""
+        for greenlet, wait in list(self.waits.items()):
+            gevent.kill(greenlet, wait)

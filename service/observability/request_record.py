@@ -1,0 +1,31 @@
+"""What every HTTP exchange gets, whether Flask dispatched it or the fast lane answered it: a request
+id, its metrics and its one log line. One home, asked by ``service/app.py``'s hooks and by
+``service/app/fast_lane.py``."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from service.observability import metrics
+from service.observability.logs import log_request
+from service.repository.snapshot import Snapshot
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(supplied: str | None) -> str:
+    """The client's ``X-Request-ID`` if it is a safe token, else 32 random hex digits (as ``uuid4().hex``,
+    without building a UUID object each request)."""
+    return supplied if supplied and REQUEST_ID.match(supplied) else os.urandom(16).hex()
+
+
+def record(snapshot: Snapshot, endpoint: str, method: str, path: str, model: str | None, batch_size: int | None,
+           status: int, elapsed: float, rid: str) -> None:
+    """Count the request in ``/metrics`` (not a scrape of ``/metrics`` itself) and write its log line."""
+    if endpoint != "/metrics":
+        # a label value only for a model on record: a client naming others makes no new series
+        known = model if not model or snapshot.knows(model) else metrics.UNKNOWN_MODEL
+        metrics.observe_request(endpoint, known or "", status, elapsed)
+    log_request({"method": method, "path": path, "model": model, "batch_size": batch_size, "status": status,
+                 "latency_ms": round(elapsed * 1000, 3), "request_id": rid})
