@@ -40,8 +40,10 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock re
 serve: $(VENV)/.runtime
 	$(BIN)/python -m service
 
+# ruff, then the architecture's contract (import-linter: the layers in pyproject.toml's [tool.importlinter])
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest

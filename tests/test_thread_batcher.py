@@ -236,14 +236,13 @@ def test_passes_at_once_are_capped_at_threads_across_versions(registry, pool):
                                               ({"GRPC_BATCHING": "off"}, False)])
 def test_grpc_batching_follows_batching_unless_set(model_repository, env, batches):
     """GRPC_BATCHING decides for the gRPC processes; unset, BATCHING does (off turns off both)."""
-    from service.batching.thread_batcher import install
     from service.config import Settings
-    from service.dataplane.dataplane import DataPlane, InlineRunner
+    from service.dataplane.dataplane import InlineRunner
+    from service.grpc.server import build_plane
 
     settings = Settings.from_env(env, model_dir=model_repository, grpc_threads=3)
-    plane = DataPlane(ModelRegistry(model_repository).load_all())
-    batcher = install(plane, settings)
-    assert settings.grpc_batches is batches and (batcher is plane.runner) is batches
+    plane = build_plane(settings)
+    assert settings.grpc_batches is batches and isinstance(plane.runner, ThreadBatcher) is batches
     if not batches:
         assert isinstance(plane.runner, InlineRunner) and plane.describe("mnist")["batching"]["enabled"] is False
         return

@@ -144,16 +144,3 @@ class GeventBatcher(BatchPolicy):
             self.hand_on(key, queue)
 
     outcome = staticmethod(rules.outcome)
-
-
-def install(plane, settings, alone: Callable[[], bool] = lambda: False) -> GeventBatcher | None:
-    """In a gunicorn worker, after fork: the data plane's runner becomes a batcher (``BATCHING=on``),
-    with a cost table measured for every loaded version before the first request; ``alone()`` says
-    whether the worker holds one connection only (``service/http_server/worker.py`` counts them)."""
-    if not settings.batching:
-        return None
-    batcher = GeventBatcher(settings.max_batch, settings.max_queue_delay_microseconds,
-                            settings.preferred_batch_sizes(), alone)
-    batcher.warm([entry for versions in plane.registry.snapshot.serving.values() for entry in versions.values()])
-    plane.runner = batcher
-    return batcher

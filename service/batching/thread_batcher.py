@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +32,6 @@ from service.batching import rules
 from service.batching.cost_table import CostTable
 from service.batching.rules import BatchPolicy, Pending
 from service.repository.model_version import ModelVersion
-
-if TYPE_CHECKING:
-    from service.config import Settings
-    from service.dataplane.dataplane import DataPlane
 
 
 @dataclass(eq=False)
@@ -120,14 +116,3 @@ class ThreadBatcher(BatchPolicy):
 
     def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
         return {**super().describe(entries), "threads": self.threads}
-
-
-def install(plane: DataPlane, settings: Settings) -> ThreadBatcher | None:
-    """In a gRPC process: the data plane's runner becomes a thread batcher (``GRPC_BATCHING``), with a
-    cost table measured for every loaded version before the first call."""
-    if not settings.grpc_batches:
-        return None
-    batcher = ThreadBatcher(settings.max_batch, settings.grpc_threads)
-    batcher.warm([entry for versions in plane.registry.snapshot.serving.values() for entry in versions.values()])
-    plane.runner = batcher
-    return batcher

@@ -89,8 +89,12 @@ class Inference:
 
 
 class Runner(Protocol):
-    """What runs a validated batch on a model version: inline here, batched in the gunicorn worker
-    (``service/batching/gevent_batcher.py``, installed after fork); the data plane never knows which."""
+    """What runs a validated batch on a model version: inline here, or a batcher the front end chooses
+    (``service/batching/``: the HTTP worker's after fork, the gRPC process's at start), handed over by
+    :meth:`DataPlane.serve_with`; the data plane never knows which."""
+
+    def warm(self, entries: list[ModelVersion]) -> None:
+        """Prepare for these versions before their first request (a batcher measures its cost tables)."""
 
     def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
         """(rows, features) of ``entry.dtype`` -> (rows, classes) probabilities."""
@@ -101,6 +105,9 @@ class Runner(Protocol):
 
 class InlineRunner:
     """One forward pass per request, on the caller's thread (tests, ``flask run``, ``BATCHING=off``)."""
+
+    def warm(self, entries: list[ModelVersion]) -> None:
+        return None
 
     def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
         metrics.observe_executed(entry.name, len(batch))
@@ -117,6 +124,11 @@ class DataPlane:
         self.registry = registry
         self.limits = limits or Limits()
         self.runner: Runner = runner or InlineRunner()
+
+    def serve_with(self, runner: Runner) -> None:
+        """Run every inference through ``runner`` from now on, warmed on every version serving now."""
+        runner.warm([entry for versions in self.registry.snapshot.serving.values() for entry in versions.values()])
+        self.runner = runner
 
     # -- metadata ---------------------------------------------------------------------------
     def model_names(self) -> list[str]:

@@ -34,7 +34,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 
-from service.batching.thread_batcher import install as install_batcher
+from service.batching.thread_batcher import ThreadBatcher
 from service.config import Settings
 from service.dataplane.dataplane import DataPlane, Limits
 from service.grpc.calls import SERVICE
@@ -51,13 +51,14 @@ STREAM_GRACE = 1.0  # seconds an idle ModelStreamInfer stream is given at a stop
 
 
 def build_plane(settings: Settings) -> DataPlane:
-    """The data plane as the HTTP app builds it (service/app.py), on the same repository and state."""
+    """The data plane as the HTTP app builds it (``service/app/__init__.py``), on the same repository and state."""
     registry = ModelRegistry(settings.model_dir, VersionPolicy.parse(settings.version_policy),
                              settings.model_settle_seconds,
                              settings.state_dir / "repository.json" if settings.state_dir else None)
     registry.counts_failures = False  # the HTTP side counts them (service/repository/model_version.py)
     plane = DataPlane(registry.load_all(), Limits.from_settings(settings))
-    install_batcher(plane, settings)  # GRPC_BATCHING: concurrent calls share passes (batching/thread_batcher.py)
+    if settings.grpc_batches:  # GRPC_BATCHING: concurrent calls share passes (batching/thread_batcher.py)
+        plane.serve_with(ThreadBatcher(settings.max_batch, settings.grpc_threads))
     return plane
 
 

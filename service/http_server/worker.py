@@ -36,7 +36,7 @@ from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 from service.app.fast_lane import FastLane
-from service.batching.gevent_batcher import install as install_batcher
+from service.batching.gevent_batcher import GeventBatcher
 from service.config import Settings
 from service.http_server import gc_freeze, response_writer
 from service.http_server.background import BackgroundThread
@@ -91,9 +91,12 @@ class BufferingGeventWorker(GeventWorker):
         app = self.wsgi
         extensions = getattr(app, "extensions", {})
         plane, diagnostics = extensions.get("dataplane"), extensions.get("diagnostics")
+        settings = self.settings
         if plane is not None:
-            install_batcher(plane, self.settings, alone=lambda: self.connections <= 1)
-            gevent.spawn(watch, plane.registry, self.settings.model_poll_seconds, self.sleep)
+            if settings.batching:  # BATCHING: concurrent requests share forward passes
+                plane.serve_with(GeventBatcher(settings.max_batch, settings.max_queue_delay_microseconds,
+                                               settings.preferred_batch_sizes(), lambda: self.connections <= 1))
+            gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep)
         if diagnostics is not None:
             diagnostics.run = BackgroundThread().run
         self.lane = FastLane.of(app)

@@ -1,15 +1,23 @@
 """What every HTTP exchange gets, whether Flask dispatched it or the fast lane answered it: a request
-id, its metrics and its one log line. One home, asked by ``service/app.py``'s hooks and by
-``service/app/fast_lane.py``."""
+id, its metrics and its one log line. One home, asked by the app's hooks (``service/app/hooks.py``)
+and by the fast lane (``service/app/fast_lane.py``)."""
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Protocol
 
 from service.observability import metrics
 from service.observability.logs import log_request
-from service.repository.snapshot import Snapshot
+
+
+class Catalogue(Protocol):
+    """What serves (``service/repository/snapshot.py``'s ``Snapshot``), as far as a record asks."""
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model on record (serving or failed)."""
+
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -20,7 +28,7 @@ def request_id(supplied: str | None) -> str:
     return supplied if supplied and REQUEST_ID.match(supplied) else os.urandom(16).hex()
 
 
-def record(snapshot: Snapshot, endpoint: str, method: str, path: str, model: str | None, batch_size: int | None,
+def record(snapshot: Catalogue, endpoint: str, method: str, path: str, model: str | None, batch_size: int | None,
            status: int, elapsed: float, rid: str) -> None:
     """Count the request in ``/metrics`` (not a scrape of ``/metrics`` itself) and write its log line."""
     if endpoint != "/metrics":
