@@ -97,10 +97,10 @@ BUGS = [
                ("tests/test_thread_batcher.py::test_rows_are_capped_at_max_batch_and_large_requests_run_alone",),
                "a queued request over the cost table's merge limit joins a merged pass"),
     PlantedBug("thread_batch_mixes_versions", "service/batching/thread_batcher.py",
-               "                key = id(entry)\n                lane = self.lanes.get(key)\n"
-               "                if lane is None or lane.entry is not entry:",
-               "                key = entry.name\n                lane = self.lanes.get(key)\n"
-               "                if lane is None:",
+               "                key = id(entry)\n                queue = self.queues.get(key)\n"
+               "                if queue is None or queue.entry is not entry:",
+               "                key = entry.name\n                queue = self.queues.get(key)\n"
+               "                if queue is None:",
                ("tests/test_thread_batcher.py::test_two_loads_of_one_version_never_share_a_pass",),
                "the thread batcher queues by model name: two loads of one version share a pass"),
     PlantedBug("thread_pass_fails_all", "service/batching/rules.py",

@@ -60,7 +60,7 @@ def with_table(batcher: ThreadBatcher, entry, table: CostTable = MERGING_PAYS) -
 
 def queued(batcher: ThreadBatcher) -> int:
     with batcher.lock:
-        return sum(len(lane.items) for lane in batcher.lanes.values())
+        return sum(len(queue.items) for queue in batcher.queues.values())
 
 
 def crowd(batcher: ThreadBatcher, calls: list[tuple], gate: Gated, pool: ThreadPoolExecutor) -> list:
@@ -82,7 +82,7 @@ def crowd(batcher: ThreadBatcher, calls: list[tuple], gate: Gated, pool: ThreadP
             time.sleep(0.001)
     gate.gate.set()
     results = [f.result(timeout=60) for f in futures]
-    assert not batcher.lanes and batcher.running == 0  # nothing left waiting, every slot free
+    assert not batcher.queues and batcher.running == 0  # nothing left waiting, every slot free
     return results
 
 
@@ -107,7 +107,7 @@ def test_a_lone_request_runs_at_once_on_its_callers_thread(registry):
     for _ in range(3):
         assert_probabilities_close(batcher.run(entry, x), registry.snapshot.get("digits").network.predict_proba(x))
     assert gate.passes == [(1, threading.get_ident())] * 3  # no other thread, no wait
-    assert not batcher.lanes and batcher.running == 0
+    assert not batcher.queues and batcher.running == 0
     assert np.subtract(executed("digits"), before).tolist() == [3, 3]
 
 
@@ -228,7 +228,7 @@ def test_passes_at_once_are_capped_at_threads_across_versions(registry, pool):
     gate2.gate.set()
     for f in (busy, held, third):
         assert f.result(timeout=30) is not None
-    assert not batcher.lanes and batcher.running == 0
+    assert not batcher.queues and batcher.running == 0
 
 
 @pytest.mark.parametrize(("env", "batches"), [({}, True), ({"BATCHING": "off"}, False),

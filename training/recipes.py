@@ -95,7 +95,7 @@ RECIPES: dict[str, Recipe] = {
                      dataset=lambda data_dir, download, progress: datasets.digits(),
                      preprocessing={"input_range": [0.0, 1.0], "scale": 1.0,
                                     "description": "25 pixels, 1 = ink, row-major 5x5"}),
-    # The smallest network of the README's frontier table that reaches 99.3% within 300 s of training.
+    # The smallest network of the size/time frontier (docs/training.md) that reaches 99.3% within 300 s of training.
     "mnist": Recipe("mnist", hidden=[300], activation="relu", init="he", dropout=0.1, optimizer="adam",
                     lr=2e-3, lr_schedule="cosine", epochs=150, batch_size=256, augment=repr(MNIST_DISTORTION),
                     targets={"test_accuracy": 0.993}, augmenter=MNIST_DISTORTION,

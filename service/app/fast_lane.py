@@ -1,6 +1,6 @@
 """The inference routes' common case answered in front of Flask: the same rules, a third of the CPU less.
 
-Why (the README's "The fast lane" has the profile and the figures): with the 784-300-10 MNIST
+Why (``docs/architecture.md`` has the profile and the figures): with the 784-300-10 MNIST
 model the forward pass is ~4% of a worker's time and the HTTP stack most of the rest. Flask's
 request and app contexts, werkzeug's request and response objects, URL matching, the hooks and
 flask-openapi3's wrapper cost a one-sample ``/predict`` about as much CPU as gunicorn itself does.

@@ -1,7 +1,7 @@
 """The forward pass's cost by batch size, measured per loaded model version: when merging pays.
 
 OpenBLAS (and other BLAS) pick different kernels by the number of rows: on the machine of the
-README's benchmark one MNIST sample took 0.28 ms, two 0.88 ms (gemm is slower per row than gemv
+serving benchmark one MNIST sample took 0.28 ms, two 0.88 ms (gemm is slower per row than gemv
 below ~8 rows), eight 1.19 ms. So whether merging a few waiting requests into one forward pass
 pays depends on the model, the BLAS and the CPU, and is measured where it runs instead of guessed.
 No gevent or Flask here: the batcher (``service/batching/gevent_batcher.py``) asks this table.

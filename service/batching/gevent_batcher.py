@@ -2,7 +2,8 @@
 
 The data plane validates a request, then hands its (rows, features) array to its runner
 (``DataPlane.runner``); in the gunicorn worker that runner is a :class:`GeventBatcher`, created
-after fork (``install``), so the data plane itself knows nothing of gevent. How a batch forms:
+after fork and handed over with ``DataPlane.serve_with``, so the data plane itself knows nothing of
+gevent. How a batch forms:
 
 * a request joins the queue of its model *version* (the snapshot it resolved: a reload during
   traffic never mixes versions, nor two loads of one version number);
@@ -39,7 +40,7 @@ from gevent.threadpool import ThreadPool
 
 from service.batching import rules
 from service.batching.cost_table import CostTable
-from service.batching.rules import BatchPolicy, Pending
+from service.batching.rules import Batcher, Pending
 from service.repository.model_version import ModelVersion
 
 OFF_LOOP_SECONDS = 0.002  # a pass estimated longer than this runs on the model thread (handing off: ~0.1 ms)
@@ -55,7 +56,7 @@ class VersionQueue:
     enough: Event | None = None  # set when the queue reaches its target (queue delay only)
 
 
-class GeventBatcher(BatchPolicy):
+class GeventBatcher(Batcher):
     """The data plane's runner in a gevent worker (``run(entry, batch) -> probabilities``); the rules
     of a batch (cost tables, taking, merging, describing) are ``service/batching/rules.py``'s."""
 

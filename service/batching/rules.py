@@ -9,7 +9,7 @@ wake. What a batch is and how it runs is decided here, once:
 * :func:`take`: the queue's head, whole requests, up to ``MAX_BATCH`` rows;
 * :func:`execute`: one merged pass or one pass per request, whichever the table says is cheaper,
   where a failing pass fails only the requests in it;
-* :meth:`BatchPolicy.describe`: the batching state ``GET /models/{m}`` and Triton's configuration show;
+* :meth:`Batcher.describe`: the batching state ``GET /models/{m}`` and Triton's configuration show;
 * :func:`record`: the queue-time and executed-batch-size metrics of one pass.
 """
 
@@ -42,7 +42,7 @@ class Pending:
     batch: list[Pending] | None = None  # handed to a waiter that is to lead (the thread batcher)
 
 
-class BatchPolicy:
+class Batcher:
     """What a batcher knows besides its queues: the limits, and the cost table of every version."""
 
     delay: float = 0.0  # seconds a batch may wait to grow (Triton's max_queue_delay); 0: opportunistic

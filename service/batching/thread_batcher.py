@@ -30,12 +30,12 @@ import numpy as np
 
 from service.batching import rules
 from service.batching.cost_table import CostTable
-from service.batching.rules import BatchPolicy, Pending
+from service.batching.rules import Batcher, Pending
 from service.repository.model_version import ModelVersion
 
 
 @dataclass(eq=False)
-class Lane:
+class VersionQueue:
     """The requests of one version waiting for a slot (removed when it empties)."""
 
     entry: ModelVersion
@@ -43,16 +43,16 @@ class Lane:
     items: list[Pending] = field(default_factory=list)
 
 
-class ThreadBatcher(BatchPolicy):
+class ThreadBatcher(Batcher):
     """The data plane's runner in a gRPC process (``run(entry, batch) -> probabilities``), safe to call
     from any number of threads; at most ``threads`` forward passes run at once (``GRPC_THREADS``)."""
 
     def __init__(self, max_batch: int, threads: int = 1) -> None:
         super().__init__(max_batch)
         self.threads = threads
-        self.lock = threading.Lock()  # guards running and lanes; held for a few list operations only
+        self.lock = threading.Lock()  # guards running and queues; held for a few list operations only
         self.running = 0  # passes running, or handed to a leader not yet running
-        self.lanes: dict[int, Lane] = {}  # id(entry) -> its waiting requests
+        self.queues: dict[int, VersionQueue] = {}  # id(entry) -> its waiting requests
         self.measuring = threading.Lock()  # one table measured at a time (a new version's first calls)
 
     def table(self, entry: ModelVersion) -> CostTable:
@@ -70,11 +70,11 @@ class ThreadBatcher(BatchPolicy):
                 item = None
             else:
                 key = id(entry)
-                lane = self.lanes.get(key)
-                if lane is None or lane.entry is not entry:
-                    lane = self.lanes[key] = Lane(entry, table)
+                queue = self.queues.get(key)
+                if queue is None or queue.entry is not entry:
+                    queue = self.queues[key] = VersionQueue(entry, table)
                 item = Pending(batch, threading.Event())
-                lane.items.append(item)
+                queue.items.append(item)
         if item is None:
             try:
                 rules.record(entry, len(batch), (time.perf_counter(),))  # waited for nothing
@@ -103,14 +103,14 @@ class ThreadBatcher(BatchPolicy):
     def hand_on(self) -> None:
         """A pass ended: its slot goes to the version waiting longest (its first request leads), or is freed."""
         with self.lock:
-            if not self.lanes:
+            if not self.queues:
                 self.running -= 1
                 return
             # oldest first: a version under constant load cannot starve another
-            key, lane = min(self.lanes.items(), key=lambda kv: kv[1].items[0].enqueued)
-            taken, _ = rules.take(lane.items, self.max_batch, lane.table.merge_limit)
-            if not lane.items:
-                del self.lanes[key]
+            key, queue = min(self.queues.items(), key=lambda kv: kv[1].items[0].enqueued)
+            taken, _ = rules.take(queue.items, self.max_batch, queue.table.merge_limit)
+            if not queue.items:
+                del self.queues[key]
         taken[0].batch = taken
         taken[0].wake.set()
 

@@ -28,7 +28,7 @@ from service.repository.version_policy import VersionPolicy
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for (from the settings; see the README's configuration table)."""
+    """What one request may ask for (from the settings: ``docs/configuration.md``)."""
 
     max_batch: int = 1024
     gradcheck_max_batch: int = 64

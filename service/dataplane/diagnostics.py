@@ -21,7 +21,7 @@ import numpy as np
 from model.attribution import METHODS, Attribution, attribute, rows_needed
 from model.gradcheck import GradCheckResult, gradient_check
 from service.dataplane.dataplane import DataPlane, Inference, as_batch, label_indices
-from service.dataplane.semaphore import Slots
+from service.dataplane.semaphore import CrossProcessSemaphore
 from service.errors import ServiceError, invalid, too_large
 from service.observability import metrics
 from service.repository.model_version import ModelVersion
@@ -60,7 +60,7 @@ METHOD_FIELDS = {"integrated_gradients": {"baseline", "steps"}, "smoothgrad": {"
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """What an explanation request may choose (defaults documented in the README)."""
+    """What an explanation request may choose (defaults documented in ``docs/http-api.md``)."""
 
     method: str = DEFAULT_METHOD
     output: str = "probability"
@@ -82,7 +82,7 @@ class Diagnostics:
         self.run = run
         self.limits = plane.limits
         # at most gradcheck_concurrency at once across all workers, so one worker stays free for /predict
-        self.gradcheck_slots = Slots(self.limits.gradcheck_concurrency, state_dir, "gradcheck")
+        self.gradcheck_slots = CrossProcessSemaphore(self.limits.gradcheck_concurrency, state_dir, "gradcheck")
 
     def resolve(self, name: str, version: int | None) -> ModelVersion:
         return self.plane.resolve(name, version)

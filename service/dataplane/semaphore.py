@@ -1,4 +1,4 @@
-"""Slots: at most N holders at once, across every worker process of the server, taken without waiting.
+"""CrossProcessSemaphore: at most N holders at once, across every worker process of the server, taken without waiting.
 
 Each slot is a lock file in the server's state directory, held with ``flock`` for as long as the
 work runs; the kernel releases it if the process dies, so a killed worker never leaks a slot.
@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-class Slots:
+class CrossProcessSemaphore:
+    """At most ``count`` holders at once across the server's processes (one ``flock``ed file each)."""
+
     def __init__(self, count: int, directory: str | Path | None = None, name: str = "slot") -> None:
         self.count = count
         self.paths = [Path(directory) / f"{name}-{i}.lock" for i in range(count)] if directory else None

@@ -1,6 +1,6 @@
 """One gRPC server process: ``python -m service.grpc.server`` (started by ``python -m service``).
 
-Why processes of their own (the README's "gRPC" section has the measurement): grpcio runs its
+Why processes of their own (``docs/architecture.md`` has the measurement): grpcio runs its
 handlers on real threads and blocks in its C core, which a gevent-patched gunicorn worker cannot
 host without stalling its event loop. So ``GRPC_WORKERS`` processes (default ``WORKERS``) each
 run a grpcio server, all bound to ``GRPC_PORT`` with

@@ -5,7 +5,7 @@ NumPy, grpcio, the models' metadata) and each request makes a few hundred short-
 containers, nearly all freed by reference counting. CPython's collector still runs a young
 collection every 700 net container allocations and, now and then, a full one that walks every
 long-lived object. Measured with ``python -m bench.cpu_per_request`` (one gunicorn worker, wrk
-c=16, 4 rounds each, the README's "leaner hot path"): ``gc.freeze()`` after start-up cut the
+c=16, 4 rounds each): ``gc.freeze()`` after start-up cut the
 CPU per ``/predict`` request by 14% (MNIST one sample) and 20% (XOR). A young-generation
 threshold of 20,000 measured a further ~5% but let a worker's memory grow 10.1% in the 15 s soak
 (tests/integration/test_soak.py allows 10%), so young collections keep CPython's default.

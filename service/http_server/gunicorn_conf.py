@@ -13,7 +13,7 @@ _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = _settings.worker_class  # service.http_server.worker.BufferingGeventWorker; README "Choosing the worker"
+worker_class = _settings.worker_class  # service.http_server.worker.BufferingGeventWorker; docs/architecture.md
 threads = _settings.threads
 worker_connections = _settings.worker_connections  # per worker; idle ones cost a greenlet, not a thread
 preload_app = True
@@ -21,7 +21,7 @@ graceful_timeout = _settings.graceful_timeout
 timeout = 60  # heartbeat: a worker whose event loop is blocked this long is replaced
 keepalive = _settings.keepalive
 # gunicorn_h1c (picohttpparser, gunicorn's own C request parser), required so that a build without it fails
-# loudly instead of running 10% slower: README "Libraries, and why"
+# loudly instead of running 10% slower: docs/contributing.md (libraries)
 http_parser = "fast"
 loglevel = _settings.log_level
 accesslog = None  # the app logs one structured line per request
