@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint bench bench-peers stress train reproduce image lock clean
+.PHONY: serve test lint bench bench-peers stress train reproduce image lock clean screenshots
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.12 ...")'
@@ -71,6 +71,11 @@ train: $(VENV)/.dev
 
 reproduce: $(VENV)/.dev
 	$(BIN)/python -m training reproduce
+
+# docs/page.png and docs/explain.png, from the shipped models served by the real server, in headless Chromium
+# (Debian's chromium or $CHROMIUM, driven as the browser tests drive it): tests/screenshots.py.
+screenshots: $(VENV)/.dev
+	$(BIN)/python -m tests.screenshots --out docs
 
 # Regenerate every lock file from pyproject.toml (after changing a dependency).
 LOCK := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \

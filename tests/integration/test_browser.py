@@ -2,7 +2,7 @@
 gunicorn server and the container (``base_url``), as a person would use it.
 
 Chromium is Debian's (``/usr/bin/chromium``, or ``$CHROMIUM``), launched through Playwright's
-``executable_path``: Playwright's own browser download does not work on these machines. Without
+``executable_path`` by ``tests/browser_driver.py`` (shared with ``tests/screenshots.py``). Without
 Chromium or Playwright the tests skip, unless ``REQUIRE_BROWSER=1`` (CI sets it): then they fail.
 Screenshots of each panel at desktop and phone sizes land in ``$BROWSER_ARTIFACTS``
 (default ``test-artifacts/browser/``).
@@ -10,9 +10,7 @@ Screenshots of each panel at desktop and phone sizes land in ``$BROWSER_ARTIFACT
 
 from __future__ import annotations
 
-import itertools
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,31 +18,14 @@ import numpy as np
 import pytest
 import requests
 
+from tests import browser_driver
+from tests.browser_driver import DRAWN, VIEWPORTS, PageSession, path
 from tests.conftest import ROOT
+from tests.screenshots import VIEWPORT, png_size, screenshots
 from training.drawing import strokes_to_mnist
 
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") or ""
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(os.environ.get("BROWSER_ARTIFACTS", ROOT / "test-artifacts" / "browser"))
-VIEWPORTS = {"desktop": {"width": 1280, "height": 1000}, "phone": {"width": 390, "height": 844}}
 
-
-def path(*corners: tuple[float, float], step: float = 6.0) -> list[list[float]]:
-    """The points a pointer reports moving through ``corners`` (one every ``step`` canvas pixels)."""
-    points: list[list[float]] = []
-    for (ax, ay), (bx, by) in itertools.pairwise(corners):
-        n = max(1, int(np.hypot(bx - ax, by - ay) // step))
-        points += [[ax + (bx - ax) * k / n, ay + (by - ay) * k / n] for k in range(n)]
-    return [*points, list(corners[-1])]
-
-
-# Digits as a person draws them on the 280 x 280 canvas: a few strokes each, not a pasted image.
-DRAWN = {
-    "1": [path((118, 78), (152, 42), (148, 150), (144, 242))],
-    "4": [path((112, 40), (86, 120), (78, 162), (204, 160)), path((172, 70), (170, 160), (166, 248))],
-    "7": [path((72, 56), (150, 52), (212, 50), (170, 140), (128, 246))],
-}
 # Shapes that stress the preprocessing: a dot, a thin vertical, a wide flat stroke, ink at the edges.
 ODD_SHAPES = {
     "dot": [[[140, 140]]],
@@ -58,67 +39,13 @@ ODD_SHAPES = {
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
-    required = os.environ.get("REQUIRE_BROWSER") == "1"
-    reason = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        reason = "playwright is not installed (pip install -e '.[test]')"
-    if reason is None and not (CHROMIUM and Path(CHROMIUM).exists()):
-        reason = "no chromium (apt install chromium, or set CHROMIUM=/path/to/chromium)"
+    reason = browser_driver.unavailable()
     if reason:
-        if required:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail(f"browser tests were required (REQUIRE_BROWSER=1) but cannot run: {reason}")
         pytest.skip(reason)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    with browser_driver.chromium() as chromium:
         yield chromium
-        chromium.close()
-
-
-class PageSession:
-    """One page in its own browser context, with every console error and failed load recorded."""
-
-    def __init__(self, browser, base_url: str, viewport: dict[str, int], **context_options) -> None:
-        self.context = browser.new_context(viewport=viewport, device_scale_factor=1, **context_options)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(15_000)
-        self.console_errors: list[str] = []
-        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
-        self.page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
-        self.base_url = base_url
-        self.page.goto(f"{base_url}/")
-        self.page.wait_for_selector("body[data-ready=true]")
-
-    def pen_width(self) -> float:
-        """The pen width the page draws with (app.js, the one home of it)."""
-        return self.page.evaluate("async () => (await import('/static/app.js')).PEN_WIDTH")
-
-    def panel(self, name: str):
-        return self.page.locator(f"section#{name}")
-
-    def label(self, name: str):
-        return self.panel(name).get_by_test_id("label")
-
-    def draw(self, strokes: list[list[list[float]]]) -> None:
-        """Draw ``strokes`` (canvas pixels) with the mouse: press, move through the points, release."""
-        for points in self.on_page(strokes):
-            self.page.mouse.move(*points[0])
-            self.page.mouse.down()
-            for x, y in points[1:]:
-                self.page.mouse.move(x, y)
-            self.page.mouse.up()
-
-    def on_page(self, strokes: list[list[list[float]]]) -> list[list[tuple[float, float]]]:
-        """``strokes`` in canvas pixels as page coordinates (the canvas scrolled into view first)."""
-        canvas = self.page.locator("#mnist-canvas")
-        canvas.scroll_into_view_if_needed()
-        box = canvas.bounding_box()
-        scale = box["width"] / 280  # the canvas's own width, in its pixels
-        return [[(box["x"] + x * scale, box["y"] + y * scale) for x, y in stroke] for stroke in strokes]
-
-    def close(self) -> None:
-        self.context.close()
 
 
 @pytest.fixture
@@ -431,3 +358,17 @@ def test_xor_explain_shows_the_inputs_bars(session):
     bars = session.panel("xor").locator(".attribution .bar")
     assert bars.count() == 2
     session.panel("xor").screenshot(path=ARTIFACTS / "explain-xor.png")
+
+
+# -- docs/page.png and docs/explain.png: what `make screenshots` runs still takes them ---------------
+def test_the_docs_screenshots_show_the_served_models(browser, tmp_path):
+    shots = screenshots(tmp_path, browser=browser)  # its own server on the shipped models, as the target starts
+    assert shots.predicted == {"mnist": "4", "digits": "3", "xor": "1"} and shots.explained == "7"
+    page = png_size(shots.page.read_bytes())
+    assert page == shots.page_size and page[0] == VIEWPORT["width"] and page[1] >= VIEWPORT["height"]
+    explain = png_size(shots.explain.read_bytes())
+    assert all(abs(got - box) <= 1 for got, box in zip(explain, shots.explain_box, strict=True)), explain
+    assert 200 <= explain[0] <= VIEWPORT["width"] // 2  # one panel's part, not the page
+    for name, version in shots.served.items():  # the facts shown are the served newest version's
+        assert shots.facts[name]["Version"] == f"{version['version']} (latest)"
+        assert shots.facts[name]["Parameters"] == f"{version['parameter_count']:,}"
