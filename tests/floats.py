@@ -1,4 +1,4 @@
-"""The suite's one float-comparison policy (the README's Tests section states it).
+"""The suite's one float-comparison policy (docs/contributing.md, "Floats", states it).
 
 Exact equality only where it holds by construction: the same inputs through the same shapes and the
 same kernel (a save/load round trip, ``infer`` against an eval-mode ``forward`` on the same batch, two

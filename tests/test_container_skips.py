@@ -1,4 +1,4 @@
-"""Without a container engine the container tests skip, as the README says; with REQUIRE_CONTAINER=1
+"""Without a container engine the container tests skip, as docs/contributing.md says; with REQUIRE_CONTAINER=1
 they fail instead. Run as a separate pytest, with an engine that does not exist."""
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def regular_shape(value) -> tuple[int, ...] | None:
 
 
 def expected_status(value, model: str) -> set[int]:
-    """What the README's rules say /predict answers for ``inputs=value``, in the order it checks them."""
+    """What the documented rules say /predict answers for ``inputs=value``, in the order it checks them."""
     if not isinstance(value, list) or not value:
         return {422}  # the envelope: a non-empty list
     shape = regular_shape(value)

@@ -46,7 +46,7 @@ def test_gradcheck_reports_wrong_labels_still_pass(base_url, http, mnist_data):
 
 
 def test_mnist_gradcheck_defaults_are_quick(base_url, http, mnist_data):
-    """The figure the README quotes; measured and printed, not asserted against a clock."""
+    """How long the defaults take; measured and printed, not asserted against a clock."""
     inputs, labels = payload("mnist", mnist_data, n=16)
     architecture = http.get(f"{base_url}/models/mnist", timeout=10).json()["versions"][-1]["architecture"]
     seconds = []
