@@ -127,6 +127,42 @@ def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
         requests.get(f"{server.url}/healthz", timeout=2)
 
 
+def test_the_event_loop_answers_while_a_gradcheck_runs(tmp_path, mnist_data):
+    """A gradcheck runs on the worker's background thread (service/http_server/background.py, handed to
+    the diagnostics after fork), not on its event loop: with one worker, /healthz is answered again
+    and again while a long gradcheck is still running. On the loop, the first /healthz would wait
+    for the gradcheck's end. An order of events, not a clock: the gradcheck's size comes from a rate
+    measured here."""
+    server = LocalServer(tmp_path, WORKERS="1", GRPC_PORT="0", GRADCHECK_MAX_COST="1e13",
+                         GRADCHECK_MAX_SAMPLES=str(MAX_SAMPLES)).start()
+    try:
+        x, y = mnist_data.eval_sets["test"]
+
+        def body(samples: int) -> dict:
+            return {"model": "mnist", "inputs": x[:8].tolist(), "labels": [str(v) for v in y[:8]],
+                    "mode": "directional", "samples": samples}
+
+        probe = requests.post(f"{server.url}/gradcheck", json=body(10), timeout=120)
+        assert probe.status_code == 200, probe.text
+        slow = body(long_gradcheck_samples(probe.json()["seconds"], target=8.0))
+        done: list[tuple[int, float]] = []
+        thread = threading.Thread(target=lambda: done.append(
+            (requests.post(f"{server.url}/gradcheck", json=slow, timeout=240).status_code, time.monotonic())))
+        thread.start()
+        time.sleep(0.2)
+        answered: list[tuple[int, float]] = []
+        while thread.is_alive() and len(answered) < 10:
+            answered.append((requests.get(f"{server.url}/healthz", timeout=240).status_code, time.monotonic()))
+            time.sleep(0.05)
+        thread.join(240)
+        assert done and done[0][0] == 200
+        assert answered and {code for code, _ in answered} == {200}
+        meanwhile = [at for _, at in answered if at < done[0][1]]
+        assert len(meanwhile) >= 3, f"/healthz answered {len(meanwhile)} time(s) while the gradcheck ran"
+    finally:
+        assert server.stop() == 0
+
+
 def test_sigterm_while_a_worker_boots_still_stops_the_server(tmp_path):
     """gunicorn lost a SIGTERM that reached a worker before its handlers were installed (the worker
     then served on for good); service.http_server.worker.catch_early_stop honours it."""
