@@ -62,6 +62,11 @@ $(KSERVE_VENV)/.installed: bench/kserve-peer.lock
 
 bench-peers: $(KSERVE_VENV)/.installed
 
+# docs/benchmarks.md's tables, rendered from the benchmarks' results files (bench/results/*.json).
+.PHONY: report
+report: $(VENV)/.dev
+	$(BIN)/python -m bench.report
+
 # The stress suite (about 12 minutes): fuzzing at scale, a 5-minute soak, kill -9, SIGTERM, hostile input.
 stress: $(VENV)/.dev
 	$(BIN)/python -m bench.stress

@@ -1,4 +1,4 @@
-"""The MNIST accuracy/latency frontier: trained versions side by side, as the README's table.
+"""The MNIST accuracy/latency frontier: trained versions side by side, in one table.
 
 For each version directory given (``<repository>/mnist/<v>``, written by ``python -m training mnist``):
 its parameters, validation and test accuracy and training seconds, with and without the per-epoch
@@ -7,7 +7,7 @@ batch 1 and 256 (in-process, one BLAS thread, median of ``--rounds``); and, with
 ``/predict`` requests/s with one image at concurrency 16: the real server (gunicorn, the service's
 settings, ``--workers``) serving only that version as ``mnist``, driven by wrk, as in
 ``bench/serve_load.py``, every row's server up at once and measured in turns (the median of
-``--serve-rounds``).
+``--serve-rounds``). The rows go to ``bench/results/frontier.json``.
 
     python -m bench.frontier model_repository/mnist/1 model_repository/mnist/2 --serve
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -26,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serve_load import RESULTS, bodies, server, wrk
-from bench.train_epoch import machine
+from bench import results
+from bench.bodies import bodies, images
+from bench.harness import SERVICE_APP, server, wrk
+from bench.medians import median_round
 from model.io import load_model
 from model.repository import WEIGHTS_FILE
 
@@ -59,18 +60,18 @@ def serve_rows(rows: list[dict], body: Path, args, tmp: Path) -> None:
             repo = tmp / f"repo-{i}"
             (repo / "mnist" / "1").mkdir(parents=True)
             shutil.copy(Path(r["path"]) / WEIGHTS_FILE, repo / "mnist" / "1" / WEIGHTS_FILE)
-            srv = stack.enter_context(server("service.wsgi:app", args.workers, tmp, MODEL_DIR=str(repo),
+            srv = stack.enter_context(server(SERVICE_APP, args.workers, tmp, MODEL_DIR=str(repo),
                                              MODEL_POLL_SECONDS="0"))
             wrk(f"{srv.url}/predict", body, 16, 1)  # warm-up
             servers.append(srv)
-        results: list[list[dict]] = [[] for _ in rows]
+        measured: list[list[dict]] = [[] for _ in rows]
         for round_ in range(args.serve_rounds):
             order = list(range(len(rows)))
             order = order[round_ % len(order):] + order[:round_ % len(order)]  # rotated each round
             for i in order:
-                results[i].append(wrk(f"{servers[i].url}/predict", body, 16, args.seconds))
-    for r, rounds in zip(rows, results, strict=True):
-        median = sorted(rounds, key=lambda x: x["rps"])[len(rounds) // 2]
+                measured[i].append(wrk(f"{servers[i].url}/predict", body, 16, args.seconds))
+    for r, rounds in zip(rows, measured, strict=True):
+        median = median_round(rounds)
         r |= {"predict_rps_c16": median["rps"], "predict_p99_ms_c16": median["p99_us"] / 1e3,
               "predict_rps_rounds": [x["rps"] for x in rounds], "errors": sum(x["errors"] for x in rounds)}
 
@@ -107,6 +108,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report(result: dict) -> str:
+    """The Markdown of this benchmark's results file."""
+    return table(result["rows"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.frontier", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per round of a served row")
     parser.add_argument("--serve-rounds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--json", type=Path, default=RESULTS / "frontier.json")
+    parser.add_argument("--out", type=Path, default=results.default_path("frontier"), help="the results file")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     if args.serve and shutil.which("wrk") is None:
         parser.error("--serve needs wrk (apt install wrk)")
     missing = [str(v) for v in args.versions if not (v / WEIGHTS_FILE).is_file()]
@@ -127,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="frontier-") as name:
         tmp = Path(name)
         data = bodies(tmp, args.data_dir)
-        x = np.frombuffer(data["v2bin256"][0].read_bytes()[data["v2bin256"][2]:], dtype="<f4").reshape(256, 784)
+        x = images(data)
         rows = [row(v, x, args) for v in args.versions]
         if args.serve:
             serve_rows(rows, data["mnist1"][0], args, tmp)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    for r in rows:
+        r["path"] = results.portable(r["path"])
+    results.save(args.out, "bench.frontier", argv, args, {"rows": rows}, started)
     sys.stdout.write(table(rows) + "\n")
     return 0
 

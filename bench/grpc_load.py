@@ -11,7 +11,8 @@ spreads connections, not calls.) The
 clients share the server's cores, so the figures bound what the server does from below and compare
 the two front-ends under the same client cost; they are not the server's ceiling. The two
 contenders run in turns (``--rounds``, order rotated each round) and each row is the median round,
-as ``bench/serve_load.py`` does, because this shared machine's speed drifts within minutes.
+as ``bench/serve_load.py`` does, because this shared machine's speed drifts within minutes. The rows
+go to ``bench/results/grpc_load.json``.
 
     python -m bench.grpc_load                        # about 1 minute: 3 rounds x 2 x 3 levels x 3 s
     python -m bench.grpc_load --batch 256 --concurrency 8
@@ -29,6 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench import results
+from bench.machine import machine
 
 CONTENDERS = ("gRPC (tritonclient.grpc)", "HTTP V2 binary (tritonclient.http)")
 UNBATCHED = "gRPC, GRPC_BATCHING=off"  # with --compare-grpc-batching: a second server, its gRPC unbatched
@@ -146,8 +150,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report(result: dict) -> str:
+    """The Markdown of this benchmark's results file."""
+    return table(result["rows"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.grpc_load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="per row and round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--batch", type=int, default=1, help="images per request")
@@ -157,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the gRPC clients of a client process share one connection (grpcio's default)")
     parser.add_argument("--compare-grpc-batching", action="store_true",
                         help=f"also a second server with GRPC_BATCHING=off, its gRPC a third contender ({UNBATCHED})")
+    parser.add_argument("--out", type=Path, default=results.default_path("grpc_load"), help="the results file")
     args = parser.parse_args(argv)
-    from bench.train_epoch import machine
     from tests.integration.conftest import LocalServer
     from tests.integration.test_grpc import wait_grpc
 
-    print(f"machine: {machine()}", flush=True)
+    started, info = time.monotonic(), machine()
+    print(f"machine: {info}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
         server = LocalServer(Path(tmp) / "on", LOG_LEVEL="warning").start()
         unbatched = LocalServer(Path(tmp) / "off", LOG_LEVEL="warning", GRPC_BATCHING="off").start() \
@@ -178,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             if unbatched:
                 unbatched.stop()
+    results.save(args.out, "bench.grpc_load", argv, args, {"rows": rows}, started, info)
     print(table(rows))
     for r in rows:
         if r["errors"]:

@@ -20,50 +20,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench.cpu_per_request import children, cpu_seconds
-from bench.serve_load import RESULTS, SERVICE_APP, Server, bodies, server, wrk
-from bench.train_epoch import machine
-
-
-def workers_cpu(srv: Server) -> float:
-    """User + system CPU seconds used so far by the server's worker processes."""
-    total = 0.0
-    for pid in children(srv.proc.pid):
-        with contextlib.suppress(FileNotFoundError):  # a worker that just exited
-            total += cpu_seconds(pid)
-    return total
-
-
-def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(median, low, high): the median and the narrowest symmetric order-statistic interval
-    ``[x_(k), x_(n-k+1)]`` whose coverage is at least ``level`` (the sign test's; no assumption about
-    the spread). Below 6 values no interval reaches 95 %: then the range, which covers less."""
-    xs, n = sorted(values), len(values)
-    tail, k = 0.0, 0  # P(Binomial(n, 1/2) <= k - 1): the chance that fewer than k values fall below the median
-    while k < n // 2:
-        step = math.comb(n, k) / 2 ** n
-        if 2 * (tail + step) > 1 - level:
-            break
-        tail += step
-        k += 1
-    if k == 0:  # too few pairs for any interval at this level
-        return statistics.median(xs), xs[0], xs[-1]
-    return statistics.median(xs), xs[k - 1], xs[n - k]
+from bench import results
+from bench.bodies import bodies
+from bench.harness import SERVICE_APP, Server, have_wrk, server, wrk
+from bench.medians import median_interval
+from bench.procfs import children_cpu_seconds
 
 
 def burst(srv: Server, body: Path, seconds: float) -> tuple[int, float, int]:
     """One wrk burst on one connection: (p50 µs, workers' CPU µs per request, errors)."""
-    before = workers_cpu(srv)
+    before = children_cpu_seconds(srv.proc.pid)
     r = wrk(f"{srv.url}/predict", body, 1, seconds)
-    return r["p50_us"], (workers_cpu(srv) - before) * 1e6 / max(r["requests"], 1), r["errors"]
+    return r["p50_us"], (children_cpu_seconds(srv.proc.pid) - before) * 1e6 / max(r["requests"], 1), r["errors"]
 
 
 def run_pairs(args) -> list[dict]:
@@ -101,42 +76,48 @@ def summarize(pairs: list[dict]) -> dict:
     return summary
 
 
-def report(summary: dict) -> str:
+def summary_table(summary: dict) -> str:
+    """The median ratios with their intervals, and the medians they come from."""
     lines = ["| batching on / off | median | 95 % interval |", "| --- | --- | --- |"]
     for name, what in (("p50_ratio", "p50 latency"), ("cpu_ratio", "workers' CPU per request")):
         s = summary[name]
         lines.append(f"| {what} | {s['median']:.3f} | {s['low95']:.3f}-{s['high95']:.3f} |")
-    lines.append(f"({summary['pairs']} pairs; medians: p50 {summary['p50_us_on']:.0f} / {summary['p50_us_off']:.0f} "
+    lines.append(f"\n({summary['pairs']} pairs; medians: p50 {summary['p50_us_on']:.0f} / {summary['p50_us_off']:.0f} "
                  f"µs, CPU {summary['cpu_us_on']:.0f} / {summary['cpu_us_off']:.0f} µs a request; "
                  f"errors {summary['errors']})")
     return "\n".join(lines)
 
 
+def report(result: dict) -> str:
+    """The Markdown of this benchmark's results file."""
+    return summary_table(result["summary"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.lone_request", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=150)
     parser.add_argument("--seconds", type=int, default=1, help="per burst")
     parser.add_argument("--model", choices=("mnist1", "xor1"), default="mnist1", help="the one-sample body")
-    parser.add_argument("--out", type=Path, default=RESULTS / "lone_request.json",
-                        help="the pairs and the summary, as JSON (with the machine)")
+    parser.add_argument("--out", type=Path, default=results.default_path("lone_request"),
+                        help="the results file: the summary and every pair")
     parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
-                        help="run nothing: the summary of the pairs of these earlier runs' --out files together")
+                        help="run nothing: the summary of the pairs of these earlier runs' results files together")
     args = parser.parse_args(argv)
     if args.pool:
         pairs = [p for path in args.pool for p in json.loads(path.read_text())["pairs"]]
-        print(f"{len(args.pool)} runs pooled\n{report(summarize(pairs))}")
+        print(f"{len(args.pool)} runs pooled\n{summary_table(summarize(pairs))}")
         return 0
-    if shutil.which("wrk") is None:
-        print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+    if not have_wrk():
         return 2
+    started = time.monotonic()
     pairs = run_pairs(args)
     summary = summarize(pairs)
     print(f"\n{args.pairs} pairs of {args.seconds} s bursts, {args.model}, c=1, {args.workers} workers each")
-    print(report(summary))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "summary": summary, "pairs": pairs}, indent=1))
+    print(summary_table(summary))
+    results.save(args.out, "bench.lone_request", argv, args, {"summary": summary, "pairs": pairs}, started)
     return 0
 
 

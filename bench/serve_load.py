@@ -1,27 +1,34 @@
 """Serving benchmark: the real server under wrk, beside its HTTP and compute ceilings, in one run.
 
 Every row is driven by ``wrk`` (a C load generator, not Python sharing the server's cores) through
-``bench/wrk.lua``. In one run, for one worker configuration, it measures:
+``bench/wrk.lua`` (``bench/harness.py`` starts the servers and runs wrk). In one run, for one worker
+configuration, it measures:
 
 * the HTTP ceiling: a bare Flask route that reads the same body and returns a constant
   (``bench/ceiling_app.py``), under the same gunicorn settings as the service;
 * the compute ceiling: the MNIST network's matrix products, ReLU and softmax in plain NumPy on a
   256-image batch, in-process with one BLAS thread, times the number of workers;
-* ``/predict`` XOR and MNIST with one sample, MNIST with 32 and 256 (images/s), ``/gradcheck``
-  MNIST with defaults, each at concurrency 1, 16 and 64; ``/explain`` MNIST, one image, integrated
-  gradients with the defaults (64 steps), at concurrency 1;
-* MNIST one sample with server-side batching on (the default) and off (``BATCHING=off``), over
-  ``/predict``, V1 and V2 JSON, with the mean executed batch size of each row (from ``/metrics``);
-* the tuned KServe peer (``bench/kserve_peer.py``: kserve's model server, 2 workers, one BLAS thread,
-  the same weights and NumPy forward pass) over its V1 and V2 JSON, one MNIST sample, c=1, 16, 64.
-  It runs from ``.venv-kserve`` (``make bench-peers``); without it those rows are skipped;
+* ``/predict`` XOR and MNIST with one sample, MNIST with 32 and 256 (images/s), V2 ``infer`` with 256
+  images as JSON and as binary tensors, each at concurrency 1, 16 and 64; ``/gradcheck`` MNIST with
+  defaults and ``/explain`` MNIST (one image, integrated gradients, 64 steps) at concurrency 1;
 * slow clients: 64 connections trickling a body a byte a second and 16 open and silent, while a
-  well-behaved client sends 200 sequential ``/predict`` requests.
+  well-behaved client sends 200 sequential ``/predict`` requests (``bench/slow_clients.py``);
+* the one-sample comparison (alone: ``--one-sample``): MNIST one sample with server-side batching on
+  (the default) and off (``BATCHING=off``), over ``/predict``, V1 and V2 JSON, with the mean executed
+  batch size of each row (from ``/metrics``), beside the bare-Flask ceiling and the tuned KServe
+  peer (``bench/kserve_peer.py``: kserve's model server, 2 workers, one BLAS thread, the same weights
+  and NumPy forward pass) over its V1 and V2 JSON; every server up at once, ``--rounds`` rounds in
+  turns, each row the median round. The peer runs from ``.venv-kserve`` (``make bench-peers``);
+  without it those rows are skipped.
 
-It prints a Markdown table, writes JSON and a PNG (throughput and p99 against concurrency).
-``--compare`` runs the worker comparison instead (README, "Choosing the worker").
+``--tree DIR`` (repeatable) serves the service from other source trees: with two or more and
+``--one-sample``, every tree's contenders run in the same turns (pairs of trees side by side, which
+goes first alternating every round) and each later tree is compared with the first by the median
+of the rounds' ratios. ``--compare`` runs the worker comparison instead. Each run writes its results
+file under ``bench/results/`` (``bench/results.py``) and prints its table.
 
-    python -m bench.serve_load                  # what `make bench` runs, about 3 minutes
+    python -m bench.serve_load                  # what `make bench` runs, about 9 minutes
+    python -m bench.serve_load --one-sample --tree /tmp/before --tree .
     python -m bench.serve_load --compare sync gthread gevent service.http_server.worker.BufferingGeventWorker
 """
 
@@ -32,211 +39,40 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import requests
 
-from bench.train_epoch import machine
-from training.datasets import mnist
+from bench import results
+from bench.bodies import bodies
+from bench.harness import (
+    CEILING_APP,
+    KSERVE_PYTHON,
+    ROOT,
+    SERVICE_APP,
+    executed_batches,
+    have_wrk,
+    kserve_peer,
+    server,
+    wrk,
+)
+from bench.machine import machine
+from bench.medians import median_interval, median_round
+from bench.slow_clients import slow_client_row
 
-ROOT = Path(__file__).resolve().parent.parent
-LUA = ROOT / "bench" / "wrk.lua"
-RESULTS = ROOT / "bench" / "results"
-SERVICE_APP, CEILING_APP = "service.wsgi:app", "bench.ceiling_app:app"
-
-
-# -- servers ----------------------------------------------------------------------------------------
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> Iterator[Server]:
-    """gunicorn with the service's own configuration (``service/http_server/gunicorn_conf.py``) serving ``app``
-    from the source tree ``root`` (another tree: ``bench/cpu_per_request.py`` compares two)."""
-    port = free_port()
-    metrics_dir = tmp / f"metrics-{port}"
-    metrics_dir.mkdir()
-    environ = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": str(workers),
-               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1", **env}
-    log = tmp / f"{app.split('.')[0]}-{port}.log"
-    # the configuration's home in this tree, or in a tree from before the packages (service/gunicorn_conf.py)
-    config = next(path for path in (root / "service" / "http_server" / "gunicorn_conf.py",
-                                    root / "service" / "gunicorn_conf.py") if path.exists())
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(config), app], cwd=root, env=environ,
-                                stdout=out, stderr=subprocess.STDOUT)
-    srv = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(requests.ConnectionError, requests.Timeout):  # a busy machine: ask again
-                if requests.get(f"{srv.url}/readyz", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{app} did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield srv
-    finally:
-        srv.stop()
-
-
-@contextlib.contextmanager
-def kserve_peer(python: Path, workers: int, tmp: Path) -> Iterator[Server]:
-    """kserve's model server (``bench/kserve_peer.py``) with BLAS pinned to one thread per worker."""
-    port = free_port()
-    environ = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = tmp / f"kserve-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(python), str(ROOT / "bench" / "kserve_peer.py"), "--http_port", str(port),
-                                 "--workers", str(workers)], cwd=tmp, env=environ, stdout=out,
-                                stderr=subprocess.STDOUT)
-    srv = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(requests.ConnectionError, requests.Timeout):  # a busy machine: ask again
-                if requests.get(f"{srv.url}/v2/models/mnist/ready", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the KServe peer did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        time.sleep(2)  # every uvicorn worker up, not only the first to answer
-        yield srv
-    finally:
-        srv.stop()
-
-
-def executed_batches(url: str) -> tuple[float, float]:
-    """(sum, count) of the executed-batch histogram for mnist, summed over the workers."""
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    out = [0.0, 0.0]
-    for line in text.splitlines():
-        if 'kind="executed"' in line and 'model="mnist"' in line:
-            for i, name in enumerate(("nn_batch_size_sum{", "nn_batch_size_count{")):
-                if line.startswith(name):
-                    out[i] += float(line.rsplit(" ", 1)[1])
-    return out[0], out[1]
-
-
-# -- load ---------------------------------------------------------------------------------------------
-def wrk(url: str, body: Path | None, connections: int, seconds: float, max_requests: int = 0,
-        timeout: float = 10, header_length: int | None = None) -> dict:
-    env = {**os.environ, "BODY": str(body or ""), "MAX_REQUESTS": str(max_requests),
-           "INFERENCE_HEADER_LENGTH": str(header_length or ""), "CONTENT_TYPE": "application/json"}
-    threads = min(2, connections)
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{math.ceil(seconds)}s", f"--timeout={math.ceil(timeout)}s",
-           "-s", str(LUA), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + timeout + 30)
-    line = next((ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("{")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
-    r = json.loads(line)
-    r["seconds"] = r["duration_us"] / 1e6
-    r["errors"] = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"] + r["non_2xx"]
-    r["rps"] = (r["requests"] - r["non_2xx"]) / r["seconds"]
-    return r
-
-
-class SlowClients:
-    """``trickle`` connections sending a request body a byte a second and ``silent`` ones sending
-    nothing; each reconnects when the server closes it (as an attacker would), counted in ``closed``."""
-
-    def __init__(self, host: str, port: int, path: str, body: bytes, trickle: int = 64, silent: int = 16) -> None:
-        self.addr, self.trickle, self.silent = (host, port), trickle, silent
-        self.head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n").encode()
-        self.body, self.closed, self.stop = body, 0, threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def connect(self, trickling: bool) -> socket.socket:
-        s = socket.create_connection(self.addr, timeout=5)
-        s.setblocking(False)
-        if trickling:
-            s.send(self.head)
-        return s
-
-    @staticmethod
-    def is_closed(s: socket.socket) -> bool:
-        """The server closed it (or answered it, e.g. with a 408): either way this attacker is done."""
-        try:
-            return s.recv(65536, socket.MSG_PEEK) is not None
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-
-    def run(self) -> None:
-        # [socket, bytes of the body sent, trickling?]
-        conns = [[self.connect(True), 0, True] for _ in range(self.trickle)]
-        conns += [[self.connect(False), 0, False] for _ in range(self.silent)]
-        while not self.stop.wait(1.0):
-            for conn in conns:
-                sock, sent, trickling = conn
-                if self.is_closed(sock):
-                    self.closed += 1
-                    sock.close()
-                    conn[:] = [self.connect(trickling), 0, trickling]
-                elif trickling and sent < len(self.body) - 1:  # never the last byte: the request never completes
-                    with contextlib.suppress(OSError):
-                        sock.send(self.body[sent:sent + 1])
-                        conn[1] = sent + 1
-        for conn in conns:
-            conn[0].close()
-
-    def __enter__(self) -> SlowClients:
-        self.thread.start()
-        time.sleep(2.5)  # every attacker connected and trickling
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(10)
-
-
-def slow_client_row(srv: Server, body: Path) -> dict:
-    host, port = srv.url.split("//")[1].split(":")
-    with SlowClients(host, int(port), "/predict", body.read_bytes()) as attack:
-        r = wrk(f"{srv.url}/predict", body, 1, 8, max_requests=200, timeout=5)
-    r["rps"] = None  # wrk runs its whole duration after the 200th request: no rate here, only latencies
-    r["attackers_closed_by_server"] = attack.closed
-    return r
+ONE_SAMPLE_CEILING = "HTTP ceiling (bare Flask), in turns"
+ONE_SAMPLE = (("mnist1", "/predict", "/predict"), ("v1mnist1", "V1", "/v1/models/mnist:predict"),
+              ("v2jsonmnist1", "V2 JSON", "/v2/models/mnist/infer"))
 
 
 # -- the compute ceiling ------------------------------------------------------------------------------
 def compute_ceiling(x: np.ndarray, rounds: int = 50) -> float:
     """Images/s of the MNIST network's forward pass in plain NumPy (one BLAS thread), one process."""
+    from threadpoolctl import threadpool_limits
+
     from model.io import load_model
     from model.repository import newest_weights
 
@@ -253,53 +89,22 @@ def compute_ceiling(x: np.ndarray, rounds: int = 50) -> float:
         e = np.exp(h - h.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
-    from threadpoolctl import threadpool_limits
+    def timed() -> float:
+        start = time.perf_counter()
+        forward()
+        return time.perf_counter() - start
 
     with threadpool_limits(1):
         forward()
-        best = min(timed(forward) for _ in range(rounds))
+        best = min(timed() for _ in range(rounds))
     return len(batch) / best
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-# -- the run ------------------------------------------------------------------------------------------
-def bodies(tmp: Path, data_dir: Path | None) -> dict[str, tuple[Path, int, int | None]]:
-    ds = mnist(data_dir, download=data_dir is None)
-    x, y = ds.eval_sets["test"]
-    out = {}
-
-    def write(name: str, doc: dict, images: int, tail: bytes = b"") -> None:
-        path = tmp / f"{name}.body"
-        head = json.dumps(doc).encode()
-        path.write_bytes(head + tail)
-        out[name] = (path, images, len(head) if tail else None)
-
-    for n in (1, 32, 256):
-        write(f"mnist{n}", {"model": "mnist", "inputs": [[float(v) for v in row] for row in x[:n]]}, n)
-    write("xor1", {"model": "xor", "inputs": [[0, 1]]}, 1)
-    write("gradcheck", {"model": "mnist", "inputs": [[float(v) for v in row] for row in x[:16]],
-                        "labels": [str(v) for v in y[:16]]}, 16)
-    write("explain", {"model": "mnist", "inputs": [[float(v) for v in x[0]]], "method": "integrated_gradients"}, 1)
-    one = [float(v) for v in np.asarray(x[0]).ravel()]
-    write("v1mnist1", {"instances": [one]}, 1)
-    write("v2jsonmnist1", {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": one}]}, 1)
-    batch = np.ascontiguousarray(x[:256], dtype="<f4")
-    tensor = {"name": "input", "shape": [256, 784], "datatype": "FP32"}
-    binary_out = [{"name": "probabilities", "parameters": {"binary_data": True}}]
-    write("v2json256", {"inputs": [{**tensor, "data": [float(v) for v in batch.ravel()]}]}, 256)
-    write("v2bin256", {"inputs": [{**tensor, "parameters": {"binary_data_size": batch.nbytes}}],
-                       "outputs": binary_out}, 256, batch.tobytes())
-    return out
-
-
-def full_run(args, tmp: Path) -> list[dict]:
-    data = bodies(tmp, args.data_dir)
+# -- the runs -----------------------------------------------------------------------------------------
+def full_run(args, tmp: Path, data: dict) -> list[dict]:
+    """Every row of the module's docstring, the one-sample comparison last."""
     rows: list[dict] = []
+    tree = args.tree[0]
 
     def add(scenario: str, images: int, c: int | None, r: dict) -> None:
         r.update(scenario=scenario, concurrency=c, images_per_s=(r["rps"] or 0) * images)
@@ -311,11 +116,11 @@ def full_run(args, tmp: Path) -> list[dict]:
     rows.append({"scenario": "compute ceiling (NumPy, 256 images)", "concurrency": None, "rps": None,
                  "images_per_s": ceiling * args.workers, "per_worker": ceiling, "errors": 0})
     print(f"  compute ceiling: {ceiling:.0f} images/s per worker x {args.workers}", flush=True)
-    with server(CEILING_APP, args.workers, tmp) as srv:
+    with server(CEILING_APP, args.workers, tmp, root=tree) as srv:
         wrk(f"{srv.url}/predict", data["mnist1"][0], 4, 1)
         for c in args.concurrency:
             add("HTTP ceiling (bare Flask)", 1, c, wrk(f"{srv.url}/predict", data["mnist1"][0], c, args.seconds))
-    with server(SERVICE_APP, args.workers, tmp, LOG_LEVEL="info") as srv:
+    with server(SERVICE_APP, args.workers, tmp, root=tree, LOG_LEVEL="info") as srv:
         wrk(f"{srv.url}/predict", data["mnist1"][0], 4, 1)
         for name, label, path in (
                 ("xor1", "/predict xor, 1", "/predict"), ("mnist1", "/predict mnist, 1", "/predict"),
@@ -332,45 +137,62 @@ def full_run(args, tmp: Path) -> list[dict]:
         # the same slots as gradchecks: one at a time here too
         add("/explain mnist, 1 image, integrated gradients (64 steps)", 0, 1,
             wrk(f"{srv.url}/explain", data["explain"][0], 1, args.seconds, timeout=30))
-    rows += one_sample_run(args, tmp, data)
-    return rows
+    return rows + one_sample_run(args, tmp, data)["rows"]
 
 
-ONE_SAMPLE_CEILING = "HTTP ceiling (bare Flask), in turns"
-ONE_SAMPLE = (("mnist1", "/predict", "/predict"), ("v1mnist1", "V1", "/v1/models/mnist:predict"),
-              ("v2jsonmnist1", "V2 JSON", "/v2/models/mnist/infer"))
+def one_sample_contenders(stack: contextlib.ExitStack, args, tmp: Path) -> list[list[tuple]]:
+    """The one-sample comparison's servers, started on ``stack``: groups of (label, tree index, server,
+    path, body name), one group per label with one contender per tree (the KServe peer's groups with
+    one tree only: its figures do not depend on the tree)."""
+    per_tree = []
+    for i, tree in enumerate(args.tree):
+        ceiling = stack.enter_context(server(CEILING_APP, args.workers, tmp, root=tree))
+        mine = [(ONE_SAMPLE_CEILING, i, ceiling, "/predict", "mnist1")]
+        for batching in ("on", "off"):
+            srv = stack.enter_context(server(SERVICE_APP, args.workers, tmp, root=tree, LOG_LEVEL="info",
+                                             BATCHING=batching))
+            for name, label, path in ONE_SAMPLE if batching == "on" else ONE_SAMPLE[:1]:
+                mine.append((f"{label} mnist, 1, batching {batching}", i, srv, path, name))
+        per_tree.append(mine)
+    groups = [list(group) for group in zip(*per_tree, strict=True)]
+    python = Path(args.kserve_python)
+    if len(args.tree) == 1 and python.exists():
+        peer = stack.enter_context(kserve_peer(python, args.workers, tmp))
+        groups += [[("KServe V1 mnist, 1", 0, peer, "/v1/models/mnist:predict", "v1mnist1")],
+                   [("KServe V2 JSON mnist, 1", 0, peer, "/v2/models/mnist/infer", "v2jsonmnist1")]]
+    elif len(args.tree) == 1:
+        print(f"  no KServe peer ({results.portable(python)} missing: make bench-peers)", flush=True)
+    return groups
 
 
-def one_sample_run(args, tmp: Path, data: dict) -> list[dict]:
+def in_turns(groups: list[list[tuple]], k: int) -> list[tuple]:
+    """Round ``k``'s order: the groups rotated by ``k``, and within each group the trees reversed every
+    other round, so no contender always goes first and the trees of a label run side by side."""
+    turned = groups[k % len(groups):] + groups[:k % len(groups)]
+    return [contender for group in turned for contender in (group if k % 2 == 0 else group[::-1])]
+
+
+def one_sample_run(args, tmp: Path, data: dict) -> dict:
     """MNIST one sample: the bare-Flask ceiling, ours with batching on and off, and the tuned KServe peer.
 
     All servers are up at once (idle ones cost nothing) and every concurrency level runs ``--rounds``
-    rounds of every contender, in an order rotated each round; each row is the median round. On a
-    shared machine whose speed drifts by 2x within minutes, contenders measured minutes apart are not
-    comparable; measured seconds apart, in turns, they are.
+    rounds of every contender, in turns (:func:`in_turns`); each row is the median round. On a shared
+    machine whose speed drifts by 2x within minutes, contenders measured minutes apart are not
+    comparable; measured seconds apart, in turns, they are. With several trees, ``paired`` holds each
+    later tree's requests/s over the first's, round by round, and their median with the sign test's
+    interval.
     """
-    contenders = []  # (label, server, path, body name)
+    several = len(args.tree) > 1
+    rows, paired = [], []
     with contextlib.ExitStack() as stack:
-        ceiling = stack.enter_context(server(CEILING_APP, args.workers, tmp))
-        contenders.append((ONE_SAMPLE_CEILING, ceiling, "/predict", "mnist1"))
-        for batching in ("on", "off"):
-            srv = stack.enter_context(server(SERVICE_APP, args.workers, tmp, LOG_LEVEL="info", BATCHING=batching))
-            for name, label, path in ONE_SAMPLE if batching == "on" else ONE_SAMPLE[:1]:
-                contenders.append((f"{label} mnist, 1, batching {batching}", srv, path, name))
-        python = Path(args.kserve_python)
-        if python.exists():
-            peer = stack.enter_context(kserve_peer(python, args.workers, tmp))
-            contenders += [("KServe V1 mnist, 1", peer, "/v1/models/mnist:predict", "v1mnist1"),
-                           ("KServe V2 JSON mnist, 1", peer, "/v2/models/mnist/infer", "v2jsonmnist1")]
-        else:
-            print(f"  no KServe peer ({python} missing: make bench-peers)", flush=True)
-        for _, srv, path, name in contenders:  # warm every server and path
-            wrk(f"{srv.url}{path}", data[name][0], 4, 1)
-        rows = []
+        groups = one_sample_contenders(stack, args, tmp)
+        for group in groups:  # warm every server and path
+            for _, _, srv, path, name in group:
+                wrk(f"{srv.url}{path}", data[name][0], 4, 1)
         for c in args.concurrency:
-            results: dict[str, list[dict]] = {label: [] for label, *_ in contenders}
+            measured: dict[tuple[str, int], list[dict]] = {(c_[0], c_[1]): [] for g in groups for c_ in g}
             for k in range(args.rounds):
-                for label, srv, path, name in contenders[k % len(contenders):] + contenders[:k % len(contenders)]:
+                for label, tree, srv, path, name in in_turns(groups, k):
                     batches = label.endswith("batching on")
                     before = executed_batches(srv.url) if batches else None
                     r = wrk(f"{srv.url}{path}", data[name][0], c, args.seconds)
@@ -378,24 +200,35 @@ def one_sample_run(args, tmp: Path, data: dict) -> list[dict]:
                         after = executed_batches(srv.url)
                         passes = after[1] - before[1]
                         r["mean_executed_batch"] = (after[0] - before[0]) / passes if passes else None
-                    results[label].append(r)
-            for label, rounds in results.items():
-                r = dict(sorted(rounds, key=lambda x: x["rps"])[len(rounds) // 2])  # the median round
+                    measured[label, tree].append(r)
+            for (label, tree), rounds in measured.items():
+                r = dict(median_round(rounds))
                 r.update(scenario=label, concurrency=c, images_per_s=r["rps"], rounds_rps=[x["rps"] for x in rounds],
                          errors=sum(x["errors"] for x in rounds))
+                if several:
+                    r["tree"] = tree
                 rows.append(r)
-                print(f"  {label:40s} c={c:>3} {r['rps']:9.1f} req/s  p99 {r['p99_us'] / 1000:8.2f} ms  "
-                      f"errors {r['errors']}  rounds {[round(x) for x in r['rounds_rps']]}", flush=True)
-    return rows
+                print(f"  {label:40s} {f'tree {tree} ' if several else ''}c={c:>3} {r['rps']:9.1f} req/s  "
+                      f"p99 {r['p99_us'] / 1000:8.2f} ms  errors {r['errors']}  "
+                      f"rounds {[round(x) for x in r['rounds_rps']]}", flush=True)
+            for label in dict.fromkeys(label for label, _ in measured):
+                for tree in range(1, len(args.tree)):
+                    ratios = [b["rps"] / a["rps"] for a, b in zip(measured[label, 0], measured[label, tree],
+                                                                 strict=True)]
+                    median, low, high = median_interval(ratios)
+                    paired.append({"scenario": label, "concurrency": c, "tree": tree, "ratios": ratios,
+                                   "median": median, "low": low, "high": high})
+    return {"rows": rows, "paired": paired}
 
 
-def compare_run(args, tmp: Path) -> list[dict]:
-    data = bodies(tmp, args.data_dir)
+def compare_run(args, tmp: Path, data: dict) -> list[dict]:
+    """The worker comparison: the ceiling and ``/predict`` MNIST under each ``--compare`` worker class,
+    then its slow-clients row, one class after the other."""
     rows = []
     for worker in args.compare:
         env = {"WORKER_CLASS": worker, "THREADS": str(args.threads if worker == "gthread" else 1)}
         for app, label in ((CEILING_APP, "HTTP ceiling"), (SERVICE_APP, "/predict mnist, 1")):
-            with server(app, args.workers, tmp, **env) as srv:
+            with server(app, args.workers, tmp, root=args.tree[0], **env) as srv:
                 wrk(f"{srv.url}/predict", data["mnist1"][0], 4, 1)
                 for c in args.concurrency:
                     r = wrk(f"{srv.url}/predict", data["mnist1"][0], c, args.seconds)
@@ -412,12 +245,13 @@ def compare_run(args, tmp: Path) -> list[dict]:
     return rows
 
 
-# -- reporting ----------------------------------------------------------------------------------------
+# -- tables -------------------------------------------------------------------------------------------
 def ms(us: float | None) -> str:
     return "" if us is None else f"{us / 1000:.2f}"
 
 
 def table(rows: list[dict]) -> str:
+    """The rows of a full or one-sample run, one line each, with each row against its ceiling."""
     http = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == "HTTP ceiling (bare Flask)"}
     # the one-sample comparison's rows answer to the ceiling measured in turns with them
     http_turns = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == ONE_SAMPLE_CEILING}
@@ -438,9 +272,7 @@ def table(rows: list[dict]) -> str:
             ratio = f"{r['rps'] / http_turns[r['concurrency']]:.2f} of HTTP"
             if r.get("mean_executed_batch") is not None:
                 ratio += f"; batch {r['mean_executed_batch']:.1f}"
-        elif "rounds_rps" in r:
-            pass
-        elif r["scenario"].startswith(("/predict", "V2", "V1", "KServe")) and r["concurrency"] in http:
+        elif "rounds_rps" not in r and r["scenario"].startswith(("/predict", "V2", "V1")) and r["concurrency"] in http:
             images = r["images_per_s"]
             ratio = (f"{r['rps'] / http[r['concurrency']]:.2f} of HTTP" if images == r["rps"] else
                      f"{images / compute:.2f} of compute")
@@ -451,10 +283,11 @@ def table(rows: list[dict]) -> str:
 
 
 def goals(rows: list[dict]) -> str:
-    """The issue's goals for one MNIST sample, from this run's rows."""
+    """For one MNIST sample at each concurrency: ours against the tuned KServe, against batching off,
+    and against the ceiling in turns, from this run's rows."""
     by = {(r["scenario"], r["concurrency"]): r for r in rows}
     lines = []
-    for c in (1, 16, 64):
+    for c in sorted({r["concurrency"] for r in rows if "rounds_rps" in r}):
         ours = {p: by.get((f"{p} mnist, 1, batching on", c)) for p in ("/predict", "V1", "V2 JSON")}
         off = by.get(("/predict mnist, 1, batching off", c))
         peer = [by.get((f"KServe {p} mnist, 1", c)) for p in ("V1", "V2 JSON")]
@@ -477,7 +310,36 @@ def goals(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def trees_table(result: dict) -> str:
+    """A run over several trees: each contender's median round per tree, and the later tree's rounds
+    over the first's (the median ratio, and the sign test's interval, or the range below 6 rounds)."""
+    names = [f"tree {i} ({t['commit'] or t['path']})" for i, t in enumerate(result["trees"])]
+    by = {(r["scenario"], r["concurrency"], r["tree"]): r for r in result["rows"]}
+    lines = ["| scenario | conc. | " + " | ".join(f"{n} req/s, p50 ms" for n in names) +
+             " | " + " | ".join(f"tree {i} / tree 0 (rounds' ratios)" for i in range(1, len(names))) + " |",
+             "|" + " --- |" * (2 + 2 * len(names) - 1)]
+    paired = {(p["scenario"], p["concurrency"], p["tree"]): p for p in result["paired"]}
+    for label, c in dict.fromkeys((r["scenario"], r["concurrency"]) for r in result["rows"]):
+        cells = [f"{by[label, c, i]['rps']:,.0f}, {ms(by[label, c, i]['p50_us'])}" for i in range(len(names))]
+        ratios = [paired[label, c, i] for i in range(1, len(names))]
+        cells += [f"**{p['median']:.3f}** ({p['low']:.3f}-{p['high']:.3f})" for p in ratios]
+        lines.append(f"| {label} | {c} | " + " | ".join(cells) + " |")
+    for i in range(1, len(names)):
+        ours = [x for p in result["paired"] if p["tree"] == i and p["scenario"] != ONE_SAMPLE_CEILING
+                for x in p["ratios"]]
+        ceiling = [x for p in result["paired"] if p["tree"] == i and p["scenario"] == ONE_SAMPLE_CEILING
+                   for x in p["ratios"]]
+        line = (f"\nTree {i} / tree 0 over every round of the service's rows ({len(ours)} ratios): median "
+                "{:.3f}, 95 % interval {:.3f}-{:.3f}".format(*median_interval(ours)))
+        if ceiling:
+            line += ("; the bare-Flask ceiling's (the same code in both trees: the run's noise): median "
+                     "{:.3f}, range {:.3f}-{:.3f}".format(*median_interval(ceiling, level=1.0)))
+        lines.append(line + ".")
+    return "\n".join(lines)
+
+
 def compare_table(rows: list[dict]) -> str:
+    """The worker comparison: one line per worker class."""
     lines = ["| worker | HTTP ceiling req/s (c=1/16/64) | /predict MNIST req/s (c=1/16/64) | p99 ms (c=1/16/64) | "
              "slow clients: answered, p99 |", "| --- | --- | --- | --- | --- |"]
     for worker in dict.fromkeys(r["worker"] for r in rows):
@@ -489,11 +351,24 @@ def compare_table(rows: list[dict]) -> str:
         pred_rps = " / ".join(f"{r['rps']:.0f}" for r in pred)
         pred_p99 = " / ".join(ms(r["p99_us"]) for r in pred)
         answered = slow["requests"] - slow["non_2xx"]
-        lines.append(f"| {worker} | {ceil_rps} | {pred_rps} | {pred_p99} | {answered}/200, {ms(slow['p99_us'])} |")
+        p99 = f", {ms(slow['p99_us'])}" if answered else ""
+        lines.append(f"| `{worker}` | {ceil_rps} | {pred_rps} | {pred_p99} | {answered}/200{p99} |")
     return "\n".join(lines)
 
 
+def report(result: dict) -> str:
+    """The Markdown of a results file of this benchmark, whichever mode wrote it."""
+    if result.get("mode") == "compare":
+        return compare_table(result["rows"])
+    if len(result.get("trees", [])) > 1:
+        return trees_table(result)
+    text = table(result["rows"])
+    summary = goals(result["rows"])
+    return text + ("\n\n" + "\n".join(f"- {line}" for line in summary.splitlines()) if summary else "")
+
+
 def plot(rows: list[dict], path: Path) -> None:
+    """Throughput and p99 against concurrency, one line per scenario (needs matplotlib)."""
     try:
         import matplotlib
 
@@ -505,7 +380,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         pts = [r for r in rows if r["scenario"] == scenario and r["rps"] is not None and r["concurrency"]]
-        if len(pts) < 2:
+        if not pts:
             continue
         cs = [r["concurrency"] for r in pts]
         ax1.plot(cs, [r["rps"] for r in pts], marker="o", label=scenario)
@@ -523,47 +398,53 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--seconds", type=float, default=5.0, help="per row")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per row (per round in the one-sample rows)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--compare", nargs="+", metavar="WORKER_CLASS",
-                        help="compare gunicorn worker classes instead (sync, gthread, gevent, ...)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker in --compare")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the one-sample comparison")
     parser.add_argument("--one-sample", action="store_true",
                         help="only the MNIST one-sample comparison (ceiling, batching on/off, KServe)")
-    parser.add_argument("--kserve-python", default=str(ROOT / ".venv-kserve" / "bin" / "python"),
+    parser.add_argument("--tree", type=Path, action="append",
+                        help="a source tree to serve (repeatable with --one-sample; default: this checkout)")
+    parser.add_argument("--compare", nargs="+", metavar="WORKER_CLASS",
+                        help="compare gunicorn worker classes instead (sync, gthread, gevent, ...)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker in --compare")
+    parser.add_argument("--kserve-python", default=str(KSERVE_PYTHON),
                         help="the interpreter with kserve installed (make bench-peers)")
+    parser.add_argument("--out", type=Path, help="the results file (default: bench/results/serve_load.json, "
+                        "serve_one_sample.json, serve_trees.json with several trees, serve_compare.json)")
+    parser.add_argument("--plot", type=Path, help="also a PNG of throughput and p99 against concurrency")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is needed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+    args.tree = [t.resolve() for t in args.tree or [ROOT]]
+    if len(args.tree) > 1 and not args.one_sample:
+        parser.error("several --tree need --one-sample")
+    if not have_wrk():
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    info = machine()
+    mode = "compare" if args.compare else "trees" if len(args.tree) > 1 else "one_sample" if args.one_sample \
+        else "full"
+    out = args.out or results.default_path({"full": "serve_load", "one_sample": "serve_one_sample",
+                                            "trees": "serve_trees", "compare": "serve_compare"}[mode])
+    started, info = time.monotonic(), machine()
     print(f"machine: {info}", flush=True)
+    body: dict = {"mode": mode, "workers": args.workers}
+    if len(args.tree) > 1:
+        body["trees"] = [{"path": results.portable(t), "commit": results.tree_commit(t)} for t in args.tree]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        data = bodies(Path(tmp), args.data_dir)
         if args.compare:
-            rows = compare_run(args, Path(tmp))
-            text = compare_table(rows)
-            name = "serve_compare"
+            body["rows"] = compare_run(args, Path(tmp), data)
+        elif args.one_sample:
+            body.update(one_sample_run(args, Path(tmp), data))
         else:
-            if args.one_sample:
-                rows = one_sample_run(args, Path(tmp), bodies(Path(tmp), args.data_dir))
-                name = "serve_one_sample"
-            else:
-                rows = full_run(args, Path(tmp))
-                name = "serve_load"
-            text = table(rows)
-            plot(rows, args.out / f"{name}.png")
-    (args.out / f"{name}.json").write_text(json.dumps({"machine": info, "workers": args.workers, "rows": rows},
-                                                      indent=2, default=float))
-    print(f"\n{text}\n\n(workers {args.workers}; {info.get('cpu')}; results in {args.out}/{name}.json)")
-    if not args.compare:
-        print(goals(rows))
-    failed = [r for r in rows if r.get("errors") and not math.isnan(r.get("errors", 0))]
+            body["rows"] = full_run(args, Path(tmp), data)
+    if args.plot and not args.compare:
+        plot(body["rows"], args.plot)
+    result = results.save(out, "bench.serve_load", argv, args, body, started, info)
+    print(f"\n{report(result)}\n\n(workers {args.workers}; {info.get('cpu')}; results in {results.portable(out)})")
+    failed = [r for r in body["rows"] if r.get("errors") and not math.isnan(r.get("errors", 0))]
     return 1 if failed and not args.compare else 0
 
 

@@ -14,13 +14,14 @@ Every part runs the real ``python -m service`` on loopback, is bounded in time, 
 * uploads: 100 clients send 15 MB each and stall (``bench/uploads.py``): the workers' memory grows
   by less than 300 MB in all, and a well-behaved client is answered meanwhile, p99 under 100 ms.
 
-    python -m bench.stress [--soak-seconds 300] [--fuzz-examples 250]     (make stress)
+The table goes to ``bench/results/stress.json``.
+
+    python -m bench.stress [--soak-seconds 300] [--fuzz-examples 250] [--part soak ...]     (make stress)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -32,14 +33,16 @@ import threading
 import time
 from pathlib import Path
 
-from bench.cpu_per_request import children
-from bench.train_epoch import machine
+from bench import results
+from bench.harness import run_wrk
+from bench.procfs import children, open_files, rss_mb
 from bench.uploads import stalled_uploads, timed_small_request
 from tests.integration.conftest import LocalServer
 from training.datasets import mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+SOAK_LUA = ROOT / "bench" / "soak.lua"
 
 
 def write_bodies(directory: Path, data_dir: Path | None) -> None:
@@ -62,37 +65,14 @@ def workers(server: LocalServer) -> list[int]:
     return sorted(children(server.master_pid()))
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def fds(pid: int) -> int:
-    """Open descriptors other than sockets (connections come and go; files and pipes must not grow)."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):  # closed meanwhile
-            count += not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    return count
-
-
 def steady_fds(pids: list[int], samples: int = 10) -> list[int]:
     """Each worker's fewest non-socket descriptors over a second: a lock file held by a gradcheck or a
     metrics file being read is open only for a moment, and a leak never goes away."""
     counts = []
     for _ in range(samples):
-        counts.append([fds(p) for p in pids])
+        counts.append([open_files(p) for p in pids])
         time.sleep(0.1)
     return [min(c[i] for c in counts) for i in range(len(pids))]
-
-
-def wrk(url: str, seconds: float, connections: int, script: Path, **env: str) -> dict:
-    out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{int(seconds)}s",
-                          "--timeout=10s", "-s", str(script), url], capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=seconds + 60)
-    return json.loads(next(ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("{")))
 
 
 # -- the parts ------------------------------------------------------------------------------------------
@@ -118,8 +98,8 @@ def soak(tmp: Path, bodies: Path, seconds: float, max_growth: float = 0.05) -> d
     try:
         pids = workers(server)
         result: dict = {}
-        thread = threading.Thread(target=lambda: result.update(wrk(
-            f"{server.url}/predict", seconds, 8, ROOT / "bench" / "soak.lua", BODIES=str(bodies), PACE_MS="20")))
+        thread = threading.Thread(target=lambda: result.update(run_wrk(
+            f"{server.url}/predict", 8, seconds, SOAK_LUA, BODIES=str(bodies), PACE_MS="20")))
         thread.start()
         time.sleep(min(30.0, seconds / 5))  # warm-up
         rss0, fd0 = [rss_mb(p) for p in pids], steady_fds(pids)
@@ -144,8 +124,8 @@ def kill_9(tmp: Path, bodies: Path) -> dict:
     try:
         victim = workers(server)[0]
         result: dict = {}
-        thread = threading.Thread(target=lambda: result.update(wrk(
-            f"{server.url}/predict", 10, 4, ROOT / "bench" / "wrk.lua", BODY=str(bodies / "predict-mnist1.json"))))
+        thread = threading.Thread(target=lambda: result.update(run_wrk(
+            f"{server.url}/predict", 4, 10, BODY=str(bodies / "predict-mnist1.json"))))
         thread.start()
         time.sleep(3)
         os.kill(victim, signal.SIGKILL)
@@ -154,7 +134,7 @@ def kill_9(tmp: Path, bodies: Path) -> dict:
             time.sleep(0.05)
         replaced = time.monotonic() - start
         thread.join()
-        after = wrk(f"{server.url}/predict", 3, 4, ROOT / "bench" / "wrk.lua", BODY=str(bodies / "predict-mnist1.json"))
+        after = run_wrk(f"{server.url}/predict", 4, 3, BODY=str(bodies / "predict-mnist1.json"))
     finally:
         server.stop()
     failed = result["connect_errors"] + result["read_errors"] + result["write_errors"] + result["timeouts"] + \
@@ -169,8 +149,8 @@ def kill_9(tmp: Path, bodies: Path) -> dict:
 def sigterm(tmp: Path, bodies: Path) -> dict:
     server = LocalServer(tmp / "term").start()
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(wrk(
-        f"{server.url}/predict", 6, 4, ROOT / "bench" / "wrk.lua", BODY=str(bodies / "predict-mnist256.json"))))
+    thread = threading.Thread(target=lambda: result.update(run_wrk(
+        f"{server.url}/predict", 4, 6, BODY=str(bodies / "predict-mnist256.json"))))
     thread.start()
     time.sleep(2)
     server.proc.send_signal(signal.SIGTERM)
@@ -246,34 +226,56 @@ def idle_crowd(tmp: Path, connections: int = 2100) -> dict:
             "note": "new clients answered within 1 s (the longest-waiting idle connections are closed)"}
 
 
+PARTS = ("fuzz", "soak", "kill-9", "sigterm", "hostile", "uploads", "idle-crowd")
+
+
+def table(rows: list[dict]) -> str:
+    """One line per part, with its verdict."""
+    lines = ["| part | cases / requests | failures | p99 ms | worker RSS | open fds | verdict | notes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        p99 = f"{r['p99_ms']:.1f}" if r.get("p99_ms") is not None else ""
+        lines.append(f"| {r['part']} | {r['cases']:,} | {r['failures']} | {p99} | {r.get('rss', '')} | "
+                     f"{r.get('fds', '')} | {'ok' if r['ok'] else 'FAILED'} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def report(result: dict) -> str:
+    """The Markdown of this benchmark's results file."""
+    return table(result["rows"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.stress", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--soak-seconds", type=float, default=300)
     parser.add_argument("--fuzz-examples", type=int, default=250, help="per operation (x 24 operations)")
+    parser.add_argument("--part", choices=PARTS, action="append",
+                        help="run only this part (repeatable; default: all, in the order listed)")
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stress.json")
+    parser.add_argument("--out", type=Path, default=results.default_path("stress"), help="the results file")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     rows = []
     with tempfile.TemporaryDirectory(prefix="stress-") as tmp_name:
         tmp = Path(tmp_name)
         bodies = tmp / "bodies"
         bodies.mkdir()
         write_bodies(bodies, args.data_dir)
-        for part in (lambda: fuzz(tmp, args.fuzz_examples), lambda: soak(tmp, bodies, args.soak_seconds),
-                     lambda: kill_9(tmp, bodies), lambda: sigterm(tmp, bodies), lambda: hostile(tmp),
-                     lambda: uploads(tmp), lambda: idle_crowd(tmp)):
-            row = part()
+        parts = {"fuzz": lambda: fuzz(tmp, args.fuzz_examples),
+                 "soak": lambda: soak(tmp, bodies, args.soak_seconds),
+                 "kill-9": lambda: kill_9(tmp, bodies), "sigterm": lambda: sigterm(tmp, bodies),
+                 "hostile": lambda: hostile(tmp), "uploads": lambda: uploads(tmp),
+                 "idle-crowd": lambda: idle_crowd(tmp)}
+        for name in PARTS:
+            if args.part and name not in args.part:
+                continue
+            row = parts[name]()
             row.setdefault("ok", row["failures"] == 0)
             rows.append(row)
             print(f"  {row['part']}: {row['cases']} cases, {row['failures']} failures, {row['note']}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2, default=str))
-    print("\n| part | cases / requests | failures | p99 ms | worker RSS | open fds | verdict | notes |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        p99 = f"{r['p99_ms']:.1f}" if "p99_ms" in r else ""
-        print(f"| {r['part']} | {r['cases']:,} | {r['failures']} | {p99} | {r.get('rss', '')} | {r.get('fds', '')} | "
-              f"{'ok' if r['ok'] else 'FAILED'} | {r['note']} |")
+    result = results.save(args.out, "bench.stress", argv, args, {"rows": rows}, started)
+    print(f"\n{report(result)}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -15,16 +15,16 @@ in force are recorded. Each round runs every contestant once, in an order rotate
 none always runs first. The goal: NumPy's median at most 1.0x the fastest PyTorch median. A
 breakdown of one NumPy epoch (forward, loss, backward, optimizer) says where its time goes.
 
-    python -m bench.train_epoch [--data-dir DIR] [--rounds 5] [--threads N] [--json bench/results/train_epoch.json]
+The medians, every round and the breakdown go to ``bench/results/train_epoch.json``.
+
+    python -m bench.train_epoch [--data-dir DIR] [--rounds 5] [--threads N] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,8 +32,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
+from bench import results
+from bench.machine import machine
 from model.losses import SoftmaxCrossEntropy
 from model.network import mlp
 from model.optimizers import Adam
@@ -117,41 +119,24 @@ def numpy_breakdown(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return parts
 
 
-def machine(torch=None, threads: int | None = None) -> dict[str, str]:
-    """The machine, the thread pools actually in force (threadpoolctl) and, given, torch's threads."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(), "numpy": np.__version__,
-            "thread pools in force": ", ".join(
-                f"{p['internal_api']} {p.get('version') or ''} ({Path(p['filepath']).name}) x{p['num_threads']}"
-                for p in threadpool_info())}
-    if threads is not None:
-        info["threads asked"] = str(threads)
-    if torch is not None:
-        info["torch"] = (f"{torch.__version__}, intra-op threads {torch.get_num_threads()}, "
-                         f"inter-op threads {torch.get_num_interop_threads()}")
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.train_epoch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, help="MNIST IDX files (default: $MNIST_DIR or the cache)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (e.g. without a C++ compiler)")
-    parser.add_argument("--json", type=Path, default=Path("bench/results/train_epoch.json"))
+    parser.add_argument("--no-torch", action="store_true", help="time NumPy only, even where PyTorch is installed")
+    parser.add_argument("--out", type=Path, default=results.default_path("train_epoch"), help="the results file")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ds = mnist(args.data_dir, download=True)
     x, y = ds.x, ds.y.astype(np.int64)
     xte, yte = ds.eval_sets["test"]
     try:
+        if args.no_torch:
+            raise ImportError("--no-torch")
         import torch
     except ImportError:
         torch = None
@@ -185,31 +170,35 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {k: statistics.median(v) for k, v in times.items()}
     fastest_torch = min((k for k in medians if k != "numpy"), key=medians.get, default=None)
-    result = {"machine": info, "network": NETWORK, "rounds": args.rounds, "seconds": times,
-              "median": medians, "setup_seconds_median": {k: statistics.median(v) for k, v in setup.items()},
-              "test_accuracy_after_one_epoch": accs, "numpy_epoch_breakdown_seconds": breakdown}
+    body = {"network": NETWORK, "rounds": args.rounds, "seconds": times, "median": medians,
+            "setup_seconds_median": {k: statistics.median(v) for k, v in setup.items()},
+            "test_accuracy_after_one_epoch": accs, "numpy_epoch_breakdown_seconds": breakdown}
     if fastest_torch:
-        result["fastest_torch"] = fastest_torch
-        result["ratio_numpy_over_fastest_torch"] = medians["numpy"] / medians[fastest_torch]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-
+        body["fastest_torch"] = fastest_torch
+        body["ratio_numpy_over_fastest_torch"] = medians["numpy"] / medians[fastest_torch]
+    result = results.save(args.out, "bench.train_epoch", argv, args, body, started, info)
     print("machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
-    print(f"\n| contestant | epoch seconds (median of {args.rounds}) | range | ratio NumPy / it | "
-          "test accuracy after 1 epoch |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, values in times.items():
-        ratio = medians["numpy"] / medians[name]
-        print(f"| {name} | {medians[name]:.2f} | {min(values):.2f}-{max(values):.2f} | {ratio:.2f} | "
-              f"{accs[name]:.4f} |")
-    if fastest_torch:
-        verdict = "met" if result["ratio_numpy_over_fastest_torch"] <= 1.0 else "MISSED"
-        print(f"\nNumPy / fastest PyTorch ({fastest_torch}): {result['ratio_numpy_over_fastest_torch']:.2f} "
-              f"(goal <= 1.00: {verdict})")
-    total = sum(breakdown.values())
-    print("\nOne NumPy epoch, by pass: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f}%)"
-                                                   for k, v in breakdown.items()))
+    print(f"\n{report(result)}")
     return 0
+
+
+def report(result: dict) -> str:
+    """The Markdown of this benchmark's results file: the contestants' medians, the goal, the breakdown."""
+    times, medians, accs = result["seconds"], result["median"], result["test_accuracy_after_one_epoch"]
+    lines = [f"| contestant | epoch seconds (median of {result['rounds']}) | range | ratio NumPy / it | "
+             "test accuracy after 1 epoch |", "| --- | --- | --- | --- | --- |"]
+    for name, values in times.items():
+        lines.append(f"| {name} | {medians[name]:.2f} | {min(values):.2f}-{max(values):.2f} | "
+                     f"{medians['numpy'] / medians[name]:.2f} | {accs[name]:.4f} |")
+    if result.get("fastest_torch"):
+        ratio = result["ratio_numpy_over_fastest_torch"]
+        lines.append(f"\nNumPy / fastest PyTorch ({result['fastest_torch']}): {ratio:.2f} "
+                     f"(goal <= 1.00: {'met' if ratio <= 1.0 else 'missed'}).")
+    breakdown = result["numpy_epoch_breakdown_seconds"]
+    total = sum(breakdown.values())
+    lines.append("\nOne NumPy epoch, by pass: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)"
+                                                           for k, v in breakdown.items()) + ".")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

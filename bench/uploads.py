@@ -6,6 +6,8 @@ connection. Meanwhile a well-behaved client sends small ``/predict`` requests. M
 workers' RSS before, at the peak of the burst, and after the stalled connections are cut; the
 well-behaved client's answers and latencies.
 
+The row goes to ``bench/results/uploads.json``.
+
     python -m bench.uploads [--connections 100] [--mb 15]      (also a row of make stress)
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import socket
 import sys
 import tempfile
@@ -23,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from bench.cpu_per_request import children
+from bench import results
+from bench.procfs import children, rss_mb
 from tests.integration.conftest import LocalServer
 
 SMALL = json.dumps({"model": "xor", "inputs": [[0, 1]]})
@@ -42,15 +46,9 @@ def timed_small_request(post, url: str) -> float | None:
 
 
 def workers_rss_mb(server: LocalServer) -> float:
-    """The sum of the workers' resident memory, in MB."""
-    total = 0
-    for pid in children(server.master_pid()):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-    return total / 1024
+    """The sum of the workers' resident memory, in MB (a worker that just exited counts 0)."""
+    sizes = [rss_mb(pid) for pid in children(server.master_pid())]
+    return sum(size for size in sizes if not math.isnan(size))
 
 
 class StalledUploads:
@@ -125,19 +123,35 @@ def stalled_uploads(server: LocalServer, connections: int = 100, body_mb: float 
             "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else None}
 
 
+def report(result: dict) -> str:
+    """The Markdown of this benchmark's results file."""
+    r = result["row"]
+    p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else ""
+    return ("| stalled uploads | sent | workers' RSS before | growth at the peak | growth after | "
+            "small requests answered / failed | their p99 ms |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+            f"| {r['connections']} x {r['body_mb']:g} MB | {r['uploaded_mb']:,} MB | {r['rss_before_mb']} MB | "
+            f"+{r['rss_growth_peak_mb']} MB | +{r['rss_growth_after_mb']} MB | {r['answered']} / {r['failed']} | "
+            f"{p99} |")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.uploads", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--mb", type=float, default=15.0, help="each upload's size (the limit is 16 MiB)")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=results.default_path("uploads"), help="the results file")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         server = LocalServer(Path(tmp), MAX_BATCH="1024", MAX_BODY_BYTES=str(16 * 1024 * 1024)).start()
         try:
             row = stalled_uploads(server, args.connections, args.mb, args.seconds)
         finally:
             server.stop()
+    result = results.save(args.out, "bench.uploads", argv, args, {"row": row}, started)
     print(json.dumps(row))
+    print(report(result))
     return 0
 
 

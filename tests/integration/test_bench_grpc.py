@@ -1,6 +1,6 @@
-"""The gRPC benchmark's driver runs (``bench/grpc_load.py``; its figures are measured by hand): client
-processes of their own answer both contenders against the real server, with no errors. Speed is not
-judged here."""
+"""The gRPC benchmark runs (``bench/grpc_load.py``; its figures are measured by hand, docs/benchmarks.md):
+client processes of their own answer both contenders against the real server, with no errors, and the
+run writes its results file. Speed is not judged here."""
 
 from __future__ import annotations
 
@@ -28,15 +28,16 @@ def test_the_benchmark_parses_its_arguments(capsys):
     assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
 
 
-def test_cpu_per_call_reads_both_protocols_servers(capsys):
-    """``bench/grpc_cpu.py``: its own ``python -m service``, one round each of gRPC and HTTP V2 binary with
-    no errors (its exit status), a CPU per call read from the gRPC processes and from gunicorn's workers
-    (positive: they served); calls of 4 images (``--batch``)."""
-    from bench import grpc_cpu
+def test_the_benchmark_writes_its_results_file(tmp_path, capsys):
+    """``python -m bench.grpc_load`` whole, briefly: its own ``python -m service``, both contenders at one
+    concurrency, no errors (its exit status), the rows and the machine in its results file."""
+    import json
 
-    assert grpc_cpu.main(["--http", "--batch", "4", "--concurrency", "2", "--rounds", "1", "--seconds", "1"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("c=2 ")]
-    assert len(rows) == 2 and rows[1].endswith(tuple("0123456789]")) and "HTTP V2 binary" in rows[1], rows
-    for row in rows:
-        server = float(row.split("server CPU per call median ")[1].split(" µs")[0])
-        assert server > 0, row
+    out = tmp_path / "grpc_load.json"
+    assert grpc_load.main(["--concurrency", "2", "--rounds", "1", "--seconds", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "grpc_load" and result["command"].startswith("python -m bench.grpc_load")
+    assert result["machine"]["cores"] and result["settings"]["rounds"] == 1
+    assert [r["scenario"] for r in result["rows"]] == list(grpc_load.CONTENDERS)
+    assert all(r["errors"] == 0 and r["rps"] > 0 for r in result["rows"])
+    assert grpc_load.report(result) in capsys.readouterr().out

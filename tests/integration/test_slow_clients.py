@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from bench.serve_load import SlowClients
+from bench.slow_clients import SlowClients
 from tests.integration.conftest import LocalServer
 
 XOR = b'{"model": "xor", "inputs": [[0, 1]]}'
