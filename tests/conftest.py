@@ -50,6 +50,25 @@ def long_gradcheck_samples(seconds_for_ten: float, target: float = 4.0) -> int:
     return int(min(MAX_SAMPLES, max(10, 10 * target / seconds_for_ten)))
 
 
+def mnist_gradcheck(mnist_data, samples: int) -> dict:
+    """A directional gradcheck of 8 MNIST test images checking ``samples`` directions."""
+    x, y = mnist_data.eval_sets["test"]
+    return {"model": "mnist", "inputs": x[:8].tolist(), "labels": [str(v) for v in y[:8]], "mode": "directional",
+            "samples": samples}
+
+
+def long_gradcheck(url: str, mnist_data, target: float = 4.0) -> tuple[dict, float]:
+    """The body of a gradcheck that takes about ``target`` seconds on the server at ``url`` now (sized
+    by a probe of 10 directions, since a shared machine's speed drifts), and the probe's seconds.
+    The server needs GRADCHECK_MAX_COST=1e13 and GRADCHECK_MAX_SAMPLES=MAX_SAMPLES."""
+    import requests
+
+    probe = requests.post(f"{url}/gradcheck", json=mnist_gradcheck(mnist_data, 10), timeout=120)
+    assert probe.status_code == 200, probe.text
+    seconds = probe.json()["seconds"]
+    return mnist_gradcheck(mnist_data, long_gradcheck_samples(seconds, target)), seconds
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

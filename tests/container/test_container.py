@@ -13,7 +13,7 @@ import time
 import requests
 
 from model.io import load_model
-from tests.conftest import MAX_SAMPLES, long_gradcheck_samples
+from tests.conftest import MAX_SAMPLES, long_gradcheck
 from tests.container.engine import ENGINE, build, engine, image, image_size_mb, require_engine, run
 
 
@@ -55,15 +55,7 @@ def test_stop_is_graceful_and_well_before_the_kill_timeout(mnist_data):
     the kill timeout (120 s) is the engine's, not a clock on our work."""
     container = run(image(), GRADCHECK_MAX_COST="1e13", GRADCHECK_MAX_SAMPLES=str(MAX_SAMPLES), GRACEFUL_TIMEOUT="100")
     try:
-        x, y = mnist_data.eval_sets["test"]
-
-        def body(samples: int) -> dict:
-            return {"model": "mnist", "inputs": x[:8].tolist(), "labels": [str(v) for v in y[:8]],
-                    "mode": "directional", "samples": samples}
-
-        probe = requests.post(f"{container.url}/gradcheck", json=body(10), timeout=120)
-        assert probe.status_code == 200, probe.text
-        slow = body(long_gradcheck_samples(probe.json()["seconds"], target=8.0))
+        slow, _ = long_gradcheck(container.url, mnist_data, target=8.0)
         results: list = []
         thread = threading.Thread(target=lambda: results.append(
             (requests.post(f"{container.url}/gradcheck", json=slow, timeout=240), time.monotonic())))

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import MAX_SAMPLES, long_gradcheck_samples, served_version
+from tests.conftest import MAX_SAMPLES, long_gradcheck, served_version
 from tests.integration.conftest import LocalServer
 
 
@@ -86,21 +86,12 @@ def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
     # two long gradchecks at once: lift the per-request cost bound and the concurrency bound
     server = LocalServer(tmp_path, GRACEFUL_TIMEOUT="120", GRADCHECK_MAX_COST="1e13",
                          GRADCHECK_CONCURRENCY="2", GRADCHECK_MAX_SAMPLES=str(MAX_SAMPLES)).start()
-    x, y = mnist_data.eval_sets["test"]
-
-    def body(samples: int) -> dict:
-        return {"model": "mnist", "inputs": x[:8].tolist(), "labels": [str(v) for v in y[:8]],
-                "mode": "directional", "samples": samples}
-
-    # its time is about proportional to the directions checked (each pass reads all the weights)
-    probe = requests.post(f"{server.url}/gradcheck", json=body(10), timeout=120)
-    assert probe.status_code == 200, probe.text
-    samples = long_gradcheck_samples(probe.json()["seconds"])
+    slow, probe_seconds = long_gradcheck(server.url, mnist_data)
     results: list[tuple[requests.Response | Exception, float]] = []
 
     def call() -> None:
         try:
-            r = requests.post(f"{server.url}/gradcheck", json=body(samples), timeout=240)
+            r = requests.post(f"{server.url}/gradcheck", json=slow, timeout=240)
             results.append((r, time.monotonic()))
         except requests.RequestException as exc:
             results.append((exc, time.monotonic()))
@@ -121,7 +112,7 @@ def test_sigterm_answers_in_flight_requests_then_exits(tmp_path, mnist_data):
     assert all(r.json()["passed"] for r, _ in results)
     assert all(done > start for _, done in results), "a request ended before the signal: nothing was in flight"
     assert "Handling signal: term" in log
-    print(f"\nSIGTERM with 2 in-flight gradchecks ({samples} directions, {probe.json()['seconds']:.2f} s for 10): "
+    print(f"\nSIGTERM with 2 in-flight gradchecks ({slow['samples']} directions, {probe_seconds:.2f} s for 10): "
           f"stopped in {elapsed:.2f} s")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/healthz", timeout=2)
@@ -136,15 +127,7 @@ def test_the_event_loop_answers_while_a_gradcheck_runs(tmp_path, mnist_data):
     server = LocalServer(tmp_path, WORKERS="1", GRPC_PORT="0", GRADCHECK_MAX_COST="1e13",
                          GRADCHECK_MAX_SAMPLES=str(MAX_SAMPLES)).start()
     try:
-        x, y = mnist_data.eval_sets["test"]
-
-        def body(samples: int) -> dict:
-            return {"model": "mnist", "inputs": x[:8].tolist(), "labels": [str(v) for v in y[:8]],
-                    "mode": "directional", "samples": samples}
-
-        probe = requests.post(f"{server.url}/gradcheck", json=body(10), timeout=120)
-        assert probe.status_code == 200, probe.text
-        slow = body(long_gradcheck_samples(probe.json()["seconds"], target=8.0))
+        slow, _ = long_gradcheck(server.url, mnist_data, target=8.0)
         done: list[tuple[int, float]] = []
         thread = threading.Thread(target=lambda: done.append(
             (requests.post(f"{server.url}/gradcheck", json=slow, timeout=240).status_code, time.monotonic())))
