@@ -87,6 +87,20 @@ def wait_until(srv: Server, path: str, what: str, timeout: float, pause: float =
         time.sleep(pause)
 
 
+def settle(url: str, body: Path, timeout: float = 30.0) -> None:
+    """POST the JSON ``body`` to ``url`` until it answers 200. wrk ends a row by cutting its last
+    request off, which the server still computes: a gradcheck or an explanation then holds its
+    GRADCHECK_CONCURRENCY slot a moment longer, and a row that started meanwhile would count the
+    server's 503s (busy) as its errors."""
+    deadline = time.monotonic() + timeout
+    data = body.read_bytes()
+    headers = {"Content-Type": "application/json"}
+    while requests.post(url, data=data, headers=headers, timeout=timeout).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout:g} s")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> Iterator[Server]:
     """gunicorn with the service's own configuration serving ``app`` from the source tree ``root``.
@@ -105,10 +119,12 @@ def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> 
         More environment, e.g. ``BATCHING="off"``.
     """
     port = free_port()
-    metrics_dir = tmp / f"metrics-{port}"
+    metrics_dir, state_dir = tmp / f"metrics-{port}", tmp / f"state-{port}"
     metrics_dir.mkdir()
+    state_dir.mkdir()  # as python -m service gives its workers: GRADCHECK_CONCURRENCY counts across them
     environ = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": str(workers),
-               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **ONE_BLAS_THREAD, **env}
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "STATE_DIR": str(state_dir), **ONE_BLAS_THREAD,
+               **env}
     log = tmp / f"{app.split('.')[0]}-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config(root)), app], cwd=root,

@@ -57,6 +57,7 @@ from bench.harness import (
     have_wrk,
     kserve_peer,
     server,
+    settle,
     wrk,
 )
 from bench.machine import machine
@@ -132,9 +133,11 @@ def full_run(args, tmp: Path, data: dict) -> list[dict]:
                 add(label, images, c, wrk(f"{srv.url}{path}", body, c, args.seconds, header_length=header_length))
         add("slow clients: 200 sequential", 1, 1, slow_client_row(srv, data["mnist1"][0]))
         # one at a time: beyond GRADCHECK_CONCURRENCY (workers - 1) gradchecks are refused with a 503
+        settle(f"{srv.url}/gradcheck", data["gradcheck"][0])
         add("/gradcheck mnist, 16 images", 0, 1, wrk(f"{srv.url}/gradcheck", data["gradcheck"][0], 1,
                                                       args.seconds, timeout=30))
-        # the same slots as gradchecks: one at a time here too
+        # the same slots as gradchecks: one at a time here too, once the last gradcheck has let go
+        settle(f"{srv.url}/explain", data["explain"][0])
         add("/explain mnist, 1 image, integrated gradients (64 steps)", 0, 1,
             wrk(f"{srv.url}/explain", data["explain"][0], 1, args.seconds, timeout=30))
     return rows + one_sample_run(args, tmp, data)["rows"]
