@@ -16,10 +16,11 @@ compressed one -- goes to Flask untouched (the body it read is put back), so eve
 is still answered in one place, by the same handlers; nothing a request can do happens twice, since
 the lane hands over before the data plane is asked. From the data plane on it does what the Flask
 views do, with the same functions: ``DataPlane.infer``, the protocol's answer builder
-(``service/protocols/``), errors rendered by ``service/app/error_handlers.py``'s :func:`rendered`, the
-response compressed by ``service/protocols/content_coding.py``, the request id, metrics and log line of
-``service/observability/request_record.py``. The integration tests run through it (every inference they send that
-succeeds), and ``tests/test_fast_lane.py`` compares its answers with Flask's, header by header.
+(``service/protocols/``), errors rendered by ``protocols/error_bodies.py``'s :func:`rendered`, the
+response compressed by ``protocols/content_coding.py``, the request id, metrics and log line of
+``observability/request_record.py``. The integration tests run through it (every inference they
+send that succeeds), and ``tests/test_fast_lane.py`` compares its answers with Flask's, header by
+header.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ class FastLane:
                 headers.append(("Content-Encoding", coding))
             headers.append(("Vary", "Accept-Encoding"))
         headers[1] = ("Content-Length", str(len(out)))
-        request_record.record(self.plane.registry.snapshot, route.rules[version is not None], "POST", path, call.model,
-                        batch_size, status, time.perf_counter() - start, rid)
+        request_record.record(self.plane.registry.snapshot, route.rules[version is not None], "POST", path,
+                              call.model, batch_size, status, time.perf_counter() - start, rid)
         return status, headers, out
 
     def takes(self, environ: dict[str, Any]) -> tuple[Route, re.Match[str], int] | None:

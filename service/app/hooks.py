@@ -71,5 +71,5 @@ def after(response: Response) -> Response:
             response.headers["Content-Encoding"] = coding
         response.vary.add("Accept-Encoding")
     request_record.record(current_app.extensions["model_registry"].snapshot, endpoint, req.method, req.path, model,
-                    getattr(ctx, "batch_size", None), response.status_code, elapsed, request_id)
+                          getattr(ctx, "batch_size", None), response.status_code, elapsed, request_id)
     return response

@@ -20,9 +20,9 @@ def freeze_startup_objects() -> None:
     """Call once a serving process has loaded everything and before it serves: every object alive now
     moves to the collector's permanent generation.
 
-    gunicorn's master calls it before forking (``service/http_server/gunicorn_conf.py``: a collection in a worker
-    would otherwise write to every inherited object and un-share its page) and each worker again
-    after its own set-up (``service/http_server/worker.py``); a gRPC process once it has loaded its models.
+    gunicorn's master calls it before forking (``gunicorn_conf.py``: a collection in a worker would
+    otherwise write to every inherited object and un-share its page) and each worker again after its
+    own set-up (``worker.py``). The gRPC processes do not call it.
     """
     gc.collect()  # what start-up left as garbage goes now, not into the permanent generation
     gc.freeze()
