@@ -79,3 +79,18 @@ def render() -> tuple[bytes, str]:
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# The capture journal (service/capture/): inferences recorded to CAPTURE_DIR and feedback events. Every
+# child is made here, so a scrape shows zeros before the first capture and the labels stay these.
+CAPTURE_KINDS = ("capture", "feedback")
+CAPTURE_OUTCOMES = ("written", "dropped_queue", "dropped_budget", "dropped_error")
+CAPTURE_RECORDS = Counter("nn_capture_records_total",
+                          "Captured inferences (kind=capture) and feedback events (kind=feedback): written to "
+                          "CAPTURE_DIR, or dropped because the queue was full, the disk budget (CAPTURE_MAX_BYTES) "
+                          "was full, or the disk refused the write", ["kind", "outcome"])
+CAPTURE_BYTES = Counter("nn_capture_bytes_total", "Bytes written to CAPTURE_DIR", ["kind"])
+for _kind in CAPTURE_KINDS:
+    CAPTURE_BYTES.labels(_kind)
+    for _outcome in CAPTURE_OUTCOMES:
+        CAPTURE_RECORDS.labels(_kind, _outcome)
