@@ -68,6 +68,15 @@ class Settings(BaseModel):
                                               description="a batch may wait this long to grow; 0: opportunistic")
     preferred_batch_size: str = Field("", pattern=r"^[0-9, ]*$",
                                       description="comma-separated sizes that end a queue delay early")
+    capture_dir: Path | None = Field(None, description="record sampled inferences and feedback here "
+                                     "(docs/feedback-loop.md); none: capture and POST /feedback off")
+    capture_sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="share of inference requests recorded")
+    capture_max_bytes: int = Field(1 << 30, ge=64 * 1024, description="disk budget of CAPTURE_DIR, all processes")
+    capture_queue: int = Field(1024, ge=1, le=1_000_000, description="records a process holds before writing; "
+                               "past that they are dropped (and counted)")
+    feedback_token: SecretStr | None = Field(None, description="bearer token POST /feedback requires; none: open")
+    drift_window: int = Field(1000, ge=0, le=1_000_000, description="recent samples per model version the drift "
+                              "score averages (per process); 0: off")
 
     def preferred_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({int(v) for v in self.preferred_batch_size.replace(" ", "").split(",") if v and int(v)}))

@@ -9,6 +9,7 @@ from flask import Response, redirect
 from flask_openapi3 import Info, OpenAPI
 
 from service.app.blueprints import ModelNameConverter, VersionConverter
+from service.app.blueprints.feedback import feedback
 from service.app.blueprints.health import health
 from service.app.blueprints.inference import inference
 from service.app.blueprints.models import models
@@ -23,8 +24,9 @@ from service.app.hooks import StrictJSONRequest, after, before
 from service.app.json_provider import ORJSONProvider
 from service.app.openapi import ServiceAPI
 from service.config import Settings
-from service.dataplane.dataplane import DataPlane, Limits
+from service.dataplane.dataplane import DataPlane
 from service.dataplane.diagnostics import Diagnostics
+from service.dataplane.feedback import Feedback
 from service.observability import metrics
 from service.repository.registry import ModelRegistry
 from service.repository.version_policy import VersionPolicy
@@ -48,11 +50,12 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     for name in reg.snapshot.models:  # a zero sample per model, so "no failures" is visible as 0
         metrics.LOAD_FAILURES.labels(name)
     app.extensions["model_registry"] = reg
-    plane = app.extensions["dataplane"] = DataPlane(reg, Limits.from_settings(cfg))
+    plane = app.extensions["dataplane"] = DataPlane.from_settings(reg, cfg)
     app.extensions["diagnostics"] = Diagnostics(plane, cfg.state_dir)
+    app.extensions["feedback"] = Feedback(plane, plane.capture)
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
-    for bp in (inference, models, health, v2, v2_extensions, v1):
+    for bp in (inference, feedback, models, health, v2, v2_extensions, v1):
         app.register_api(bp)
     app.register_blueprint(ui)  # the page at / (plain Flask: not part of the API document)
     if cfg.admin_token is not None:  # the repository API exists only with a token (docs/operations.md)

@@ -208,7 +208,7 @@ class FastLane:
         Flask renders them."""
         batch_size = None
         try:
-            result = self.plane.infer(call.model, call.version, call.inputs, field=call.field)
+            result = self.plane.infer(call.model, call.version, call.inputs, field=call.field, request_id=rid)
             batch_size = len(result.classes)
             out, headers = call.respond(result)
         except ServiceError as exc:

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.capture.capture import Capture
 from service.config import Settings
 from service.errors import ServiceError, invalid, too_large
-from service.observability import metrics, statistics
+from service.observability import accuracy, drift, metrics, statistics
 from service.observability.statistics import VersionStats
 from service.repository.model_version import ModelVersion
 from service.repository.registry import ModelRegistry
@@ -120,10 +121,22 @@ class InlineRunner:
 class DataPlane:
     """Models by name and version, and inference on them (``diagnostics.py`` adds the checks)."""
 
-    def __init__(self, registry: ModelRegistry, limits: Limits | None = None, runner: Runner | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, limits: Limits | None = None, runner: Runner | None = None,
+                 capture: Capture | None = None, drift_window: int = 0) -> None:
         self.registry = registry
         self.limits = limits or Limits()
         self.runner: Runner = runner or InlineRunner()
+        self.capture = capture  # sampled inferences to CAPTURE_DIR (service/capture/)
+        self.drift = drift.DriftMonitor(drift_window) if drift_window else None
+
+    @classmethod
+    def from_settings(cls, registry: ModelRegistry, settings: Settings) -> DataPlane:
+        """The data plane every front end builds: limits, capture (``CAPTURE_DIR``) and drift from the settings."""
+        capture = None
+        if settings.capture_dir is not None:
+            capture = Capture(settings.capture_dir, settings.capture_sample_rate, settings.capture_max_bytes,
+                              settings.capture_queue)
+        return cls(registry, Limits.from_settings(settings), capture=capture, drift_window=settings.drift_window)
 
     def serve_with(self, runner: Runner) -> None:
         """Run every inference through ``runner`` from now on, warmed on every version serving now."""
@@ -138,6 +151,17 @@ class DataPlane:
         snap = self.registry.snapshot  # one state for both
         info = snap.describe(name)
         serving = snap.serving.get(name, {})
+        labelled = accuracy.read() if self.capture is not None else {}
+        drifts = drift.read() if self.drift is not None else {}
+        for row in info["versions"]:
+            key = (name, row["version"])
+            if key in labelled:
+                right, wrong = labelled[key]
+                row["feedback"] = {"labelled": right + wrong, "right": right,
+                                   "accuracy": round(right / (right + wrong), 6) if right + wrong else None}
+            if key in drifts:
+                total, count = drifts[key]
+                row["drift"] = {"score": round(total / count, 4) if count else None, "samples": count}
         return {**info, "batching": self.runner.describe([serving[v] for v in sorted(serving)])}
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
@@ -185,11 +209,13 @@ class DataPlane:
         return [(n, v, recorded.get((n, v)) or VersionStats()) for n, v in keys]
 
     # -- running ----------------------------------------------------------------------------
-    def infer(self, name: str, version: int | None, inputs: np.ndarray, field: str = "inputs") -> Inference:
+    def infer(self, name: str, version: int | None, inputs: np.ndarray, field: str = "inputs",
+              request_id: str | None = None) -> Inference:
         """Class probabilities for a batch of samples, in one vectorised forward pass.
 
         ``inputs`` is (batch, *sample) with a sample either flat (``prod(input_shape)`` values) or
-        in the model's ``input_shape``; any real or integer dtype.
+        in the model's ``input_shape``; any real or integer dtype. A request with a ``request_id``
+        may be captured (``CAPTURE_DIR``); every one counts towards its version's drift score.
         """
         check_batch_size(inputs, self.limits.max_batch, field)
         entry = self.resolve(name, version)
@@ -207,7 +233,12 @@ class DataPlane:
             raise
         stats.succeeded(len(batch), prepared - start, computed - prepared, time.perf_counter() - computed)
         metrics.observe_batch(entry.name, len(batch))
-        return Inference(entry.name, entry.version, entry.labels, probabilities, classes)
+        if self.drift is not None:
+            self.drift.observe(entry.name, entry.version, entry.metadata, batch)
+        result = Inference(entry.name, entry.version, entry.labels, probabilities, classes)
+        if self.capture is not None and request_id is not None and self.capture.sample_rate > 0:
+            self.capture.offer(request_id, entry.name, entry.version, result.predicted(), batch, probabilities)
+        return result
 
 
 # -- the rules for one batch ----------------------------------------------------------------------

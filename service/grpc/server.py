@@ -36,7 +36,7 @@ from prometheus_client import multiprocess
 
 from service.batching.thread_batcher import ThreadBatcher
 from service.config import Settings
-from service.dataplane.dataplane import DataPlane, Limits
+from service.dataplane.dataplane import DataPlane
 from service.grpc.calls import SERVICE
 from service.grpc.servicer import InferenceServicer
 from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
@@ -56,7 +56,7 @@ def build_plane(settings: Settings) -> DataPlane:
                              settings.model_settle_seconds,
                              settings.state_dir / "repository.json" if settings.state_dir else None)
     registry.counts_failures = False  # the HTTP side counts them (service/repository/model_version.py)
-    plane = DataPlane(registry.load_all(), Limits.from_settings(settings))
+    plane = DataPlane.from_settings(registry.load_all(), settings)
     if settings.grpc_batches:  # GRPC_BATCHING: concurrent calls share passes (batching/thread_batcher.py)
         plane.serve_with(ThreadBatcher(settings.max_batch, settings.grpc_threads))
     return plane
@@ -108,6 +108,8 @@ class GRPCServer:
         # Nothing is in flight now, and a call that comes is refused at once; what grpcio still holds is
         # streams waiting for their next request, which a second's grace lets their clients close.
         self.server.stop(grace=min(STREAM_GRACE, max(0.1, deadline - time.monotonic()))).wait()
+        if self.plane.capture is not None:
+            self.plane.capture.close()  # what is still queued, written before the process exits
 
 
 def main() -> None:

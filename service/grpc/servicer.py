@@ -29,6 +29,7 @@ from service.grpc.extensions import ExtensionRPCs, NotServedRPCs
 from service.grpc.repository import RepositoryRPCs
 from service.grpc.stubs import grpc_service_pb2 as pb
 from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
+from service.observability.request_record import request_id
 from service.protocols import v2_tensors
 from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
 
@@ -123,9 +124,13 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         if unknown or len(set(wanted)) != len(wanted):
             raise bad_request(f"outputs {quote(wanted)}: the model gives '{PROBABILITIES}' and '{LABEL}', each once")
         tensor = decode_input(request)
+        # with capture on, the request's own id names its capture (if it is a safe token: else, or with
+        # none, one is made) and the answer carries that id, for POST /feedback
+        rid = request_id(request.id) if self.plane.capture is not None else None
         with self.running:
-            result = self.plane.infer(name, version, tensor, field=INPUT)
-        response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
+            result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid)
+        response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version),
+                                         id=rid or request.id)
         for name in wanted:
             if name == PROBABILITIES:
                 probabilities = np.ascontiguousarray(result.probabilities, dtype="<f4")

@@ -40,6 +40,7 @@ from service.batching.gevent_batcher import GeventBatcher
 from service.config import Settings
 from service.http_server import gc_freeze, response_writer
 from service.http_server.background import BackgroundThread
+from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections
 from service.http_server.refusals import write_gunicorn_error
 from service.http_server.request_body import BodyReader
@@ -97,14 +98,21 @@ class BufferingGeventWorker(GeventWorker):
                 plane.serve_with(GeventBatcher(settings.max_batch, settings.max_queue_delay_microseconds,
                                                settings.preferred_batch_sizes(), lambda: self.connections <= 1))
             gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep)
+            if plane.capture is not None:  # CAPTURE_DIR: records written from a native thread
+                plane.capture.drive_with(CaptureWriter(lambda: self.alive))
+        background = BackgroundThread()
         if diagnostics is not None:
-            diagnostics.run = BackgroundThread().run
+            diagnostics.run = background.run
+        if extensions.get("feedback") is not None:
+            extensions["feedback"].run = background.run  # its lookups and fsyncs, off the event loop
         self.lane = FastLane.of(app)
         gc_freeze.freeze_startup_objects()  # 14-20% less CPU per request
         try:
             super().run()
         finally:
             gc_freeze.release_startup_objects()
+            if plane is not None and plane.capture is not None:
+                plane.capture.close()  # what is still queued, written before the worker exits
 
     def sleep(self, seconds: float) -> bool:
         """The repository watcher's wait: sleep on the event loop, then say whether the worker stops."""

@@ -16,13 +16,15 @@ from service.dataplane.dataplane import DataPlane
 from service.errors import ServiceError, not_found, quote
 
 
-def authorize(token: SecretStr, authorization: str) -> None:
+def authorize(token: SecretStr, authorization: str, what: str = "the repository API",
+              setting: str = "ADMIN_TOKEN") -> None:
+    """A bearer token's check: 401 without one, 403 for a wrong one (compared in constant time, never logged)."""
     scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given:
-        raise ServiceError(401, "unauthorized", "the repository API needs 'Authorization: Bearer <ADMIN_TOKEN>'",
+        raise ServiceError(401, "unauthorized", f"{what} needs 'Authorization: Bearer <{setting}>'",
                            headers={"WWW-Authenticate": "Bearer"})
     if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise ServiceError(403, "forbidden", "wrong token for the repository API")
+        raise ServiceError(403, "forbidden", f"wrong token for {what}")
 
 
 def model_dir_exists(plane: DataPlane, name: str) -> None:

@@ -126,6 +126,46 @@ class ExplainResponse(StrictModel):
 
 
 # -- metadata and health ------------------------------------------------------------------------
+# -- /feedback ----------------------------------------------------------------------------------
+RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+                                 description="The X-Request-ID of the answer being labelled (the gRPC answer's id)")]
+ClassName = Annotated[str, Field(min_length=1, max_length=64, description="A class name, as /predict names them")]
+
+
+class RequestLabel(StrictModel):
+    """The ground truth for a captured request: ``label`` for one sample, ``labels`` for a batch."""
+
+    id: RequestId
+    label: ClassName | None = None
+    labels: list[ClassName] | None = Field(None, min_length=1, max_length=1024, description="One per sample")
+
+    def given(self) -> list[str]:
+        return [self.label] if self.label is not None else list(self.labels or [])
+
+
+class LabelledExample(StrictModel):
+    """Inputs with their labels, for a client that keeps no request ids."""
+
+    model: ModelName
+    inputs: list[Sample] = Field(..., min_length=1, description="A batch of samples, as /predict takes them")
+    labels: list[ClassName] = Field(..., min_length=1, description="One class name per input")
+
+
+class FeedbackResult(StrictModel):
+    id: str = Field(..., description="The request labelled, or the stored example's id")
+    model: str
+    version: int = Field(..., description="The version whose answers the labels judge")
+    labels: list[str]
+    predicted: list[str] = Field(..., description="What that version answered")
+    correct: list[bool]
+    duplicate: bool = Field(..., description="true: this id already had these labels; nothing new was stored")
+
+
+class FeedbackResponse(StrictModel):
+    stored: int = Field(..., description="Pieces of feedback newly stored (duplicates are not)")
+    results: list[FeedbackResult]
+
+
 class ModelPath(StrictModel):
     name: ModelName
 
@@ -144,6 +184,18 @@ class ProtocolError(StrictModel):
     error: str
 
 
+class LiveAccuracy(StrictModel):
+    labelled: int = Field(..., description="samples labelled through POST /feedback")
+    right: int = Field(..., description="of which this version's answer was right")
+    accuracy: float | None = Field(..., description="right / labelled")
+
+
+class Drift(StrictModel):
+    score: float | None = Field(..., description="mean drift score of the recent samples (1.0: like the training "
+                                "inputs; docs/feedback-loop.md)")
+    samples: int = Field(..., description="recent samples averaged (up to DRIFT_WINDOW per worker)")
+
+
 class VersionInfo(StrictModel):
     version: int
     status: Literal["ready", "failed"]
@@ -158,6 +210,10 @@ class VersionInfo(StrictModel):
     sha256: str | None = None
     created_at: str | None = None
     loaded_at: str | None = None
+    feedback: LiveAccuracy | None = Field(None, description="labels received through POST /feedback for this "
+                                          "version's answers (all workers)")
+    drift: Drift | None = Field(None, description="input drift of the recent requests (needs the version's "
+                                "input_summary metadata)")
 
 
 class ModelInfo(StrictModel):

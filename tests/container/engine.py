@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -121,7 +122,10 @@ def run(tag: str, mounts: tuple[str, ...] = (), **env: str) -> Container:
 def running_container(request):
     """Session fixture body: the container for the integration suite; logs printed if a test failed."""
     require_engine()
-    container = run(image())
+    # capture on, into a mounted volume (the root file system is read-only): the image's user writes it
+    capture = Path(tempfile.mkdtemp(prefix="container-capture-"))
+    capture.chmod(0o777)
+    container = run(image(), mounts=(f"{capture}:/capture",), CAPTURE_DIR="/capture")
     failed_before = request.session.testsfailed
     try:
         yield container

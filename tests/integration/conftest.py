@@ -116,7 +116,9 @@ class LocalServer:
 
 @pytest.fixture(scope="session")
 def gunicorn_server(tmp_path_factory) -> Iterator[LocalServer]:
-    server = LocalServer(tmp_path_factory.mktemp("server")).start()
+    tmp = tmp_path_factory.mktemp("server")
+    # capture on, as a production server with a feedback loop runs: every integration test passes through it
+    server = LocalServer(tmp, CAPTURE_DIR=str(tmp / "capture")).start()
     yield server
     code = server.stop()
     assert code == 0, f"server exited with {code}:\n{server.read_log()[-3000:]}"

@@ -10,6 +10,7 @@ Screenshots of each panel at desktop and phone sizes land in ``$BROWSER_ARTIFACT
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import requests
 from tests import browser_driver
 from tests.browser_driver import DRAWN, VIEWPORTS, PageSession, path
 from tests.conftest import ROOT
+from tests.integration.conftest import LocalServer
 from tests.screenshots import VIEWPORT, png_size, screenshots
 from training.drawing import strokes_to_mnist
 
@@ -367,8 +369,48 @@ def test_the_docs_screenshots_show_the_served_models(browser, tmp_path):
     page = png_size(shots.page.read_bytes())
     assert page == shots.page_size and page[0] == VIEWPORT["width"] and page[1] >= VIEWPORT["height"]
     explain = png_size(shots.explain.read_bytes())
-    assert all(abs(got - box) <= 1 for got, box in zip(explain, shots.explain_box, strict=True)), explain
+    # the element's box, in whole device pixels: a box at a fractional offset covers up to one more row each side
+    assert all(box - 1 <= got <= box + 2 for got, box in zip(explain, shots.explain_box, strict=True)), explain
     assert 200 <= explain[0] <= VIEWPORT["width"] // 2  # one panel's part, not the page
     for name, version in shots.served.items():  # the facts shown are the served newest version's
         assert shots.facts[name]["Version"] == f"{version['version']} (latest)"
         assert shots.facts[name]["Parameters"] == f"{version['parameter_count']:,}"
+
+
+@pytest.fixture(scope="module")
+def capturing_server(tmp_path_factory) -> Iterator[tuple[LocalServer, Path]]:
+    capture = tmp_path_factory.mktemp("page-capture")
+    srv = LocalServer(tmp_path_factory.mktemp("page-server"), CAPTURE_DIR=str(capture)).start()
+    yield srv, capture
+    assert srv.stop() == 0
+
+
+def test_right_and_wrong_label_the_answer_and_show_live_accuracy(browser, capturing_server):
+    server, capture = capturing_server
+    s = PageSession(browser, server.url, VIEWPORTS["desktop"])
+    try:
+        panel = s.panel("mnist")
+        assert panel.get_by_role("group", name="Was it right?").is_hidden()  # nothing answered yet
+        s.draw(DRAWN["4"])
+        s.wait_for_label("mnist", "4")
+        panel.get_by_test_id("right").click()
+        result = panel.get_by_test_id("feedback-result")
+        result.wait_for()
+        s.page.wait_for_function("() => document.querySelector('#mnist .facts').textContent.includes('of 1 labelled')")
+        assert "100.0 % of 1 labelled" in panel.locator(".facts").inner_text()
+        assert '"4" was right' in result.inner_text()
+        s.page.get_by_role("button", name="Clear").first.click()
+        s.draw(DRAWN["7"])
+        s.wait_for_label("mnist", "7")
+        panel.get_by_label("The right class").select_option("1")
+        panel.get_by_test_id("wrong").click()
+        s.page.wait_for_function("() => document.querySelector('#mnist .facts').textContent.includes('of 2 labelled')")
+        assert "50.0 % of 2 labelled" in panel.locator(".facts").inner_text()
+        assert 'noted as "1"' in panel.get_by_test_id("feedback-result").inner_text()
+    finally:
+        s.close()
+    assert s.console_errors == []
+    stored = [json.loads(line) for p in capture.glob("feedback/feedback-*.jsonl")
+              for line in p.read_text().splitlines()]
+    assert sorted(e["data"]["labels"][0] for e in stored) == ["1", "4"]
+    assert {e["data"]["predicted"][0] for e in stored} == {"4", "7"}

@@ -37,7 +37,7 @@ def decode_inputs(body: PredictRequest | GradcheckRequest | ExplainRequest) -> n
 def predict(body: PredictRequest) -> Response:
     """Class probabilities for a batch of samples, in one vectorised forward pass."""
     g.model = body.model
-    result = dataplane().infer(body.model, body.version, decode_inputs(body))
+    result = dataplane().infer(body.model, body.version, decode_inputs(body), request_id=g.request_id)
     g.batch_size = len(result.classes)
     return respond_json(predict_answer(result))
 

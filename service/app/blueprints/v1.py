@@ -63,7 +63,7 @@ def predict_version(path: VersionPath, body: PredictRequest) -> Response:
 def run_predict(name: str, version: int | None) -> Response:
     g.model = name
     call = v1_http.decode(request.get_data(), dataplane().max_values)
-    result = dataplane().infer(name, version, call.batch, field=call.field)
+    result = dataplane().infer(name, version, call.batch, field=call.field, request_id=g.request_id)
     g.batch_size = len(result.classes)
     return respond_json(v1_http.answer(result, call.rows))
 

@@ -148,7 +148,7 @@ def run_inference(name: str, version: int | None) -> Response:
     call = v2_http.decode(request.get_data(), request.headers.get(HEADER_LENGTH), name, version,
                           dataplane().max_values)
     if not call.explaining:
-        result = dataplane().infer(name, call.version, call.tensor, field=INPUT)
+        result = dataplane().infer(name, call.version, call.tensor, field=INPUT, request_id=g.request_id)
         g.batch_size = len(result.classes)
         return response(*v2_http.encode_outputs(call.request, result))
     targets = next((decode_targets(i) for i in call.request.inputs if i.name == TARGET), None)

@@ -41,7 +41,7 @@ async function call(method, path, body) {
     if (error && typeof error === "object") throw new ApiError(response.status, error.code, error.message);
     throw new ApiError(response.status, "http_error", `HTTP ${response.status} ${response.statusText}`.trim());
   }
-  return { data, ms };
+  return { data, ms, requestId: response.headers.get("X-Request-ID") };
 }
 
 function element(tag, attributes = {}, ...children) {
@@ -102,9 +102,10 @@ class Panel {
     const sequence = ++this.sequence;
     const body = this.requestBody({ inputs: [input] });
     try {
-      const { data, ms } = await call("POST", "/predict", body);
+      const { data, ms, requestId } = await call("POST", "/predict", body);
       if (sequence !== this.sequence) return;
       this.showPrediction(data, ms);
+      this.offerFeedback(requestId, data.version);
       this.showError(null);
     } catch (e) {
       if (sequence !== this.sequence) return;
@@ -130,6 +131,7 @@ class Panel {
 
   clearPrediction(message = "-") {
     this.prediction = null;
+    this.offerFeedback(null, null);
     this.labelOut.textContent = message;
     this.latency.textContent = "";
     this.bars.replaceChildren();
@@ -154,11 +156,53 @@ class Panel {
         element("label", { for: id, text: "Version " }), this.versionInput, this.checkButton),
       this.checkResult);
     this.buildExplain();
+    this.buildFeedback();
     this.versionInput.addEventListener("change", () => {
       this.renderFacts(this.version());
       this.refresh();
     });
     this.checkButton.addEventListener("click", () => this.gradcheck());
+  }
+
+  // Feedback: "right", or "wrong, it was ..." for the answer shown (POST /feedback with its request id).
+  buildFeedback() {
+    const correctionId = `${this.model}-correction`;
+    this.rightButton = element("button", { type: "button", "data-testid": "right", text: "Right" });
+    this.correction = element("select", { id: correctionId, "data-testid": "correction" });
+    this.wrongButton = element("button", { type: "button", "data-testid": "wrong", text: "Wrong, it was" });
+    this.feedbackResult = element("p", { class: "feedback-result", "aria-live": "polite",
+                                         "data-testid": "feedback-result" });
+    this.feedbackRow = element("div", { class: "actions feedback", role: "group", "aria-label": "Was it right?" },
+      this.rightButton, this.wrongButton,
+      element("label", { class: "visually-hidden", for: correctionId, text: "The right class" }), this.correction);
+    this.section.querySelector(".answer").after(this.feedbackRow, this.feedbackResult);
+    this.feedbackRow.hidden = true;
+    this.answered = null; // { requestId, version } of the answer shown
+    this.rightButton.addEventListener("click", () => this.sendFeedback(this.prediction));
+    this.wrongButton.addEventListener("click", () => this.sendFeedback(this.correction.value));
+  }
+
+  offerFeedback(requestId, version) {
+    this.answered = requestId ? { requestId, version } : null;
+    this.feedbackRow.hidden = this.answered === null;
+    this.feedbackResult.textContent = "";
+    for (const button of [this.rightButton, this.wrongButton]) button.disabled = false;
+  }
+
+  async sendFeedback(label) {
+    const answered = this.answered;
+    if (answered === null || !label) return;
+    for (const button of [this.rightButton, this.wrongButton]) button.disabled = true;
+    try {
+      const { data } = await call("POST", "/feedback", { id: answered.requestId, label });
+      const result = data.results[0];
+      this.feedbackResult.textContent = result.correct[0] ? `Thanks: "${label}" was right.`
+        : `Thanks: noted as "${label}" (the model said "${result.predicted[0]}").`;
+      await this.loadInfo(); // the version's live accuracy, now with this label
+    } catch (e) {
+      this.feedbackResult.textContent = `Feedback not stored: ${e.describe()}`;
+      for (const button of [this.rightButton, this.wrongButton]) button.disabled = false;
+    }
   }
 
   // "Explain": POST /explain with the panel's input; each panel draws the attributions its own way.
@@ -181,6 +225,9 @@ class Panel {
   }
 
   setTargets(labels) {
+    if (this.correction.options.length === 0) {
+      for (const label of labels) this.correction.append(element("option", { value: label, text: label }));
+    }
     if (this.targetSelect.options.length > 1) return;
     for (const label of labels) this.targetSelect.append(element("option", { value: label, text: `class ${label}` }));
   }
@@ -267,6 +314,11 @@ class Panel {
       ...Object.entries(v.metrics ?? {}).filter(([k]) => k.endsWith("_accuracy"))
         .map(([k, value]) => [`${k.replace("_accuracy", "").replaceAll("_", " ")} accuracy`, percent(value, 2)]),
     ];
+    if (v.feedback) {
+      rows.push(["Live accuracy", v.feedback.labelled ? `${percent(v.feedback.accuracy)} of ${v.feedback.labelled} `
+                 + "labelled" : "no labels yet"]);
+    }
+    if (v.drift?.score != null) rows.push(["Input drift", `${v.drift.score.toFixed(2)} (1.00: like training)`]);
     this.facts.replaceChildren(...rows.flatMap(([term, value]) => [element("dt", { text: term }),
                                                                     element("dd", { text: value })]));
     this.facts.append(element("dt", { text: "Weights SHA-256" }),

@@ -1,0 +1,94 @@
+"""Input drift per model version: the mean drift score of the last ``DRIFT_WINDOW`` samples served.
+
+The score of a sample is ``model/input_summary.py``'s (1.0 on average for the version's own training
+inputs); a version whose metadata holds no ``input_summary`` (trained before it existed) has none.
+Each process keeps a ring of its last ``window`` scores per version (``window`` floats: bounded
+memory) and publishes the ring's sum and count as two gauges that ``/metrics`` adds up over the live
+processes, so the server's score is ``sum / count`` over every worker's recent samples (PromQL:
+``sum by (model, version) (nn_input_drift_score_sum) / sum by (model, version) (nn_input_drift_samples)``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge, multiprocess
+
+from model.input_summary import DriftScorer
+
+SCORE_SUM = Gauge("nn_input_drift_score_sum", "Sum of the drift scores of the recent samples (1.0 each: like the "
+                  "training inputs)", ["model", "version"], multiprocess_mode="livesum")
+SAMPLES = Gauge("nn_input_drift_samples", "Recent samples the drift score averages over", ["model", "version"],
+                multiprocess_mode="livesum")
+
+
+class Window:
+    """The last ``size`` drift scores of one model version in this process."""
+
+    def __init__(self, scorer: DriftScorer, size: int, model: str, version: int) -> None:
+        self.scorer, self.size = scorer, size
+        self.ring = np.zeros(size)
+        self.position = self.filled = 0
+        self.sum_gauge, self.count_gauge = SCORE_SUM.labels(model, str(version)), SAMPLES.labels(model, str(version))
+
+    def observe(self, batch: np.ndarray) -> None:
+        scores = self.scorer.scores(batch)[-self.size:]
+        n = len(scores)
+        end = self.position + n
+        if end <= self.size:
+            self.ring[self.position:end] = scores
+        else:
+            split = self.size - self.position
+            self.ring[self.position:] = scores[:split]
+            self.ring[:end - self.size] = scores[split:]
+        self.position = end % self.size
+        self.filled = min(self.size, self.filled + n)
+        self.sum_gauge.set(float(self.ring.sum()))
+        self.count_gauge.set(self.filled)
+
+
+class DriftMonitor:
+    """Drift windows of the versions this process serves, made on a version's first request."""
+
+    def __init__(self, window: int = 1000) -> None:
+        self.window = window
+        self.windows: dict[tuple[str, int], Window | None] = {}
+
+    def observe(self, model: str, version: int, metadata: dict[str, Any], batch: np.ndarray) -> None:
+        """Score ``batch`` (n, features) of inputs served by ``model`` ``version``."""
+        key = (model, version)
+        window = self.windows.get(key, False)
+        if window is False:
+            window = self.windows[key] = self._make(model, version, metadata, batch.shape[1])
+        if window is not None:
+            window.observe(batch)
+
+    def _make(self, model: str, version: int, metadata: dict[str, Any], features: int) -> Window | None:
+        summary = metadata.get("input_summary")
+        if not self.window or not isinstance(summary, dict):
+            return None
+        try:
+            scorer = DriftScorer(summary)
+        except (KeyError, TypeError, ValueError):
+            return None  # a summary this server cannot read: no score rather than a failed request
+        return Window(scorer, self.window, model, version) if scorer.features == features else None
+
+
+def read() -> dict[tuple[str, int], tuple[float, int]]:
+    """(model, version) -> (sum of recent scores, their count), over every live process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY as registry
+    out: dict[tuple[str, int], list[float]] = {}
+    for family in registry.collect():
+        if family.name not in (SCORE_SUM._name, SAMPLES._name):
+            continue
+        for sample in family.samples:
+            key = (sample.labels["model"], int(sample.labels["version"]))
+            pair = out.setdefault(key, [0.0, 0.0])
+            pair[0 if family.name == SCORE_SUM._name else 1] += sample.value
+    return {key: (total, round(count)) for key, (total, count) in out.items()}

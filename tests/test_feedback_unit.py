@@ -1,0 +1,114 @@
+"""Feedback, the capture id index and the drift windows, in process (the real server: integration/test_feedback.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from model.input_summary import DriftScorer, summarize
+from service.app import create_app
+from service.capture import events
+from service.capture.index import CaptureIndex
+from service.observability.drift import DriftMonitor, Window
+from service.repository.registry import ModelRegistry
+from service.repository.version_policy import VersionPolicy
+
+
+@pytest.fixture(scope="module")
+def registry(model_repository):
+    return ModelRegistry(model_repository, VersionPolicy.parse("latest:1"), 0.0).load_all()
+
+
+def test_feedback_is_off_without_a_capture_dir(registry):
+    client = create_app(model_registry=registry).test_client()
+    r = client.post("/feedback", json={"id": "abc", "label": "1"})
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "feedback_off"
+
+
+def predict_and_wait(client, inputs, model="xor") -> str:
+    r = client.post("/predict", json={"model": model, "inputs": inputs})
+    assert r.status_code == 200
+    return r.headers["X-Request-ID"]
+
+
+def test_a_full_feedback_budget_is_a_507_and_stores_nothing_half(registry, tmp_path):
+    app = create_app({"capture_dir": str(tmp_path), "capture_max_bytes": 64 * 1024}, model_registry=registry)
+    client = app.test_client()
+    example = {"model": "mnist", "inputs": [[0.5] * 784], "labels": ["3"]}
+    statuses = [client.post("/feedback", json=example).status_code for _ in range(12)]
+    assert statuses[0] == 200 and statuses[-1] == 507, statuses  # 32 KiB of ~5 KB examples
+    assert set(statuses) == {200, 507} and statuses.index(507) == statuses.count(200)  # none after the first 507
+    assert client.post("/feedback", json=example).headers["Retry-After"]
+    files = list((tmp_path / "feedback").glob("*.jsonl"))
+    assert sum(f.stat().st_size for f in files) <= 32 * 1024
+    lines = [line for f in files for line in f.read_bytes().splitlines(keepends=True)]
+    assert len(lines) == statuses.count(200) and all(line.endswith(b"\n") and json.loads(line) for line in lines)
+    app.extensions["dataplane"].capture.close()
+
+
+def test_a_label_just_answered_is_found_while_its_record_is_still_queued(registry, tmp_path):
+    app = create_app({"capture_dir": str(tmp_path)}, model_registry=registry)
+    client = app.test_client()
+    for _ in range(5):  # the writer thread flushes every 50 ms: labelling at once must wait for it, not 404
+        rid = predict_and_wait(client, [[0, 1]])
+        r = client.post("/feedback", json={"id": rid, "label": "1"})
+        assert r.status_code == 200, r.get_json()
+    app.extensions["dataplane"].capture.close()
+
+
+def write_lines(path, *lines: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(b"".join(lines))
+
+
+def test_the_index_reads_only_what_is_new_and_whole(tmp_path):
+    (tmp_path / "feedback").mkdir()
+    index = CaptureIndex(tmp_path, tmp_path / "feedback", max_entries=3)
+    x, p = np.zeros((2, 2), np.float32), np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+    first = events.inference_events("r1", "xor", 1, time.time_ns(), x, p, ["0", "1"])
+    write_lines(tmp_path / "capture-a.jsonl", first[:-7])  # the response line cut short
+    index.refresh()
+    assert index.captured("r1") is None
+    write_lines(tmp_path / "capture-a.jsonl", first[-7:])
+    index.refresh()
+    assert index.captured("r1").predicted == ("0", "1") and index.captured("r1").version == 1
+    for k in range(2, 5):
+        write_lines(tmp_path / "capture-b.jsonl", events.inference_events(f"r{k}", "xor", 1, time.time_ns(), x, p,
+                                                                          ["0", "1"]))
+    index.refresh()
+    assert index.captured("r1") is None and index.captured("r4") is not None  # the oldest forgotten first
+    label = events.feedback_event(event_id=events.new_event_id(), time_ns=time.time_ns(), model="xor",
+                                  labels=["1", "1"], request_id="r4", version=1, predicted=["0", "1"])
+    write_lines(tmp_path / "feedback" / "feedback-a.jsonl", label)
+    index.refresh()
+    assert index.labels_of("r4") == ("1", "1") and index.labels_of("r3") is None
+
+
+def test_the_drift_window_is_the_mean_of_the_last_scores():
+    rng = np.random.default_rng(0)
+    train = rng.uniform(0, 1, (500, 6)).astype(np.float32)
+    summary = summarize(train)
+    scorer = DriftScorer(summary)
+    assert abs(scorer.scores(train).mean() - 1.0) < 1e-6  # 1.0 on the training data, by construction
+    window = Window(scorer, 7, "m", 1)
+    batches = [rng.uniform(0, 1, (n, 6)).astype(np.float32) for n in (3, 5, 1, 9, 2)]
+    seen = []
+    for b in batches:
+        window.observe(b)
+        seen.extend(scorer.scores(b))
+        assert window.filled == min(7, len(seen))
+        assert window.ring.sum() == pytest.approx(sum(seen[-7:]), rel=1e-12)
+    shifted = np.clip(rng.uniform(0, 1, (50, 6)) + 0.6, 0, 1).astype(np.float32)
+    assert scorer.scores(shifted).mean() > 2.0
+
+
+def test_a_version_without_a_summary_has_no_window():
+    monitor = DriftMonitor(10)
+    monitor.observe("m", 1, {}, np.zeros((1, 4), np.float32))
+    monitor.observe("m", 2, {"input_summary": {"mean": [0, 0], "scale": [1, 1], "baseline": 1.0}},
+                    np.zeros((1, 4), np.float32))  # a summary of another width
+    monitor.observe("m", 3, {"input_summary": {"mean": "junk"}}, np.zeros((1, 4), np.float32))
+    assert monitor.windows == {("m", 1): None, ("m", 2): None, ("m", 3): None}
