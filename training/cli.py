@@ -1,6 +1,7 @@
 """``python -m training``: train the shipped models, or reproduce the classic results.
 
     python -m training xor|digits|mnist|all [--epochs N] [--seed S] [--out DIR] [--data-dir DIR] ...
+    python -m training digits|mnist --feedback CAPTURE_DIR [--parent VERSION] [--field-share 0.2] [--from-scratch]
     python -m training reproduce [--skip-mnist] [--data-dir DIR]
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from model.io import WeightsFileError
 from model.repository import DEFAULT_ROOT
+from training.feedback import FIELD_SHARE, FeedbackError
 from training.mnist import DatasetError
 from training.recipes import RECIPES
 
@@ -42,6 +44,13 @@ def unit_float(text: str) -> float:
     return value
 
 
+def open_unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
+    return value
+
+
 def layer_sizes(text: str) -> list[int]:
     try:
         return [positive_int(part) for part in text.split(",")]
@@ -66,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="distillation temperature (default: the recipe's, 4)")
     parser.add_argument("--distill-weight", type=unit_float,
                         help="the teacher term's share of the loss, in [0, 1] (default: the recipe's, 0.5)")
+    parser.add_argument("--feedback", type=Path, metavar="CAPTURE_DIR",
+                        help="also train on the labelled traffic in the server's CAPTURE_DIR: the next version, "
+                             "written only if it beats the parent on the held-out field share")
+    parser.add_argument("--parent", type=Path,
+                        help="with --feedback: the version to start from and to beat, a version directory or its "
+                             "model.npz (default: the newest version in --out)")
+    parser.add_argument("--field-share", type=open_unit_float, default=FIELD_SHARE,
+                        help="with --feedback: the share of the examples held out as the field set, by a hash of "
+                             "their ids (default: %(default)s)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="with --feedback: train a new network by the recipe instead of fine-tuning the parent")
     parser.add_argument("--out", type=Path, default=DEFAULT_ROOT,
                         help="model repository to write <name>/<version>/ into (default: %(default)s)")
     parser.add_argument("--version", type=positive_int,
@@ -81,24 +101,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.feedback is None and (args.parent is not None or args.from_scratch):
+        parser.error("--parent and --from-scratch go with --feedback")
+    if args.feedback is not None and args.target in ("all", "reproduce"):
+        parser.error("--feedback trains one model: name it (digits, mnist, ...)")
+    if args.feedback is not None and args.teacher is not None:
+        parser.error("--feedback does not distil: leave out --teacher")
+    if args.feedback is not None and args.hidden is not None and not args.from_scratch:
+        parser.error("a fine-tune keeps the parent's layers: --hidden goes with --from-scratch")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.target == "reproduce":
             return reproduce(args)
+        if args.feedback is not None:
+            return train_on_feedback(args)
         return train(args)
-    except (DatasetError, WeightsFileError, FileExistsError) as exc:
+    except (DatasetError, WeightsFileError, FileExistsError, FeedbackError) as exc:
         log.error("%s", exc)
         return 2
+
+
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {"epochs": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
+            "hidden": args.hidden, "teacher": None if args.teacher is None else str(args.teacher),
+            "temperature": args.temperature, "distill_weight": args.distill_weight}
 
 
 def train(args: argparse.Namespace) -> int:
     from training.recipes import run
 
-    overrides = {"epochs": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
-                 "hidden": args.hidden, "teacher": None if args.teacher is None else str(args.teacher),
-                 "temperature": args.temperature, "distill_weight": args.distill_weight}
     names = MODELS if args.target == "all" else (args.target,)
     if args.version is not None and len(names) > 1 and not args.force:
         log.error("--version with 'all' writes the same version for every model; add --force to confirm")
@@ -106,7 +140,7 @@ def train(args: argparse.Namespace) -> int:
     failed = []
     for name in names:
         target, report = run(name, args.out, data_dir=args.data_dir, download=not args.no_download,
-                             overrides=overrides, version=args.version, force=args.force,
+                             overrides=overrides(args), version=args.version, force=args.force,
                              progress=not args.quiet, plot=not args.no_plot)
         metrics = " ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
         met = report["targets"]["met"]
@@ -116,6 +150,22 @@ def train(args: argparse.Namespace) -> int:
     if failed:
         log.error("targets not met for: %s", ", ".join(failed))
         return 1
+    return 0
+
+
+def train_on_feedback(args: argparse.Namespace) -> int:
+    """The next version on the recipe's data plus the feedback: 0 if written, 1 if a gate refused it."""
+    from training.recipes import run_feedback
+
+    outcome = run_feedback(args.target, args.out, args.feedback, parent=args.parent, field_share=args.field_share,
+                           from_scratch=args.from_scratch, data_dir=args.data_dir, download=not args.no_download,
+                           overrides=overrides(args), version=args.version, force=args.force,
+                           progress=not args.quiet, plot=not args.no_plot)
+    if not outcome.written:
+        log.error("%s: nothing written", args.target)
+        return 1
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in outcome.report["metrics"].items())
+    log.info("wrote %s: %s", outcome.target, metrics)
     return 0
 
 
