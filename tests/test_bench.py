@@ -35,7 +35,7 @@ def test_machine_records_what_the_machine_is():
 
 @pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress", "bench.uploads",
                                     "bench.cpu_per_request", "bench.frontier", "bench.lone_request",
-                                    "bench.grpc_load", "bench.report"])
+                                    "bench.grpc_load", "bench.capture_cost", "bench.report"])
 def test_each_benchmark_parses_its_arguments(module, capsys):
     with pytest.raises(SystemExit) as exit_:
         importlib.import_module(module).main(["--help"])
@@ -268,3 +268,19 @@ def test_the_results_settings_leave_out_where_files_are():
     assert results.settings(args) == {"tree": [".", "/tmp/before"], "seconds": 2.0}
     assert results.command("bench.x", [str(ROOT / "model_repository"), "--seconds", "2"]) == \
         "python -m bench.x model_repository --seconds 2"
+
+
+def test_the_capture_cost_rounds_run_against_all_four_servers(mnist_dir, tmp_path, capsys):
+    from bench import capture_cost
+
+    assert capture_cost.main(["--data-dir", str(mnist_dir), "--rounds", "2", "--seconds", "1", "--connections", "4",
+                              "--model", "xor1", "--out", str(tmp_path / "capture.json")]) == 0
+    result = json.loads((tmp_path / "capture.json").read_text())
+    envelope_ok(result, "capture_cost")
+    assert [r["first"] for r in result["rounds"]] == ["plain", "off"]  # the order rotates
+    summary = result["summary"]
+    assert summary["errors"] == 0 and all(summary[f"rps_{v}"] > 0 for v in capture_cost.VARIANTS)
+    written = summary["written"]  # the rate-1 server wrote every request it answered, and dropped none
+    assert written["written"] > 0 and written.get("dropped_queue", 0) == written.get("dropped_budget", 0) == 0
+    assert written["bytes_on_disk"] > 300 * written["written"]  # two CloudEvents a record
+    assert "| capture at CAPTURE_SAMPLE_RATE=1.0 / capture off |" in capsys.readouterr().out

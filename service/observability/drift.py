@@ -4,19 +4,23 @@ The score of a sample is ``model/input_summary.py``'s (1.0 on average for the ve
 inputs); a version whose metadata holds no ``input_summary`` (trained before it existed) has none.
 Each process keeps a ring of its last ``window`` scores per version (``window`` floats: bounded
 memory) and publishes the ring's sum and count as two gauges that ``/metrics`` adds up over the live
-processes, so the server's score is ``sum / count`` over every worker's recent samples (PromQL:
+processes (once a window is full, at most ``PUBLISH_SECONDS`` stale), so the server's score is
+``sum / count`` over every worker's recent samples (PromQL:
 ``sum by (model, version) (nn_input_drift_score_sum) / sum by (model, version) (nn_input_drift_samples)``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, multiprocess
 
 from model.input_summary import DriftScorer
+
+PUBLISH_SECONDS = 0.1  # how stale the exported window may be
 
 SCORE_SUM = Gauge("nn_input_drift_score_sum", "Sum of the drift scores of the recent samples (1.0 each: like the "
                   "training inputs)", ["model", "version"], multiprocess_mode="livesum")
@@ -31,6 +35,7 @@ class Window:
         self.scorer, self.size = scorer, size
         self.ring = np.zeros(size)
         self.position = self.filled = 0
+        self.publish_at = 0.0
         self.sum_gauge, self.count_gauge = SCORE_SUM.labels(model, str(version)), SAMPLES.labels(model, str(version))
 
     def observe(self, batch: np.ndarray) -> None:
@@ -44,8 +49,16 @@ class Window:
             self.ring[self.position:] = scores[:split]
             self.ring[:end - self.size] = scores[split:]
         self.position = end % self.size
+        filling = self.filled < self.size
         self.filled = min(self.size, self.filled + n)
-        self.sum_gauge.set(float(self.ring.sum()))
+        now = time.monotonic()
+        # the gauges (a locked write each) at most every PUBLISH_SECONDS once the window was full
+        if filling or now >= self.publish_at:
+            self.publish_at = now + PUBLISH_SECONDS
+            self.publish()
+
+    def publish(self) -> None:
+        self.sum_gauge.set(float(self.ring[:self.filled].sum()))
         self.count_gauge.set(self.filled)
 
 
