@@ -8,8 +8,7 @@ from typing import Any
 from flask import Response, redirect
 from flask_openapi3 import Info, OpenAPI
 
-from service.app.blueprints import ModelNameConverter, VersionConverter
-from service.app.blueprints.feedback import feedback
+from service.app.blueprints import ModelNameConverter, VersionConverter, feedback
 from service.app.blueprints.health import health
 from service.app.blueprints.inference import inference
 from service.app.blueprints.models import models
@@ -55,7 +54,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.extensions["feedback"] = Feedback(plane, plane.capture)
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
-    for bp in (inference, feedback, models, health, v2, v2_extensions, v1):
+    for bp in (inference, feedback.blueprint(cfg.feedback_token is not None), models, health, v2, v2_extensions, v1):
         app.register_api(bp)
     app.register_blueprint(ui)  # the page at / (plain Flask: not part of the API document)
     if cfg.admin_token is not None:  # the repository API exists only with a token (docs/operations.md)

@@ -34,9 +34,18 @@ class FeedbackRequest(RootModel[RequestLabel | list[RequestLabel] | LabelledExam
     root: RequestLabel | list[RequestLabel] | LabelledExample = Field(..., examples=[{"id": "1f0e...", "label": "7"}])
 
 
-ERRORS = {status: ErrorResponse for status in (400, 401, 403, 404, 409, 413, 415, 422, 507)}
-feedback = APIBlueprint("feedback", __name__, abp_tags=[Tag(name="feedback")], abp_responses=ERRORS,
-                        abp_security=[{"bearer": []}])
+ERRORS = {status: ErrorResponse for status in (400, 404, 409, 413, 415, 422, 507)}
+TOKEN_ERRORS = {status: ErrorResponse for status in (401, 403)}
+
+
+def blueprint(secured: bool) -> APIBlueprint:
+    """``POST /feedback``; with ``FEEDBACK_TOKEN`` set (``secured``) the OpenAPI document says it needs
+    the bearer token and may answer 401 / 403, and without one it says neither (it is open)."""
+    bp = APIBlueprint("feedback", __name__, abp_tags=[Tag(name="feedback")],
+                      abp_responses={**ERRORS, **(TOKEN_ERRORS if secured else {})},
+                      abp_security=[{"bearer": []}] if secured else [])
+    bp.post("/feedback", responses={200: FeedbackResponse})(post_feedback)
+    return bp
 
 
 def desk() -> Feedback:
@@ -53,7 +62,6 @@ def reads_own_body(func):
     return view
 
 
-@feedback.post("/feedback", responses={200: FeedbackResponse})
 @reads_own_body
 def post_feedback(body: FeedbackRequest) -> Response:
     """Labels for captured requests (by the X-Request-ID of their answers), or labelled examples."""
