@@ -135,13 +135,19 @@ def build_network(recipe: Recipe, in_features: int, classes: int, rng: np.random
 def load_teacher(recipe: Recipe, dataset: datasets.Dataset) -> LoadedModel:
     """The recipe's teacher, checked to read the dataset's inputs and give its classes, in its order."""
     path = Path(recipe.teacher or "")
-    loaded = load_model(path / WEIGHTS_FILE if path.is_dir() else path)
+    return load_matching(path / WEIGHTS_FILE if path.is_dir() else path, dataset, "teacher")
+
+
+def load_matching(path: Path, dataset: datasets.Dataset, role: str) -> LoadedModel:
+    """A model (a ``role``: teacher, parent) checked to read the dataset's inputs and give its classes,
+    in its order."""
+    loaded = load_model(path)
     net, meta = loaded.network, loaded.metadata
     if net.head != "softmax" or (net.input_features, net.output_features) != (dataset.x.shape[1], len(dataset.labels)):
-        raise WeightsFileError(f"{path}: a teacher must be a softmax network from {dataset.x.shape[1]} inputs to "
+        raise WeightsFileError(f"{path}: a {role} must be a softmax network from {dataset.x.shape[1]} inputs to "
                                f"{len(dataset.labels)} classes; this one is {net!r}")
     if meta.get("labels") != dataset.labels:
-        raise WeightsFileError(f"{path}: the teacher's labels {meta.get('labels')} are not {dataset.labels}")
+        raise WeightsFileError(f"{path}: the {role}'s labels {meta.get('labels')} are not {dataset.labels}")
     return loaded
 
 
@@ -345,18 +351,6 @@ def resolve_parent(out: Path, name: str, parent: str | Path | None) -> Path:
     return path / WEIGHTS_FILE if path.is_dir() else path
 
 
-def load_parent(path: Path, dataset: datasets.Dataset) -> LoadedModel:
-    """The parent version, checked to read the dataset's inputs and give its classes, in its order."""
-    loaded = load_model(path)
-    net, meta = loaded.network, loaded.metadata
-    if net.head != "softmax" or (net.input_features, net.output_features) != (dataset.x.shape[1], len(dataset.labels)):
-        raise WeightsFileError(f"{path}: a parent must be a softmax network from {dataset.x.shape[1]} inputs to "
-                               f"{len(dataset.labels)} classes; this one is {net!r}")
-    if meta.get("labels") != dataset.labels:
-        raise WeightsFileError(f"{path}: the parent's labels {meta.get('labels')} are not {dataset.labels}")
-    return loaded
-
-
 def feedback_recipe(name: str, parent: LoadedModel | None, overrides: dict[str, Any] | None) -> Recipe:
     """The recipe of a run on feedback: the recipe's own from scratch (``parent`` None), else its
     fine-tune settings on the parent's architecture; then ``overrides``; its targets the feedback floor."""
@@ -400,7 +394,7 @@ def run_feedback(name: str, out: Path, feedback_dir: str | Path, *, parent: str 
     start = time.perf_counter()
     dataset = RECIPES[name].load_data(data_dir, download=download, progress=progress)
     parent_path = resolve_parent(out, name, parent)
-    loaded = load_parent(parent_path, dataset)
+    loaded = load_matching(parent_path, dataset, "parent")
     recipe = feedback_recipe(name, None if from_scratch else loaded, overrides)
     feedback = load_feedback(feedback_dir, name, dataset.labels, dataset.x.shape[1],
                              input_range=recipe.preprocessing.get("input_range", (0.0, 1.0)), field_share=field_share)

@@ -8,9 +8,9 @@ client sends. Summed over the workers like the inference statistics (``statistic
 
 from __future__ import annotations
 
-import os
+from prometheus_client import Counter
 
-from prometheus_client import CollectorRegistry, Counter, multiprocess
+from service.observability import metrics
 
 FEEDBACK = Counter("nn_feedback_total", "Labelled samples received through POST /feedback, by whether the model "
                    "version's answer was right", ["model", "version", "outcome"])
@@ -25,13 +25,8 @@ def count(model: str, version: int, right: int, wrong: int) -> None:
 
 def read() -> dict[tuple[str, int], tuple[int, int]]:
     """(model, version) -> (right, wrong) so far, summed over every worker."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY as registry
     out: dict[tuple[str, int], list[int]] = {}
-    for family in registry.collect():
+    for family in metrics.registry().collect():
         if family.name != FEEDBACK._name:
             continue
         for sample in family.samples:

@@ -11,14 +11,14 @@ processes (once a window is full, at most ``PUBLISH_SECONDS`` stale), so the ser
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge, multiprocess
+from prometheus_client import Gauge
 
 from model.input_summary import DriftScorer
+from service.observability import metrics
 
 PUBLISH_SECONDS = 0.1  # how stale the exported window may be
 
@@ -91,13 +91,8 @@ class DriftMonitor:
 
 def read() -> dict[tuple[str, int], tuple[float, int]]:
     """(model, version) -> (sum of recent scores, their count), over every live process."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY as registry
     out: dict[tuple[str, int], list[float]] = {}
-    for family in registry.collect():
+    for family in metrics.registry().collect():
         if family.name not in (SCORE_SUM._name, SAMPLES._name):
             continue
         for sample in family.samples:

@@ -70,15 +70,20 @@ def _child(metric, labels: tuple[str, ...]):
 _children: dict[tuple, Any] = {}
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text for ``/metrics`` and its content type."""
+def registry() -> CollectorRegistry:
+    """What every process recorded: their files summed under ``python -m service``, else this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        summed = CollectorRegistry()
+        multiprocess.MultiProcessCollector(summed)
+        return summed
     from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for ``/metrics`` and its content type."""
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
 
 
 # The capture journal (service/capture/): inferences recorded to CAPTURE_DIR and feedback events. Every

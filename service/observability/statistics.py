@@ -13,11 +13,12 @@ number, so the series are bounded by the model repository, never by what a clien
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
+from prometheus_client import Counter, Gauge
+
+from service.observability import metrics
 
 # Triton's duration statistics, as seconds in Prometheus (its base unit) and nanoseconds in the API
 PHASES = ("success", "fail", "compute_input", "compute_infer", "compute_output")
@@ -82,14 +83,9 @@ def recorder(model: str, version: int) -> Recorder:
 
 def read() -> dict[tuple[str, int], VersionStats]:
     """Every model version's statistics so far, summed over all workers."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY as registry
     names = {REQUESTS._name, SAMPLES._name, DURATION._name, LAST._name}
     out: dict[tuple[str, int], VersionStats] = {}
-    for family in registry.collect():
+    for family in metrics.registry().collect():
         if family.name not in names:
             continue
         for sample in family.samples:
