@@ -77,6 +77,8 @@ class Settings(BaseModel):
     feedback_token: SecretStr | None = Field(None, description="bearer token POST /feedback requires; none: open")
     drift_window: int = Field(1000, ge=0, le=1_000_000, description="recent samples per model version the drift "
                               "score averages (per process); 0: off")
+    shadow_queue: int = Field(4096, ge=1, le=1_000_000, description="rows a process holds for comparison with "
+                              "a rollout's shadow or primary (docs/rollouts.md); past that they are dropped (counted)")
 
     def preferred_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({int(v) for v in self.preferred_batch_size.replace(" ", "").split(",") if v and int(v)}))

@@ -14,6 +14,7 @@ from service.app.blueprints.inference import inference
 from service.app.blueprints.models import models
 from service.app.blueprints.page import ui
 from service.app.blueprints.repository import repository
+from service.app.blueprints.rollouts import rollouts
 from service.app.blueprints.v1 import v1
 from service.app.blueprints.v2 import v2
 from service.app.blueprints.v2_extensions import v2_extensions
@@ -59,6 +60,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.register_blueprint(ui)  # the page at / (plain Flask: not part of the API document)
     if cfg.admin_token is not None:  # the repository API exists only with a token (docs/operations.md)
         app.register_api(repository)
+        app.register_api(rollouts)
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Response:

@@ -40,7 +40,7 @@ from model.repository import NAME_PATTERN
 from service.dataplane.dataplane import INPUT, DataPlane, Inference
 from service.errors import ServiceError, internal
 from service.observability import request_record
-from service.protocols import content_coding, json_codec, predict, v1_http, v2_http
+from service.protocols import content_coding, json_codec, predict, rollout_key, v1_http, v2_http
 from service.protocols.error_bodies import rendered
 from service.protocols.schemas import VERSION_PATTERN, PredictRequest
 
@@ -62,6 +62,7 @@ class Call:
     inputs: np.ndarray
     field: str
     respond: Callable[[Inference], tuple[bytes, Headers]]  # body, and its Content-Type (and any other) headers
+    route_key: str | None = None  # a rollout's sticky key (protocols/rollout_key.py)
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,14 @@ def decode_predict(body: bytes, environ: dict[str, Any], name: str | None, versi
         return None
     request = PredictRequest.model_validate(doc)
     return Call(request.model, request.version, json_codec.samples(request.inputs, body), "inputs",
-                lambda result: json_answer(predict.answer(result)))
+                lambda result: json_answer(predict.answer(result)), environ.get(rollout_key.ENVIRON))
 
 
 def decode_v1(body: bytes, environ: dict[str, Any], name: str | None, version: int | None,
               plane: DataPlane) -> Call:
     call = v1_http.decode(body, plane.max_values)
-    return Call(name, version, call.batch, call.field, lambda result: json_answer(v1_http.answer(result, call.rows)))
+    return Call(name, version, call.batch, call.field, lambda result: json_answer(v1_http.answer(result, call.rows)),
+                environ.get(rollout_key.ENVIRON))
 
 
 def decode_v2(body: bytes, environ: dict[str, Any], name: str | None, version: int | None,
@@ -111,7 +113,8 @@ def decode_v2(body: bytes, environ: dict[str, Any], name: str | None, version: i
         return None
 
     return Call(name, call.version, call.tensor, INPUT,
-                lambda result: v2_http.framed(*v2_http.encode_outputs(call.request, result)))
+                lambda result: v2_http.framed(*v2_http.encode_outputs(call.request, result)),
+                rollout_key.of(environ.get(rollout_key.ENVIRON), call.request.parameters))
 
 
 VERSION = rf"(?:/versions/(?P<version>{VERSION_PATTERN}))?"
@@ -208,7 +211,8 @@ class FastLane:
         Flask renders them."""
         batch_size = None
         try:
-            result = self.plane.infer(call.model, call.version, call.inputs, field=call.field, request_id=rid)
+            result = self.plane.infer(call.model, call.version, call.inputs, field=call.field, request_id=rid,
+                                      route_key=call.route_key)
             batch_size = len(result.classes)
             out, headers = call.respond(result)
         except ServiceError as exc:

@@ -19,6 +19,7 @@ import numpy as np
 
 from service.capture.capture import Capture
 from service.config import Settings
+from service.dataplane.rollouts import Rollouts
 from service.errors import ServiceError, invalid, too_large
 from service.observability import accuracy, drift, metrics, statistics
 from service.observability.statistics import VersionStats
@@ -122,12 +123,13 @@ class DataPlane:
     """Models by name and version, and inference on them (``diagnostics.py`` adds the checks)."""
 
     def __init__(self, registry: ModelRegistry, limits: Limits | None = None, runner: Runner | None = None,
-                 capture: Capture | None = None, drift_window: int = 0) -> None:
+                 capture: Capture | None = None, drift_window: int = 0, shadow_queue: int = 4096) -> None:
         self.registry = registry
         self.limits = limits or Limits()
         self.runner: Runner = runner or InlineRunner()
         self.capture = capture  # sampled inferences to CAPTURE_DIR (service/capture/)
         self.drift = drift.DriftMonitor(drift_window) if drift_window else None
+        self.rollouts = Rollouts(registry, shadow_queue)  # routing between versions, comparisons, the guard
 
     @classmethod
     def from_settings(cls, registry: ModelRegistry, settings: Settings) -> DataPlane:
@@ -136,7 +138,8 @@ class DataPlane:
         if settings.capture_dir is not None:
             capture = Capture(settings.capture_dir, settings.capture_sample_rate, settings.capture_max_bytes,
                               settings.capture_queue)
-        return cls(registry, Limits.from_settings(settings), capture=capture, drift_window=settings.drift_window)
+        return cls(registry, Limits.from_settings(settings), capture=capture, drift_window=settings.drift_window,
+                   shadow_queue=settings.shadow_queue)
 
     def serve_with(self, runner: Runner) -> None:
         """Run every inference through ``runner`` from now on, warmed on every version serving now."""
@@ -153,6 +156,7 @@ class DataPlane:
         serving = snap.serving.get(name, {})
         labelled = accuracy.read() if self.capture is not None else {}
         drifts = drift.read() if self.drift is not None else {}
+        served = statistics.read()
         for row in info["versions"]:
             key = (name, row["version"])
             if key in labelled:
@@ -162,7 +166,13 @@ class DataPlane:
             if key in drifts:
                 total, count = drifts[key]
                 row["drift"] = {"score": round(total / count, 4) if count else None, "samples": count}
-        return {**info, "batching": self.runner.describe([serving[v] for v in sorted(serving)])}
+            if key in served:
+                stats = served[key]
+                row["requests"] = {"succeeded": stats.successes, "failed": stats.failures,
+                                   "mean_ms": round(stats.ns["success"] / stats.successes / 1e6, 4)
+                                   if stats.successes else None}
+        return {**info, **self.rollouts.describe(name),
+                "batching": self.runner.describe([serving[v] for v in sorted(serving)])}
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         return self.registry.snapshot.status()
@@ -210,15 +220,20 @@ class DataPlane:
 
     # -- running ----------------------------------------------------------------------------
     def infer(self, name: str, version: int | None, inputs: np.ndarray, field: str = "inputs",
-              request_id: str | None = None) -> Inference:
+              request_id: str | None = None, route_key: str | None = None) -> Inference:
         """Class probabilities for a batch of samples, in one vectorised forward pass.
 
         ``inputs`` is (batch, *sample) with a sample either flat (``prod(input_shape)`` values) or
-        in the model's ``input_shape``; any real or integer dtype. A request with a ``request_id``
-        may be captured (``CAPTURE_DIR``); every one counts towards its version's drift score.
+        in the model's ``input_shape``; any real or integer dtype. Without a ``version`` the model's
+        rollout chooses one (by ``route_key`` when the client sent one: ``rollouts.py``); with one,
+        that version serves. A request with a ``request_id`` may be captured (``CAPTURE_DIR``); every
+        one counts towards its version's drift score.
         """
         check_batch_size(inputs, self.limits.max_batch, field)
-        entry = self.resolve(name, version)
+        if version is None:
+            entry, rollout, canary = self.rollouts.route(name, route_key)
+        else:
+            entry, rollout, canary = self.resolve(name, version), None, False
         stats = statistics.recorder(entry.name, entry.version)  # only versions that exist are counted
         start = time.perf_counter()
         try:
@@ -227,11 +242,18 @@ class DataPlane:
             # validated first: a bad request never joins a batch; the runner may merge this one with others
             probabilities = self.runner.run(entry, batch)
             computed = time.perf_counter()
+            if not math.isfinite(probabilities.sum()):  # weights that overflow: the version is broken
+                raise ServiceError(500, "model_failed", f"{entry.name}/{entry.version} answered non-finite "
+                                   "probabilities")
             classes = probabilities.argmax(axis=1)
-        except BaseException:  # a bad sample (a 422) or a bug: the request failed on this version
+        except BaseException as exc:  # a bad sample (a 422) or a bug: the request failed on this version
             stats.failed(time.perf_counter() - start)
+            if rollout is not None:
+                self.rollouts.failed(rollout, entry, canary, exc)
             raise
         stats.succeeded(len(batch), prepared - start, computed - prepared, time.perf_counter() - computed)
+        if rollout is not None:
+            self.rollouts.served(rollout, entry, canary, batch, probabilities, classes)
         metrics.observe_batch(entry.name, len(batch))
         if self.drift is not None:
             self.drift.observe(entry.name, entry.version, entry.metadata, batch)

@@ -91,6 +91,7 @@ class GRPCServer:
         self.watcher = threading.Thread(target=watch, name="repository", daemon=True, args=(
             plane.registry, settings.model_poll_seconds, self.stopping.wait, self.set_health))
         self.watcher.start()
+        plane.rollouts.start_thread()  # rollouts' comparisons (shadow / primary), off the calls' threads
 
     def set_health(self) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if self.plane.readiness()[0] else \

@@ -30,7 +30,7 @@ from service.grpc.repository import RepositoryRPCs
 from service.grpc.stubs import grpc_service_pb2 as pb
 from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
 from service.observability.request_record import request_id
-from service.protocols import v2_tensors
+from service.protocols import rollout_key, v2_tensors
 from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
 
 STREAM_ENDPOINT = f"{METHOD_PREFIX}ModelStreamInfer"
@@ -91,7 +91,7 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
 
     @answers
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
-        return self.infer(request)
+        return self.infer(request, context)
 
     def ModelStreamInfer(self, requests: Iterator[pb.ModelInferRequest],
                          context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
@@ -101,7 +101,7 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         stream ends UNAVAILABLE once a request arrives."""
         for request in requests:
             try:
-                response = self.attempt(STREAM_ENDPOINT, request, self.infer, request)
+                response = self.attempt(STREAM_ENDPOINT, request, self.infer, request, context)
             except ServiceError as exc:
                 if exc.status == 503 and exc.code == "stopping":
                     context.abort(grpc.StatusCode.UNAVAILABLE, exc.message)
@@ -113,7 +113,8 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
                 response.parameters["triton_final_response"].bool_param = True
             yield pb.ModelStreamInferResponse(infer_response=response)
 
-    def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def infer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext | None = None
+              ) -> pb.ModelInferResponse:
         name, version = model_name(request.model_name), version_of(request.model_version)
         names = [i.name for i in request.inputs]
         if names != [INPUT]:
@@ -128,7 +129,8 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         # none, one is made) and the answer carries that id, for POST /feedback
         rid = request_id(request.id) if self.plane.capture is not None else None
         with self.running:
-            result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid)
+            result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid,
+                                      route_key=route_key(request, context) if version is None else None)
         response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version),
                                          id=rid or request.id)
         for name in wanted:
@@ -141,6 +143,19 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
                 response.outputs.add(name=name, datatype="BYTES", shape=[len(labels)])
                 response.raw_output_contents.append(v2_tensors.pack_bytes(labels))
         return response
+
+
+def route_key(request: pb.ModelInferRequest, context: grpc.ServicerContext | None) -> str | None:
+    """A rollout's sticky key: the ``rollout_key`` string parameter, else the ``x-rollout-key`` metadata."""
+    param = request.parameters.get(rollout_key.PARAMETER)  # .get: [] would add the key
+    if param is not None:
+        if param.WhichOneof("parameter_choice") != "string_param" or not param.string_param:
+            raise bad_request(f"parameters.{rollout_key.PARAMETER} must be a non-empty string")
+        return param.string_param
+    for key, value in (context.invocation_metadata() if context is not None else ()):
+        if key == rollout_key.METADATA:
+            return value or None
+    return None
 
 
 def decode_input(request: pb.ModelInferRequest) -> np.ndarray:

@@ -38,7 +38,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from service.app.fast_lane import FastLane
 from service.batching.gevent_batcher import GeventBatcher
 from service.config import Settings
-from service.http_server import gc_freeze, response_writer
+from service.http_server import gc_freeze, response_writer, shadow_runner
 from service.http_server.background import BackgroundThread
 from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections
@@ -100,6 +100,7 @@ class BufferingGeventWorker(GeventWorker):
             gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep)
             if plane.capture is not None:  # CAPTURE_DIR: records written from a native thread
                 plane.capture.drive_with(CaptureWriter(lambda: self.alive))
+            shadow_runner.run(plane.rollouts, lambda: self.alive)  # rollouts' comparisons, on a native thread
         background = BackgroundThread()
         if diagnostics is not None:
             diagnostics.run = background.run

@@ -196,6 +196,38 @@ class Drift(StrictModel):
     samples: int = Field(..., description="recent samples averaged (up to DRIFT_WINDOW per worker)")
 
 
+class VersionRequests(StrictModel):
+    succeeded: int = Field(..., description="inference requests this version answered (all workers)")
+    failed: int = Field(..., description="inference requests that failed on this version")
+    mean_ms: float | None = Field(..., description="mean time of a successful request in the data plane (ms)")
+
+
+class Comparison(StrictModel):
+    served: int = Field(..., description="the version that answered")
+    compared: int = Field(..., description="the version the same samples ran on, off the request path")
+    agree: int = Field(..., description="samples whose predicted labels agree")
+    disagree: int = Field(..., description="samples whose predicted labels differ")
+    dropped: int = Field(..., description="samples not compared: the queue (SHADOW_QUEUE) was full")
+    agreement: float | None = Field(..., description="agree / (agree + disagree)")
+    max_probability_difference: float = Field(..., description="largest difference of one class probability")
+
+
+class RolloutEvidence(StrictModel):
+    routed: dict[str, dict[str, int]] = Field(..., description="version -> role (primary, canary) -> requests "
+                                              "routed there (requests naming a version are not routed)")
+    comparisons: list[Comparison]
+    rollbacks: dict[str, int] = Field(..., description="automatic rollbacks by reason (errors, disagreement)")
+
+
+class RolloutState(StrictModel):
+    name: str
+    rollout: dict[str, Any] | None = Field(..., description="the rollout in force (docs/rollouts.md), who set it "
+                                           "(api, file or guard) and when; null: requests naming no version go to "
+                                           "the newest version")
+    rollout_error: str | None = Field(None, description="why the model's rollout.json is ignored")
+    evidence: RolloutEvidence = Field(..., description="summed over every process since the server started")
+
+
 class VersionInfo(StrictModel):
     version: int
     status: Literal["ready", "failed"]
@@ -214,12 +246,16 @@ class VersionInfo(StrictModel):
                                           "version's answers (all workers)")
     drift: Drift | None = Field(None, description="input drift of the recent requests (needs the version's "
                                 "input_summary metadata)")
+    requests: VersionRequests | None = None
 
 
 class ModelInfo(StrictModel):
     name: str
     latest_version: int | None
     versions: list[VersionInfo]
+    rollout: dict[str, Any] | None = Field(None, description="the rollout in force (docs/rollouts.md)")
+    rollout_error: str | None = Field(None, description="why the model's rollout.json is ignored")
+    evidence: RolloutEvidence | None = Field(None, description="the rollout's evidence, summed over every process")
     batching: dict[str, Any] | None = Field(None, description=(
         "this worker's batching: enabled, mode, max_batch_size, max_queue_delay_microseconds, "
         "preferred_batch_size, and per serving version the measured forward pass by rows (µs) and the "

@@ -14,21 +14,26 @@ in the past, so a copy still being written (``cp``) is left for a later scan. Th
 writes to a temporary name and renames it into place, so its versions are complete at once.
 
 Each gunicorn worker (and gRPC process) keeps its own registry and rescans every
-``MODEL_POLL_SECONDS`` (``service/http_server/worker.py``); models unloaded through the repository API are
-shared through a state file (``service/repository/unloaded_models.py``), so all serve the same versions
-within one poll interval.
+``MODEL_POLL_SECONDS`` (``service/http_server/worker.py``); models unloaded and rollouts set through the
+repository API are shared through a state file (``service/repository/shared_state.py``), and rollout
+files are read at each scan (``service/repository/rollout.py``), so all serve the same versions, routed
+the same way, within one poll interval.
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from model.repository import WEIGHTS_FILE, model_dirs, version_dir, versions
+from service.repository import rollout as rollouts
 from service.repository.model_version import ModelVersion, Signature, load_version
+from service.repository.rollout import Rollout, RolloutFiles
+from service.repository.shared_state import SharedState
 from service.repository.snapshot import Snapshot, Versions
-from service.repository.unloaded_models import UnloadedModels
 from service.repository.version_policy import VersionPolicy, model_policy
 
 log = logging.getLogger("service.repository.registry")
@@ -46,8 +51,12 @@ class ModelRegistry:
         self.root = Path(root)
         self.policy = policy or VersionPolicy()
         self.settle_seconds = settle_seconds
-        self.unloaded = UnloadedModels(state_file)
+        self.shared = SharedState(state_file)
+        self.rollout_files = RolloutFiles()
         self.snapshot = Snapshot()
+        # Scans from more than one thread (a gRPC process: its watcher, a repository call, the rollout
+        # guard) take turns; a native lock, as under gevent only the event loop's thread scans anyway.
+        self._scanning = _thread.RLock()
 
     def load_all(self) -> ModelRegistry:
         """The first scan, at start: every file present is read, settled or not (a copy still
@@ -57,8 +66,13 @@ class ModelRegistry:
 
     def refresh(self, settle: bool = True) -> bool:
         """Scan the repository and swap in what serves now; True when anything changed."""
+        with self._scanning:
+            return self.scan(settle)
+
+    def scan(self, settle: bool) -> bool:
         old = self.snapshot
-        unloaded = frozenset(self.unloaded.read())
+        state = self.shared.read()
+        unloaded = frozenset(state["unloaded"])
         if not self.root.is_dir():
             error = "the model directory (MODEL_DIR) does not exist"  # its path is the operator's, in the log
             if old.scan_error != error:
@@ -68,12 +82,14 @@ class ModelRegistry:
         serving: dict[str, Versions] = {}
         failed: dict[str, Versions] = {}
         policies: dict[str, str] = {}
+        in_force: dict[str, Rollout] = {}
         for model_dir in model_dirs(self.root):
             name = model_dir.name
             if name in unloaded:
                 continue
             policy = model_policy(model_dir, self.policy)
             policies[name] = str(policy)
+            rollout = self.rollout_of(name, model_dir, state["rollouts"].get(name))
             found = self.settled_versions(model_dir, self.settle_seconds if settle else 0.0)
             serving[name], failed[name] = {}, {}
             for version in policy.candidates(list(found)):
@@ -81,12 +97,29 @@ class ModelRegistry:
                 (serving if entry.ready else failed)[name][version] = entry
                 if policy.done(len(serving[name])):
                     break
-        new = Snapshot(serving, failed, policies, unloaded)
+            if rollout is not None:
+                in_force[name] = rollout
+                for version in sorted(rollout.spec.versions() & set(found) - set(serving[name]) - set(failed[name])):
+                    entry = self.entry(old, name, version, found[version])  # named by the rollout: loaded too
+                    (serving if entry.ready else failed)[name][version] = entry
+        errors = {name: why for name, why in self.rollout_files.errors.items() if name in policies}
+        new = Snapshot(serving, failed, policies, unloaded, rollouts=in_force, rollout_errors=errors)
         changed = new.signatures() != old.signatures()
         self.snapshot = new  # one assignment: a request sees the old snapshot or the new, never half
         if changed:
             log.info("serving %s", {name: sorted(vs) for name, vs in serving.items()})
         return changed
+
+    def rollout_of(self, name: str, model_dir: Path, record: object) -> Rollout | None:
+        """The rollout in force for a model: the newer of its file's and the API's (shared state)."""
+        file = self.rollout_files.read(name, model_dir)
+        api, api_changed_at = None, None
+        if record is not None:
+            try:
+                api, api_changed_at = rollouts.from_record(record), float(record["changed_at"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("ignoring the repository state's rollout of %s: %s", name, exc)
+        return rollouts.in_force(api, api_changed_at, file)
 
     def settled_versions(self, model_dir: Path, settle_seconds: float) -> dict[int, Signature]:
         """Numbered version directories whose weights file has settled -> the file's signature."""
@@ -114,9 +147,33 @@ class ModelRegistry:
     # -- the repository API ----------------------------------------------------------------------
     def set_unloaded(self, name: str, unloaded: bool) -> None:
         """Mark a model unloaded (or not) for every process; this one rescans at once."""
-        self.unloaded.mark(name, unloaded)
+        self.shared.mark_unloaded(name, unloaded)
         self.refresh()
+
+    def change_rollout(self, name: str, change: Callable[[Rollout | None], Rollout | None]) -> Rollout | None:
+        """Replace a model's rollout for every process by ``change(the rollout in force)`` (None clears it),
+        under the shared state's lock, so concurrent changes lose nothing; this process rescans at once.
+        ``change`` may raise (a ServiceError) to refuse, or return the rollout it was given to leave it:
+        then nothing is written."""
+        model_dir = self.root / name
+
+        def apply(state: dict) -> Rollout | None:
+            current = self.rollout_of(name, model_dir, state["rollouts"].get(name))
+            new = change(current)
+            if new is current:  # nothing to change: nothing written
+                return current
+            # strictly after both the record and the file it replaces, even on a coarse clock
+            stamp = max(time.time(), (current.changed_at if current else 0.0) + 1e-6)
+            if new is not None:
+                new = Rollout(new.spec, new.source, stamp, new.note)
+            state["rollouts"][name] = rollouts.to_record(new, stamp)
+            return new
+
+        with self._scanning:
+            result = self.shared.update(apply)
+            self.refresh()
+        return result
 
     def state_changed(self) -> bool:
         """Whether another process changed the shared state since the last call (then rescan)."""
-        return self.unloaded.changed()
+        return self.shared.changed()

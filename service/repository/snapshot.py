@@ -8,11 +8,13 @@ with, whatever a rescan does meanwhile.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import not_found, unavailable
 from service.repository.model_version import ModelVersion
+from service.repository.rollout import Rollout
 from service.repository.version_policy import VersionPolicy
 
 Versions = dict[int, ModelVersion]
@@ -20,13 +22,16 @@ Versions = dict[int, ModelVersion]
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Model -> version -> entry, ready ones and failed ones apart; each model's policy (as text)."""
+    """Model -> version -> entry, ready ones and failed ones apart; each model's policy (as text) and
+    rollout (``rollout.py``), and why a rollout file is ignored."""
 
     serving: dict[str, Versions] = field(default_factory=dict)
     failed: dict[str, Versions] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
     unloaded: frozenset[str] = frozenset()
     scan_error: str | None = None
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
+    rollout_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def models(self) -> dict[str, Versions]:
@@ -41,7 +46,8 @@ class Snapshot:
         """What identifies this state's files: two snapshots with equal signatures serve the same."""
         return {name: ({v: e.signature for v, e in self.serving.get(name, {}).items()},
                        {v: e.signature for v, e in self.failed.get(name, {}).items()})
-                for name in set(self.serving) | set(self.failed)} | {"unloaded": sorted(self.unloaded)}
+                for name in set(self.serving) | set(self.failed)} | {"unloaded": sorted(self.unloaded)} | {
+            "rollouts": {name: r.describe() for name, r in self.rollouts.items()}}
 
     # -- lookup -----------------------------------------------------------------------------------
     def versions(self, name: str) -> tuple[Versions, Versions]:
@@ -66,6 +72,23 @@ class Snapshot:
             raise unavailable(f"{name}/{version} failed to load", {str(version): failed[version].error})
         raise not_found(f"model {name!r} has no version {version} serving (version policy "
                         f"{self.policies[name]}); serving: {sorted(serving)}")
+
+    def route(self, name: str, key: str | None, rng: random.Random) -> tuple[ModelVersion, Rollout | None, bool]:
+        """(entry, the rollout that routed it, whether it is a canary) for a request naming no version.
+
+        Without a rollout: the newest serving version. With one: the version it chooses for ``key``
+        (or a random draw); when that version does not serve (its file failed, or was removed), the
+        primary, and when the primary does not either, the newest serving version."""
+        rollout = self.rollouts.get(name)
+        if rollout is None:
+            return self.get(name), None, False
+        version, canary = rollout.choose(key, rng)
+        serving = self.serving.get(name, {})
+        if version in serving:
+            return serving[version], rollout, canary
+        if rollout.spec.primary in serving:
+            return serving[rollout.spec.primary], rollout, False
+        return self.get(name), rollout, False
 
     def policy_of(self, name: str) -> VersionPolicy:
         """The version policy in force for a model (its config.json's, else the server's)."""
