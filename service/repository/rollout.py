@@ -144,7 +144,8 @@ def describe_errors(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = ".".join(map(str, error["loc"]))
-        parts.append(f"{loc}: {error['msg']}" if loc else error["msg"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}" if loc else message)
     return "; ".join(parts)
 
 

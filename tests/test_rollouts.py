@@ -1,0 +1,297 @@
+"""Rollouts in process: the spec's rules, routing, the file and API precedence, concurrent changes, the
+comparison queue and the guard. The real server, every protocol and the walk-through under load are
+``tests/integration/test_rollouts.py``'s."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from model.io import load_model, save_model
+from service.dataplane.dataplane import DataPlane
+from service.dataplane.rollouts import Tally, verdict
+from service.dataplane.shadow import Copy, Mirror
+from service.errors import ServiceError
+from service.observability import rollouts as evidence
+from service.protocols import rollout_key
+from service.protocols import rollouts as rollout_ops
+from service.repository.registry import ModelRegistry
+from service.repository.rollout import ROLLOUT_FILE, AutoRollback, Rollout, RolloutSpec, key_point
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """mnist versions 1 and 2 (the shipped ones), in a repository of their own."""
+    shutil.copytree(ROOT / "model_repository" / "mnist", tmp_path / "repo" / "mnist")
+    return tmp_path / "repo"
+
+
+def plane_on(repo: Path, state: Path | None = None, seed: int = 0) -> DataPlane:
+    plane = DataPlane(ModelRegistry(repo, state_file=state).load_all())
+    plane.rollouts.rng = random.Random(seed)
+    return plane
+
+
+def digits(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 784), dtype=np.float32)
+
+
+# -- the spec ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, complaint", [
+    ({"primary": 1, "canary": {"2": 120}}, "not in (0, 100]"),
+    ({"primary": 1, "canary": {"2": 0}}, "not in (0, 100]"),
+    ({"primary": 1, "canary": {"2": 60, "3": 50}}, "more than 100"),
+    ({"primary": 1, "canary": {"1": 10}}, "is the primary"),
+    ({"primary": 1, "shadow": 1}, "is the primary"),
+    ({"primary": 1, "canary": {"0": 10}}, "not a version number"),
+    ({"primary": 0}, "greater than or equal to 1"),
+    ({"primary": "2"}, "valid integer"),
+    ({"primary": 1, "weights": {}}, "Extra inputs"),
+    ({"primary": 1, "canary": {"2": float("nan")}}, "finite"),
+    ({"primary": 1, "auto_rollback": {"max_error_rate": 2}}, "less than or equal to 1"),
+    ({"primary": 1, "canary": {str(v): 1 for v in range(2, 12)}}, "at most 8"),
+])
+def test_a_bad_rollout_is_refused_with_its_reason(body, complaint):
+    with pytest.raises(ValidationError, match=complaint.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        RolloutSpec.model_validate(body)
+
+
+def test_a_canary_takes_its_percent_and_the_primary_the_rest():
+    rollout = Rollout(RolloutSpec(primary=2, canary={3: 10, 4: 5}), "api", 0.0)
+    rng = random.Random(1)
+    n = 100_000
+    counts = {2: 0, 3: 0, 4: 0}
+    for _ in range(n):
+        counts[rollout.choose(None, rng)[0]] += 1
+    for version, share in ((2, 0.85), (3, 0.10), (4, 0.05)):
+        sd = (share * (1 - share) / n) ** 0.5
+        assert abs(counts[version] / n - share) < 3.29 * sd, counts  # the binomial 99.9 % interval
+
+
+def test_a_key_lands_on_one_version_in_every_process_and_keys_split_by_the_percent():
+    rollout = Rollout(RolloutSpec(primary=1, canary={2: 10}), "api", 0.0)
+    chosen = [rollout.choose(f"user-{i}", random.Random(i))[0] for i in range(20_000)]
+    again = [rollout.choose(f"user-{i}", random.Random(i + 1))[0] for i in range(20_000)]
+    assert chosen == again  # the hash, not the draw
+    share = chosen.count(2) / len(chosen)
+    assert abs(share - 0.10) < 3.29 * (0.1 * 0.9 / len(chosen)) ** 0.5
+    # blake2b of the key: fixed across processes and restarts (no PYTHONHASHSEED)
+    assert key_point("user-1") == pytest.approx(int.from_bytes(__import__("hashlib").blake2b(
+        b"user-1", digest_size=8).digest(), "big") / 2**64 * 100)
+
+
+def test_the_key_is_the_parameter_else_the_header():
+    assert rollout_key.of("h", {"rollout_key": "p"}) == "p"
+    assert rollout_key.of("h", {}) == "h"
+    assert rollout_key.of("", None) is None
+    with pytest.raises(ServiceError) as err:
+        rollout_key.of("h", {"rollout_key": 7})
+    assert err.value.status == 400
+
+
+# -- routing in the data plane ----------------------------------------------------------------------
+def test_routing_sends_the_percent_and_never_reroutes_a_named_version(repo):
+    plane = plane_on(repo)
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, canary={2: 100}))
+    x = digits(1)
+    assert {plane.infer("mnist", None, x).version for _ in range(20)} == {2}
+    assert {plane.infer("mnist", 1, x).version for _ in range(20)} == {1}
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1))
+    assert {plane.infer("mnist", None, x).version for _ in range(20)} == {1}  # pinned, though 2 is newer
+    rollout_ops.clear(plane, "mnist")
+    assert plane.infer("mnist", None, x).version == 2  # the newest again
+
+
+def test_a_rollout_loads_the_versions_it_names_whatever_the_policy(repo):
+    plane = plane_on(repo)  # latest:1: only 2 serves
+    assert sorted(plane.registry.snapshot.serving["mnist"]) == [2]
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, shadow=2))
+    assert sorted(plane.registry.snapshot.serving["mnist"]) == [1, 2]
+    assert plane.infer("mnist", None, digits(1)).version == 1
+
+
+def test_a_rollout_naming_a_missing_or_broken_version_is_refused_and_changes_nothing(repo):
+    plane = plane_on(repo)
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=2, canary={1: 10}))
+    before = plane.registry.snapshot.rollouts["mnist"]
+    (repo / "mnist" / "3").mkdir()
+    (repo / "mnist" / "3" / "model.npz").write_bytes(b"not a weights file")
+    for spec, complaint in ((RolloutSpec(primary=2, canary={7: 10}), "no version 7"),
+                            (RolloutSpec(primary=2, canary={3: 10}), "3 does not load")):
+        with pytest.raises(ServiceError, match=complaint) as err:
+            rollout_ops.set_rollout(plane, "mnist", spec)
+        assert err.value.status == 409
+    assert plane.registry.snapshot.rollouts["mnist"] == before
+
+
+def test_promote_and_roll_back(repo):
+    plane = plane_on(repo)
+    guard = AutoRollback(max_error_rate=0.01)
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, canary={2: 10}, auto_rollback=guard))
+    state = rollout_ops.roll_back(plane, "mnist")
+    assert state["rollout"]["primary"] == 1 and not state["rollout"].get("canary")
+    assert state["rollout"]["note"] == "rolled back (canary 2 removed)"
+    with pytest.raises(ServiceError, match="no canary or shadow"):
+        rollout_ops.roll_back(plane, "mnist")
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, shadow=2))
+    state = rollout_ops.promote(plane, "mnist")
+    assert (state["rollout"]["primary"], state["rollout"]["source"]) == (2, "api")
+    assert state["rollout"]["note"] == "promoted 2 (the primary was 1)"
+    with pytest.raises(ServiceError, match="no canary or shadow") as err:
+        rollout_ops.promote(plane, "mnist")
+    assert err.value.status == 409
+
+
+# -- the file and the API ------------------------------------------------------------------------------
+def test_the_newer_of_file_and_api_is_in_force_and_a_bad_file_keeps_the_last_good(repo, tmp_path):
+    plane = plane_on(repo, tmp_path / "state.json")
+    registry = plane.registry
+    path = repo / "mnist" / ROLLOUT_FILE
+    path.write_text(json.dumps({"primary": 1, "canary": {"2": 25}}))
+    registry.refresh()
+    assert registry.snapshot.rollouts["mnist"].source == "file"
+    rollout_ops.promote(plane, "mnist")  # the API, after the file: wins
+    assert registry.snapshot.rollouts["mnist"].spec.primary == 2
+    time.sleep(0.01)
+    path.write_text("{not json")  # newer, but bad: reported, the one in force stays
+    registry.refresh()
+    assert registry.snapshot.rollouts["mnist"].spec.primary == 2
+    assert "rollout.json ignored" in plane.describe("mnist")["rollout_error"]
+    path.write_text(json.dumps({"primary": 1, "shadow": 2}))  # a good file, newer than the API: wins
+    registry.refresh()
+    assert registry.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=1, shadow=2)
+    assert "rollout_error" not in plane.describe("mnist")
+    path.write_text(json.dumps({"primary": 1, "canary": {"2": 500}}))  # schema error: the last good file stays
+    registry.refresh()
+    assert registry.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=1, shadow=2)
+    assert plane.describe("mnist")["rollout_error"].endswith(": canary 2: percent 500 is not in (0, 100]")
+
+
+def change_many(repo: str, state: str, model: str, n: int) -> None:
+    registry = ModelRegistry(repo, state_file=state).load_all()
+    for i in range(n):
+        registry.change_rollout(model, lambda current, i=i: Rollout(RolloutSpec(
+            primary=1, canary={2: ((current.spec.canary.get(2, 0) if current else 0) + 1)}), "api", 0.0, str(i)))
+
+
+def test_concurrent_changes_from_processes_lose_nothing(tmp_path):
+    repo = tmp_path / "repo"
+    for name in ("a", "b", "c"):
+        shutil.copytree(ROOT / "model_repository" / "mnist", repo / name)
+    state = tmp_path / "state.json"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=change_many, args=(str(repo), str(state), name, 25)) for name in ("a", "b", "c")]
+    procs += [ctx.Process(target=change_many, args=(str(repo), str(state), "a", 25))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    registry = ModelRegistry(repo, state_file=state).load_all()
+    assert registry.snapshot.rollouts["a"].spec.canary == {2: 50}  # two writers, 25 increments each
+    assert registry.snapshot.rollouts["b"].spec.canary == {2: 25}
+
+
+# -- comparisons and the guard ------------------------------------------------------------------------
+def test_the_shadow_counts_equal_an_offline_comparison(repo):
+    plane = plane_on(repo)
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, shadow=2))
+    x = digits(40, seed=3) ** 4  # darker digits: the two versions disagree on some
+    for i in range(0, 40, 4):
+        plane.infer("mnist", None, x[i:i + 4])
+    plane.rollouts.mirror.drain()
+    one, two = (load_model(repo / "mnist" / v / "model.npz").network for v in ("1", "2"))
+    p1, p2 = one.predict_proba(x), two.predict_proba(x)
+    disagree = int((p1.argmax(1) != p2.argmax(1)).sum())
+    [pair] = plane.describe("mnist")["evidence"]["comparisons"]
+    assert (pair["served"], pair["compared"]) == (1, 2)
+    assert (pair["agree"], pair["disagree"], pair["dropped"]) == (40 - disagree, disagree, 0)
+    assert pair["max_probability_difference"] == pytest.approx(float(np.abs(p1 - p2).max()), abs=1e-5)
+
+
+def test_a_full_queue_drops_and_counts_never_blocks(repo):
+    plane = plane_on(repo)
+    entry = plane.registry.snapshot.serving["mnist"][2]
+    mirror = Mirror(capacity=10)
+    copy = Copy(1, entry, digits(4), entry.labels, np.zeros(4, dtype=np.int64), np.zeros((4, 10), np.float32), 0.0)
+    before = evidence.read("mnist")["comparisons"].get((1, 2), {}).get("dropped", 0)
+    for _ in range(5):
+        mirror.offer(copy)
+    assert mirror.pending() == 8  # two copies of 4 rows fit; three are dropped
+    assert evidence.read("mnist")["comparisons"][(1, 2)]["dropped"] - before == 12
+    mirror.drain()
+    assert mirror.pending() == 0
+    assert mirror.rest_until > time.monotonic()  # it rests: 9 parts in 10 of its time
+
+
+def test_the_guard_judges_server_failures_past_its_minimum_only():
+    guard = AutoRollback(max_error_rate=0.1, max_disagreement=0.2, min_requests=50)
+    assert verdict(guard, Tally(requests=49, errors=49)) is None  # too few yet
+    assert verdict(guard, Tally(requests=50, errors=5)) is None  # at the bound, not beyond
+    assert verdict(guard, Tally(requests=50, errors=6))[0] == "errors"
+    assert verdict(guard, Tally(requests=50, compared=50, disagreed=11))[0] == "disagreement"
+    assert verdict(AutoRollback(min_requests=1), Tally(requests=10, compared=10, disagreed=10)) is None
+
+
+def broken_copy(repo: Path, version: int) -> None:
+    """A version that loads (finite weights) but overflows to non-finite answers: a diverged training."""
+    loaded = load_model(repo / "mnist" / "2" / "model.npz")
+    for param in loaded.network.named_params().values():
+        param[...] = 1e38
+    (repo / "mnist" / str(version)).mkdir()
+    save_model(repo / "mnist" / str(version) / "model.npz", loaded.network, loaded.metadata)
+
+
+def test_the_guard_rolls_a_failing_canary_back_and_leaves_a_healthy_one(repo, caplog):
+    broken_copy(repo, 3)
+    plane = plane_on(repo)
+    guard = AutoRollback(max_error_rate=0.05, min_requests=20)
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=2, canary={3: 50}, auto_rollback=guard))
+    x = digits(1)
+    failures = 0
+    for _ in range(200):
+        try:
+            assert plane.infer("mnist", None, x).version == 2
+        except ServiceError as exc:
+            assert (exc.status, exc.code) == (500, "model_failed")
+            failures += 1
+    assert failures == 20  # the canary's 20th failure rolls it back; none after
+    rollout = plane.registry.snapshot.rollouts["mnist"]
+    assert (rollout.source, rollout.spec.canary) == ("guard", {})
+    assert rollout.note.startswith("auto rollback of canary 3: 20 of 20 requests failed")
+    assert "auto rollback of canary 3" in caplog.text
+    # a client's mistakes are not the canary's: a healthy canary under bad requests stays
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=2, canary={1: 50}, auto_rollback=guard))
+    for i in range(300):
+        with pytest.raises(ServiceError) if i % 2 else _nothing():
+            plane.infer("mnist", None, x * (3 if i % 2 else 1))  # values up to 3: a 422
+    assert plane.registry.snapshot.rollouts["mnist"].spec.canary == {1: 50}
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+
+def test_state_survives_in_the_file_for_new_processes(repo, tmp_path):
+    state = tmp_path / "state.json"
+    plane = plane_on(repo, state)
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, canary={2: 10}))
+    again = ModelRegistry(repo, state_file=state).load_all()
+    assert again.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=1, canary={2: 10})
+    assert json.loads(state.read_text())["rollouts"]["mnist"]["source"] == "api"
+    assert os.path.exists(state)
