@@ -3,7 +3,7 @@ and the gRPC codec (``service/grpc/repository.py``) both call these.
 
 ``authorize`` checks an ``Authorization`` value against ``ADMIN_TOKEN`` (401 missing, 403 wrong,
 compared in constant time and never logged); ``index`` lists what is on record; ``load`` and
-``unload`` change what every process serves through the registry's shared state (``repository/unloaded_models.py``).
+``unload`` change what every process serves through the registry's shared state (``repository/shared_state.py``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ change what the server serves, so they need ``Authorization: Bearer <ADMIN_TOKEN
 ``ADMIN_TOKEN`` in the environment the API is off: its routes are not registered (404) and not in
 the OpenAPI document. A missing token is a
 401, a wrong one a 403 (compared in constant time, never logged). A change made through any worker
-reaches every worker within a second (``service/repository/unloaded_models.py``). Errors are the Open Inference
+reaches every worker within a second (``service/repository/shared_state.py``). Errors are the Open Inference
 Protocol's ``{"error": "..."}``.
 """
 
