@@ -77,6 +77,10 @@ class Settings(BaseModel):
     feedback_token: SecretStr | None = Field(None, description="bearer token POST /feedback requires; none: open")
     drift_window: int = Field(1000, ge=0, le=1_000_000, description="recent samples per model version the drift "
                               "score averages (per process); 0: off")
+    max_queue_size: int = Field(0, ge=0, le=1_000_000, description="inference requests that may wait for their "
+                                "forward pass in one process; one more is refused at once with a 503 (0: no bound)")
+    default_timeout_microseconds: int = Field(0, ge=0, le=3_600_000_000, description="a request's deadline when it "
+                                              "sets none (or a longer one); past it, not computed: a 504 (0: none)")
     shadow_queue: int = Field(4096, ge=1, le=1_000_000, description="rows a process holds for comparison with "
                               "a rollout's shadow or primary (docs/rollouts.md); past that they are dropped (counted)")
 

@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from model.repository import NAME_PATTERN
+from service.batching.queue_policy import queue_full
 from service.dataplane.dataplane import INPUT, DataPlane, Inference
 from service.errors import ServiceError, internal
 from service.observability import request_record
-from service.protocols import content_coding, json_codec, predict, rollout_key, v1_http, v2_http
+from service.protocols import content_coding, json_codec, predict, rollout_key, timeouts, v1_http, v2_http
 from service.protocols.error_bodies import rendered
 from service.protocols.schemas import VERSION_PATTERN, PredictRequest
 
@@ -63,6 +64,7 @@ class Call:
     field: str
     respond: Callable[[Inference], tuple[bytes, Headers]]  # body, and its Content-Type (and any other) headers
     route_key: str | None = None  # a rollout's sticky key (protocols/rollout_key.py)
+    timeout_us: int | None = None  # the request's own timeout (protocols/timeouts.py)
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,15 @@ def decode_predict(body: bytes, environ: dict[str, Any], name: str | None, versi
         return None
     request = PredictRequest.model_validate(doc)
     return Call(request.model, request.version, json_codec.samples(request.inputs, body), "inputs",
-                lambda result: json_answer(predict.answer(result)), environ.get(rollout_key.ENVIRON))
+                lambda result: json_answer(predict.answer(result)), environ.get(rollout_key.ENVIRON),
+                timeouts.of(environ.get(timeouts.ENVIRON)))
 
 
 def decode_v1(body: bytes, environ: dict[str, Any], name: str | None, version: int | None,
               plane: DataPlane) -> Call:
     call = v1_http.decode(body, plane.max_values)
     return Call(name, version, call.batch, call.field, lambda result: json_answer(v1_http.answer(result, call.rows)),
-                environ.get(rollout_key.ENVIRON))
+                environ.get(rollout_key.ENVIRON), timeouts.of(environ.get(timeouts.ENVIRON)))
 
 
 def decode_v2(body: bytes, environ: dict[str, Any], name: str | None, version: int | None,
@@ -114,7 +117,8 @@ def decode_v2(body: bytes, environ: dict[str, Any], name: str | None, version: i
 
     return Call(name, call.version, call.tensor, INPUT,
                 lambda result: v2_http.framed(*v2_http.encode_outputs(call.request, result)),
-                rollout_key.of(environ.get(rollout_key.ENVIRON), call.request.parameters))
+                rollout_key.of(environ.get(rollout_key.ENVIRON), call.request.parameters),
+                timeouts.of(environ.get(timeouts.ENVIRON), call.request.parameters))
 
 
 VERSION = rf"(?:/versions/(?P<version>{VERSION_PATTERN}))?"
@@ -160,13 +164,15 @@ class FastLane:
         start = time.perf_counter()
         body = environ["wsgi.input"].read(length)
         name, version = match.groupdict().get("name"), match.groupdict().get("version")
+        if self.plane.queue.full():  # MAX_QUEUE_SIZE: refused before its body is parsed, the cheapest answer
+            return self.refuse(environ, route.rules[version is not None], name, start)
         call = self.decode(route, body, environ, name, int(version) if version else None)
         if call is None:  # Flask answers, from the same bytes
             environ["wsgi.input"] = io.BytesIO(body)
             return None
         path = environ["PATH_INFO"]
         rid = request_record.request_id(environ.get("HTTP_X_REQUEST_ID"))
-        status, out, headers, batch_size = self.answer(path, call, rid)
+        status, out, headers, batch_size = self.answer(path, call, rid, start)
         headers = [headers[0], ("Content-Length", ""), *headers[1:], ("X-Request-ID", rid),
                    ("X-Content-Type-Options", "nosniff")]
         accept = environ.get("HTTP_ACCEPT_ENCODING")
@@ -178,6 +184,19 @@ class FastLane:
         headers[1] = ("Content-Length", str(len(out)))
         request_record.record(self.plane.registry.snapshot, route.rules[version is not None], "POST", path,
                               call.model, batch_size, status, time.perf_counter() - start, rid)
+        return status, headers, out
+
+    def refuse(self, environ: dict[str, Any], rule: str, name: str | None, start: float) -> tuple[int, Headers, bytes]:
+        """The queue policy's 503 (``queue_full``, with ``Retry-After``), counted and logged."""
+        path = environ["PATH_INFO"]
+        rid = request_record.request_id(environ.get("HTTP_X_REQUEST_ID"))
+        error = queue_full(self.plane.queue.max_queue_size)
+        self.plane.queue.shed("queue_full")
+        status, out = rendered(path, error)
+        headers = [("Content-Type", JSON), ("Content-Length", str(len(out))), *error.headers.items(),
+                   ("X-Request-ID", rid), ("X-Content-Type-Options", "nosniff")]
+        request_record.record(self.plane.registry.snapshot, rule, "POST", path, name, None, status,
+                              time.perf_counter() - start, rid)
         return status, headers, out
 
     def takes(self, environ: dict[str, Any]) -> tuple[Route, re.Match[str], int] | None:
@@ -206,13 +225,13 @@ class FastLane:
         except Exception:
             return None
 
-    def answer(self, path: str, call: Call, rid: str) -> tuple[int, bytes, Headers, int | None]:
+    def answer(self, path: str, call: Call, rid: str, received: float) -> tuple[int, bytes, Headers, int | None]:
         """(status, body, headers starting with Content-Type, batch size) from the data plane, errors as
         Flask renders them."""
         batch_size = None
         try:
             result = self.plane.infer(call.model, call.version, call.inputs, field=call.field, request_id=rid,
-                                      route_key=call.route_key)
+                                      route_key=call.route_key, timeout_us=call.timeout_us, received=received)
             batch_size = len(result.classes)
             out, headers = call.respond(result)
         except ServiceError as exc:

@@ -40,6 +40,7 @@ from gevent.threadpool import ThreadPool
 
 from service.batching import rules
 from service.batching.cost_table import CostTable
+from service.batching.queue_policy import Ticket
 from service.batching.rules import Batcher, Pending
 from service.repository.model_version import ModelVersion
 
@@ -71,23 +72,27 @@ class GeventBatcher(Batcher):
         self.pool = ThreadPool(1)  # the model thread: passes run one at a time per worker, as inline
 
     # -- running ------------------------------------------------------------------------------------
-    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+    def run(self, entry: ModelVersion, batch: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
         table = self.table(entry)
         if len(batch) > table.merge_limit or self.alone():  # large (merging would save nothing, and must
-            return self.forward(entry, batch, table, [time.perf_counter()])  # not wait), or nobody to wait for
+            if ticket is not None:  # not wait), or nobody to wait for
+                if ticket.expired():
+                    raise ticket.error()
+                ticket.start()
+            return self.forward(entry, batch, table, [time.perf_counter()])
         key = id(entry)
         queue = self.queues.get(key)
         if queue is None or queue.entry is not entry:
             queue = self.queues[key] = VersionQueue(entry, enough=Event() if self.delay else None)
-        item = Pending(batch, AsyncResult() if queue.busy else None)
+        item = Pending(batch, AsyncResult() if queue.busy else None, ticket=ticket)
         queue.items.append(item)
         queue.rows += len(batch)
         if queue.enough is not None and queue.rows >= self.target:
             queue.enough.set()
         if item.wake is not None:
             try:
-                outcome = item.wake.get()
-            except BaseException:  # killed while waiting (a stop): never strand the requests behind it
+                outcome = self.wait(item)
+            except BaseException:  # killed while waiting (a stop), or its deadline: never strand the others
                 self.abandon(key, queue, item)
                 raise
             if outcome is DONE:
@@ -96,7 +101,9 @@ class GeventBatcher(Batcher):
         try:
             gevent.idle()  # one turn of the loop: the other ready connections join this batch
             if self.delay and queue.rows < self.target:
-                queue.enough.wait(max(0.0, self.delay - (time.perf_counter() - queue.items[0].enqueued)))
+                wait = max(0.0, self.delay - (time.perf_counter() - queue.items[0].enqueued))
+                left = ticket.remaining() if ticket is not None else None
+                queue.enough.wait(wait if left is None else max(0.0, min(wait, left)))
             self.execute(queue, self.take(queue), table)
         finally:
             if item in queue.items:  # interrupted before its batch was taken (a stop): out of the queue
@@ -104,6 +111,20 @@ class GeventBatcher(Batcher):
                 queue.rows -= len(item.rows)
             self.hand_on(key, queue)
         return self.outcome(item)
+
+    @staticmethod
+    def wait(item: Pending) -> str:
+        """Until the request leads or is done; at its deadline, if neither, its deadline's error (the
+        batch it would have joined runs without it)."""
+        left = item.ticket.remaining() if item.ticket is not None else None
+        if left is None:
+            return item.wake.get()
+        try:
+            return item.wake.get(timeout=max(0.0, left))
+        except gevent.Timeout:
+            if item.wake.ready():  # woken at the same instant
+                return item.wake.value
+            raise item.ticket.error() from None
 
     def take(self, queue: VersionQueue) -> list[Pending]:
         """The queue's head, whole requests, up to ``MAX_BATCH`` rows (the leader is the first)."""

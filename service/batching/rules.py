@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.batching.cost_table import CostTable
+from service.batching.queue_policy import Ticket
 from service.observability import metrics
 from service.repository.model_version import ModelVersion
 
@@ -40,6 +41,7 @@ class Pending:
     result: np.ndarray | None = None
     error: BaseException | None = None
     batch: list[Pending] | None = None  # handed to a waiter that is to lead (the thread batcher)
+    ticket: Ticket | None = None  # its deadline, and its waiting / running state (queue_policy.py)
 
 
 class Batcher:
@@ -105,12 +107,19 @@ def execute(taken: list[Pending], table: CostTable, forward: Forward) -> None:
     """Run ``taken``: one merged pass, or one pass per request, whichever the cost table says is cheaper.
 
     Each request gets its own rows of the answer in ``result``, or the failure of the pass it was in
-    in ``error``: a failing pass fails only its own requests, the other passes go on. Waking the
-    requests is the caller's (the batcher's own kind of event), after this returns or raises.
+    in ``error``: a failing pass fails only its own requests, the other passes go on. A request whose
+    deadline has passed is not computed (its ``error`` says so). Waking the requests is the caller's
+    (the batcher's own kind of event), after this returns or raises.
     """
     groups = [taken] if table.merge_pays([len(i.rows) for i in taken]) else [[i] for i in taken]
     try:
         for group in groups:
+            group = [item for item in group if not expired(item)]
+            if not group:
+                continue
+            for item in group:
+                if item.ticket is not None:
+                    item.ticket.start()
             try:
                 rows = group[0].rows if len(group) == 1 else np.concatenate([i.rows for i in group])
                 probabilities = forward(rows, group)
@@ -126,6 +135,14 @@ def execute(taken: list[Pending], table: CostTable, forward: Forward) -> None:
         for item in taken:
             if item.result is None and item.error is None:  # the leader was killed mid-way (a stop)
                 item.error = RuntimeError("the batch this request was in was interrupted")
+
+
+def expired(item: Pending) -> bool:
+    """Whether the request's deadline passed before its pass: then it fails with that, uncomputed."""
+    if item.ticket is not None and item.ticket.expired():
+        item.error = item.ticket.error()
+        return True
+    return False
 
 
 def record(entry: ModelVersion, rows: int, enqueued: Sequence[float]) -> None:

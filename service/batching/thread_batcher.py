@@ -30,6 +30,7 @@ import numpy as np
 
 from service.batching import rules
 from service.batching.cost_table import CostTable
+from service.batching.queue_policy import Ticket
 from service.batching.rules import Batcher, Pending
 from service.repository.model_version import ModelVersion
 
@@ -62,7 +63,7 @@ class ThreadBatcher(Batcher):
         with self.measuring:  # the first caller measures; the others then find its table
             return super().table(entry)
 
-    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+    def run(self, entry: ModelVersion, batch: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
         table = self.table(entry)
         with self.lock:
             if self.running < self.threads:  # a free slot: run at once, on this thread
@@ -73,18 +74,40 @@ class ThreadBatcher(Batcher):
                 queue = self.queues.get(key)
                 if queue is None or queue.entry is not entry:
                     queue = self.queues[key] = VersionQueue(entry, table)
-                item = Pending(batch, threading.Event())
+                item = Pending(batch, threading.Event(), ticket=ticket)
                 queue.items.append(item)
         if item is None:
             try:
+                if ticket is not None:
+                    if ticket.expired():
+                        raise ticket.error()
+                    ticket.start()
                 rules.record(entry, len(batch), (time.perf_counter(),))  # waited for nothing
                 return entry.network.predict_proba(batch)
             finally:
                 self.hand_on()
-        item.wake.wait()  # woken to lead (item.batch set) or with its answer
+        self.wait(key, item)  # woken to lead (item.batch set) or with its answer
         if item.batch is not None:
             self.lead(entry, item.batch, table)
         return rules.outcome(item)
+
+    def wait(self, key: int, item: Pending) -> None:
+        """Until the request is woken; at its deadline, if it is still queued, out of the queue with its
+        deadline's error (once taken into a batch, it waits for that batch)."""
+        left = item.ticket.remaining() if item.ticket is not None else None
+        if left is None or item.wake.wait(max(0.0, left)):
+            item.wake.wait()
+            return
+        with self.lock:
+            queue = self.queues.get(key)
+            queued = queue is not None and item in queue.items
+            if queued:
+                queue.items.remove(item)
+                if not queue.items:
+                    del self.queues[key]
+        if queued:
+            raise item.ticket.error()
+        item.wake.wait()  # taken at the same instant: its batch answers it
 
     def lead(self, entry: ModelVersion, taken: list[Pending], table: CostTable) -> None:
         """Run a batch handed to its first request, wake the others, pass the slot on."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.batching.queue_policy import QueuePolicy, Ticket
 from service.capture.capture import Capture
 from service.config import Settings
 from service.dataplane.rollouts import Rollouts
@@ -98,8 +99,10 @@ class Runner(Protocol):
     def warm(self, entries: list[ModelVersion]) -> None:
         """Prepare for these versions before their first request (a batcher measures its cost tables)."""
 
-    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        """(rows, features) of ``entry.dtype`` -> (rows, classes) probabilities."""
+    def run(self, entry: ModelVersion, batch: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
+        """(rows, features) of ``entry.dtype`` -> (rows, classes) probabilities. A request with a
+        ``ticket`` is not computed once its deadline passed (``ticket.error()``), and is marked running
+        (``ticket.start()``) when its pass starts."""
 
     def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
         """The batching state of these versions, for ``GET /models/{m}``."""
@@ -111,7 +114,11 @@ class InlineRunner:
     def warm(self, entries: list[ModelVersion]) -> None:
         return None
 
-    def run(self, entry: ModelVersion, batch: np.ndarray) -> np.ndarray:
+    def run(self, entry: ModelVersion, batch: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
+        if ticket is not None:
+            if ticket.expired():
+                raise ticket.error()
+            ticket.start()
         metrics.observe_executed(entry.name, len(batch))
         return entry.network.predict_proba(batch)
 
@@ -123,10 +130,12 @@ class DataPlane:
     """Models by name and version, and inference on them (``diagnostics.py`` adds the checks)."""
 
     def __init__(self, registry: ModelRegistry, limits: Limits | None = None, runner: Runner | None = None,
-                 capture: Capture | None = None, drift_window: int = 0, shadow_queue: int = 4096) -> None:
+                 capture: Capture | None = None, drift_window: int = 0, shadow_queue: int = 4096,
+                 queue: QueuePolicy | None = None) -> None:
         self.registry = registry
         self.limits = limits or Limits()
         self.runner: Runner = runner or InlineRunner()
+        self.queue = queue or QueuePolicy()  # deadlines and MAX_QUEUE_SIZE (service/batching/queue_policy.py)
         self.capture = capture  # sampled inferences to CAPTURE_DIR (service/capture/)
         self.drift = drift.DriftMonitor(drift_window) if drift_window else None
         self.rollouts = Rollouts(registry, shadow_queue)  # routing between versions, comparisons, the guard
@@ -139,7 +148,8 @@ class DataPlane:
             capture = Capture(settings.capture_dir, settings.capture_sample_rate, settings.capture_max_bytes,
                               settings.capture_queue)
         return cls(registry, Limits.from_settings(settings), capture=capture, drift_window=settings.drift_window,
-                   shadow_queue=settings.shadow_queue)
+                   shadow_queue=settings.shadow_queue,
+                   queue=QueuePolicy(settings.max_queue_size, settings.default_timeout_microseconds))
 
     def serve_with(self, runner: Runner) -> None:
         """Run every inference through ``runner`` from now on, warmed on every version serving now."""
@@ -220,14 +230,17 @@ class DataPlane:
 
     # -- running ----------------------------------------------------------------------------
     def infer(self, name: str, version: int | None, inputs: np.ndarray, field: str = "inputs",
-              request_id: str | None = None, route_key: str | None = None) -> Inference:
+              request_id: str | None = None, route_key: str | None = None, timeout_us: int | None = None,
+              received: float | None = None) -> Inference:
         """Class probabilities for a batch of samples, in one vectorised forward pass.
 
         ``inputs`` is (batch, *sample) with a sample either flat (``prod(input_shape)`` values) or
         in the model's ``input_shape``; any real or integer dtype. Without a ``version`` the model's
         rollout chooses one (by ``route_key`` when the client sent one: ``rollouts.py``); with one,
         that version serves. A request with a ``request_id`` may be captured (``CAPTURE_DIR``); every
-        one counts towards its version's drift score.
+        one counts towards its version's drift score. The queue policy applies (``timeout_us``, the
+        request's own timeout, counted from ``received``, a ``time.perf_counter()``): a 503 when the
+        process's queue is full, a 504 when the deadline passes before the batch runs.
         """
         check_batch_size(inputs, self.limits.max_batch, field)
         if version is None:
@@ -236,11 +249,13 @@ class DataPlane:
             entry, rollout, canary = self.resolve(name, version), None, False
         stats = statistics.recorder(entry.name, entry.version)  # only versions that exist are counted
         start = time.perf_counter()
+        ticket = None
         try:
+            ticket = self.queue.admit(entry.name, timeout_us, received)  # refused: counted as failed, as Triton
             batch = as_batch(inputs, entry, field)
             prepared = time.perf_counter()
             # validated first: a bad request never joins a batch; the runner may merge this one with others
-            probabilities = self.runner.run(entry, batch)
+            probabilities = self.runner.run(entry, batch, ticket)
             computed = time.perf_counter()
             if not math.isfinite(probabilities.sum()):  # weights that overflow: the version is broken
                 raise ServiceError(500, "model_failed", f"{entry.name}/{entry.version} answered non-finite "
@@ -251,6 +266,9 @@ class DataPlane:
             if rollout is not None:
                 self.rollouts.failed(rollout, entry, canary, exc)
             raise
+        finally:
+            if ticket is not None:
+                self.queue.release(ticket)
         stats.succeeded(len(batch), prepared - start, computed - prepared, time.perf_counter() - computed)
         if rollout is not None:
             self.rollouts.served(rollout, entry, canary, batch, probabilities, classes)

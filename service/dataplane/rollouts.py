@@ -38,6 +38,7 @@ from service.repository.registry import ModelRegistry
 from service.repository.rollout import AutoRollback, Rollout
 
 log = logging.getLogger("service.rollout")
+LOAD_ERRORS = ("queue_full", "deadline_exceeded")  # refusals of the queue policy: not the version's failures
 
 
 @dataclass
@@ -111,9 +112,9 @@ class Rollouts:
 
     def failed(self, rollout: Rollout, entry: ModelVersion, canary: bool, exc: BaseException) -> None:
         """A routed request failed: a canary's server-side failure counts against it (a client's
-        mistake, a 4xx, does not)."""
+        mistake, a 4xx, does not, nor a refusal of the queue policy: that is the load, not the version)."""
         evidence.routed(entry.name, entry.version, canary)
-        if canary and not (isinstance(exc, ServiceError) and exc.status < 500):
+        if canary and not (isinstance(exc, ServiceError) and (exc.status < 500 or exc.code in LOAD_ERRORS)):
             self.judge_request(entry.name, rollout, entry.version, failed=True)
 
     # -- the guard ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -30,10 +31,11 @@ from service.grpc.repository import RepositoryRPCs
 from service.grpc.stubs import grpc_service_pb2 as pb
 from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
 from service.observability.request_record import request_id
-from service.protocols import rollout_key, v2_tensors
+from service.protocols import rollout_key, timeouts, v2_tensors
 from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
 
 STREAM_ENDPOINT = f"{METHOD_PREFIX}ModelStreamInfer"
+MAX_DEADLINE_SECONDS = 3600.0  # a call's time_remaining() beyond this is no deadline (grpcio gives ~1e9 then)
 # Which typed field of InferTensorContents carries each input datatype.
 CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -115,6 +117,7 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
 
     def infer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext | None = None
               ) -> pb.ModelInferResponse:
+        received = time.perf_counter()
         name, version = model_name(request.model_name), version_of(request.model_version)
         names = [i.name for i in request.inputs]
         if names != [INPUT]:
@@ -130,7 +133,8 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         rid = request_id(request.id) if self.plane.capture is not None else None
         with self.running:
             result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid,
-                                      route_key=route_key(request, context) if version is None else None)
+                                      route_key=route_key(request, context) if version is None else None,
+                                      timeout_us=timeout_of(request, context), received=received)
         response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version),
                                          id=rid or request.id)
         for name in wanted:
@@ -143,6 +147,21 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
                 response.outputs.add(name=name, datatype="BYTES", shape=[len(labels)])
                 response.raw_output_contents.append(v2_tensors.pack_bytes(labels))
         return response
+
+
+def timeout_of(request: pb.ModelInferRequest, context: grpc.ServicerContext | None) -> int | None:
+    """The call's timeout in microseconds: the ``timeout`` parameter (as Triton reads it) or the call's
+    own deadline, whichever is shorter; None for neither."""
+    found = []
+    param = request.parameters.get(timeouts.PARAMETER)  # .get: [] would add the key
+    if param is not None:
+        kind = param.WhichOneof("parameter_choice")
+        found.append(timeouts.of(None, {timeouts.PARAMETER: getattr(param, kind) if kind else None}))
+    remaining = context.time_remaining() if context is not None else None
+    if remaining is not None and remaining < MAX_DEADLINE_SECONDS:  # no deadline: a huge number
+        found.append(max(1, int(remaining * 1e6)))
+    found = [t for t in found if t]
+    return min(found) if found else None
 
 
 def route_key(request: pb.ModelInferRequest, context: grpc.ServicerContext | None) -> str | None:

@@ -11,7 +11,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 UNKNOWN_MODEL = "(unknown)"  # the one label value of every model name that is not on record
 
@@ -28,6 +36,14 @@ QUEUE = Histogram("nn_batch_queue_seconds", "Time a request waited in the batche
                                       0.25, 0.5, 1.0))
 REQUEST_TIMEOUTS = Counter("nn_request_timeouts_total", "Requests whose body did not arrive within REQUEST_TIMEOUT")
 LOAD_FAILURES = Counter("nn_model_load_failures_total", "Model versions that failed to load", ["model"])
+# The queue policy (service/batching/queue_policy.py) and the autoscaling signal: requests in the data plane
+# now, summed over the live processes, by whether they wait for their forward pass or run in it.
+QUEUE_REQUESTS = Gauge("nn_inference_queue_requests", "Inference requests in the data plane now, waiting for their "
+                       "forward pass or running in it", ["model", "state"], multiprocess_mode="livesum")
+SHED = Counter("nn_requests_shed_total", "Inference requests refused by the queue policy: queue_full (MAX_QUEUE_SIZE) "
+               "or deadline (not computed: the deadline passed first)", ["reason"])
+for _reason in ("queue_full", "deadline"):
+    SHED.labels(_reason)  # zeros before the first refusal
 
 
 def observe_request(endpoint: str, model: str, status: int, seconds: float) -> None:
@@ -56,6 +72,11 @@ def observe_executed(model: str, size: int) -> None:
 
 def observe_queue(model: str, seconds: float) -> None:
     _child(QUEUE, (model,)).observe(seconds)
+
+
+def queue_gauge(model: str, state: str) -> Any:
+    """The gauge of one model's requests in one state (``waiting`` or ``running``)."""
+    return _child(QUEUE_REQUESTS, (model, state))
 
 
 def _child(metric, labels: tuple[str, ...]):

@@ -9,7 +9,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from service.app.blueprints import dataplane, diagnostics, respond, respond_json
 from service.dataplane.diagnostics import ExplainOptions, Explanation
 from service.errors import invalid
-from service.protocols import json_codec, rollout_key
+from service.protocols import json_codec, rollout_key, timeouts
 from service.protocols.predict import answer as predict_answer
 from service.protocols.schemas import (
     ErrorResponse,
@@ -38,7 +38,8 @@ def predict(body: PredictRequest) -> Response:
     """Class probabilities for a batch of samples, in one vectorised forward pass."""
     g.model = body.model
     result = dataplane().infer(body.model, body.version, decode_inputs(body), request_id=g.request_id,
-                               route_key=request.headers.get(rollout_key.HEADER))
+                               route_key=request.headers.get(rollout_key.HEADER),
+                               timeout_us=timeouts.of(request.headers.get(timeouts.HEADER)), received=g.start)
     g.batch_size = len(result.classes)
     return respond_json(predict_answer(result))
 

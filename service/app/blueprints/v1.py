@@ -21,7 +21,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from service.app.blueprints import dataplane, diagnostics, parses_own_body, respond_json
 from service.app.blueprints.inference import attributions_as_sent, explain_options
 from service.dataplane.dataplane import INPUT, signature
-from service.protocols import json_codec, rollout_key, v1_http
+from service.protocols import json_codec, rollout_key, timeouts, v1_http
 from service.protocols.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
 from service.protocols.v1_http import SIGNATURE, named_input
 from service.protocols.v1_schemas import (
@@ -64,7 +64,8 @@ def run_predict(name: str, version: int | None) -> Response:
     g.model = name
     call = v1_http.decode(request.get_data(), dataplane().max_values)
     result = dataplane().infer(name, version, call.batch, field=call.field, request_id=g.request_id,
-                               route_key=request.headers.get(rollout_key.HEADER))
+                               route_key=request.headers.get(rollout_key.HEADER),
+                               timeout_us=timeouts.of(request.headers.get(timeouts.HEADER)), received=g.start)
     g.batch_size = len(result.classes)
     return respond_json(v1_http.answer(result, call.rows))
 

@@ -1,0 +1,179 @@
+"""The queue policy in process: deadlines (the request's, the server's default, the shorter one), the bound
+on waiting requests, the waiting / running counts, and both batchers answering a queued request at its
+deadline without computing it. The real server in every protocol: tests/integration/test_deadlines.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import gevent
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from service.batching.gevent_batcher import GeventBatcher
+from service.batching.queue_policy import QueuePolicy, parse_timeout
+from service.batching.thread_batcher import ThreadBatcher
+from service.dataplane.dataplane import DataPlane
+from service.errors import ServiceError
+from service.protocols import timeouts
+from service.repository.registry import ModelRegistry
+from tests.test_batcher import MERGING_PAYS, fresh_hub, with_table
+
+
+@pytest.fixture(scope="module")
+def registry(model_repository):
+    return ModelRegistry(model_repository).load_all()
+
+
+def gauge(model: str, state: str) -> float:
+    return REGISTRY.get_sample_value("nn_inference_queue_requests", {"model": model, "state": state}) or 0.0
+
+
+def shed(reason: str) -> float:
+    return REGISTRY.get_sample_value("nn_requests_shed_total", {"reason": reason}) or 0.0
+
+
+class SlowNetwork:
+    """A network whose pass takes ``seconds`` (on the calling thread) and counts the rows it computed."""
+
+    def __init__(self, network, seconds: float, sleep=time.sleep) -> None:
+        self.network, self.seconds, self.sleep, self.rows = network, seconds, sleep, 0
+
+    def __getattr__(self, name):
+        return getattr(self.network, name)
+
+    def predict_proba(self, x):
+        self.rows += len(x)
+        self.sleep(self.seconds)
+        return self.network.predict_proba(x)
+
+
+def test_timeouts_are_whole_microseconds_and_the_shortest_counts():
+    assert parse_timeout("50000", "h") == 50000 and parse_timeout(0, "h") is None and parse_timeout(None, "h") is None
+    for bad in ("-1", "1.5", "soon", True, 1.5, 10**12, [1]):
+        with pytest.raises(ServiceError) as err:
+            parse_timeout(bad, "X-Timeout-Microseconds")
+        assert err.value.status == 400 and "microseconds" in err.value.message
+    assert timeouts.of("9000", {"timeout": 4000}) == 4000
+    assert timeouts.of(None, {"timeout": 0}) is None
+    policy = QueuePolicy(default_timeout_us=20_000)
+    now = time.perf_counter()
+    assert policy.admit("m", None, now).deadline == pytest.approx(now + 0.02)
+    assert policy.admit("m", 5_000, now).deadline == pytest.approx(now + 0.005)  # shorter: the request's
+    assert policy.admit("m", 90_000, now).deadline == pytest.approx(now + 0.02)  # never longer than the server's
+    assert QueuePolicy().admit("m", None, now).deadline is None
+
+
+def test_a_request_past_its_deadline_on_arrival_is_refused_and_counted(registry):
+    plane = DataPlane(registry)
+    before = shed("deadline")
+    with pytest.raises(ServiceError) as err:
+        plane.infer("xor", None, np.array([[0.0, 1.0]]), timeout_us=1_000, received=time.perf_counter() - 0.01)
+    assert (err.value.status, err.value.code) == (504, "deadline_exceeded")
+    assert shed("deadline") == before + 1
+    assert gauge("xor", "waiting") == 0 and gauge("xor", "running") == 0
+
+
+def test_a_full_queue_refuses_at_once_with_retry_after():
+    policy = QueuePolicy(max_queue_size=2)
+    tickets = [policy.admit("full", None, None), policy.admit("full", None, None)]
+    assert policy.full() and gauge("full", "waiting") == 2
+    before = shed("queue_full")
+    with pytest.raises(ServiceError) as err:
+        policy.admit("full", None, None)
+    assert (err.value.status, err.value.code, err.value.headers) == (503, "queue_full", {"Retry-After": "1"})
+    assert shed("queue_full") == before + 1
+    tickets[0].start()  # running requests do not count against the bound: only waiting ones
+    assert not policy.full() and (gauge("full", "waiting"), gauge("full", "running")) == (1, 1)
+    for ticket in tickets:
+        policy.release(ticket)
+    assert (gauge("full", "waiting"), gauge("full", "running")) == (0, 0) and policy.waiting == 0
+
+
+@fresh_hub
+def test_the_gevent_batcher_answers_a_queued_request_at_its_deadline_uncomputed(registry):
+    entry = dataclasses.replace(registry.snapshot.get("xor"))
+    slow = SlowNetwork(entry.network, 0.2, gevent.sleep)  # the leader's pass holds the queue for 200 ms
+    entry.network = slow
+    batcher = GeventBatcher(64)
+    with_table(batcher, entry, MERGING_PAYS)
+    policy = QueuePolicy()
+    x = np.array([[0.0, 1.0]], dtype=entry.dtype)
+    outcomes = {}
+
+    def one(name, timeout_us):
+        ticket = policy.admit("xor", timeout_us, time.perf_counter())
+        start = time.perf_counter()
+        try:
+            outcomes[name] = batcher.run(entry, x, ticket)
+        except ServiceError as exc:
+            outcomes[name] = exc
+        finally:
+            policy.release(ticket)
+        outcomes[name + "_s"] = time.perf_counter() - start
+
+    leader = gevent.spawn(one, "leader", None)
+    gevent.sleep(0.01)  # the leader's pass is running: the next ones queue
+    waiters = [gevent.spawn(one, "short", 30_000), gevent.spawn(one, "long", None)]
+    gevent.joinall([leader, *waiters], timeout=10, raise_error=True)
+    assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
+    assert 0.025 < outcomes["short_s"] < 0.1  # answered at its deadline, not when the queue moved
+    assert isinstance(outcomes["long"], np.ndarray)
+    assert slow.rows == 2  # the leader's and the long one's rows: the short one was never computed
+    assert policy.waiting == 0
+
+
+def test_the_thread_batcher_answers_a_queued_request_at_its_deadline_uncomputed(registry):
+    entry = dataclasses.replace(registry.snapshot.get("xor"))
+    slow = SlowNetwork(entry.network, 0.2)
+    entry.network = slow
+    batcher = ThreadBatcher(64, threads=1)
+    with_table(batcher, entry, MERGING_PAYS)
+    policy = QueuePolicy()
+    x = np.array([[0.0, 1.0]], dtype=entry.dtype)
+    outcomes = {}
+
+    def one(name, timeout_us):
+        ticket = policy.admit("xor", timeout_us, time.perf_counter())
+        start = time.perf_counter()
+        try:
+            outcomes[name] = batcher.run(entry, x, ticket)
+        except ServiceError as exc:
+            outcomes[name] = exc
+        finally:
+            policy.release(ticket)
+        outcomes[name + "_s"] = time.perf_counter() - start
+
+    leader = threading.Thread(target=one, args=("leader", None))
+    leader.start()
+    time.sleep(0.02)
+    waiters = [threading.Thread(target=one, args=("short", 30_000)), threading.Thread(target=one, args=("long", None))]
+    for t in waiters:
+        t.start()
+    for t in (leader, *waiters):
+        t.join(10)
+    assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
+    assert 0.025 < outcomes["short_s"] < 0.15
+    assert isinstance(outcomes["long"], np.ndarray)
+    assert slow.rows == 2
+    assert policy.waiting == 0
+
+
+def test_a_refused_canary_request_is_the_load_not_the_version(model_repository, tmp_path):
+    """Shedding under overload never rolls a canary back: its refusals are not its failures."""
+    import shutil
+
+    from service.protocols import rollouts as rollout_ops
+    from service.repository.rollout import AutoRollback, RolloutSpec
+
+    shutil.copytree(model_repository / "mnist", tmp_path / "mnist")
+    plane = DataPlane(ModelRegistry(tmp_path).load_all())
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, canary={2: 100},
+                                                        auto_rollback=AutoRollback(min_requests=5)))
+    for _ in range(20):
+        with pytest.raises(ServiceError):
+            plane.infer("mnist", None, np.zeros((1, 784)), timeout_us=1, received=time.perf_counter() - 1)
+    assert plane.registry.snapshot.rollouts["mnist"].spec.canary == {2: 100}
