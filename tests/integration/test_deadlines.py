@@ -1,0 +1,186 @@
+"""Deadlines and the queue policy (service/batching/queue_policy.py) in the real server, in every protocol.
+
+The servers here hold every batch for ``MAX_QUEUE_DELAY_MICROSECONDS`` (300 ms) while an idle
+connection keeps the worker from thinking a request is alone, so a request reliably waits in the
+queue: one whose own timeout is shorter is answered at its deadline, uncomputed, in its protocol's
+shape (504 / gRPC DEADLINE_EXCEEDED); with ``MAX_QUEUE_SIZE`` requests waiting, one more is refused at
+once (503 + Retry-After / UNAVAILABLE) and the probes still answer. Every bound here is loose (a
+shared 2-core machine): the 300 ms hold against a 40 ms deadline."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.integration.conftest import LocalServer
+from tests.integration.test_operations import counter
+
+HOLD = {"WORKERS": "1", "MAX_QUEUE_DELAY_MICROSECONDS": "300000", "PREFERRED_BATCH_SIZE": "64"}
+XOR = [[0.0, 1.0]]
+DEADLINE_US = 40_000
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory):
+    """A server holding each batch 300 ms, and an idle connection to its one worker."""
+    server = LocalServer(tmp_path_factory.mktemp("held"), **HOLD).start()
+    idle = socket.create_connection(("127.0.0.1", server.port))
+    yield server
+    idle.close()
+    server.stop()
+
+
+def http_calls(url: str, timeout_us: int | None) -> dict[str, tuple[str, dict, dict]]:
+    """(url, json body, headers) of one xor request per HTTP protocol, with the timeout each protocol's way."""
+    header = {"X-Timeout-Microseconds": str(timeout_us)} if timeout_us is not None else {}
+    v2 = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 1.0]}]}
+    if timeout_us is not None:
+        v2["parameters"] = {"timeout": timeout_us}
+    return {"predict": (f"{url}/predict", {"model": "xor", "inputs": XOR}, header),
+            "v1": (f"{url}/v1/models/xor:predict", {"instances": XOR}, header),
+            "v2": (f"{url}/v2/models/xor/infer", v2, {})}
+
+
+def error_code(protocol: str, body: dict) -> str:
+    """The error's code or message: own JSON nests it, V1 and V2 give a string."""
+    return body["error"]["code"] if protocol == "predict" else body["error"]
+
+
+@pytest.mark.parametrize("protocol", ["predict", "v1", "v2"])
+@pytest.mark.parametrize("lane", ["fast lane", "flask"])
+def test_a_request_past_its_deadline_in_the_queue_is_answered_then_uncomputed(held, protocol, lane):
+    url, body, headers = http_calls(held.url, DEADLINE_US)[protocol]
+    data = json.dumps(body).encode()
+    if lane == "flask":  # a compressed body is decoded by Flask's hook: the views' path, not the lane's
+        data, headers = gzip.compress(data), {**headers, "Content-Encoding": "gzip"}
+    before = requests.get(f"{held.url}/metrics", timeout=10).text
+    start = time.perf_counter()
+    r = requests.post(url, data=data, headers={**headers, "Content-Type": "application/json"}, timeout=10)
+    took = time.perf_counter() - start
+    assert r.status_code == 504, r.text
+    text = error_code(protocol, r.json())
+    assert "deadline" in text, text
+    assert 0.03 < took < 0.25, took  # at its deadline (40 ms), well before the 300 ms hold ends
+    after = requests.get(f"{held.url}/metrics", timeout=10).text
+    assert counter(after, "nn_requests_shed_total", reason="deadline") - \
+        counter(before, "nn_requests_shed_total", reason="deadline") == 1
+    # not computed: no pass ran for it
+    assert counter(after, "nn_batch_size_count", model="xor", kind="executed") == \
+        counter(before, "nn_batch_size_count", model="xor", kind="executed")
+
+
+@pytest.mark.parametrize("protocol", ["predict", "v1", "v2"])
+def test_without_a_deadline_or_with_a_long_one_the_request_is_answered(held, protocol):
+    for timeout in (None, 2_000_000):
+        url, body, headers = http_calls(held.url, timeout)[protocol]
+        r = requests.post(url, json=body, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("header", ["-5", "1.5", "soon", "9999999999999"])
+def test_a_bad_timeout_is_a_400(held, header):
+    r = requests.post(f"{held.url}/predict", json={"model": "xor", "inputs": XOR},
+                      headers={"X-Timeout-Microseconds": header}, timeout=10)
+    assert r.status_code == 400 and "microseconds" in r.json()["error"]["message"], r.text
+    r = requests.post(f"{held.url}/v2/models/xor/infer", json={
+        "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 1.0]}],
+        "parameters": {"timeout": "soon"}}, timeout=10)
+    assert r.status_code == 400 and "microseconds" in r.json()["error"], r.text
+
+
+def test_grpc_deadlines_are_deadline_exceeded(held):
+    client = triton_grpc.InferenceServerClient(held.grpc_target)
+    tensor = triton_grpc.InferInput("input", [1, 2], "FP32")
+    tensor.set_data_from_numpy(np.array(XOR, dtype=np.float32))
+    # Triton's timeout parameter (µs), already past when the call reaches the data plane
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("xor", [tensor], parameters={"timeout": 1})
+    assert "DEADLINE_EXCEEDED" in str(err.value.status()) and "deadline" in err.value.message()
+    assert client.infer("xor", [tensor], client_timeout=5).as_numpy("probabilities").shape == (1, 2)
+    channel = grpc.insecure_channel(held.grpc_target)  # a raw stub: a bad timeout is INVALID_ARGUMENT
+    from service.grpc.stubs import grpc_service_pb2 as pb
+    from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
+    request = pb.ModelInferRequest(model_name="xor", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 2], contents=pb.InferTensorContents(fp32_contents=[0, 1]))])
+    request.parameters["timeout"].string_param = "soon"
+    with pytest.raises(grpc.RpcError) as rpc:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=5)
+    assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    channel.close()
+
+
+def test_the_server_default_deadline_applies_and_a_request_may_shorten_it(tmp_path):
+    server = LocalServer(tmp_path, **HOLD, DEFAULT_TIMEOUT_MICROSECONDS="60000").start()
+    idle = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        start = time.perf_counter()
+        r = requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": XOR}, timeout=10)
+        assert r.status_code == 504 and 0.05 < time.perf_counter() - start < 0.25, r.text
+        start = time.perf_counter()  # asking for longer than the server allows: the server's stands
+        r = requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": XOR},
+                          headers={"X-Timeout-Microseconds": "5000000"}, timeout=10)
+        assert r.status_code == 504 and time.perf_counter() - start < 0.25, r.text
+    finally:
+        idle.close()
+        server.stop()
+
+
+def test_a_full_queue_refuses_at_once_and_the_probes_still_answer(tmp_path):
+    server = LocalServer(tmp_path, **HOLD, MAX_QUEUE_SIZE="2").start()
+    idle = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        with ThreadPoolExecutor(2) as pool:  # two requests wait out the 300 ms hold: the queue is full
+            waiting = [pool.submit(requests.post, f"{server.url}/predict", json={"model": "xor", "inputs": XOR},
+                                   timeout=10) for _ in range(2)]
+            time.sleep(0.1)
+            for protocol, (url, body, headers) in http_calls(server.url, None).items():
+                start = time.perf_counter()
+                r = requests.post(url, json=body, headers=headers, timeout=10)
+                took = time.perf_counter() - start
+                assert r.status_code == 503 and r.headers["Retry-After"] == "1", (protocol, r.text)
+                assert "queue_full" in json.dumps(r.json()) or "MAX_QUEUE_SIZE" in json.dumps(r.json())
+                assert took < 0.1, (protocol, took)  # at once, not after the hold
+            assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200  # never shed
+            assert requests.get(f"{server.url}/metrics", timeout=10).status_code == 200
+            assert [f.result().status_code for f in waiting] == [200, 200]
+        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        assert counter(metrics, "nn_requests_shed_total", reason="queue_full") == 3
+        assert requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": XOR},
+                             timeout=10).status_code == 200  # the queue emptied: served again
+    finally:
+        idle.close()
+        server.stop()
+
+
+def test_grpc_refuses_unavailable_when_its_queue_is_full(tmp_path, mnist_data):
+    """gRPC's batcher queues only while its one slot computes: 12 calls of 1,024 digits at once, one
+    waiting allowed; the others are refused UNAVAILABLE, and none fails otherwise."""
+    server = LocalServer(tmp_path, WORKERS="1", GRPC_WORKERS="1", GRPC_THREADS="1", MAX_QUEUE_SIZE="1").start()
+    x = np.ascontiguousarray(np.asarray(mnist_data.eval_sets["test"][0][:1024]).reshape(1024, 784), dtype=np.float32)
+    try:
+        def call(_):
+            client = triton_grpc.InferenceServerClient(server.grpc_target)
+            tensor = triton_grpc.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            try:
+                client.infer("mnist", [tensor])
+                return "ok"
+            except InferenceServerException as exc:
+                return f"{exc.status()} {exc.message()}"
+        with ThreadPoolExecutor(12) as pool:
+            outcomes = list(pool.map(call, range(12)))
+        refused = [o for o in outcomes if o != "ok"]
+        assert refused and all("UNAVAILABLE" in o and "MAX_QUEUE_SIZE" in o for o in refused), outcomes
+        assert "ok" in outcomes
+    finally:
+        server.stop()
