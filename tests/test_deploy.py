@@ -13,7 +13,7 @@ import yaml
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-MANIFESTS = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
+MANIFESTS = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "prometheus-adapter-rules.yaml"]
 
 
 def load(repo_root, name):
@@ -23,6 +23,20 @@ def load(repo_root, name):
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_manifest_is_valid_kubernetes(repo_root, name):
     kubernetes_validate.validate(load(repo_root, name), "1.37.0", strict=True)
+
+
+def test_the_autoscaler_scales_on_a_metric_the_server_exports(repo_root):
+    """The HPA's queue metric is the one the adapter's rule serves, and the one the server exports."""
+    from service.observability import metrics
+
+    hpa = load(repo_root, "hpa.yaml")
+    [pods] = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    rules = yaml.safe_load(load(repo_root, "prometheus-adapter-rules.yaml")["data"]["config.yaml"])["rules"]
+    assert pods["metric"]["name"] in {r["name"]["as"] for r in rules}
+    assert all(r["seriesQuery"].startswith(metrics.QUEUE_REQUESTS._name + "{") for r in rules)
+    assert metrics.QUEUE_REQUESTS._multiprocess_mode == "livesum"  # per pod: its live processes summed
+    kustomization = yaml.safe_load((repo_root / "deploy" / "k8s" / "kustomization.yaml").read_text())
+    assert "prometheus-adapter-rules.yaml" in kustomization["resources"]
 
 
 def test_validator_rejects_a_typo(repo_root):

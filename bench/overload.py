@@ -1,0 +1,148 @@
+"""Offered load well past capacity: what the queue policy (deadlines, ``MAX_QUEUE_SIZE``) buys.
+
+Issue 37's benchmark. In one run, against the real server (the service's gunicorn configuration,
+``--workers`` workers), one-sample ``POST /predict`` with wrk (``bench/overload.lua``, which times
+every answer by the client's own clock and sorts it: 200 within the deadline, 200 late, 503
+refused, 504 expired):
+
+1. **capacity**: ``--capacity-connections`` (16) connections, no deadline: answered requests/s;
+2. **today**: ``--connections`` (256) connections, each answer judged against a ``--deadline-ms`` (50)
+   deadline the server is not told of, no queue bound: what happens without the policy;
+3. **policy**: the same connections, each request carrying its deadline
+   (``X-Timeout-Microseconds``), on a server with ``MAX_QUEUE_SIZE=--queue``.
+
+The goals: goodput (200s within their deadline) of (3) at least 90 % of (1); no answer later than
+its deadline + 10 ms; refusals answered within 5 ms at p99; ``/healthz`` within 1 s throughout (a
+prober asks it every 100 ms during (2) and (3)).
+
+    python -m bench.overload              # about 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from bench import results
+from bench.bodies import bodies
+from bench.harness import ROOT, SERVICE_APP, have_wrk, run_wrk, server
+
+SCRIPT = ROOT / "bench" / "overload.lua"
+
+
+@contextlib.contextmanager
+def prober(url: str, every: float = 0.1):
+    """Ask ``url`` every ``every`` seconds meanwhile; yields a dict that ends up with the worst latency."""
+    seen = {"worst_s": 0.0, "failures": 0, "asked": 0}
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            start = time.perf_counter()
+            try:
+                ok = requests.get(url, timeout=5).status_code == 200
+            except requests.RequestException:
+                ok = False
+            seen["worst_s"] = max(seen["worst_s"], time.perf_counter() - start)
+            seen["asked"] += 1
+            seen["failures"] += not ok
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def phase(url: str, body: Path, connections: int, seconds: float, deadline_us: int, send: bool) -> dict:
+    got = run_wrk(f"{url}/predict", connections, seconds, SCRIPT, timeout=10, BODY=str(body),
+                  DEADLINE_US=str(deadline_us), SEND_DEADLINE="1" if send else "0")
+    got["seconds"] = got["duration_us"] / 1e6
+    got["goodput"] = got["ok_in_time"] / got["seconds"]
+    return got
+
+
+def run(args) -> dict:
+    deadline_us = int(args.deadline_ms * 1000)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        body = bodies(Path(tmp), args.data_dir)["mnist1"][0]
+        with server(SERVICE_APP, args.workers, Path(tmp), LOG_LEVEL="warning") as srv:
+            phase(srv.url, body, args.capacity_connections, 2, 0, False)  # warm
+            out["capacity"] = phase(srv.url, body, args.capacity_connections, args.seconds, 0, False)
+            with prober(f"{srv.url}/healthz") as seen:
+                out["today"] = phase(srv.url, body, args.connections, args.seconds, deadline_us, False)
+            out["today"]["healthz"] = seen
+        with server(SERVICE_APP, args.workers, Path(tmp), LOG_LEVEL="warning", MAX_QUEUE_SIZE=str(args.queue)) as srv:
+            phase(srv.url, body, args.capacity_connections, 2, 0, False)  # warm
+            with prober(f"{srv.url}/healthz") as seen:
+                out["policy"] = phase(srv.url, body, args.connections, args.seconds, deadline_us, True)
+            out["policy"]["healthz"] = seen
+    capacity = out["capacity"]["goodput"]
+    for name in ("today", "policy"):
+        out[name]["goodput_share"] = out[name]["goodput"] / capacity
+    p = out["policy"]
+    out["goals"] = {"goodput_at_least_0.9": p["goodput_share"] >= 0.9,
+                    "no_answer_after_deadline_plus_10ms": p["worst_after_deadline_us"] <= 10_000,
+                    "refused_p99_under_5ms": p["refused"] == 0 or p["refused_p99_us"] <= 5_000,
+                    "healthz_within_1s": p["healthz"]["worst_s"] <= 1.0 and not p["healthz"]["failures"]}
+    return out
+
+
+def report(result: dict) -> str:
+    """The Markdown of this benchmark's results file."""
+    s = result["summary"]
+    conns = result.get("settings", {}).get("connections", 256)
+    lines = [f"| one-sample /predict, {conns} connections, 50 ms deadlines | goodput (req/s in time) | share of "
+             "capacity | 200 late | 503 refused (p99) | 504 expired | latest answer after its deadline | "
+             "/healthz worst |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, what in (("today", "no policy (the deadline not sent)"), ("policy", "deadlines sent, MAX_QUEUE_SIZE")):
+        r = s[name]
+        refused = f"{r['refused'] / r['seconds']:.0f}/s ({r['refused_p99_us'] / 1000:.1f} ms)" if r["refused"] else "0"
+        late = f"{r['worst_after_deadline_us'] / 1000:.0f} ms" if name == "policy" else "n/a"
+        lines.append(f"| {what} | {r['goodput']:.0f} | {r['goodput_share']:.2f} | {r['ok_late'] / r['seconds']:.0f}/s "
+                     f"| {refused} | {r['expired'] / r['seconds']:.0f}/s | {late} | "
+                     f"{r['healthz']['worst_s'] * 1000:.0f} ms |")
+    capacity_connections = result.get("settings", {}).get("capacity_connections", 16)
+    lines.append(f"\n(capacity: {s['capacity']['goodput']:.0f} req/s at {capacity_connections}"
+                 f" connections without deadlines; goals met: "
+                 f"{', '.join(k for k, v in s['goals'].items() if v) or 'none'}; missed: "
+                 f"{', '.join(k for k, v in s['goals'].items() if not v) or 'none'})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--capacity-connections", type=int, default=16)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--deadline-ms", type=float, default=50.0)
+    parser.add_argument("--queue", type=int, default=16, help="MAX_QUEUE_SIZE of the policy's server")
+    parser.add_argument("--out", type=Path, default=results.default_path("overload"))
+    args = parser.parse_args(argv)
+    if not have_wrk():
+        return 2
+    started = time.monotonic()
+    summary = run(args)
+    print(json.dumps(summary, indent=1))
+    print("\n" + report({"summary": summary, "settings": vars(args)}))
+    results.save(args.out, "bench.overload", argv, args, {"summary": summary}, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
