@@ -170,20 +170,22 @@ class Rollouts:
         """Send canary ``version``'s traffic back to the primary, if the rollout it was judged under
         is still the one in force (another process may have done it already)."""
         note = f"auto rollback of canary {version}: {why}"
+        made = []  # whether this call made the change (another process's identical note is not this one's)
 
         def change(current: Rollout | None) -> Rollout | None:
             if current is None or current.changed_at != generation or version not in current.spec.canary:
                 return current
             spec = current.spec.model_copy(update={"canary": {v: p for v, p in current.spec.canary.items()
                                                               if v != version}})
+            made.append(True)
             return Rollout(spec, "guard", current.changed_at, note)
 
         try:
-            done = self.registry.change_rollout(name, change)
+            self.registry.change_rollout(name, change)
         except Exception:  # the state file could not be written: the log says so, serving goes on
             log.exception("rollout of %s: the auto rollback of canary %s failed", name, version)
             return
-        if done is not None and done.source == "guard" and done.note == note:
+        if made:
             evidence.rolled_back(name, reason)
             log.warning("rollout of %s: %s", name, note)
 
