@@ -102,10 +102,15 @@ def decode_predict(body: bytes, environ: dict[str, Any], name: str | None, versi
                 timeouts.of(environ.get(timeouts.ENVIRON)))
 
 
+def v1_answer(result: Inference, rows: bool) -> tuple[bytes, Headers]:
+    body, headers = json_answer(v1_http.answer(result, rows))
+    return body, [*headers, (v1_http.VERSION_HEADER, str(result.version))]
+
+
 def decode_v1(body: bytes, environ: dict[str, Any], name: str | None, version: int | None,
               plane: DataPlane) -> Call:
     call = v1_http.decode(body, plane.max_values)
-    return Call(name, version, call.batch, call.field, lambda result: json_answer(v1_http.answer(result, call.rows)),
+    return Call(name, version, call.batch, call.field, lambda result: v1_answer(result, call.rows),
                 environ.get(rollout_key.ENVIRON), timeouts.of(environ.get(timeouts.ENVIRON)))
 
 

@@ -20,6 +20,7 @@ from service.protocols import json_codec
 from service.protocols.v1_schemas import PredictRequest
 
 SIGNATURE = "serving_default"
+VERSION_HEADER = "X-Model-Version"  # TF Serving's body names no version; this header says which one answered
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,9 @@ def run_predict(name: str, version: int | None) -> Response:
                                route_key=request.headers.get(rollout_key.HEADER),
                                timeout_us=timeouts.of(request.headers.get(timeouts.HEADER)), received=g.start)
     g.batch_size = len(result.classes)
-    return respond_json(v1_http.answer(result, call.rows))
+    response = respond_json(v1_http.answer(result, call.rows))
+    response.headers[v1_http.VERSION_HEADER] = str(result.version)
+    return response
 
 
 @v1.post("/v1/models/<model:name>:explain", responses={200: ExplainResponse, **ERRORS})
