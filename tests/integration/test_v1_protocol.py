@@ -28,6 +28,7 @@ def post(base_url, path, body):
 def test_row_format(base_url, path):
     r = post(base_url, path, {"signature_name": "serving_default", "instances": XOR})
     assert r.status_code == 200 and set(r.json()) == {"predictions"}
+    assert r.headers["X-Model-Version"] == "1"  # the body names no version; the header does
     np.testing.assert_allclose(r.json()["predictions"], predict(base_url, "xor", XOR), atol=1e-6)
 
 
