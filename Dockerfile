@@ -36,6 +36,22 @@ COPY service ./service
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
+# What only a build or a developer uses leaves the shipped venv too (35 MB; bench/footprint.py measures
+# it, docs/operations.md#footprint): the packages' test suites, C headers, sources and static libraries,
+# type stubs, numpy's build tools (f2py, distutils) and the bytecode pip compiled for every module, most
+# never imported. (The shared libraries are not stripped: 3 MB, and strip breaks the wheels' patched
+# ones, numpy's OpenBLAS among them: "ELF load command address/offset not page-aligned".)
+# Bytecode is then written once, here, for what the server's processes import (the read-only root file
+# system and PYTHONDONTWRITEBYTECODE keep them from writing it); anything else compiles on import.
+RUN find /opt/venv -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
+    && for d in gevent/testing numpy/f2py numpy/distutils numpy/_pyinstaller numpy/random/_examples; do \
+       rm -rf /opt/venv/lib/python3*/site-packages/"$d"; done \
+    && find /opt/venv -type f \( -name '*.pyi' -o -name '*.pxd' -o -name '*.pyx' -o -name '*.h' -o -name '*.c' \
+       -o -name '*.hpp' -o -name '*.cpp' -o -name '*.a' \) -delete \
+    && mkdir /tmp/no-models \
+    && MODEL_DIR=/tmp/no-models PYTHONDONTWRITEBYTECODE='' /opt/venv/bin/python -c "import service.wsgi, \
+       service.grpc.server, service.supervisor, service.http_server.gunicorn_conf, service.http_server.worker, \
+       gunicorn.app.wsgiapp, gunicorn.arbiter, gunicorn.workers.ggevent, gevent.monkey"
 
 # ---- build-train: the same environment plus tqdm and matplotlib ----
 FROM build AS build-train

@@ -2,8 +2,9 @@
 
 Prepares a fresh Prometheus multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, default a new
 temporary directory). With ``GRPC_PORT=0`` it then replaces this process with gunicorn, so signals
-(SIGTERM for a graceful stop) reach gunicorn's master directly; otherwise it stays to supervise
-gunicorn and the gRPC server processes (``service/supervisor.py``), passing signals on.
+(SIGTERM for a graceful stop) reach gunicorn's master directly; otherwise it replaces this process with
+the supervisor of gunicorn and the gRPC server processes (``python -m service.supervisor``), which passes
+signals on and imports only the standard library: the settings are validated here, before either exec.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from service.config import Settings
 # OpenBLAS start a thread per core oversubscribes the CPU (measured: 8x slower under load on 2
 # cores). Set before gunicorn imports numpy; an operator's own value wins.
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def grpc_processes(settings: Settings) -> int:
+    """``GRPC_WORKERS``, or by default one gRPC process while ``WORKERS`` is 2 or fewer and ``WORKERS``
+    beyond. Each gRPC process costs about 40 MB PSS (it loads the models itself); on 2 cores a second
+    one serves a replica saturated by gRPC alone 25 to 65 % more calls, and beside HTTP load it takes
+    cores from HTTP (docs/operations.md#footprint has the figures). ``GRPC_WORKERS=2`` buys it back."""
+    if settings.grpc_workers:
+        return settings.grpc_workers
+    return 1 if settings.workers <= 2 else settings.workers
 
 
 def main() -> None:
@@ -42,9 +53,10 @@ def main() -> None:
     argv = [sys.executable, "-m", "gunicorn", "-c", str(config), *sys.argv[1:], "service.wsgi:app"]
     if settings.grpc_port == 0:
         os.execv(sys.executable, argv)
-    from service.supervisor import supervise
-
-    sys.exit(supervise(argv, settings.grpc_workers or settings.workers, Path(os.environ["STATE_DIR"])))
+    # The supervisor lives as long as the server: it starts afresh (same pid) without what validating the
+    # settings imported (pydantic, numpy: 24 MB PSS before, 6 after; docs/operations.md, Footprint).
+    os.execv(sys.executable, [sys.executable, "-m", "service.supervisor", str(grpc_processes(settings)),
+                              os.environ["STATE_DIR"], *argv])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class Settings(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC; 0: off")
-    grpc_workers: int | None = Field(None, ge=1, le=64, description="gRPC server processes; default WORKERS")
+    grpc_workers: int | None = Field(None, ge=1, le=64, description="gRPC server processes; default 1 while "
+                                     "WORKERS <= 2, else WORKERS (python -m service decides)")
     grpc_threads: int = Field(1, ge=1, le=64, description="inferences running at once per gRPC process")
     grpc_max_calls: int = Field(64, ge=1, le=4096, description="calls a gRPC process holds at once; past "
                                 "that RESOURCE_EXHAUSTED")

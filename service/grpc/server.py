@@ -2,8 +2,8 @@
 
 Why processes of their own (``docs/architecture.md`` has the measurement): grpcio runs its
 handlers on real threads and blocks in its C core, which a gevent-patched gunicorn worker cannot
-host without stalling its event loop. So ``GRPC_WORKERS`` processes (default ``WORKERS``) each
-run a grpcio server, all bound to ``GRPC_PORT`` with
+host without stalling its event loop. So ``GRPC_WORKERS`` processes (default 1 while ``WORKERS`` <= 2, else
+``WORKERS``) each run a grpcio server, all bound to ``GRPC_PORT`` with
 ``SO_REUSEPORT`` so the kernel spreads connections over them and every core serves. Each loads
 the same repository with the same policy and rescans it every ``MODEL_POLL_SECONDS`` (and at once
 when the repository API's shared state changes), writes its metrics and statistics beside the HTTP
