@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from service.config import Settings
+from service.observability import tracing
 
 # One BLAS thread per worker: gunicorn already runs one worker per core, and letting each worker's
 # OpenBLAS start a thread per core oversubscribes the CPU (measured: 8x slower under load on 2
@@ -34,6 +35,10 @@ def grpc_processes(settings: Settings) -> int:
 
 def main() -> None:
     settings = Settings.from_env()  # fail fast, with pydantic's message, on a bad setting
+    try:
+        tracing.exporters()  # and on OTEL_* variables asking for what this server cannot do
+    except tracing.TracingConfigError as exc:
+        raise SystemExit(str(exc)) from None
     for name in BLAS_THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -20,7 +20,7 @@ from service.app.blueprints.v2 import v2
 from service.app.blueprints.v2_extensions import v2_extensions
 from service.app.error_handlers import register_error_handlers, validation_error_response
 from service.app.fast_lane import FastLane
-from service.app.hooks import StrictJSONRequest, after, before
+from service.app.hooks import StrictJSONRequest, after, before, teardown
 from service.app.json_provider import ORJSONProvider
 from service.app.openapi import ServiceAPI
 from service.config import Settings
@@ -72,6 +72,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
 
     app.before_request(before)
     app.after_request(after)
+    app.teardown_request(teardown)  # a server span (tracing on) is always ended
     # POST /predict's common case in front of Flask, everything else through it (service/app/fast_lane.py)
     app.wsgi_app = FastLane(app.wsgi_app, plane, cfg.max_body_bytes)
     return app

@@ -40,7 +40,7 @@ from model.repository import NAME_PATTERN
 from service.batching.queue_policy import queue_full
 from service.dataplane.dataplane import INPUT, DataPlane, Inference
 from service.errors import ServiceError, internal
-from service.observability import request_record
+from service.observability import request_record, tracing
 from service.protocols import content_coding, json_codec, predict, rollout_key, timeouts, v1_http, v2_http
 from service.protocols.error_bodies import rendered
 from service.protocols.schemas import VERSION_PATTERN, PredictRequest
@@ -167,6 +167,7 @@ class FastLane:
             return None
         route, match, length = taken
         start = time.perf_counter()
+        decoding = time.time_ns() if tracing.ENABLED else 0
         body = environ["wsgi.input"].read(length)
         name, version = match.groupdict().get("name"), match.groupdict().get("version")
         if self.plane.queue.full():  # MAX_QUEUE_SIZE: refused before its body is parsed, the cheapest answer
@@ -177,6 +178,29 @@ class FastLane:
             return None
         path = environ["PATH_INFO"]
         rid = request_record.request_id(environ.get("HTTP_X_REQUEST_ID"))
+        if tracing.ENABLED:  # the span is named now the lane answers; decoding was timed from the start
+            return self.traced(environ, route.rules[version is not None], path, call, rid, start, decoding,
+                               time.time_ns())
+        return self.finish(environ, route.rules[version is not None], path, call, rid, start)
+
+    def traced(self, environ: dict[str, Any], rule: str, path: str, call: Call, rid: str, start: float,
+               decoding: int, decoded: int) -> tuple[int, Headers, bytes]:
+        """What :meth:`finish` does, under the request's server span (``service/observability/tracing.py``)."""
+        route = tracing.http_route(rule)
+        server = tracing.ServerSpan(f"POST {route}", tracing.environ_header(environ), {
+            "http.request.method": "POST", "http.route": route, "url.path": path,
+            "url.scheme": environ.get("wsgi.url_scheme", "http"), "model.name": call.model}, decoding)
+        tracing.between("decode", decoding, decoded)
+        status = 500
+        try:
+            status, headers, out = self.finish(environ, rule, path, call, rid, start)
+            return status, headers, out
+        finally:
+            server.finish(status >= 500, {"http.response.status_code": status})
+
+    def finish(self, environ: dict[str, Any], rule: str, path: str, call: Call, rid: str,
+               start: float) -> tuple[int, Headers, bytes]:
+        """The decoded request answered, counted and logged."""
         status, out, headers, batch_size = self.answer(path, call, rid, start)
         headers = [headers[0], ("Content-Length", ""), *headers[1:], ("X-Request-ID", rid),
                    ("X-Content-Type-Options", "nosniff")]
@@ -187,8 +211,8 @@ class FastLane:
                 headers.append(("Content-Encoding", coding))
             headers.append(("Vary", "Accept-Encoding"))
         headers[1] = ("Content-Length", str(len(out)))
-        request_record.record(self.plane.registry.snapshot, route.rules[version is not None], "POST", path,
-                              call.model, batch_size, status, time.perf_counter() - start, rid)
+        request_record.record(self.plane.registry.snapshot, rule, "POST", path, call.model, batch_size, status,
+                              time.perf_counter() - start, rid)
         return status, headers, out
 
     def refuse(self, environ: dict[str, Any], rule: str, name: str | None, start: float) -> tuple[int, Headers, bytes]:
@@ -238,7 +262,12 @@ class FastLane:
             result = self.plane.infer(call.model, call.version, call.inputs, field=call.field, request_id=rid,
                                       route_key=call.route_key, timeout_us=call.timeout_us, received=received)
             batch_size = len(result.classes)
-            out, headers = call.respond(result)
+            if tracing.ENABLED:
+                encoding = time.time_ns()
+                out, headers = call.respond(result)
+                tracing.between("encode", encoding, time.time_ns())
+            else:
+                out, headers = call.respond(result)
         except ServiceError as exc:
             status, out = rendered(path, exc)
             return status, out, [("Content-Type", JSON), *exc.headers.items()], batch_size

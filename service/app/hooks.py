@@ -10,7 +10,7 @@ from typing import Any
 from flask import Request, Response, current_app, g, request
 
 from service.errors import ServiceError, bad_request, invalid
-from service.observability import request_record
+from service.observability import request_record, tracing
 from service.protocols import content_coding, json_codec
 
 JSON_BODY_BLUEPRINTS = {"inference"}
@@ -29,6 +29,8 @@ def before() -> None:
     ctx = g._get_current_object()
     ctx.start = time.perf_counter()
     ctx.request_id = request_record.request_id(req.headers.get("X-Request-ID"))
+    if tracing.ENABLED:
+        ctx.server_span = server_span(req)
     coding = req.headers.get("Content-Encoding")
     if coding and req.method in BODY_METHODS and req.routing_exception is None:
         # Every protocol's body, decompressed once here (protocols/content_coding.py: bounded by MAX_BODY_BYTES);
@@ -46,6 +48,17 @@ def before() -> None:
         json_codec.check_value_count(req.get_data(), current_app.extensions["dataplane"].max_values)
         if not isinstance(req.get_json(silent=False), dict):
             raise invalid("", "Input should be a valid dictionary (a JSON object)", "model_type")
+
+
+def server_span(req: Request) -> tracing.ServerSpan:
+    """The request's server span (``service/observability/tracing.py``), current until :func:`teardown`:
+    named by its method and route template (only the method for a path no route matches)."""
+    attributes = {"http.request.method": req.method, "url.path": req.path, "url.scheme": req.scheme}
+    name = req.method
+    if req.url_rule is not None:
+        attributes["http.route"] = route = tracing.http_route(req.url_rule.rule)
+        name = f"{req.method} {route}"
+    return tracing.ServerSpan(name, tracing.environ_header(req.environ), attributes)
 
 
 def compressible(req: Request, response: Response) -> bool:
@@ -72,4 +85,17 @@ def after(response: Response) -> Response:
         response.vary.add("Accept-Encoding")
     request_record.record(current_app.extensions["model_registry"].snapshot, endpoint, req.method, req.path, model,
                           getattr(ctx, "batch_size", None), response.status_code, elapsed, request_id)
+    span = getattr(ctx, "server_span", None)
+    if span is not None:
+        attributes = {"http.response.status_code": response.status_code}
+        if model:
+            attributes["model.name"] = model
+        span.finish(response.status_code >= 500, attributes)
     return response
+
+
+def teardown(exc: BaseException | None) -> None:
+    """A server span that :func:`after` did not finish (an error past the handlers) ends here, failed."""
+    span = getattr(g._get_current_object(), "server_span", None)
+    if span is not None:
+        span.finish(True)

@@ -79,7 +79,7 @@ class GeventBatcher(Batcher):
                 if ticket.expired():
                     raise ticket.error()
                 ticket.start()
-            return self.forward(entry, batch, table, [time.perf_counter()])
+            return self.forward(entry, batch, table, None)
         key = id(entry)
         queue = self.queues.get(key)
         if queue is None or queue.entry is not entry:
@@ -137,17 +137,16 @@ class GeventBatcher(Batcher):
     def execute(self, queue: VersionQueue, taken: list[Pending], table: CostTable) -> None:
         """One merged pass, or one pass per request, whichever the cost table says is cheaper."""
         try:
-            rules.execute(taken, table, lambda rows, group: self.forward(
-                queue.entry, rows, table, [i.enqueued for i in group]))
+            rules.execute(taken, table, lambda rows, group: self.forward(queue.entry, rows, table, group))
         finally:
             for item in taken[1:]:  # the leader (taken[0]) returns its own
                 item.wake.set(DONE)
 
-    def forward(self, entry: ModelVersion, rows: np.ndarray, table: CostTable, enqueued: list[float]) -> np.ndarray:
-        rules.record(entry, len(rows), enqueued)
+    def forward(self, entry: ModelVersion, rows: np.ndarray, table: CostTable,
+                group: list[Pending] | None) -> np.ndarray:
         if table.cost(len(rows)) > OFF_LOOP_SECONDS:
-            return self.pool.apply(entry.network.predict_proba, (rows,))
-        return entry.network.predict_proba(rows)
+            return rules.run_pass(entry, rows, group, self.pool.apply, entry.network.predict_proba, (rows,))
+        return rules.run_pass(entry, rows, group, entry.network.predict_proba, rows)
 
     def hand_on(self, key: int, queue: VersionQueue) -> None:
         """The next queued request leads; an empty queue is dropped (a new one forms on demand)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from service.batching.cost_table import CostTable
 from service.batching.queue_policy import Ticket
-from service.observability import metrics
+from service.observability import metrics, tracing
 from service.repository.model_version import ModelVersion
 
 
@@ -42,6 +42,11 @@ class Pending:
     error: BaseException | None = None
     batch: list[Pending] | None = None  # handed to a waiter that is to lead (the thread batcher)
     ticket: Ticket | None = None  # its deadline, and its waiting / running state (queue_policy.py)
+    span: Any = None  # tracing on: the request's span context (its queue span's parent, a link of its batch)
+
+    def __post_init__(self) -> None:
+        if tracing.ENABLED:
+            self.span = tracing.current()
 
 
 class Batcher:
@@ -151,6 +156,16 @@ def record(entry: ModelVersion, rows: int, enqueued: Sequence[float]) -> None:
     for t in enqueued:
         metrics.observe_queue(entry.name, now - t)
     metrics.observe_executed(entry.name, rows)
+
+
+def run_pass(entry: ModelVersion, rows: np.ndarray, requests: Sequence[Pending] | None,
+             compute: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
+    """One forward pass, ``compute(*args)``, over ``rows`` of ``requests`` (None: the current request's
+    own, which waited for nothing): :func:`record`ed, and traced as one batch span when tracing is on."""
+    record(entry, len(rows), [i.enqueued for i in requests] if requests is not None else (time.perf_counter(),))
+    if tracing.ENABLED:
+        return tracing.forward_pass(entry.name, entry.version, len(rows), requests, compute, *args)
+    return compute(*args)
 
 
 def outcome(item: Pending) -> np.ndarray:

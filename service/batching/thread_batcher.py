@@ -22,7 +22,6 @@ metrics) are ``service/batching/rules.py``'s, shared with the gevent batcher. No
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +81,7 @@ class ThreadBatcher(Batcher):
                     if ticket.expired():
                         raise ticket.error()
                     ticket.start()
-                rules.record(entry, len(batch), (time.perf_counter(),))  # waited for nothing
-                return entry.network.predict_proba(batch)
+                return rules.run_pass(entry, batch, None, entry.network.predict_proba, batch)  # waited for nothing
             finally:
                 self.hand_on()
         self.wait(key, item)  # woken to lead (item.batch set) or with its answer
@@ -120,8 +118,7 @@ class ThreadBatcher(Batcher):
 
     @staticmethod
     def forward(entry: ModelVersion, rows: np.ndarray, group: list[Pending]) -> np.ndarray:
-        rules.record(entry, len(rows), [i.enqueued for i in group])
-        return entry.network.predict_proba(rows)
+        return rules.run_pass(entry, rows, group, entry.network.predict_proba, rows)
 
     def hand_on(self) -> None:
         """A pass ended: its slot goes to the version waiting longest (its first request leads), or is freed."""

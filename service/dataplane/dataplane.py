@@ -22,7 +22,7 @@ from service.capture.capture import Capture
 from service.config import Settings
 from service.dataplane.rollouts import Rollouts
 from service.errors import ServiceError, invalid, too_large
-from service.observability import accuracy, drift, metrics, statistics
+from service.observability import accuracy, drift, metrics, statistics, tracing
 from service.observability.statistics import VersionStats
 from service.repository.model_version import ModelVersion
 from service.repository.registry import ModelRegistry
@@ -120,6 +120,8 @@ class InlineRunner:
                 raise ticket.error()
             ticket.start()
         metrics.observe_executed(entry.name, len(batch))
+        if tracing.ENABLED:
+            return tracing.forward_pass(entry.name, entry.version, len(batch), None, entry.network.predict_proba, batch)
         return entry.network.predict_proba(batch)
 
     def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:

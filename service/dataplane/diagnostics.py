@@ -23,7 +23,7 @@ from model.gradcheck import GradCheckResult, gradient_check
 from service.dataplane.dataplane import DataPlane, Inference, as_batch, label_indices
 from service.dataplane.semaphore import CrossProcessSemaphore
 from service.errors import ServiceError, invalid, too_large
-from service.observability import metrics
+from service.observability import metrics, tracing
 from service.repository.model_version import ModelVersion
 
 Offload = Callable[..., Any]  # runs a long computation: fn(*args, **kwargs), somewhere; returns its result
@@ -125,8 +125,11 @@ class Diagnostics:
                                    "running, the server's limit (GRADCHECK_CONCURRENCY); retry shortly",
                                    headers={"Retry-After": "1"})
             start = time.perf_counter()
-            result = self.run(gradient_check, entry.network, batch, targets, mode=mode, epsilon=epsilon,
-                              samples=samples, seed=seed, tolerance=tolerance)
+            with tracing.span("gradcheck", {"model.name": entry.name, "model.version": entry.version,
+                                            "gradcheck.mode": mode, "gradcheck.samples": samples,
+                                            "batch.rows": len(batch)}):
+                result = self.run(gradient_check, entry.network, batch, targets, mode=mode, epsilon=epsilon,
+                                  samples=samples, seed=seed, tolerance=tolerance)
         return Gradcheck(entry.name, entry.version, samples, result, time.perf_counter() - start)
 
 
@@ -180,9 +183,11 @@ class Diagnostics:
                                    "explanation(s) already running, the server's limit (GRADCHECK_CONCURRENCY); "
                                    "retry shortly", headers={"Retry-After": "1"})
             began = time.perf_counter()
-            result = self.run(attribute, entry.network, batch, classes, method=options.method, output=options.output,
-                              baseline=start, steps=options.steps, noise=options.noise, samples=options.samples,
-                              seed=options.seed)
+            with tracing.span("explain", {"model.name": entry.name, "model.version": entry.version,
+                                          "explain.method": options.method, "batch.rows": len(batch)}):
+                result = self.run(attribute, entry.network, batch, classes, method=options.method,
+                                  output=options.output, baseline=start, steps=options.steps, noise=options.noise,
+                                  samples=options.samples, seed=options.seed)
         return Explanation(inference, [entry.labels[k] for k in classes.tolist()], result,
                            time.perf_counter() - began)
 

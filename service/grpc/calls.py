@@ -19,7 +19,7 @@ import grpc
 from model.repository import NAME_PATTERN
 from service.dataplane.dataplane import DataPlane
 from service.errors import ServiceError, bad_request, not_found, quote
-from service.observability import metrics
+from service.observability import metrics, tracing
 
 SERVICE = "inference.GRPCInferenceService"
 METHOD_PREFIX = f"/{SERVICE}/"
@@ -65,6 +65,7 @@ class Calls:
         Raises ServiceError; a bug is logged and raised as a 500 with no text of ours."""
         start = time.perf_counter()
         status = 200
+        server = server_span(endpoint, request, args[-1] if args else None) if tracing.ENABLED else None
         try:
             with self.calls:
                 if self.draining:  # after SIGTERM: a call that arrives is told to go elsewhere (retryable)
@@ -87,6 +88,21 @@ class Calls:
             name = getattr(request, "name", None) or getattr(request, "model_name", "")
             known = name if not name or self.plane.registry.snapshot.knows(name) else metrics.UNKNOWN_MODEL
             metrics.observe_request(f"grpc:{endpoint}", known, status, time.perf_counter() - start)
+            if server is not None:
+                code = grpc.StatusCode.OK if status < 400 else CODES.get(status, grpc.StatusCode.INTERNAL)
+                server.finish(status >= 500, {"rpc.grpc.status_code": code.value[0]})
+
+
+def server_span(endpoint: str, request: Any, context: Any) -> tracing.ServerSpan:
+    """A call's server span (``service/observability/tracing.py``), parented on the ``traceparent`` of its
+    invocation metadata; ``context`` is the call's ``grpc.ServicerContext`` (every RPC's last argument)."""
+    service, _, method = endpoint[1:].rpartition("/")
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    name = getattr(request, "name", None) or getattr(request, "model_name", None)
+    if name:
+        attributes["model.name"] = name
+    metadata = context.invocation_metadata() if hasattr(context, "invocation_metadata") else None
+    return tracing.ServerSpan(endpoint[1:], tracing.metadata_header(metadata), attributes)
 
 
 def answers(fn: Callable[..., Any]) -> Callable[..., Any]:

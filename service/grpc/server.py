@@ -40,7 +40,7 @@ from service.dataplane.dataplane import DataPlane
 from service.grpc.calls import SERVICE
 from service.grpc.servicer import InferenceServicer
 from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
-from service.observability import grpc_readiness
+from service.observability import grpc_readiness, tracing
 from service.observability.logs import JSONFormatter
 from service.repository.registry import ModelRegistry
 from service.repository.version_policy import VersionPolicy
@@ -122,6 +122,7 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, lambda *_: stop.set())
+    tracing.start()  # OTEL_*: this process's tracer provider and export thread (docs/tracing.md)
     server = GRPCServer(settings, build_plane(settings))
     log.info("gRPC serving on %s:%d (pid %d)", settings.host, settings.grpc_port, os.getpid())
     # With a timeout: a process-directed signal may be taken by one of grpcio's threads, and Python runs
@@ -129,6 +130,7 @@ def main() -> None:
     while not stop.wait(0.2):
         pass
     server.stop()
+    tracing.shutdown()  # spans still queued, exported before the process exits
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(os.getpid())
     log.info("gRPC server stopped (pid %d)", os.getpid())

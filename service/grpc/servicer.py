@@ -30,6 +30,7 @@ from service.grpc.extensions import ExtensionRPCs, NotServedRPCs
 from service.grpc.repository import RepositoryRPCs
 from service.grpc.stubs import grpc_service_pb2 as pb
 from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
+from service.observability import tracing
 from service.observability.request_record import request_id
 from service.protocols import rollout_key, timeouts, v2_tensors
 from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
@@ -127,7 +128,10 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         unknown = [n for n in wanted if n not in (PROBABILITIES, LABEL)]
         if unknown or len(set(wanted)) != len(wanted):
             raise bad_request(f"outputs {quote(wanted)}: the model gives '{PROBABILITIES}' and '{LABEL}', each once")
+        decoding = time.time_ns() if tracing.ENABLED else 0
         tensor = decode_input(request)
+        if decoding:
+            tracing.between("decode", decoding, time.time_ns())
         # with capture on, the request's own id names its capture (if it is a safe token: else, or with
         # none, one is made) and the answer carries that id, for POST /feedback
         rid = request_id(request.id) if self.plane.capture is not None else None
@@ -135,6 +139,7 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
             result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid,
                                       route_key=route_key(request, context) if version is None else None,
                                       timeout_us=timeout_of(request, context), received=received)
+        encoding = time.time_ns() if tracing.ENABLED else 0
         response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version),
                                          id=rid or request.id)
         for name in wanted:
@@ -146,6 +151,8 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
                 labels = result.predicted()
                 response.outputs.add(name=name, datatype="BYTES", shape=[len(labels)])
                 response.raw_output_contents.append(v2_tensors.pack_bytes(labels))
+        if encoding:
+            tracing.between("encode", encoding, time.time_ns())
         return response
 
 

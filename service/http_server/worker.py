@@ -25,9 +25,11 @@ a module of its own:
 from __future__ import annotations
 
 import contextlib
+import io
 import queue
 import signal
 import socket
+import time
 from collections.abc import Iterator
 
 import gevent
@@ -44,6 +46,7 @@ from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections
 from service.http_server.refusals import write_gunicorn_error
 from service.http_server.request_body import BodyReader
+from service.observability import tracing
 from service.repository.watcher import watch
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -89,6 +92,7 @@ class BufferingGeventWorker(GeventWorker):
     def run(self) -> None:
         # After fork (the app is preloaded in the master): the batcher's queues and cost tables, the
         # background thread and the repository watcher belong to this process.
+        tracing.start()  # OTEL_*: the SDK and its export thread belong to this process (docs/tracing.md)
         app = self.wsgi
         extensions = getattr(app, "extensions", {})
         plane, diagnostics = extensions.get("dataplane"), extensions.get("diagnostics")
@@ -114,6 +118,7 @@ class BufferingGeventWorker(GeventWorker):
             gc_freeze.release_startup_objects()
             if plane is not None and plane.capture is not None:
                 plane.capture.close()  # what is still queued, written before the worker exits
+            tracing.shutdown()  # spans still queued, exported before the worker exits
 
     def sleep(self, seconds: float) -> bool:
         """The repository watcher's wait: sleep on the event loop, then say whether the worker stops."""
@@ -142,7 +147,13 @@ class BufferingGeventWorker(GeventWorker):
             yield
 
     def handle_request(self, listener_name, req, sock, addr) -> bool:
-        self.bodies.buffer(req, sock)
+        if tracing.ENABLED:  # the body's reading, a child of the request's span once the app names it
+            started = time.time_ns()
+            self.bodies.buffer(req, sock)
+            read = isinstance(req.body, io.BytesIO) and req.body.getbuffer().nbytes > 0  # not for a GET, nor a 413
+            tracing.body_read(started, time.time_ns() if read else None)
+        else:
+            self.bodies.buffer(req, sock)
         try:
             keep_alive = self.answer_directly(req, sock)
             if keep_alive is None:

@@ -8,7 +8,7 @@ import os
 import re
 from typing import Protocol
 
-from service.observability import metrics
+from service.observability import metrics, tracing
 from service.observability.logs import log_request
 
 
@@ -35,5 +35,8 @@ def record(snapshot: Catalogue, endpoint: str, method: str, path: str, model: st
         # a label value only for a model on record: a client naming others makes no new series
         known = model if not model or snapshot.knows(model) else metrics.UNKNOWN_MODEL
         metrics.observe_request(endpoint, known or "", status, elapsed)
-    log_request({"method": method, "path": path, "model": model, "batch_size": batch_size, "status": status,
-                 "latency_ms": round(elapsed * 1000, 3), "request_id": rid})
+    fields = {"method": method, "path": path, "model": model, "batch_size": batch_size, "status": status,
+              "latency_ms": round(elapsed * 1000, 3), "request_id": rid}
+    if tracing.ENABLED:  # the request's server span is current here (the lane's, or the Flask hooks')
+        fields["trace_id"] = tracing.trace_id()
+    log_request(fields)

@@ -56,7 +56,7 @@ def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = 
             if r.status_code == 200:
                 return
             last = f"{r.status_code} {r.text[:200]}"
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:  # a worker still measuring its cost tables
             last = str(exc)
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready after {timeout}s: {last}")

@@ -28,6 +28,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from service.app.blueprints import dataplane, diagnostics, parses_own_body, respond_json
 from service.app.blueprints.inference import explain_options
 from service.dataplane.dataplane import INPUT, signature
+from service.observability import tracing
 from service.protocols import rollout_key, timeouts, v2_extensions, v2_http
 from service.protocols.schemas import ModelPath, ProtocolError, VersionPath
 from service.protocols.v2_http import HEADER_LENGTH, TARGET, decode_targets, explain_parameters
@@ -145,21 +146,24 @@ def infer_version(path: VersionPath, body: InferenceRequest) -> Response:
 
 def run_inference(name: str, version: int | None) -> Response:
     g.model = name
-    call = v2_http.decode(request.get_data(), request.headers.get(HEADER_LENGTH), name, version,
-                          dataplane().max_values)
+    with tracing.span("decode"):  # tracing's spans: a shared no-op when off (Flask's requests are the rare ones)
+        call = v2_http.decode(request.get_data(), request.headers.get(HEADER_LENGTH), name, version,
+                              dataplane().max_values)
     if not call.explaining:
         key = rollout_key.of(request.headers.get(rollout_key.HEADER), call.request.parameters)
         timeout = timeouts.of(request.headers.get(timeouts.HEADER), call.request.parameters)
         result = dataplane().infer(name, call.version, call.tensor, field=INPUT, request_id=g.request_id,
                                    route_key=key, timeout_us=timeout, received=g.start)
         g.batch_size = len(result.classes)
-        return response(*v2_http.encode_outputs(call.request, result))
+        with tracing.span("encode"):
+            return response(*v2_http.encode_outputs(call.request, result))
     targets = next((decode_targets(i) for i in call.request.inputs if i.name == TARGET), None)
     params = explain_parameters(call.request.parameters or {}, call.explaining)
     done = diagnostics().explain(name, call.version, call.tensor, targets, explain_options(params, call.head),
                                field=INPUT)
     g.batch_size = len(done.targets)
-    return response(*v2_http.encode_outputs(call.request, done.inference, done, call.tensor.shape))
+    with tracing.span("encode"):
+        return response(*v2_http.encode_outputs(call.request, done.inference, done, call.tensor.shape))
 
 
 def response(head: bytes, tail: bytes | None) -> Response:
