@@ -1,6 +1,7 @@
 # numpy-nets model server: gunicorn + Flask serving the shipped NumPy models.
 #
 #   docker build -t numpy-nets .                      # the server (default target)
+#   docker build --build-arg LOCK=requirements-tracing.lock -t numpy-nets .   # plus OpenTelemetry tracing
 #   docker build --target train -t numpy-nets-train . # plus the training CLI and its extras
 #
 # PYTHON_IMAGE lets machines without a registry build on a local base with the same layout.
@@ -8,11 +9,13 @@ ARG PYTHON_IMAGE=python:3.12-slim
 
 # ---- build: a virtual environment from the hash-pinned lock file, then the project itself ----
 FROM ${PYTHON_IMAGE} AS build
+# The runtime lock; requirements-tracing.lock adds OpenTelemetry (docs/tracing.md: 10 MB the default image saves)
+ARG LOCK=requirements.lock
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY requirements.lock requirements-build.lock ./
+COPY requirements.lock requirements-tracing.lock requirements-build.lock ./
 # gunicorn-h1c (gunicorn's C request parser) is published as source only: it is compiled here, and
 # the compiler stays in this stage (the runtime stages below have none). Unpinned: the two bases (python:3.12-slim,
 # the local bookworm one) carry different Debian releases, and nothing of these packages ships.
@@ -25,7 +28,7 @@ RUN apt-get update \
 # /opt/venv is what ships; /opt/build only holds the pinned build backend that makes our wheel.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: --no-binary=gunicorn-h1c \
-       -r requirements.lock \
+       -r "$LOCK" \
     && python -m venv /opt/build \
     && /opt/build/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements-build.lock
 COPY pyproject.toml README.md ./

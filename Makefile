@@ -89,6 +89,7 @@ lock: | $(BIN)/python
 	$(BIN)/pip install --quiet pip-tools
 	$(LOCK) -o requirements.lock pyproject.toml
 	$(LOCK) --extra train -o requirements-train.lock pyproject.toml
+	$(LOCK) --extra tracing -o requirements-tracing.lock pyproject.toml
 	$(LOCK) --extra train --extra test -o requirements-dev.lock pyproject.toml
 	echo 'setuptools>=77' | $(LOCK) -o requirements-build.lock -
 	$(LOCK) -o requirements-kserve-client.lock requirements-kserve-client.in

@@ -92,9 +92,10 @@ def pins(path):
 
 
 def test_lock_files_agree(repo_root):
-    """The image, the train image and the dev environment run the same versions of what they share."""
+    """The image (with or without tracing), the train image and the dev environment run the same versions of
+    what they share."""
     locks = {name: pins(repo_root / name) for name in ("requirements.lock", "requirements-train.lock",
-                                                        "requirements-dev.lock")}
+                                                        "requirements-tracing.lock", "requirements-dev.lock")}
     runtime = locks["requirements.lock"]
     assert {"numpy", "flask", "pydantic", "gunicorn", "flask-openapi3", "prometheus-client", "orjson"} <= set(runtime)
     for name, pinned in locks.items():

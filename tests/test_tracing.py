@@ -61,6 +61,17 @@ def test_a_refused_setting_stops_the_server_at_start():
     assert run.returncode != 0 and "not supported" in run.stderr
 
 
+def test_tracing_asked_for_without_opentelemetry_installed_is_refused(monkeypatch):
+    """The default image has no OpenTelemetry (the tracing extra): asking for tracing there stops the
+    server at start with how to install it, rather than serving untraced."""
+    assert tracing.installed()  # the dev environment has the extra
+    monkeypatch.setattr(tracing.importlib_util, "find_spec", lambda name: None)
+    assert not tracing.installed()
+    with pytest.raises(tracing.TracingConfigError, match=r"requirements-tracing\.lock"):
+        tracing.exporters({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT})
+    assert tracing.exporters({}) == []  # off: nothing is asked of the packages
+
+
 def test_route_templates():
     versioned = "/v2/models/<name>/versions/<version>/infer"
     assert tracing.http_route(versioned) == "/v2/models/{name}/versions/{version}/infer"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib.util as importlib_util
 import os
 import re
 import time
@@ -94,7 +95,21 @@ def exporters(environ: Mapping[str, str] | None = None) -> list[str]:
         if protocol != PROTOCOL:
             raise TracingConfigError(f"OTLP protocol {protocol!r} not supported: this server exports "
                                      f"{PROTOCOL} (to a collector's port 4318); docs/tracing.md says why")
+    if chosen and not installed():
+        raise TracingConfigError("the OTEL_* variables ask for tracing, but OpenTelemetry is not installed: "
+                                 "pip install -r requirements-tracing.lock (or numpy-nets[tracing]); the image: "
+                                 "docker build --build-arg LOCK=requirements-tracing.lock (docs/tracing.md)")
     return chosen
+
+
+def installed() -> bool:
+    """Whether the OpenTelemetry SDK and its OTLP exporter are installed (the ``tracing`` extra), without
+    importing them."""
+    try:
+        return all(importlib_util.find_spec(name) is not None for name in
+                   ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"))
+    except ModuleNotFoundError:  # a parent package missing
+        return False
 
 
 def start(environ: Mapping[str, str] | None = None) -> bool:
