@@ -35,7 +35,8 @@ def test_machine_records_what_the_machine_is():
 
 @pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress", "bench.uploads",
                                     "bench.cpu_per_request", "bench.frontier", "bench.lone_request",
-                                    "bench.grpc_load", "bench.capture_cost", "bench.report"])
+                                    "bench.grpc_load", "bench.capture_cost", "bench.rollout_cost",
+                                    "bench.report"])
 def test_each_benchmark_parses_its_arguments(module, capsys):
     with pytest.raises(SystemExit) as exit_:
         importlib.import_module(module).main(["--help"])
@@ -284,3 +285,37 @@ def test_the_capture_cost_rounds_run_against_all_four_servers(mnist_dir, tmp_pat
     assert written["written"] > 0 and written["dropped_budget"] == 0 and "dropped_queue" in written
     assert written["bytes_on_disk"] > 300 * written["written"]  # two CloudEvents a record
     assert "| capture at CAPTURE_SAMPLE_RATE=1.0 / capture off |" in capsys.readouterr().out
+
+
+def test_the_rollout_cost_widened_shadow_is_the_primary_at_more_cost():
+    """The shadow without noise computes the primary's probabilities with 4x the hidden units."""
+    import numpy as np
+
+    from bench.rollout_cost import PRIMARY, widen
+    from model.io import load_model
+
+    primary = load_model(PRIMARY / "model.npz").network.eval()
+    wide = widen(primary, 4, 0.0, np.random.default_rng(0))
+    x = np.random.default_rng(1).random((8, primary.input_features), dtype=np.float32)
+    assert wide.num_params > 3.9 * primary.num_params
+    np.testing.assert_allclose(wide.predict_proba(x), primary.predict_proba(x), atol=1e-5)
+
+
+def test_the_rollout_cost_rounds_run_against_all_three_servers(mnist_dir, tmp_path, capsys):
+    from bench import rollout_cost
+
+    assert rollout_cost.main(["--data-dir", str(mnist_dir), "--rounds", "2", "--seconds", "1", "--connections", "4",
+                              "--small-queue", "1", "--forward-turns", "3", "--out", str(tmp_path / "rc.json")]) == 0
+    result = json.loads((tmp_path / "rc.json").read_text())
+    envelope_ok(result, "rollout_cost")
+    assert [r["first"] for r in result["rounds"]] == ["off", "full_share"]  # the order changes
+    summary = result["summary"]
+    assert all(summary[v]["errors"] == 0 and summary[v]["rps"] > 0 for v in rollout_cost.VARIANTS)
+    for name in ("small_queue", "full_share"):
+        counts = summary[name]["comparisons"]  # every sample the primary served compared or dropped
+        assert counts["agree"] + counts["disagree"] + counts["dropped"] == counts["primary_requests"] > 0
+        assert counts["routed_elsewhere"] == 0 and summary[name]["rollout"]
+        assert [f["rows"] for f in summary[name]["forward"]] == [1, 64, 1024]
+    assert summary["small_queue"]["comparisons"]["dropped"] > 0  # one row held at most: the rest dropped
+    assert summary["full_share"]["forward"][-1]["ratio"] > 4  # 16x the hidden units
+    assert "| shadow of 1200 hidden units, SHADOW_QUEUE=1 |" in capsys.readouterr().out
