@@ -235,6 +235,20 @@ def test_a_full_queue_drops_and_counts_never_blocks(repo):
     assert mirror.rest_until > time.monotonic()  # it rests: 9 parts in 10 of its time
 
 
+def test_a_drain_with_a_budget_stops_and_the_rest_waits(repo):
+    plane = plane_on(repo)
+    entry = plane.registry.snapshot.serving["mnist"][2]
+    mirror = Mirror(capacity=4096)
+    mirror.pass_rows[id(entry)] = 4  # passes of 4 rows
+    for _ in range(100):
+        mirror.offer(Copy(1, entry, digits(1), entry.labels, np.zeros(1, dtype=np.int64),
+                          np.zeros((1, 10), np.float32), 0.0))
+    mirror.drain(budget=0.0)  # one pass, then the budget is spent
+    assert 0 < mirror.pending() < 100
+    mirror.drain()
+    assert mirror.pending() == 0
+
+
 def test_the_guard_judges_server_failures_past_its_minimum_only():
     guard = AutoRollback(max_error_rate=0.1, max_disagreement=0.2, min_requests=50)
     assert verdict(guard, Tally(requests=49, errors=49)) is None  # too few yet

@@ -132,23 +132,23 @@ class Rollouts:
         if found:
             self.roll_back(name, rollout.changed_at, version, *found)
 
-    def judge_comparison(self, name: str, copy: Copy, disagreed: int) -> None:
-        """After a comparison (on the comparing thread): a canary's disagreement with the primary.
-        A verdict found here is carried out by :meth:`settle`, on the front end's own thread."""
+    def judge_comparison(self, name: str, served: int, generation: float, rows: int, disagreed: int) -> None:
+        """After a comparison pass (off the request path): a canary's disagreement with the primary. A
+        verdict found here is carried out by :meth:`settle`, on the front end's own thread."""
         rollout = self.registry.snapshot.rollouts.get(name)
-        if rollout is None or rollout.changed_at != copy.generation or copy.served not in rollout.spec.canary:
+        if rollout is None or rollout.changed_at != generation or served not in rollout.spec.canary:
             return
         guard = rollout.spec.auto_rollback
         if guard is None or guard.max_disagreement is None:
             return
         with self.lock:
-            tally = self.tallies.setdefault((name, rollout.changed_at, copy.served), Tally())
-            tally.compared += len(copy.batch)
+            tally = self.tallies.setdefault((name, rollout.changed_at, served), Tally())
+            tally.compared += rows
             tally.disagreed += disagreed
             found = None if tally.done else verdict(guard, tally)
             if found:
                 tally.done = True
-                self.verdicts.append((name, rollout.changed_at, copy.served, *found))
+                self.verdicts.append((name, rollout.changed_at, served, *found))
 
     def start_thread(self, interval: float = 0.02) -> None:
         """Compare on a daemon thread of this process (one without an event loop: the gRPC process's)."""

@@ -5,12 +5,15 @@ every request a canary serves (``rollouts.py``). The two answers are compared --
 label agree, and the largest difference of one class probability -- and counted
 (``service/observability/rollouts.py``); the copy's answer is never returned to anyone.
 
-The request pays for a copy of its rows and a deque append. The comparisons run on a native thread
-of the process (the front end's: ``service/http_server/shadow_runner.py`` in an HTTP worker, a plain
-thread in a gRPC process), batched -- every queued row of one version pair in one forward pass -- and
-they take at most ``MAX_SHARE`` of that thread's time (it rests in between), so even a shadow slower
-than its primary costs the primary's requests a bounded share of a core. When ``capacity`` rows wait,
-a new copy is dropped and counted, never waited for.
+The request pays for a copy of its rows and a deque append. The comparisons are batched -- the queued
+rows of one version pair in one forward pass, sized to take about ``PASS_SECONDS`` -- with one
+vectorised comparison and one counter update per pass, and they take at most ``MAX_SHARE`` of the
+time: after each :meth:`Mirror.drain` the comparer rests nine times as long as it worked. Where they
+run is the front end's choice: an HTTP worker runs them on its own event loop between requests
+(``service/http_server/shadow_runner.py``: a slice of ``SLICE_SECONDS`` at a time, so no thread fights
+the loop for Python's lock -- a native thread there halved the primary's throughput), a gRPC process
+on a thread of its own. Past ``capacity`` queued rows a new copy is dropped and counted, never waited
+for, so even a shadow far slower than its primary costs the primary a bounded share of a core.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from service.repository.model_version import ModelVersion
 
 log = logging.getLogger(__name__)
 
-MAX_SHARE = 0.1  # of the comparing thread's time spent comparing; it rests the other 90 %
-MAX_ROWS_PER_PASS = 1024  # rows in one forward pass of the comparing version
+MAX_SHARE = 0.1  # of the time spent comparing; the comparer rests the other 90 %
+PASS_SECONDS = 0.001  # a pass's rows are sized to take about this long (learned from the last passes)
+MAX_ROWS_PER_PASS = 1024
+SLICE_SECONDS = 0.002  # an event loop's drain stops after a pass that ends past this
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,8 @@ class Copy:
     generation: float  # the rollout's ``changed_at`` when it was served (the guard judges per rollout)
 
 
-Judge = Callable[[str, Copy, int], None]  # (model, copy, disagreeing rows): the guard, after each comparison
+# (model, served version, generation, rows compared, rows disagreeing): the guard, after each pass
+Judge = Callable[[str, int, float, int, int], None]
 
 
 class Mirror:
@@ -60,7 +66,8 @@ class Mirror:
         self._queue: deque[Copy] = deque()
         self._lock = _thread.RLock()  # native even under gevent: offer and drain run on different threads
         self._rows = 0
-        self.rest_until = 0.0  # monotonic time before which the comparing thread rests (MAX_SHARE)
+        self.rest_until = 0.0  # monotonic time before which the comparer rests (MAX_SHARE)
+        self.pass_rows: dict[int, int] = {}  # id(compared entry) -> rows a pass takes (learned)
 
     def offer(self, copy: Copy) -> None:
         """Queue a copy (its arrays are the request's own, never reused), or drop and count it."""
@@ -82,54 +89,71 @@ class Mirror:
         """Whether copies wait and the thread has rested long enough since its last pass."""
         return self._rows > 0 and time.monotonic() >= self.rest_until
 
-    def drain(self) -> None:
-        """Compare what is queued now, one forward pass per version pair (at most MAX_ROWS_PER_PASS
-        rows each), then set the rest that keeps comparisons within MAX_SHARE of this thread's time."""
+    def drain(self, budget: float | None = None) -> None:
+        """Compare queued copies, a pass at a time, until none are left or ``budget`` seconds are spent
+        (None: all that were queued); then set the rest that keeps comparisons within MAX_SHARE."""
         start = time.monotonic()
-        with self._lock:
-            copies = list(self._queue)
-            self._queue.clear()
-            self._rows = 0
-        groups: dict[tuple[int, int, str, int], list[Copy]] = {}
-        for copy in copies:
-            groups.setdefault((id(copy.other), copy.served, copy.other.name, copy.other.version), []).append(copy)
-        for group in groups.values():
-            chunk: list[Copy] = []
-            rows = 0
-            for copy in group:
-                if chunk and rows + len(copy.batch) > MAX_ROWS_PER_PASS:
-                    self.compare(chunk)
-                    chunk, rows = [], 0
-                chunk.append(copy)
-                rows += len(copy.batch)
-            if chunk:
-                self.compare(chunk)
+        end = None if budget is None else start + budget
+        left = self._rows if budget is None else None  # without a budget: what is queued now, not more
+        while left is None or left > 0:
+            copies = self.take()
+            if not copies:
+                break
+            if left is not None:
+                left -= sum(len(c.batch) for c in copies)
+            self.compare(copies)
+            if end is not None and time.monotonic() >= end:
+                break
         spent = time.monotonic() - start
         self.rest_until = time.monotonic() + spent * (1 - MAX_SHARE) / MAX_SHARE
 
+    def take(self) -> list[Copy]:
+        """The queue's head: copies of one version pair and generation, as many rows as one pass takes."""
+        with self._lock:
+            if not self._queue:
+                return []
+            first = self._queue.popleft()
+            taken, rows = [first], len(first.batch)
+            limit = self.pass_rows.get(id(first.other), 16)
+            while self._queue and rows < limit:
+                nxt = self._queue[0]
+                if (nxt.other is not first.other or nxt.served != first.served or nxt.generation != first.generation
+                        or rows + len(nxt.batch) > limit):
+                    break
+                taken.append(self._queue.popleft())
+                rows += len(nxt.batch)
+            self._rows -= rows
+        return taken
+
     def compare(self, copies: list[Copy]) -> None:
-        """One forward pass of the other version on the copies' rows, and the counts."""
-        other = copies[0].other
+        """One forward pass of the other version on the copies' rows, one comparison, one count."""
+        other, first = copies[0].other, copies[0]
+        started = time.perf_counter()
         try:
-            batch = np.concatenate([c.batch for c in copies]) if len(copies) > 1 else copies[0].batch
+            batch = np.concatenate([c.batch for c in copies]) if len(copies) > 1 else first.batch
             theirs = other.network.predict_proba(batch.astype(other.dtype, copy=False))
-        except Exception:  # a broken version must not end the comparing thread; the log has it
+        except Exception:  # a broken version must not end the comparisons; the log has it
             log.exception("comparison on %s/%s failed", other.name, other.version)
             return
-        start = 0
-        for copy in copies:
-            rows = len(copy.batch)
-            mine = theirs[start:start + rows]
-            start += rows
-            if other.labels == copy.labels:
-                disagree = int(np.count_nonzero(mine.argmax(axis=1) != copy.classes))
-                difference = float(np.abs(mine - copy.probabilities).max())
-            else:  # other classes: compared by name; their probabilities are not comparable
-                names = np.asarray(other.labels)[mine.argmax(axis=1)]
-                disagree = int(np.count_nonzero(names != np.asarray(copy.labels)[copy.classes]))
-                difference = 1.0
-            if not np.isfinite(difference):  # a version answering NaN differs as much as it can
-                difference = 1.0
-            evidence.compared(other.name, copy.served, other.version, rows - disagree, disagree, difference)
-            if self.judge is not None:
-                self.judge(other.name, copy, disagree)
+        self.learn(other, len(batch), time.perf_counter() - started)
+        mine = np.concatenate([c.classes for c in copies]) if len(copies) > 1 else first.classes
+        if other.labels == first.labels:
+            disagree = int(np.count_nonzero(theirs.argmax(axis=1) != mine))
+            served = np.concatenate([c.probabilities for c in copies]) if len(copies) > 1 else first.probabilities
+            difference = float(np.abs(theirs - served).max())
+        else:  # other classes: compared by name; their probabilities are not comparable
+            names = np.asarray(other.labels)[theirs.argmax(axis=1)]
+            disagree = int(np.count_nonzero(names != np.asarray(first.labels)[mine]))
+            difference = 1.0
+        if not np.isfinite(difference):  # a version answering NaN differs as much as it can
+            difference = 1.0
+        rows = len(batch)
+        evidence.compared(other.name, first.served, other.version, rows - disagree, disagree, difference)
+        if self.judge is not None:
+            self.judge(other.name, first.served, first.generation, rows, disagree)
+
+    def learn(self, other: ModelVersion, rows: int, seconds: float) -> None:
+        """Size the next pass of ``other`` to take about PASS_SECONDS, from this one's time per row."""
+        if seconds > 0:
+            fit = int(rows * PASS_SECONDS / seconds)
+            self.pass_rows[id(other)] = max(1, min(MAX_ROWS_PER_PASS, fit))
