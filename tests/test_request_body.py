@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import io
-import os
 import socket
 import threading
 
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 from service.dataplane.dataplane import as_batch
-from service.http_server import request_body
 from service.http_server.request_body import TENSOR_ALIGNMENT, WholeBody, aligned_buffer, receive, tensor_offset
 from service.protocols import v2_http
 from service.repository.registry import ModelRegistry
@@ -126,17 +124,3 @@ def test_a_handed_over_body_is_bytes_for_flask():
     body = whole.read(len(data))
     flask_input = io.BytesIO(body)  # what the lane puts back in wsgi.input when it hands over
     assert flask_input.read() == data
-
-
-def test_keep_heap_sets_glibcs_thresholds_unless_the_operator_did(monkeypatch):
-    for name in [n for n in os.environ if n.startswith("MALLOC_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    if not hasattr(ctypes.CDLL(None), "mallopt"):
-        pytest.skip("not glibc")
-    assert request_body.keep_heap()
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-    assert not request_body.keep_heap()
-    monkeypatch.delenv("MALLOC_ARENA_MAX")
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
-    assert not request_body.keep_heap()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -41,9 +40,6 @@ from service.observability import metrics
 
 SMALL_BODY = 64 * 1024  # bytes: bodies up to this size are read at once, outside the budget
 TENSOR_ALIGNMENT = 64  # bytes: a cache line, and more than any dtype or SIMD load needs
-HEAP_MMAP_THRESHOLD = 4 * 1024 * 1024  # bytes: smaller allocations from glibc's heap (keep_heap)
-HEAP_TRIM_THRESHOLD = 16 * 1024 * 1024  # bytes of free heap a worker keeps (keep_heap)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
 LINGER_SECONDS = 2.0  # how long a refused upload may go on being drained before its connection closes
 
 
@@ -231,28 +227,6 @@ class WholeBody:
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.stream())
-
-
-def keep_heap(mmap_threshold: int = HEAP_MMAP_THRESHOLD, trim_threshold: int = HEAP_TRIM_THRESHOLD) -> bool:
-    """Have glibc's malloc serve request-sized buffers from its heap and keep them there between requests.
-
-    A 256-image request allocates a few MB that live as long as it does: its body, the float64 array
-    parsed from JSON, the float32 batch. glibc's thresholds adapt to what was freed last, and in a
-    worker they settled where every request grew the heap by 4 MB and trimmed it back at the end, so
-    each page was faulted in and zeroed afresh: 2.4 ms of system time per 256-image JSON request,
-    0.3 ms with the heap kept (``docs/architecture.md``). Allocations below ``mmap_threshold`` come
-    from the heap (larger ones, a stalled 15 MB upload, are still mapped and unmapped on their own), and
-    up to ``trim_threshold`` of free heap is kept: at most that much more resident memory per worker.
-    An operator's ``MALLOC_*_`` or ``GLIBC_TUNABLES`` settings win; without glibc this does nothing.
-    Returns whether the thresholds were set.
-    """
-    if any(name.startswith("MALLOC_") for name in os.environ) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
 def wants_continue(req: Any) -> bool:

@@ -43,7 +43,7 @@ from service.http_server.background import BackgroundThread
 from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections
 from service.http_server.refusals import write_gunicorn_error
-from service.http_server.request_body import BodyReader, keep_heap
+from service.http_server.request_body import BodyReader
 from service.repository.watcher import watch
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -79,7 +79,6 @@ class BufferingGeventWorker(GeventWorker):
         self.settings = settings
         self.request_timeout = float(settings.request_timeout)
         self.bodies = BodyReader(settings.max_body_bytes, self.request_timeout, settings.body_budget)
-        keep_heap()  # request-sized buffers reused from glibc's heap, not faulted in afresh each request
         self.idle = IdleConnections(settings.worker_connections)
         self.lane: FastLane | None = None  # the app's, found after fork (run)
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
