@@ -112,6 +112,7 @@ def test_a_binary_tensor_is_a_view_of_the_body_down_to_the_forward_pass(model_re
     body = WholeBody(data).read(len(data))
     tensor = v2_http.decode(body, str(len(head)), "mnist", None, lambda: 10**9).tensor
     assert np.shares_memory(tensor, np.frombuffer(data, np.uint8)) and tensor.flags.aligned
+    assert not tensor.flags.writeable  # a view of a bytearray, but read-only as a view of bytes was
     entry = ModelRegistry(model_repository).load_all().snapshot.get("mnist")
     batch = as_batch(tensor, entry)
     assert np.shares_memory(batch, np.frombuffer(data, np.uint8))  # as the forward pass reads it
