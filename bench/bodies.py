@@ -25,8 +25,8 @@ def bodies(tmp: Path, data_dir: Path | None) -> dict[str, tuple[Path, int, int |
     dict
         name -> (file, images in it, the JSON header's length for a V2 body with binary tensors or
         None). Names: ``mnist1``, ``mnist32``, ``mnist256`` and ``xor1`` (``/predict``); ``gradcheck``
-        (16 images with labels); ``explain`` (one image, integrated gradients); ``v1mnist1`` (V1
-        ``:predict``); ``v2jsonmnist1``, ``v2json256`` and ``v2bin256`` (V2 ``infer``).
+        (16 images with labels); ``explain`` (one image, integrated gradients); ``v1mnist1`` and
+        ``v1mnist256`` (V1 ``:predict``); ``v2jsonmnist1``, ``v2json256`` and ``v2bin256`` (V2 ``infer``).
     """
     ds = mnist(data_dir, download=data_dir is None)
     x, y = ds.eval_sets["test"]
@@ -46,6 +46,7 @@ def bodies(tmp: Path, data_dir: Path | None) -> dict[str, tuple[Path, int, int |
     write("explain", {"model": "mnist", "inputs": [[float(v) for v in x[0]]], "method": "integrated_gradients"}, 1)
     one = [float(v) for v in np.asarray(x[0]).ravel()]
     write("v1mnist1", {"instances": [one]}, 1)
+    write("v1mnist256", {"instances": [[float(v) for v in row] for row in x[:256]]}, 256)
     write("v2jsonmnist1", {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": one}]}, 1)
     batch = np.ascontiguousarray(x[:256], dtype="<f4")
     tensor = {"name": "input", "shape": [256, 784], "datatype": "FP32"}

@@ -17,22 +17,33 @@ go to ``bench/results/grpc_load.json``.
     python -m bench.grpc_load                        # about 1 minute: 3 rounds x 2 x 3 levels x 3 s
     python -m bench.grpc_load --batch 256 --concurrency 8
     python -m bench.grpc_load --compare-grpc-batching   # and gRPC with GRPC_BATCHING=off, in the same turns
+    python -m bench.grpc_load --batch 256 --tree /tmp/before --tree .   # two source trees, in the same turns
+
+With ``--tree`` (repeatable) each tree's ``python -m service`` is up at once and both contenders of every
+tree run in the same turns; each later tree's rounds are compared with the first's (the median of the
+rounds' ratios), so a change is judged against its parent on the same minutes of the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bench import results
+from bench.harness import full_service
 from bench.machine import machine
+from bench.medians import median_interval
+from bench.procfs import children, cpu_seconds
 
 CONTENDERS = ("gRPC (tritonclient.grpc)", "HTTP V2 binary (tritonclient.http)")
 UNBATCHED = "gRPC, GRPC_BATCHING=off"  # with --compare-grpc-batching: a second server, its gRPC unbatched
@@ -111,12 +122,22 @@ def measure(protocol: str, target: str, concurrency: int, seconds: float, batch:
             "p99_ms": float(np.percentile(latencies, 99) * 1e3) if len(latencies) else None}
 
 
-def run(grpc_target: str, http_target: str, concurrency: list[int], seconds: float, batch: int = 1,
-        rounds: int = 3, processes: int = 2, shared_connection: bool = False,
-        unbatched_target: str | None = None) -> list[dict]:
+def run(grpc_target: str | list[str], http_target: str | list[str], concurrency: list[int], seconds: float,
+        batch: int = 1, rounds: int = 3, processes: int = 2, shared_connection: bool = False,
+        unbatched_target: str | None = None, grpc_cpu: list[Callable[[], float]] | None = None) -> list[dict]:
     """Both contenders (and gRPC of ``unbatched_target``, if given) at each concurrency, in turns; the
-    median round of each."""
-    targets = {CONTENDERS[0]: ("grpc", grpc_target), CONTENDERS[1]: ("http", http_target)}
+    median round of each. With lists of targets (one per source tree), each tree's contenders, labelled
+    ``..., tree N``, every round's figures kept (``rounds_rps``) for the trees' ratios; ``grpc_cpu``, per
+    tree, reads its gRPC processes' CPU seconds, for each gRPC round's CPU per call (``rounds_cpu_ms``)."""
+    grpcs = [grpc_target] if isinstance(grpc_target, str) else grpc_target
+    https = [http_target] if isinstance(http_target, str) else http_target
+    targets, cpu_of = {}, {}
+    for i, (g, h) in enumerate(zip(grpcs, https, strict=True)):
+        suffix = f", tree {i}" if len(grpcs) > 1 else ""
+        targets[CONTENDERS[0] + suffix] = ("grpc", g)
+        targets[CONTENDERS[1] + suffix] = ("http", h)
+        if grpc_cpu:
+            cpu_of[CONTENDERS[0] + suffix] = grpc_cpu[i]
     if unbatched_target:
         targets[UNBATCHED] = ("grpc", unbatched_target)
     labels = list(targets)
@@ -126,10 +147,16 @@ def run(grpc_target: str, http_target: str, concurrency: list[int], seconds: flo
         for k in range(rounds):
             for label in labels[k % len(labels):] + labels[:k % len(labels)]:
                 protocol, target = targets[label]
-                results[label].append(measure(protocol, target, c, seconds, batch, processes,
-                                              shared_connection=shared_connection))
+                before = cpu_of[label]() if label in cpu_of else None
+                r = measure(protocol, target, c, seconds, batch, processes, shared_connection=shared_connection)
+                if before is not None:  # the calls counted ended within the row's seconds: a close estimate
+                    calls = r["rps"] * seconds
+                    r["cpu_ms"] = (cpu_of[label]() - before) * 1e3 / calls if calls else None
+                results[label].append(r)
         for label, measured in results.items():
             row = dict(sorted(measured, key=lambda r: r["rps"])[len(measured) // 2])
+            if label in cpu_of:
+                row["rounds_cpu_ms"] = [r.get("cpu_ms") for r in measured]
             row.update(scenario=label, rounds_rps=[round(r["rps"], 1) for r in measured],
                        errors=sum(r["errors"] for r in measured),
                        error_kinds=sorted({e for r in measured for e in r["error_kinds"]})[:5])
@@ -137,12 +164,19 @@ def run(grpc_target: str, http_target: str, concurrency: list[int], seconds: flo
     return rows
 
 
+def tree_of(scenario: str) -> str:
+    """The ``, tree N`` a label ends with (with ``--tree``), or ``""``."""
+    return scenario[scenario.rfind(", tree "):] if ", tree " in scenario else ""
+
+
 def table(rows: list[dict]) -> str:
-    http = {r["concurrency"]: r["rps"] for r in rows if r["scenario"] == CONTENDERS[1]}
+    http = {(r["concurrency"], tree_of(r["scenario"])): r["rps"] for r in rows
+            if r["scenario"].startswith(CONTENDERS[1])}
     lines = ["| scenario | batch | conc. | requests/s | images/s | p50 ms | p99 ms | errors | rounds | vs HTTP V2 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        ratio = f"{r['rps'] / http[r['concurrency']]:.2f}" if http.get(r["concurrency"]) else ""
+        base = http.get((r["concurrency"], tree_of(r["scenario"])))
+        ratio = f"{r['rps'] / base:.2f}" if base else ""
         p50 = f"{r['p50_ms']:.2f}" if r["p50_ms"] is not None else ""
         p99 = f"{r['p99_ms']:.2f}" if r["p99_ms"] is not None else ""
         lines.append(f"| {r['scenario']} | {r['batch']} | {r['concurrency']} | {r['rps']:,.1f} | "
@@ -150,9 +184,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def trees_lines(result: dict) -> str:
+    """With several trees: each contender's rounds in a later tree over the first tree's, round by round."""
+    by = {(r["scenario"], r["concurrency"]): r for r in result["rows"]}
+    lines = []
+    for i, tree in enumerate(result.get("trees", [])[1:], start=1):
+        for (scenario, c), row in by.items():
+            if not scenario.endswith(f", tree {i}"):
+                continue
+            first = by[scenario.removesuffix(f", tree {i}") + ", tree 0", c]
+            median, low, high = median_interval([b / a for a, b in zip(first["rounds_rps"], row["rounds_rps"],
+                                                                        strict=True) if a])
+            line = (f"- {scenario.removesuffix(f', tree {i}')}, c={c}: tree {i} ({tree['commit'] or tree['path']})"
+                    f" / tree 0 = **{median:.2f}** (rounds' ratios {low:.2f}-{high:.2f})")
+            if row.get("rounds_cpu_ms") and first.get("rounds_cpu_ms"):
+                cpu = [b / a for a, b in zip(first["rounds_cpu_ms"], row["rounds_cpu_ms"], strict=True) if a and b]
+                median, low, high = median_interval(cpu)
+                mine, theirs = (statistics.median(x for x in r["rounds_cpu_ms"] if x) for r in (row, first))
+                line += (f"; the gRPC processes' CPU per call {theirs:.2f} and {mine:.2f} ms, tree {i} / tree 0 = "
+                         f"**{median:.2f}** ({low:.2f}-{high:.2f})")
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def report(result: dict) -> str:
     """The Markdown of this benchmark's results file."""
-    return table(result["rows"])
+    text = table(result["rows"])
+    trees = trees_lines(result)
+    if result.get("trees"):
+        names = "; ".join(f"tree {i}: {t['path']} ({t['commit']})" for i, t in enumerate(result["trees"]))
+        text = f"({names}.)\n\n{text}"
+    return text + ("\n\n" + trees if trees else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,13 +229,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="the gRPC clients of a client process share one connection (grpcio's default)")
     parser.add_argument("--compare-grpc-batching", action="store_true",
                         help=f"also a second server with GRPC_BATCHING=off, its gRPC a third contender ({UNBATCHED})")
-    parser.add_argument("--out", type=Path, default=results.default_path("grpc_load"), help="the results file")
+    parser.add_argument("--tree", type=Path, action="append",
+                        help="serve from this source tree (repeatable: every tree in the same turns)")
+    parser.add_argument("--out", type=Path, help="the results file (default: bench/results/grpc_load.json, "
+                        "grpc_trees.json with --tree)")
     args = parser.parse_args(argv)
+    out = args.out or results.default_path("grpc_trees" if args.tree else "grpc_load")
     from tests.integration.conftest import LocalServer
     from tests.integration.test_grpc import wait_grpc
 
     started, info = time.monotonic(), machine()
     print(f"machine: {info}", flush=True)
+    body: dict = {}
+    if args.tree:
+        trees = [t.resolve() for t in args.tree]
+        body["trees"] = [{"path": results.portable(t), "commit": results.tree_commit(t)} for t in trees]
+        with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp, contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(full_service(tree, Path(tmp), LOG_LEVEL="warning")) for tree in trees]
+            for srv in servers:
+                wait_grpc(srv.grpc_target)
+            rows = run([s.grpc_target for s in servers], [s.url.removeprefix("http://") for s in servers],
+                       args.concurrency, args.seconds, args.batch, args.rounds, args.client_processes,
+                       args.shared_connection, grpc_cpu=[grpc_cpu_reader(s.proc.pid) for s in servers])
+        return finish(args, argv, out, {**body, "rows": rows}, started, info)
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
         server = LocalServer(Path(tmp) / "on", LOG_LEVEL="warning").start()
         unbatched = LocalServer(Path(tmp) / "off", LOG_LEVEL="warning", GRPC_BATCHING="off").start() \
@@ -189,8 +267,22 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             if unbatched:
                 unbatched.stop()
-    results.save(args.out, "bench.grpc_load", argv, args, {"rows": rows}, started, info)
-    print(table(rows))
+    return finish(args, argv, out, {"rows": rows}, started, info)
+
+
+def grpc_cpu_reader(supervisor: int) -> Callable[[], float]:
+    """A reader of the CPU seconds used so far by the gRPC processes ``python -m service`` (``supervisor``)
+    started: its children running ``service.grpc.server``."""
+    pids = [pid for pid in children(supervisor)
+            if b"service.grpc.server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return lambda: sum(cpu_seconds(pid) for pid in pids)
+
+
+def finish(args, argv: list[str] | None, out: Path, body: dict, started: float, info: dict) -> int:
+    """Write the results file, print the table and the errors; 1 if any call failed."""
+    result = results.save(out, "bench.grpc_load", argv, args, body, started, info)
+    print(report(result))
+    rows = body["rows"]
     for r in rows:
         if r["errors"]:
             print(f"{r['scenario']} c={r['concurrency']}: {r['errors']} errors, e.g. {r['error_kinds']}")

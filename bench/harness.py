@@ -137,6 +137,42 @@ def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> 
         srv.stop()
 
 
+@dataclass
+class FullService:
+    """``python -m service`` started here: its HTTP base URL and its gRPC target."""
+
+    proc: subprocess.Popen
+    url: str
+    grpc_target: str
+    log: Path
+
+
+@contextlib.contextmanager
+def full_service(root: Path, tmp: Path, **env: str) -> Iterator[FullService]:
+    """``python -m service`` from the source tree ``root``: gunicorn beside the gRPC processes, as shipped
+    (its own defaults, BLAS on one thread per process), ready when ``/readyz`` says both serve."""
+    with contextlib.ExitStack() as ports:  # both bound until both are picked: never the same port twice
+        socks = [ports.enter_context(socket.socket()) for _ in range(2)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        port, grpc_port = (sock.getsockname()[1] for sock in socks)
+    metrics_dir, state_dir = tmp / f"metrics-{port}", tmp / f"state-{port}"
+    metrics_dir.mkdir()
+    state_dir.mkdir()
+    environ = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "GRPC_PORT": str(grpc_port),
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "STATE_DIR": str(state_dir), **ONE_BLAS_THREAD, **env}
+    log = tmp / f"service-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=root, env=environ, stdout=out,
+                                stderr=subprocess.STDOUT)
+    srv = FullService(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", log)
+    try:
+        wait_until(Server(proc, srv.url, log), "/readyz", "python -m service", 90)
+        yield srv
+    finally:
+        Server(proc, srv.url, log).stop()
+
+
 @contextlib.contextmanager
 def kserve_peer(python: Path, workers: int, tmp: Path) -> Iterator[Server]:
     """kserve's model server (``bench/kserve_peer.py``) run by ``python``, BLAS on one thread per worker."""

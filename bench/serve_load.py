@@ -21,14 +21,20 @@ configuration, it measures:
   turns, each row the median round. The peer runs from ``.venv-kserve`` (``make bench-peers``);
   without it those rows are skipped.
 
+* the batch comparison (alone: ``--batches``): 256 MNIST images over ``/predict``, V1 and V2 as JSON
+  and over V2 as binary tensors, against the compute ceiling, with the workers' CPU time per request
+  (``/proc``); every tree's server up at once, ``--rounds`` rounds in turns, each row the median round,
+  and with two trees each round's ratio of the second to the first.
+
 ``--tree DIR`` (repeatable) serves the service from other source trees: with two or more and
-``--one-sample``, every tree's contenders run in the same turns (pairs of trees side by side, which
-goes first alternating every round) and each later tree is compared with the first by the median
-of the rounds' ratios. ``--compare`` runs the worker comparison instead. Each run writes its results
-file under ``bench/results/`` (``bench/results.py``) and prints its table.
+``--one-sample`` or ``--batches``, every tree's contenders run in the same turns (pairs of trees side
+by side, which goes first alternating every round) and each later tree is compared with the first by
+the median of the rounds' ratios. ``--compare`` runs the worker comparison instead. Each run writes its
+results file under ``bench/results/`` (``bench/results.py``) and prints its table.
 
     python -m bench.serve_load                  # what `make bench` runs, about 9 minutes
     python -m bench.serve_load --one-sample --tree /tmp/before --tree .
+    python -m bench.serve_load --batches --concurrency 4 16 --tree /tmp/before --tree .
     python -m bench.serve_load --compare sync gthread gevent service.http_server.worker.BufferingGeventWorker
 """
 
@@ -47,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import results
-from bench.bodies import bodies
+from bench.bodies import bodies, images
 from bench.harness import (
     CEILING_APP,
     KSERVE_PYTHON,
@@ -62,11 +68,16 @@ from bench.harness import (
 )
 from bench.machine import machine
 from bench.medians import median_interval, median_round
+from bench.procfs import children_cpu_seconds
 from bench.slow_clients import slow_client_row
 
 ONE_SAMPLE_CEILING = "HTTP ceiling (bare Flask), in turns"
 ONE_SAMPLE = (("mnist1", "/predict", "/predict"), ("v1mnist1", "V1", "/v1/models/mnist:predict"),
               ("v2jsonmnist1", "V2 JSON", "/v2/models/mnist/infer"))
+BATCHES = (("mnist256", "/predict mnist, 256, JSON", "/predict"),
+           ("v1mnist256", "V1 mnist, 256, JSON", "/v1/models/mnist:predict"),
+           ("v2json256", "V2 infer mnist, 256, JSON", "/v2/models/mnist/infer"),
+           ("v2bin256", "V2 infer mnist, 256, binary", "/v2/models/mnist/infer"))
 
 
 # -- the compute ceiling ------------------------------------------------------------------------------
@@ -224,6 +235,58 @@ def one_sample_run(args, tmp: Path, data: dict) -> dict:
     return {"rows": rows, "paired": paired}
 
 
+def batches_run(args, tmp: Path, data: dict) -> dict:
+    """256 MNIST images as JSON (``/predict``, V1, V2) and as V2 binary tensors, against the compute ceiling.
+
+    Every tree's server is up at once; each concurrency runs ``--rounds`` rounds of every scenario, in
+    turns (the scenarios rotated each round, the trees side by side, which goes first alternating), and
+    each row is the median round. Beside requests/s, the workers' CPU time per request (``/proc``): on a
+    shared machine the throughput measures the neighbours too, the CPU a request took does not. The
+    compute ceiling is measured before and after the rows, and the higher kept: the best the machine did.
+    """
+    x = images(data)
+    ceiling = compute_ceiling(x)
+    rows, paired = [], []
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(server(SERVICE_APP, args.workers, tmp, root=tree, LOG_LEVEL="info"))
+                   for tree in args.tree]
+        for srv in servers:  # warm every server and path
+            for name, _, path in BATCHES:
+                wrk(f"{srv.url}{path}", data[name][0], 4, 1, header_length=data[name][2])
+        groups = [[(label, i, srv, path, name) for i, srv in enumerate(servers)] for name, label, path in BATCHES]
+        for c in args.concurrency:
+            measured: dict[tuple[str, int], list[dict]] = {(g[0], g[1]): [] for group in groups for g in group}
+            for k in range(args.rounds):
+                for label, tree, srv, path, name in in_turns(groups, k):
+                    before = children_cpu_seconds(srv.proc.pid)
+                    r = wrk(f"{srv.url}{path}", data[name][0], c, args.seconds, header_length=data[name][2])
+                    answered = r["requests"] - r["non_2xx"]
+                    r["cpu_ms"] = (children_cpu_seconds(srv.proc.pid) - before) * 1e3 / answered if answered else None
+                    measured[label, tree].append(r)
+            for (label, tree), rounds in measured.items():
+                r = dict(median_round(rounds))
+                r.update(scenario=label, concurrency=c, tree=tree, images_per_s=r["rps"] * 256,
+                         rounds_rps=[round(x["rps"], 1) for x in rounds], errors=sum(x["errors"] for x in rounds),
+                         cpu_ms=median_interval([x["cpu_ms"] for x in rounds if x["cpu_ms"]] or [math.nan])[0])
+                rows.append(r)
+                share = r["images_per_s"] / (ceiling * args.workers)
+                print(f"  {label:30s} tree {tree} c={c:>3} {r['rps']:8.1f} req/s  {share:.2f} "
+                      f"of compute  CPU {r['cpu_ms']:.2f} ms/request  errors {r['errors']}  "
+                      f"rounds {r['rounds_rps']}", flush=True)
+            for label in dict.fromkeys(label for label, _ in measured):
+                for tree in range(1, len(args.tree)):
+                    for key in ("rps", "cpu_ms"):
+                        ratios = [b[key] / a[key] for a, b in zip(measured[label, 0], measured[label, tree],
+                                                                  strict=True) if a[key] and b[key]]
+                        median, low, high = median_interval(ratios)
+                        paired.append({"scenario": label, "concurrency": c, "tree": tree, "of": key,
+                                       "ratios": ratios, "median": median, "low": low, "high": high})
+    ceiling = max(ceiling, compute_ceiling(x))
+    rows.insert(0, {"scenario": "compute ceiling (NumPy, 256 images)", "concurrency": None, "rps": None,
+                    "images_per_s": ceiling * args.workers, "per_worker": ceiling, "errors": 0})
+    return {"rows": rows, "paired": paired}
+
+
 def compare_run(args, tmp: Path, data: dict) -> list[dict]:
     """The worker comparison: the ceiling and ``/predict`` MNIST under each ``--compare`` worker class,
     then its slow-clients row, one class after the other."""
@@ -341,6 +404,32 @@ def trees_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def batches_table(result: dict) -> str:
+    """The batch comparison: each scenario's median round per tree against the compute ceiling, its CPU
+    per request, and with several trees each later tree's rounds over the first's."""
+    rows = result["rows"]
+    compute = rows[0]["images_per_s"]
+    trees = result.get("trees") or [{"commit": "", "path": "."}]
+    several = len(trees) > 1
+    name = [f"tree {i} ({t['commit'] or t['path']})" if several else "" for i, t in enumerate(trees)]
+    paired = {(p["scenario"], p["concurrency"], p["tree"], p["of"]): p for p in result.get("paired", [])}
+    lines = [f"Compute ceiling: {compute:,.0f} images/s ({rows[0]['per_worker']:,.0f} per worker, "
+             f"{result.get('workers', 2)} workers).", "",
+             "| scenario | conc. |" + (" tree |" if several else "") + " requests/s | images/s | of compute | "
+             "p50 ms | p99 ms | CPU ms/request | errors |" + (" req/s, CPU vs tree 0 (rounds' ratios) |" if several
+                                                             else ""),
+             "|" + " --- |" * (9 + 2 * several)]
+    for r in rows[1:]:
+        cells = [r["scenario"], str(r["concurrency"])] + ([name[r["tree"]]] if several else [])
+        cells += [f"{r['rps']:,.1f}", f"{r['images_per_s']:,.0f}", f"**{r['images_per_s'] / compute:.2f}**",
+                  ms(r.get("p50_us")), ms(r.get("p99_us")), f"{r['cpu_ms']:.2f}", str(r["errors"])]
+        if several:
+            ratios = [paired.get((r["scenario"], r["concurrency"], r["tree"], of)) for of in ("rps", "cpu_ms")]
+            cells.append("; ".join(f"{p['median']:.2f} ({p['low']:.2f}-{p['high']:.2f})" for p in ratios if p))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare_table(rows: list[dict]) -> str:
     """The worker comparison: one line per worker class."""
     lines = ["| worker | HTTP ceiling req/s (c=1/16/64) | /predict MNIST req/s (c=1/16/64) | p99 ms (c=1/16/64) | "
@@ -363,6 +452,8 @@ def report(result: dict) -> str:
     """The Markdown of a results file of this benchmark, whichever mode wrote it."""
     if result.get("mode") == "compare":
         return compare_table(result["rows"])
+    if result.get("mode") == "batches":
+        return batches_table(result)
     if len(result.get("trees", [])) > 1:
         return trees_table(result)
     text = table(result["rows"])
@@ -412,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the MNIST one-sample comparison (ceiling, batching on/off, KServe)")
     parser.add_argument("--tree", type=Path, action="append",
                         help="a source tree to serve (repeatable with --one-sample; default: this checkout)")
+    parser.add_argument("--batches", action="store_true",
+                        help="only the 256-image comparison (JSON and binary tensors against the compute ceiling)")
     parser.add_argument("--compare", nargs="+", metavar="WORKER_CLASS",
                         help="compare gunicorn worker classes instead (sync, gthread, gevent, ...)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker in --compare")
@@ -422,14 +515,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="also a PNG of throughput and p99 against concurrency")
     args = parser.parse_args(argv)
     args.tree = [t.resolve() for t in args.tree or [ROOT]]
-    if len(args.tree) > 1 and not args.one_sample:
-        parser.error("several --tree need --one-sample")
+    if len(args.tree) > 1 and not (args.one_sample or args.batches):
+        parser.error("several --tree need --one-sample or --batches")
     if not have_wrk():
         return 2
-    mode = "compare" if args.compare else "trees" if len(args.tree) > 1 else "one_sample" if args.one_sample \
-        else "full"
+    mode = "compare" if args.compare else "batches" if args.batches else "trees" if len(args.tree) > 1 \
+        else "one_sample" if args.one_sample else "full"
     out = args.out or results.default_path({"full": "serve_load", "one_sample": "serve_one_sample",
-                                            "trees": "serve_trees", "compare": "serve_compare"}[mode])
+                                            "trees": "serve_trees", "compare": "serve_compare",
+                                            "batches": "serve_batches"}[mode])
     started, info = time.monotonic(), machine()
     print(f"machine: {info}", flush=True)
     body: dict = {"mode": mode, "workers": args.workers}
@@ -439,11 +533,13 @@ def main(argv: list[str] | None = None) -> int:
         data = bodies(Path(tmp), args.data_dir)
         if args.compare:
             body["rows"] = compare_run(args, Path(tmp), data)
+        elif args.batches:
+            body.update(batches_run(args, Path(tmp), data))
         elif args.one_sample:
             body.update(one_sample_run(args, Path(tmp), data))
         else:
             body["rows"] = full_run(args, Path(tmp), data)
-    if args.plot and not args.compare:
+    if args.plot and not (args.compare or args.batches):
         plot(body["rows"], args.plot)
     result = results.save(out, "bench.serve_load", argv, args, body, started, info)
     print(f"\n{report(result)}\n\n(workers {args.workers}; {info.get('cpu')}; results in {results.portable(out)})")

@@ -93,13 +93,13 @@ def decode_predict(body: bytes, environ: dict[str, Any], name: str | None, versi
                    plane: DataPlane) -> Call | None:
     """``POST /predict``: the app's ``_before`` hook (count, parse, an object) and the view's model."""
     json_codec.check_value_count(body, plane.max_values)
-    doc = json_codec.loads(body)
+    doc, batch = json_codec.loads_samples(body, (b"inputs",))  # batch: rows of plain numbers, parsed straight
     if not isinstance(doc, dict):
         return None
     request = PredictRequest.model_validate(doc)
-    return Call(request.model, request.version, json_codec.samples(request.inputs, body), "inputs",
-                lambda result: json_answer(predict.answer(result)), environ.get(rollout_key.ENVIRON),
-                timeouts.of(environ.get(timeouts.ENVIRON)))
+    samples = json_codec.samples(request.inputs, body) if batch is None else batch
+    return Call(request.model, request.version, samples, "inputs", lambda result: json_answer(predict.answer(result)),
+                environ.get(rollout_key.ENVIRON), timeouts.of(environ.get(timeouts.ENVIRON)))
 
 
 def v1_answer(result: Inference, rows: bool) -> tuple[bytes, Headers]:

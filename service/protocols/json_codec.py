@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from service.errors import bad_request, invalid, too_large
+from service.protocols import json_numbers
 
 NUMBER_TYPES = (int, float)  # exactly: bool is an int subclass and is refused
 MAX_SAMPLE_DEPTH = 8  # nesting levels inside one JSON array that the error walk follows
@@ -34,13 +35,14 @@ def check_value_count(body: bytes, max_values: Callable[[], int]) -> None:
 
     Parsing builds a Python object per number: a 16 MiB body of two-number samples took a worker
     410 MB before its batch could be refused as too large. Each value but the last is followed by a
-    comma, so ``count(b",")`` (memchr speed) bounds the values, and a body with more than
-    ``max_values()`` of them cannot be a valid request. Bodies under ``SMALL_JSON`` skip the count.
+    comma, so the commas bound the values, and a body with more than ``max_values()`` of them cannot be
+    a valid request. Bodies under ``SMALL_JSON`` skip the count. NumPy counts them
+    (:func:`json_numbers.count_byte`: 0.13 ms for a 1.5 MB body, ``bytes.count`` 0.6 ms).
     """
     if len(body) <= SMALL_JSON:
         return
     limit = max_values()
-    if len(body) > limit and (commas := body.count(b",")) > limit:
+    if len(body) > limit and (commas := json_numbers.count_byte(body, b",")) > limit:
         raise too_large(413, "batch_too_large", "", f"the body holds {commas + 1:,} values or more; no request here "
                         f"may send more than {limit:,} (MAX_BATCH samples of the largest model)", limit, commas + 1)
 
@@ -56,6 +58,22 @@ def loads(data: str | bytes) -> Any:
             raise bad_request("request body is not valid JSON: nested too deeply") from None
         except ValueError:
             raise bad_request(f"request body is not valid JSON: {first}") from None
+
+
+def loads_samples(body: bytes | bytearray, keys: tuple[bytes, ...]) -> tuple[Any, np.ndarray | None]:
+    """:func:`loads`, with the samples under one of ``keys`` (top level) already an array where :func:`samples`
+    would read them as floats: (document, float64 array), the document holding ``json_numbers.PLACEHOLDER``
+    in their place; else (``loads(body)``, None).
+
+    The common case of a large inference body (rows of plain numbers, no boolean anywhere) is parsed by
+    ``json_numbers``, without a Python object per number; every other body, and every error, takes the
+    old path, so the rules and their errors stay those of :func:`loads` and :func:`samples`.
+    """
+    found = json_numbers.cut(body, keys)
+    if found is not None and isinstance(found.doc, dict) and count_booleans(found.rest) == 0 and \
+            any(found.doc.get(key.decode()) == json_numbers.PLACEHOLDER for key in keys):
+        return found.doc, found.numbers
+    return loads(body), None
 
 
 def dumps(obj: Any) -> bytes:

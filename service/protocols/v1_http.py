@@ -16,7 +16,7 @@ import numpy as np
 
 from service.dataplane.dataplane import INPUT, Inference
 from service.errors import bad_request
-from service.protocols import json_codec
+from service.protocols import json_codec, json_numbers
 from service.protocols.v1_schemas import PredictRequest
 
 SIGNATURE = "serving_default"
@@ -37,7 +37,8 @@ def decode(raw: bytes, max_values: Callable[[], int]) -> Decoded:
     """The samples of a predict body; a :class:`ServiceError` or ``ValidationError`` for a client's
     mistake, and nothing else touched. ``max_values()`` bounds the numbers a (large) body may hold."""
     json_codec.check_value_count(raw, max_values)
-    req = PredictRequest.model_validate(json_codec.loads(raw))
+    doc, batch = json_codec.loads_samples(raw, (b"instances", b"inputs"))  # batch: rows of plain numbers, or None
+    req = PredictRequest.model_validate(doc)
     if req.signature_name not in (None, "", SIGNATURE):
         raise bad_request(f"unknown signature_name {req.signature_name!r}; the model has '{SIGNATURE}'")
     if (req.instances is None) == (req.inputs is None):
@@ -47,6 +48,8 @@ def decode(raw: bytes, max_values: Callable[[], int]) -> Decoded:
     tensor = named_input(req.instances if rows else req.inputs, field)
     if not isinstance(tensor, list) or not tensor:
         raise bad_request(f"'{field}' must be a non-empty list of samples")
+    if batch is not None and tensor == json_numbers.PLACEHOLDER:
+        return Decoded(batch, rows)
     return Decoded(json_codec.samples(tensor, raw, field), rows)
 
 

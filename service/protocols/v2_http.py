@@ -21,7 +21,7 @@ import numpy as np
 from service.dataplane.dataplane import INPUT, LABEL, PROBABILITIES, Inference
 from service.dataplane.diagnostics import Explanation
 from service.errors import bad_request, quote
-from service.protocols import json_codec, v2_tensors
+from service.protocols import json_codec, json_numbers, v2_tensors
 from service.protocols.schemas import ExplainParameters
 from service.protocols.v2_schemas import InferenceRequest, RequestInput, RequestOutput
 
@@ -49,7 +49,8 @@ def decode(raw: bytes, header: str | None, name: str, version: int | None,
     only of a large body)."""
     head, binary = split_body(raw, header)
     json_codec.check_value_count(head, max_values)
-    req = InferenceRequest.model_validate(json_codec.loads(head))
+    doc, numbers, text = parse_head(head)
+    req = InferenceRequest.model_validate(doc)
     version = named_in_body(req, name, version)
     names = [i.name for i in req.inputs]
     explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]
@@ -58,9 +59,31 @@ def decode(raw: bytes, header: str | None, name: str, version: int | None,
         raise bad_request(f"model '{name}' takes one input named '{INPUT}' (and '{TARGET}' with an explanation "
                           f"output); the request has {quote(names)}")
     # A JSON true/false may sit in the data only if the body holds more of them than the parameters do.
-    booleans = json_codec.count_booleans(head) > sum(booleans_in(p) for p in parameter_dicts(req))
-    tensor = decode_input(next(i for i in req.inputs if i.name == INPUT), binary, booleans)
+    booleans = json_codec.count_booleans(text) > sum(booleans_in(p) for p in parameter_dicts(req))
+    tensor = decode_input(next(i for i in req.inputs if i.name == INPUT), binary, booleans, numbers)
     return Decoded(req, head, version, tensor, explaining)
+
+
+def parse_head(head: bytes | bytearray) -> tuple[Any, np.ndarray | None, bytes | bytearray]:
+    """(document, the input's data as float64 or None, the text to count booleans in).
+
+    The common case, the input's data a float tensor of plain numbers and no boolean in the body but the
+    parameters' (so :func:`decode_input` would read it with ``json_codec.floats``), is parsed by
+    ``json_numbers`` (the document holding its placeholder there); any other head whole, by
+    :func:`json_codec.loads`, as before.
+    """
+    found = json_numbers.cut(head, (b"data",))
+    doc = found.doc if found is not None else None
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if isinstance(inputs, list):
+        holders = [i for i in inputs if isinstance(i, dict) and i.get("data") == json_numbers.PLACEHOLDER]
+        datatype = holders[0].get("datatype") if holders else None
+        outputs = doc.get("outputs") if isinstance(doc.get("outputs"), list) else []
+        parameters = [x.get("parameters") for x in (doc, *inputs, *outputs) if isinstance(x, dict)]
+        if holders and holders[0].get("name") == INPUT and isinstance(datatype, str) and datatype.startswith("FP") \
+                and json_codec.count_booleans(found.rest) <= sum(booleans_in(p) for p in parameters):
+            return doc, found.numbers, found.rest
+    return json_codec.loads(head), None, head
 
 
 def explain_parameters(request_parameters: dict[str, Any], outputs: list[RequestOutput]) -> ExplainParameters:
@@ -139,9 +162,11 @@ def flag(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
     return value
 
 
-def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.ndarray:
+def decode_input(inp: RequestInput, binary: memoryview, booleans: bool,
+                 numbers: np.ndarray | None = None) -> np.ndarray:
     """The input tensor in its declared shape and datatype, from JSON data or the binary tail
-    (the rules both V2 front-ends share: service/protocols/v2_tensors.py)."""
+    (the rules both V2 front-ends share: service/protocols/v2_tensors.py); ``numbers``: its JSON data,
+    already parsed (:func:`parse_head`)."""
     v2_tensors.input_dtype(inp.name, inp.datatype)
     count = math.prod(inp.shape)
     params = inp.parameters or {}
@@ -159,7 +184,10 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool) -> np.nd
         raise bad_request(f"{len(binary)} bytes follow the JSON header, but no input names binary_data_size")
     if not isinstance(inp.data, list):
         raise bad_request(f"input {quote(inp.name)} has no data: send 'data' (a list) or binary_data_size")
-    fast = json_codec.floats(inp.data) if not booleans and inp.datatype.startswith("FP") else None  # float tensors
+    if numbers is not None:  # what json_codec.floats reads from the same data, parsed straight
+        fast = numbers
+    else:
+        fast = json_codec.floats(inp.data) if not booleans and inp.datatype.startswith("FP") else None  # floats
     arr = fast if fast is not None else json_codec.to_array(inp.data, inp.name, booleans)
     if arr.size != count:
         raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} holds {count} values, but data has {arr.size}")
@@ -179,7 +207,7 @@ def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explan
         if out.name == PROBABILITIES:
             tensor = result.probabilities
             spec = {"name": PROBABILITIES, "datatype": "FP32", "shape": list(tensor.shape)}
-            raw = np.ascontiguousarray(tensor, dtype="<f4").tobytes() if binary else None
+            raw = np.ascontiguousarray(tensor, dtype="<f4") if binary else None  # joined below: one copy
             data = tensor.ravel() if not binary else None
         elif out.name == LABEL:
             labels = result.predicted()
@@ -194,13 +222,13 @@ def encode_outputs(req: InferenceRequest, result: Inference, explanation: Explan
             else:
                 tensor = explanation.result.convergence_delta
             spec = {"name": out.name, "datatype": "FP64", "shape": list(tensor.shape)}
-            raw = np.ascontiguousarray(tensor, dtype="<f8").tobytes() if binary else None
+            raw = np.ascontiguousarray(tensor, dtype="<f8") if binary else None
             data = tensor.ravel() if not binary else None
         else:
             raise bad_request(f"unknown output {quote(out.name)}; the model gives '{PROBABILITIES}' and '{LABEL}', and "
                               f"explanations as '{ATTRIBUTIONS}' and '{CONVERGENCE_DELTA}'")
         if raw is not None:
-            spec["parameters"] = {"binary_data_size": len(raw)}
+            spec["parameters"] = {"binary_data_size": raw.nbytes if isinstance(raw, np.ndarray) else len(raw)}
             tail.append(raw)
         else:
             spec["data"] = data

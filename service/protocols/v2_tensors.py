@@ -36,13 +36,17 @@ def element_count(name: str, shape: Sequence[int]) -> int:
 
 def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
     """An input tensor from its raw little-endian bytes, which must be exactly what its shape holds
-    (the shape is checked against the bytes before anything is allocated)."""
+    (the shape is checked against the bytes before anything is allocated). A read-only view of them:
+    a body received into a ``bytearray`` (``http_server/request_body.py``) would give a writable one,
+    and nothing may write into a request's input, as nothing could when bodies were ``bytes``."""
     dtype = input_dtype(name, datatype)
     needed = element_count(name, shape) * np.dtype(dtype).itemsize
     if len(raw) != needed:
         raise bad_request(f"input {quote(name)}: shape {list(shape)} of {datatype} is {needed} bytes, but "
                           f"{len(raw)} bytes were sent")
-    return np.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
+    arr = np.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
+    arr.flags.writeable = False
+    return arr
 
 
 def check_integers(name: str, datatype: str, arr: np.ndarray) -> None:
