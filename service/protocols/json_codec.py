@@ -122,6 +122,8 @@ def floats(value: Any) -> np.ndarray | None:
     packer, step = _row_packer(width), 8 * width
     try:
         for i, row in enumerate(rows):
+            if type(row) is not list:  # an object or a string would unpack: {} and "" as empty rows
+                return None
             packer.pack_into(out, i * step, *row)
     except (struct.error, TypeError, OverflowError):
         return None
