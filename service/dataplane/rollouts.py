@@ -103,8 +103,8 @@ class Rollouts:
         else:
             return
         other_entry = self.registry.snapshot.serving.get(entry.name, {}).get(other)
-        if other_entry is None:  # not serving (failed to load, or removed): nothing to compare with
-            evidence.dropped(entry.name, entry.version, other, len(batch))
+        if other_entry is None or not self.mirror.has_room(len(batch)):  # nothing to compare with, or no room:
+            evidence.dropped(entry.name, entry.version, other, len(batch))  # dropped before anything is copied
             return
         # the rows are copied: a request's buffer may be reused once it is answered
         self.mirror.offer(Copy(entry.version, other_entry, batch.copy(), entry.labels, classes, probabilities,
