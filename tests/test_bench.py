@@ -36,7 +36,7 @@ def test_machine_records_what_the_machine_is():
 @pytest.mark.parametrize("module", ["bench.train_epoch", "bench.serve_load", "bench.stress", "bench.uploads",
                                     "bench.cpu_per_request", "bench.frontier", "bench.lone_request",
                                     "bench.grpc_load", "bench.capture_cost", "bench.rollout_cost",
-                                    "bench.report"])
+                                    "bench.overload", "bench.report"])
 def test_each_benchmark_parses_its_arguments(module, capsys):
     with pytest.raises(SystemExit) as exit_:
         importlib.import_module(module).main(["--help"])
@@ -319,3 +319,23 @@ def test_the_rollout_cost_rounds_run_against_all_three_servers(mnist_dir, tmp_pa
     assert summary["small_queue"]["comparisons"]["dropped"] > 0  # one row held at most: the rest dropped
     assert summary["full_share"]["forward"][-1]["ratio"] > 4  # 16x the hidden units
     assert "| shadow of 1200 hidden units, SHADOW_QUEUE=1 |" in capsys.readouterr().out
+
+
+def test_the_overload_benchmark_sorts_every_answer(mnist_dir, tmp_path, capsys):
+    """bench.overload end to end on a tiny load: capacity, today and one policy row, every answer sorted."""
+    from bench import overload
+
+    assert overload.main(["--data-dir", str(mnist_dir), "--seconds", "2", "--connections", "32",
+                          "--capacity-connections", "2", "--queue", "2", "--out", str(tmp_path / "o.json")]) == 0
+    result = json.loads((tmp_path / "o.json").read_text())
+    envelope_ok(result, "overload")
+    summary = result["summary"]
+    assert summary["capacity"]["ok_in_time"] > 0 and summary["capacity"]["other"] == 0
+    for row in (summary["today"], summary["policy"]["2"]):
+        sorted_ = row["ok_in_time"] + row["ok_late"] + row["refused"] + row["expired"] + row["other"]
+        assert sorted_ > 0 and row["other"] == 0 and row["socket_errors"] == 0
+        assert row["healthz"]["asked"] > 0 and not row["healthz"]["failures"]
+    assert summary["today"]["refused"] == 0 and summary["today"]["expired"] == 0  # nothing sent: nothing refused
+    assert set(summary["goals"]) == {"goodput_at_least_0.9", "no_answer_after_deadline_plus_10ms",
+                                     "refused_p99_under_5ms", "healthz_within_1s"}
+    assert "MAX_QUEUE_SIZE=2" in capsys.readouterr().out
