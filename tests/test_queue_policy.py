@@ -29,7 +29,7 @@ def registry(model_repository):
 
 
 def gauge(model: str, state: str) -> float:
-    return REGISTRY.get_sample_value("nn_inference_queue_requests", {"model": model, "state": state}) or 0.0
+    return REGISTRY.get_sample_value("nn_requests_in_progress", {"model": model, "state": state}) or 0.0
 
 
 def shed(reason: str) -> float:

@@ -13,7 +13,7 @@ before its body is parsed where the front end can (the fast lane).
 
 Each request in the data plane holds a :class:`Ticket`: *waiting* until its forward pass starts
 (the batcher says so), then *running*. The per-model counts are the autoscaling signal,
-``nn_inference_queue_requests{model,state}`` (``service/observability/metrics.py``).
+``nn_requests_in_progress{model,state}`` (``service/observability/metrics.py``).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ REQUEST_TIMEOUTS = Counter("nn_request_timeouts_total", "Requests whose body did
 LOAD_FAILURES = Counter("nn_model_load_failures_total", "Model versions that failed to load", ["model"])
 # The queue policy (service/batching/queue_policy.py) and the autoscaling signal: requests in the data plane
 # now, summed over the live processes, by whether they wait for their forward pass or run in it.
-QUEUE_REQUESTS = Gauge("nn_inference_queue_requests", "Inference requests in the data plane now, waiting for their "
+QUEUE_REQUESTS = Gauge("nn_requests_in_progress", "Inference requests in the data plane now, waiting for their "
                        "forward pass or running in it", ["model", "state"], multiprocess_mode="livesum")
 SHED = Counter("nn_requests_shed_total", "Inference requests refused by the queue policy: queue_full (MAX_QUEUE_SIZE) "
                "or deadline (not computed: the deadline passed first)", ["reason"])
