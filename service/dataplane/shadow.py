@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_SHARE = 0.05  # of the time spent comparing; the comparer rests the other 95 %
 PASS_SECONDS = 0.001  # a pass's rows are sized to take about this long (learned from the last passes)
 MAX_ROWS_PER_PASS = 1024
-SLICE_SECONDS = 0.002  # an event loop's drain stops after a pass that ends past this
+SLICE_SECONDS = 0.002  # of CPU: an event loop's drain stops after a pass that ends past this
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class Mirror:
     def drain(self, budget: float | None = None) -> None:
         """Compare queued copies, a pass at a time, until none are left or ``budget`` seconds are spent
         (None: all that were queued); then set the rest that keeps comparisons within MAX_SHARE."""
-        start = time.monotonic()
+        # CPU time, not the clock's: on a busy machine a slice may span many times its CPU in wall time,
+        # and resting 19 times that would starve the comparisons (a backlog then took minutes to clear)
+        start = time.thread_time()
         end = None if budget is None else start + budget
         left = self._rows if budget is None else None  # without a budget: what is queued now, not more
         while left is None or left > 0:
@@ -106,9 +108,9 @@ class Mirror:
             if left is not None:
                 left -= sum(len(c.batch) for c in copies)
             self.compare(copies)
-            if end is not None and time.monotonic() >= end:
+            if end is not None and time.thread_time() >= end:
                 break
-        spent = time.monotonic() - start
+        spent = time.thread_time() - start
         self.rest_until = time.monotonic() + spent * (1 - MAX_SHARE) / MAX_SHARE
 
     def take(self) -> list[Copy]:
@@ -132,14 +134,14 @@ class Mirror:
     def compare(self, copies: list[Copy]) -> None:
         """One forward pass of the other version on the copies' rows, one comparison, one count."""
         other, first = copies[0].other, copies[0]
-        started = time.perf_counter()
+        started = time.thread_time()
         try:
             batch = np.concatenate([c.batch for c in copies]) if len(copies) > 1 else first.batch
             theirs = other.network.predict_proba(batch.astype(other.dtype, copy=False))
         except Exception:  # a broken version must not end the comparisons; the log has it
             log.exception("comparison on %s/%s failed", other.name, other.version)
             return
-        self.learn(other, len(batch), time.perf_counter() - started)
+        self.learn(other, len(batch), time.thread_time() - started)
         mine = np.concatenate([c.classes for c in copies]) if len(copies) > 1 else first.classes
         if other.labels == first.labels:
             disagree = int(np.count_nonzero(theirs.argmax(axis=1) != mine))

@@ -104,7 +104,8 @@ class BufferingGeventWorker(GeventWorker):
             gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep)
             if plane.capture is not None:  # CAPTURE_DIR: records written from a native thread
                 plane.capture.drive_with(CaptureWriter(lambda: self.alive))
-            shadow_runner.run(plane.rollouts, lambda: self.alive)  # rollouts' comparisons, on a native thread
+            # rollouts' comparisons, on the loop; faster while the worker holds no connection
+            shadow_runner.run(plane.rollouts, lambda: self.alive, lambda: self.connections == 0)
         background = BackgroundThread()
         if diagnostics is not None:
             diagnostics.run = background.run
