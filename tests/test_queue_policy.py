@@ -93,64 +93,55 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
     assert (gauge("full", "waiting"), gauge("full", "running")) == (0, 0) and policy.waiting == 0
 
 
-@fresh_hub
-def test_the_gevent_batcher_answers_a_queued_request_at_its_deadline_uncomputed(registry):
-    entry = dataclasses.replace(registry.snapshot.get("xor"))
-    slow = SlowNetwork(entry.network, 0.2, gevent.sleep)  # the leader's pass holds the queue for 200 ms
-    entry.network = slow
-    batcher = GeventBatcher(64)
-    with_table(batcher, entry, MERGING_PAYS)
-    policy = QueuePolicy()
-    x = np.array([[0.0, 1.0]], dtype=entry.dtype)
-    outcomes = {}
+class Race:
+    """A leader whose pass holds ``batcher`` for 200 ms, and requests that queue behind it: each
+    call's answer (or error) and seconds are kept in ``outcomes``."""
 
-    def one(name, timeout_us):
-        ticket = policy.admit("xor", timeout_us, time.perf_counter())
+    def __init__(self, registry, batcher, sleep=time.sleep) -> None:
+        self.entry = dataclasses.replace(registry.snapshot.get("xor"))
+        self.slow = SlowNetwork(self.entry.network, 0.2, sleep)
+        self.entry.network = self.slow
+        self.batcher = batcher
+        with_table(batcher, self.entry, MERGING_PAYS)
+        self.policy = QueuePolicy()
+        self.x = np.array([[0.0, 1.0]], dtype=self.entry.dtype)
+        self.outcomes = {}
+
+    def one(self, name, timeout_us):
+        ticket = self.policy.admit("xor", timeout_us, time.perf_counter())
         start = time.perf_counter()
         try:
-            outcomes[name] = batcher.run(entry, x, ticket)
+            self.outcomes[name] = self.batcher.run(self.entry, self.x, ticket)
         except ServiceError as exc:
-            outcomes[name] = exc
+            self.outcomes[name] = exc
         finally:
-            policy.release(ticket)
-        outcomes[name + "_s"] = time.perf_counter() - start
+            self.policy.release(ticket)
+        self.outcomes[name + "_s"] = time.perf_counter() - start
 
-    leader = gevent.spawn(one, "leader", None)
+
+@fresh_hub
+def test_the_gevent_batcher_answers_a_queued_request_at_its_deadline_uncomputed(registry):
+    race = Race(registry, GeventBatcher(64), gevent.sleep)
+    outcomes = race.outcomes
+    leader = gevent.spawn(race.one, "leader", None)
     gevent.sleep(0.01)  # the leader's pass is running: the next ones queue
-    waiters = [gevent.spawn(one, "short", 30_000), gevent.spawn(one, "long", None)]
+    waiters = [gevent.spawn(race.one, "short", 30_000), gevent.spawn(race.one, "long", None)]
     gevent.joinall([leader, *waiters], timeout=10, raise_error=True)
     assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
     assert 0.025 < outcomes["short_s"] < 0.1  # answered at its deadline, not when the queue moved
     assert isinstance(outcomes["long"], np.ndarray)
-    assert slow.rows == 2  # the leader's and the long one's rows: the short one was never computed
-    assert policy.waiting == 0
+    assert race.slow.rows == 2  # the leader's and the long one's rows: the short one was never computed
+    assert race.policy.waiting == 0
 
 
 def test_the_thread_batcher_answers_a_queued_request_at_its_deadline_uncomputed(registry):
-    entry = dataclasses.replace(registry.snapshot.get("xor"))
-    slow = SlowNetwork(entry.network, 0.2)
-    entry.network = slow
-    batcher = ThreadBatcher(64, threads=1)
-    with_table(batcher, entry, MERGING_PAYS)
-    policy = QueuePolicy()
-    x = np.array([[0.0, 1.0]], dtype=entry.dtype)
-    outcomes = {}
-
-    def one(name, timeout_us):
-        ticket = policy.admit("xor", timeout_us, time.perf_counter())
-        start = time.perf_counter()
-        try:
-            outcomes[name] = batcher.run(entry, x, ticket)
-        except ServiceError as exc:
-            outcomes[name] = exc
-        finally:
-            policy.release(ticket)
-        outcomes[name + "_s"] = time.perf_counter() - start
-
-    leader = threading.Thread(target=one, args=("leader", None))
+    race = Race(registry, ThreadBatcher(64, threads=1))
+    outcomes = race.outcomes
+    leader = threading.Thread(target=race.one, args=("leader", None))
     leader.start()
     time.sleep(0.02)
-    waiters = [threading.Thread(target=one, args=("short", 30_000)), threading.Thread(target=one, args=("long", None))]
+    waiters = [threading.Thread(target=race.one, args=("short", 30_000)),
+               threading.Thread(target=race.one, args=("long", None))]
     for t in waiters:
         t.start()
     for t in (leader, *waiters):
@@ -158,8 +149,8 @@ def test_the_thread_batcher_answers_a_queued_request_at_its_deadline_uncomputed(
     assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
     assert 0.025 < outcomes["short_s"] < 0.15
     assert isinstance(outcomes["long"], np.ndarray)
-    assert slow.rows == 2
-    assert policy.waiting == 0
+    assert race.slow.rows == 2
+    assert race.policy.waiting == 0
 
 
 def test_a_refused_canary_request_is_the_load_not_the_version(model_repository, tmp_path):
