@@ -166,9 +166,10 @@ class DataPlane:
         snap = self.registry.snapshot  # one state for both
         info = snap.describe(name)
         serving = snap.serving.get(name, {})
-        labelled = accuracy.read() if self.capture is not None else {}
-        drifts = drift.read() if self.drift is not None else {}
-        served = statistics.read()
+        families = metrics.collect()  # the multiprocess files read once for all four readers
+        labelled = accuracy.read(families) if self.capture is not None else {}
+        drifts = drift.read(families) if self.drift is not None else {}
+        served = statistics.read(families)
         for row in info["versions"]:
             key = (name, row["version"])
             if key in labelled:
@@ -183,7 +184,7 @@ class DataPlane:
                 row["requests"] = {"succeeded": stats.successes, "failed": stats.failures,
                                    "mean_ms": round(stats.ns["success"] / stats.successes / 1e6, 4)
                                    if stats.successes else None}
-        return {**info, **self.rollouts.describe(name),
+        return {**info, **self.rollouts.describe(name, families),
                 "batching": self.runner.describe([serving[v] for v in sorted(serving)])}
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
@@ -211,7 +212,7 @@ class DataPlane:
         return self.limits.max_batch * max(features, 1) + 4096
 
     def ready_versions(self, name: str) -> list[int]:
-        return [v["version"] for v in self.describe(name)["versions"] if v["status"] == "ready"]
+        return [v["version"] for v in self.registry.snapshot.describe(name)["versions"] if v["status"] == "ready"]
 
     def version_policy(self, name: str) -> VersionPolicy:
         """The policy choosing the model's served versions (its own config.json's, else the server's)."""
@@ -223,8 +224,7 @@ class DataPlane:
         if name is None:
             keys = [(n, v) for n, versions in sorted(self.registry.snapshot.models.items()) for v in sorted(versions)]
         elif version is None:
-            self.describe(name)  # the 404 for an unknown model
-            keys = [(name, v) for v in self.ready_versions(name)]
+            keys = [(name, v) for v in self.ready_versions(name)]  # a 404 for an unknown model
         else:
             keys = [(name, self.resolve(name, version).version)]
         recorded = statistics.read()

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from service.observability import rollouts as evidence
 from service.repository.model_version import ModelVersion
 from service.repository.registry import ModelRegistry
 from service.repository.rollout import AutoRollback, Rollout
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("service.rollout")
 LOAD_ERRORS = ("queue_full", "deadline_exceeded")  # refusals of the queue policy: not the version's failures
@@ -190,14 +193,15 @@ class Rollouts:
             log.warning("rollout of %s: %s", name, note)
 
     # -- what the API shows -----------------------------------------------------------------------
-    def describe(self, name: str) -> dict[str, Any]:
-        """The rollout in force (or None), why a rollout file is ignored, and the evidence so far."""
+    def describe(self, name: str, families: list[Metric] | None = None) -> dict[str, Any]:
+        """The rollout in force (or None), why a rollout file is ignored, and the evidence so far
+        (``families``: the metrics as the caller read them, ``metrics.collect()``)."""
         snap = self.registry.snapshot
         rollout = snap.rollouts.get(name)
         out: dict[str, Any] = {"rollout": rollout.describe() if rollout else None}
         if name in snap.rollout_errors:
             out["rollout_error"] = snap.rollout_errors[name]
-        seen = evidence.read(name)
+        seen = evidence.read(name, families)
         routed: dict[str, dict[str, int]] = {}
         for (version, role), count in sorted(seen["routed"].items()):
             routed.setdefault(str(version), {})[role] = count

@@ -9,6 +9,7 @@ client sends. Summed over the workers like the inference statistics (``statistic
 from __future__ import annotations
 
 from prometheus_client import Counter
+from prometheus_client.metrics_core import Metric
 
 from service.observability import metrics
 
@@ -23,10 +24,11 @@ def count(model: str, version: int, right: int, wrong: int) -> None:
         FEEDBACK.labels(model, str(version), "wrong").inc(wrong)
 
 
-def read() -> dict[tuple[str, int], tuple[int, int]]:
-    """(model, version) -> (right, wrong) so far, summed over every worker."""
+def read(families: list[Metric] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+    """(model, version) -> (right, wrong) so far, summed over every worker (``families``: an earlier
+    ``metrics.collect()``, else read now)."""
     out: dict[tuple[str, int], list[int]] = {}
-    for family in metrics.registry().collect():
+    for family in families if families is not None else metrics.collect():
         if family.name != FEEDBACK._name:
             continue
         for sample in family.samples:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import Gauge
+from prometheus_client.metrics_core import Metric
 
 from model.input_summary import DriftScorer
 from service.observability import metrics
@@ -89,10 +90,11 @@ class DriftMonitor:
         return Window(scorer, self.window, model, version) if scorer.features == features else None
 
 
-def read() -> dict[tuple[str, int], tuple[float, int]]:
-    """(model, version) -> (sum of recent scores, their count), over every live process."""
+def read(families: list[Metric] | None = None) -> dict[tuple[str, int], tuple[float, int]]:
+    """(model, version) -> (sum of recent scores, their count), over every live process (``families``: an earlier
+    ``metrics.collect()``, else read now)."""
     out: dict[tuple[str, int], list[float]] = {}
-    for family in metrics.registry().collect():
+    for family in families if families is not None else metrics.collect():
         if family.name not in (SCORE_SUM._name, SAMPLES._name):
             continue
         for sample in family.samples:

@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 UNKNOWN_MODEL = "(unknown)"  # the one label value of every model name that is not on record
 
@@ -100,6 +101,12 @@ def registry() -> CollectorRegistry:
     from prometheus_client import REGISTRY
 
     return REGISTRY
+
+
+def collect() -> list[Metric]:
+    """Every metric family recorded so far, summed over the processes: one read of the multiprocess
+    files, which a caller needing several families (``GET /models/<name>``) shares among their readers."""
+    return list(registry().collect())
 
 
 def render() -> tuple[bytes, str]:

@@ -19,6 +19,7 @@ statistics' (``statistics.py``), live accuracy is ``accuracy.py``'s.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
+from prometheus_client.metrics_core import Metric
 
 from service.observability import metrics
 
@@ -58,13 +59,14 @@ def rolled_back(model: str, reason: str) -> None:
     ROLLBACKS.labels(model, reason).inc()
 
 
-def read(model: str) -> dict[str, dict]:
+def read(model: str, families: list[Metric] | None = None) -> dict[str, dict]:
     """The model's evidence so far, summed over every process: ``routed`` {(version, role): n},
-    ``comparisons`` {(served, compared): {outcome: n, "max_difference": x}}, ``rollbacks`` {reason: n}."""
+    ``comparisons`` {(served, compared): {outcome: n, "max_difference": x}}, ``rollbacks`` {reason: n}
+    (``families``: an earlier ``metrics.collect()``, else read now)."""
     out: dict[str, dict] = {"routed": {}, "comparisons": {}, "rollbacks": {}}
     names = {ROUTED._name: "routed", COMPARISONS._name: "comparisons", DIFFERENCE._name: "difference",
              ROLLBACKS._name: "rollbacks"}
-    for family in metrics.registry().collect():
+    for family in families if families is not None else metrics.collect():
         kind = names.get(family.name)
         if kind is None:
             continue

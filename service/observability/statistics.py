@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge
+from prometheus_client.metrics_core import Metric
 
 from service.observability import metrics
 
@@ -81,11 +82,12 @@ def recorder(model: str, version: int) -> Recorder:
     return rec
 
 
-def read() -> dict[tuple[str, int], VersionStats]:
-    """Every model version's statistics so far, summed over all workers."""
+def read(families: list[Metric] | None = None) -> dict[tuple[str, int], VersionStats]:
+    """Every model version's statistics so far, summed over all workers (``families``: an earlier
+    ``metrics.collect()``, else read now)."""
     names = {REQUESTS._name, SAMPLES._name, DURATION._name, LAST._name}
     out: dict[tuple[str, int], VersionStats] = {}
-    for family in metrics.registry().collect():
+    for family in families if families is not None else metrics.collect():
         if family.name not in names:
             continue
         for sample in family.samples:
