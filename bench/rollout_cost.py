@@ -15,20 +15,18 @@ images). Its metadata is the primary's (labels, input shape, preprocessing), wri
 (``MAX_ROWS_PER_PASS``, the comparing thread's largest pass) on one BLAS thread, as a worker runs
 them, the two versions timed in turns; the ratio is the median of the turns'.
 
-Saturating the queue. The comparisons take at most ``MAX_SHARE`` (10 %) of a thread's time, so
-whether the queue fills is a matter of rates, not of the queue's size: a worker answering ~2,000
-one-sample requests a second fills it only if one row costs the shadow more than 1 / (10 x 2,500)
-s = 50 µs, and the 4x shadow (~20 µs a row in a batch) never does: with the default SHADOW_QUEUE
-it drops nothing. Hence two shadows, each checked against no rollout:
+Saturating the queue. The comparisons take at most ``MAX_SHARE`` (2.5 %) of a worker's CPU time,
+so whether the default queue fills is a matter of rates, not of its size: a worker answering
+~2,800 one-sample requests a second keeps up only while one row costs the shadow less than
+0.025 / 2,800 s = 9 µs. Two shadows, each checked against no rollout:
 
 - ``small_queue``: the 4x shadow (``--width``) with ``SHADOW_QUEUE=16`` (``--small-queue``): the
   comparing greenlet looks every 20 ms, more than 16 rows arrive meanwhile, the rest are dropped.
-  The issue's case (a shadow a few times slower, the queue full) -- but the thread is busy only a
-  few percent of its time;
+  The issue's case (a shadow a few times slower, the queue full);
 - ``full_share``: a 16x shadow (``--full-share-width``, ~80 µs a row) with the default queue: the
-  copies arrive faster than 10 % of a thread can compare them, so the thread works its full share
-  from the start of each burst and the queue fills within seconds and drops: the most a shadow can
-  cost its primary by design.
+  copies arrive far faster than the share can compare them, so the comparer works its full share
+  from the start of each burst and the queue fills within a second and drops: the most a shadow
+  can cost its primary by design.
 
 The servers. Three, the service's gunicorn configuration with ``--workers`` each, up at once and
 driven in turns, as ``bench.capture_cost`` does: ``off`` serves the primary alone with no rollout,

@@ -2,7 +2,7 @@
 
 A greenlet looks every ``INTERVAL`` (or once the comparer's rest is over) and, when copies wait,
 compares for a slice of ``SLICE_SECONDS`` (passes sized to about a millisecond each), then lets the
-loop serve; the rest that follows keeps comparisons within 5 % of the worker's time. Not on a
+loop serve; the rest that follows keeps comparisons within 2.5 % of the worker's CPU time. Not on a
 native thread: there the comparisons fought the loop for Python's lock, and a shadow four times as
 slow as its primary halved the primary's throughput (``bench.rollout_cost``). A guard's verdict found
 by a comparison is carried out here too (``Rollouts.settle``).
@@ -24,7 +24,7 @@ IDLE_SLICE_SECONDS = 0.005  # of CPU, when the worker holds no connection: no re
 
 def run(rollouts: Rollouts, is_alive: Callable[[], bool], idle: Callable[[], bool] = lambda: False) -> None:
     """Start comparing this worker's copies (after fork, before any request); ``idle`` says the worker
-    holds no connection, when a backlog is cleared without the 5 % rests."""
+    holds no connection, when a backlog is cleared without the rests."""
     gevent.spawn(loop, rollouts, is_alive, idle)
 
 
