@@ -11,5 +11,6 @@ batcher made for this worker's event loop). What it changes, and why (``docs/arc
 * ``refusals.py``: what the worker answers itself (408, 413, 503, gunicorn's own 400s) as JSON;
 * ``background.py``: the worker's one background thread for long diagnostics;
 * ``gc_freeze.py``: start-up objects moved out of the garbage collector's reach;
+* ``peer_trust.py``: gunicorn's per-request check of the peer against ``FORWARDED_ALLOW_IPS``, remembered;
 * ``logger.py``: gunicorn's own log lines as JSON; ``gunicorn_conf.py``: the configuration.
 """

@@ -17,6 +17,7 @@ a module of its own:
 * gradchecks and explanations on the worker's background thread (``background.py``);
 * concurrent inference requests share forward passes (``service/batching/gevent_batcher.py``);
 * what start-up made is never scanned by the garbage collector again (``gc_freeze.py``);
+* whether a peer may set ``X-Forwarded-*`` decided once per address (``peer_trust.py``);
 * the model repository rescanned every ``MODEL_POLL_SECONDS`` (``service/repository/watcher.py``);
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * connections take turns: each yields to the others after every request.
@@ -40,7 +41,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from service.app.fast_lane import FastLane
 from service.batching.gevent_batcher import GeventBatcher
 from service.config import Settings
-from service.http_server import gc_freeze, response_writer, shadow_runner
+from service.http_server import gc_freeze, peer_trust, response_writer, shadow_runner
 from service.http_server.background import BackgroundThread
 from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections
@@ -87,6 +88,7 @@ class BufferingGeventWorker(GeventWorker):
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
         gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
         response_writer.install()  # a response's head and small body in one send
+        peer_trust.install()  # gunicorn's per-request FORWARDED_ALLOW_IPS check, remembered per peer
         super().init_process()
 
     def run(self) -> None:
