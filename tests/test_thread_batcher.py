@@ -249,3 +249,18 @@ def test_grpc_batching_follows_batching_unless_set(model_repository, env, batche
     state = plane.describe("mnist")["batching"]  # every loaded version's table measured before the first call
     assert state["enabled"] and state["threads"] == 3 and state["mode"] == "opportunistic"
     assert set(state["versions"]) == {str(v) for v in plane.registry.snapshot.serving["mnist"]}
+
+
+def test_each_pass_that_ran_is_observed_once_with_its_rows(registry, pool):
+    """The data plane's per-pass work (the drift score) sees each pass's rows once: the lone first
+    request's, then the merged pass of the five queued behind it -- not once per request."""
+    entry, gate = gated(registry.snapshot.get("mnist"))
+    batcher = ThreadBatcher(max_batch=1024)
+    with_table(batcher, entry)
+    seen = []
+    batcher.observe = lambda e, r: seen.append((e, r.copy()))
+    xs = rows(3, 1, 6, features=784)
+    crowd(batcher, [(entry, x) for x in xs], gate, pool)
+    assert [len(r) for _, r in seen] == [n for n, _ in gate.passes] == [1, 5]
+    assert all(e is entry for e, _ in seen)
+    np.testing.assert_array_equal(np.concatenate([r for _, r in seen]), np.concatenate(xs))

@@ -145,8 +145,9 @@ class GeventBatcher(Batcher):
     def forward(self, entry: ModelVersion, rows: np.ndarray, table: CostTable,
                 group: list[Pending] | None) -> np.ndarray:
         if table.cost(len(rows)) > OFF_LOOP_SECONDS:
-            return rules.run_pass(entry, rows, group, self.pool.apply, entry.network.predict_proba, (rows,))
-        return rules.run_pass(entry, rows, group, entry.network.predict_proba, rows)
+            return rules.run_pass(entry, rows, group, self.observe, self.pool.apply, entry.network.predict_proba,
+                                  (rows,))
+        return rules.run_pass(entry, rows, group, self.observe, entry.network.predict_proba, rows)
 
     def hand_on(self, key: int, queue: VersionQueue) -> None:
         """The next queued request leads; an empty queue is dropped (a new one forms on demand)."""

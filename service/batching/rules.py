@@ -10,7 +10,8 @@ wake. What a batch is and how it runs is decided here, once:
 * :func:`execute`: one merged pass or one pass per request, whichever the table says is cheaper,
   where a failing pass fails only the requests in it;
 * :meth:`Batcher.describe`: the batching state ``GET /models/{m}`` and Triton's configuration show;
-* :func:`record`: the queue-time and executed-batch-size metrics of one pass.
+* :func:`record`: the queue-time and executed-batch-size metrics of one pass;
+* :attr:`Batcher.observe`: what the data plane does with the rows of every pass that ran (the drift score).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from service.batching.cost_table import CostTable
 from service.batching.queue_policy import Ticket
 from service.observability import metrics, tracing
 from service.repository.model_version import ModelVersion
+
+# (version, rows (n, features)) of one forward pass that ran: the data plane's per-pass work
+Observer = Callable[[ModelVersion, np.ndarray], None]
 
 
 @dataclass(eq=False)  # compared by identity (its rows are an array)
@@ -54,6 +58,7 @@ class Batcher:
 
     delay: float = 0.0  # seconds a batch may wait to grow (Triton's max_queue_delay); 0: opportunistic
     preferred: tuple[int, ...] = ()
+    observe: Observer | None = None  # set by the data plane (DataPlane.serve_with)
 
     def __init__(self, max_batch: int) -> None:
         self.max_batch = max_batch
@@ -158,14 +163,20 @@ def record(entry: ModelVersion, rows: int, enqueued: Sequence[float]) -> None:
     metrics.observe_executed(entry.name, rows)
 
 
-def run_pass(entry: ModelVersion, rows: np.ndarray, requests: Sequence[Pending] | None,
+def run_pass(entry: ModelVersion, rows: np.ndarray, requests: Sequence[Pending] | None, observe: Observer | None,
              compute: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
     """One forward pass, ``compute(*args)``, over ``rows`` of ``requests`` (None: the current request's
-    own, which waited for nothing): :func:`record`ed, and traced as one batch span when tracing is on."""
+    own, which waited for nothing): :func:`record`ed, traced as one batch span when tracing is on, and
+    its rows handed to ``observe`` once it ran (once per pass, not per request: the drift score of
+    merged one-sample requests is one vectorised call)."""
     record(entry, len(rows), [i.enqueued for i in requests] if requests is not None else (time.perf_counter(),))
     if tracing.ENABLED:
-        return tracing.forward_pass(entry.name, entry.version, len(rows), requests, compute, *args)
-    return compute(*args)
+        out = tracing.forward_pass(entry.name, entry.version, len(rows), requests, compute, *args)
+    else:
+        out = compute(*args)
+    if observe is not None:
+        observe(entry, rows)
+    return out
 
 
 def outcome(item: Pending) -> np.ndarray:

@@ -81,7 +81,7 @@ class ThreadBatcher(Batcher):
                     if ticket.expired():
                         raise ticket.error()
                     ticket.start()
-                return rules.run_pass(entry, batch, None, entry.network.predict_proba, batch)  # waited for nothing
+                return rules.run_pass(entry, batch, None, self.observe, entry.network.predict_proba, batch)  # alone
             finally:
                 self.hand_on()
         self.wait(key, item)  # woken to lead (item.batch set) or with its answer
@@ -116,9 +116,8 @@ class ThreadBatcher(Batcher):
                 item.wake.set()
             self.hand_on()
 
-    @staticmethod
-    def forward(entry: ModelVersion, rows: np.ndarray, group: list[Pending]) -> np.ndarray:
-        return rules.run_pass(entry, rows, group, entry.network.predict_proba, rows)
+    def forward(self, entry: ModelVersion, rows: np.ndarray, group: list[Pending]) -> np.ndarray:
+        return rules.run_pass(entry, rows, group, self.observe, entry.network.predict_proba, rows)
 
     def hand_on(self) -> None:
         """A pass ended: its slot goes to the version waiting longest (its first request leads), or is freed."""
