@@ -73,7 +73,7 @@ class DriftScorer:
         return len(self.mean)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        """(n, features) -> (n,) float64 drift scores (float32 arithmetic: this runs per request)."""
+        """(n, features) -> (n,) float64 drift scores (float32 arithmetic: this runs on every forward pass)."""
         z = x.reshape(len(x), -1) * self.inverse
         z -= self.shift
         z *= z

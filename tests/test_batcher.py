@@ -206,3 +206,16 @@ def test_a_request_alone_in_its_worker_runs_at_once(registry, monkeypatch):
     with_table(crowded, xor)
     np.testing.assert_array_equal(crowded.run(xor, x), xor.network.predict_proba(x))
     assert turns == [1] and crowded.queues == {}
+
+
+def test_a_pass_on_the_model_thread_is_observed_once(registry):
+    """A pass estimated past OFF_LOOP_SECONDS runs on the model thread; its rows are observed once,
+    back on the loop."""
+    mnist = registry.snapshot.get("mnist")
+    batcher = GeventBatcher(max_batch=64, alone=lambda: True)
+    with_table(batcher, mnist, CostTable((1, 2, 4), (0.01, 0.01, 0.01)))  # every pass "10 ms": off the loop
+    seen = []
+    batcher.observe = lambda entry, rows: seen.append((entry, len(rows)))
+    x = np.random.default_rng(2).uniform(0, 1, (3, 784)).astype(np.float32)
+    np.testing.assert_array_equal(batcher.run(mnist, x), mnist.network.predict_proba(x))
+    assert seen == [(mnist, 3)]

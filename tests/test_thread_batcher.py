@@ -264,3 +264,16 @@ def test_each_pass_that_ran_is_observed_once_with_its_rows(registry, pool):
     assert [len(r) for _, r in seen] == [n for n, _ in gate.passes] == [1, 5]
     assert all(e is entry for e, _ in seen)
     np.testing.assert_array_equal(np.concatenate([r for _, r in seen]), np.concatenate(xs))
+
+
+def test_a_runner_given_by_serve_with_scores_drift_per_pass(registry, pool):
+    """The gRPC process's wiring: DataPlane.serve_with hands its runner the drift observer, so samples
+    computed through the thread batcher count, each once."""
+    from service.dataplane.dataplane import DataPlane
+
+    plane = DataPlane(registry, drift_window=1000)
+    plane.serve_with(ThreadBatcher(max_batch=1024, threads=1))
+    mnist = registry.snapshot.get("mnist")
+    xs = rows(4, 3, 8, features=784)
+    list(pool.map(lambda x: plane.infer("mnist", mnist.version, x), xs))
+    assert plane.drift.windows[("mnist", mnist.version)].filled == 24

@@ -168,7 +168,8 @@ def run_pass(entry: ModelVersion, rows: np.ndarray, requests: Sequence[Pending] 
     """One forward pass, ``compute(*args)``, over ``rows`` of ``requests`` (None: the current request's
     own, which waited for nothing): :func:`record`ed, traced as one batch span when tracing is on, and
     its rows handed to ``observe`` once it ran (once per pass, not per request: the drift score of
-    merged one-sample requests is one vectorised call)."""
+    merged one-sample requests is one vectorised call). ``observe`` is part of the pass: its time is
+    the pass's, and should it raise, the pass's requests fail with it."""
     record(entry, len(rows), [i.enqueued for i in requests] if requests is not None else (time.perf_counter(),))
     if tracing.ENABLED:
         out = tracing.forward_pass(entry.name, entry.version, len(rows), requests, compute, *args)
