@@ -171,6 +171,13 @@ def run_pass(entry: ModelVersion, rows: np.ndarray, requests: Sequence[Pending] 
     merged one-sample requests is one vectorised call). ``observe`` is part of the pass: its time is
     the pass's, and should it raise, the pass's requests fail with it."""
     record(entry, len(rows), [i.enqueued for i in requests] if requests is not None else (time.perf_counter(),))
+    return forward(entry, rows, requests, observe, compute, *args)
+
+
+def forward(entry: ModelVersion, rows: np.ndarray, requests: Sequence[Pending] | None, observe: Observer | None,
+            compute: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
+    """The pass itself, ``compute(*args)``: one batch span when tracing is on, then ``observe``
+    (:func:`run_pass` without the queue's metrics: the inline runner's, which has no queue)."""
     if tracing.ENABLED:
         out = tracing.forward_pass(entry.name, entry.version, len(rows), requests, compute, *args)
     else:

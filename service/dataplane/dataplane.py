@@ -17,13 +17,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.batching import rules
 from service.batching.queue_policy import QueuePolicy, Ticket
 from service.batching.rules import Observer
 from service.capture.capture import Capture
 from service.config import Settings
 from service.dataplane.rollouts import Rollouts
 from service.errors import ServiceError, invalid, too_large
-from service.observability import accuracy, drift, metrics, statistics, tracing
+from service.observability import accuracy, drift, metrics, statistics
 from service.observability.statistics import VersionStats
 from service.repository.model_version import ModelVersion
 from service.repository.registry import ModelRegistry
@@ -126,13 +127,7 @@ class InlineRunner:
                 raise ticket.error()
             ticket.start()
         metrics.observe_executed(entry.name, len(batch))
-        if tracing.ENABLED:
-            out = tracing.forward_pass(entry.name, entry.version, len(batch), None, entry.network.predict_proba, batch)
-        else:
-            out = entry.network.predict_proba(batch)
-        if self.observe is not None:
-            self.observe(entry, batch)
-        return out
+        return rules.forward(entry, batch, None, self.observe, entry.network.predict_proba, batch)
 
     def describe(self, entries: list[ModelVersion]) -> dict[str, Any]:
         return {"enabled": False, "mode": "off"}

@@ -2,10 +2,10 @@
 
 A greenlet looks every ``INTERVAL`` (or once the comparer's rest is over) and, when copies wait,
 compares for a slice of ``SLICE_SECONDS`` (passes sized to about a millisecond each), then lets the
-loop serve; the rest that follows keeps comparisons within ``MAX_SHARE`` (2.5 %) of the worker's CPU time. Not on a
-native thread: there the comparisons fought the loop for Python's lock, and a shadow four times as
-slow as its primary halved the primary's throughput (``bench.rollout_cost``). A guard's verdict found
-by a comparison is carried out here too (``Rollouts.settle``).
+loop serve; the rest that follows keeps comparisons within ``MAX_SHARE`` (2.5 %) of the worker's CPU
+time. Not on a native thread: there the comparisons fought the loop for Python's lock, and a shadow
+four times as slow as its primary halved the primary's throughput (``bench.rollout_cost``). A guard's
+verdict found by a comparison is carried out here too (``Rollouts.settle``).
 """
 
 from __future__ import annotations
