@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from model.input_summary import DriftScorer, summarize
+from model.input_summary import DriftScorer, raw_scores, summarize
 from service.app import create_app
 from service.capture import events
 from service.capture.index import CaptureIndex
@@ -103,6 +103,18 @@ def test_the_drift_window_is_the_mean_of_the_last_scores():
         assert window.ring.sum() == pytest.approx(sum(seen[-7:]), rel=1e-12)
     shifted = np.clip(rng.uniform(0, 1, (50, 6)) + 0.6, 0, 1).astype(np.float32)
     assert scorer.scores(shifted).mean() > 2.0
+
+
+def test_the_served_scores_match_the_float64_definition_on_mnist(registry, mnist_data):
+    """The scorer's float32 product (input_summary.DriftScorer.scores) against raw_scores in float64, on
+    the real MNIST test digits and the shipped model's summary: within 1e-6 relative."""
+    summary = registry.snapshot.get("mnist").metadata["input_summary"]
+    x = np.asarray(mnist_data.eval_sets["test"][0][:2000], dtype=np.float32)
+    exact = raw_scores(x, np.float32(summary["mean"]), np.float32(summary["scale"])) / summary["baseline"]
+    served = DriftScorer(summary).scores(x)
+    assert served.dtype == np.float64 and served.shape == (2000,)
+    np.testing.assert_allclose(served, exact, rtol=1e-6)
+    assert 0.5 < served.mean() < 2.0  # MNIST's test digits are like its training digits
 
 
 def test_a_version_without_a_summary_has_no_window():
