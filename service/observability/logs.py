@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any
 
 import orjson
+
+from service.observability import process
 
 
 def timestamp(created: float) -> str:
@@ -62,15 +63,7 @@ def log_request(fields: dict[str, Any]) -> None:
     request log took ~13% of a worker's time through ``logging``).
     """
     if REQUESTS.isEnabledFor(logging.INFO):
-        entry = {"ts": timestamp(time.time()), "level": "info", "logger": "service.requests", "pid": _pid,
+        entry = {"ts": timestamp(time.time()), "level": "info", "logger": "service.requests", "pid": process.pid,
                  "message": "request", **fields}
         sys.stderr.write(json_line(entry) + "\n")
 
-
-def _note_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-_pid = os.getpid()  # a system call each time otherwise; a forked worker notes its own
-os.register_at_fork(after_in_child=_note_pid)
