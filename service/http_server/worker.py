@@ -18,6 +18,7 @@ a module of its own:
 * concurrent inference requests share forward passes (``service/batching/gevent_batcher.py``);
 * what start-up made is never scanned by the garbage collector again (``gc_freeze.py``);
 * whether a peer may set ``X-Forwarded-*`` decided once per address (``peer_trust.py``);
+* gunicorn's settings looked up once each (``settled_config.py``);
 * the model repository rescanned every ``MODEL_POLL_SECONDS`` (``service/repository/watcher.py``);
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * connections take turns: each yields to the others after every request.
@@ -47,6 +48,7 @@ from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections
 from service.http_server.refusals import write_gunicorn_error
 from service.http_server.request_body import BodyReader
+from service.http_server.settled_config import SettledConfig
 from service.observability import tracing
 from service.repository.watcher import watch
 
@@ -79,6 +81,7 @@ class BufferingGeventWorker(GeventWorker):
     """``worker_class = "service.http_server.worker.BufferingGeventWorker"`` (``gunicorn_conf.py``)."""
 
     def init_process(self) -> None:
+        self.cfg = SettledConfig(self.cfg)  # gunicorn's settings, each looked up once in this process
         settings = Settings.from_env()
         self.settings = settings
         self.request_timeout = float(settings.request_timeout)
