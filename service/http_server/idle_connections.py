@@ -9,8 +9,6 @@ wait ends at once instead of holding the stop for its keep-alive time.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -25,24 +23,39 @@ class IdleConnections:
         self.waits: dict[Any, gevent.Timeout] = {}  # connection greenlet -> its wait
         self.limit = max(1, int(IDLE_SHARE * worker_connections))
 
-    @contextlib.contextmanager
-    def waiting(self, seconds: float) -> Iterator[None]:
-        """While the current greenlet's connection waits for a request head, for at most ``seconds``
-        (0 on stop: a connection answered just before the signal was not yet waiting when it came)."""
-        me = gevent.getcurrent()
-        wait = gevent.Timeout(seconds, False)
-        if len(self.waits) >= self.limit:  # near worker_connections: the longest-waiting one goes
-            oldest = next(iter(self.waits))
-            gevent.kill(oldest, self.waits.pop(oldest))
-        self.waits[me] = wait
-        try:
-            with wait:
-                yield
-        finally:
-            self.waits.pop(me, None)
+    def waiting(self, seconds: float) -> Wait:
+        """A context for the current greenlet's connection while it waits for a request head, for at
+        most ``seconds`` (0 on stop: a connection answered just before the signal was not yet waiting
+        when it came)."""
+        return Wait(self, seconds)
 
     def close_all(self) -> None:
         """End each wait as if KEEPALIVE had run out: gunicorn then closes the connection quietly
         (closing the socket under the waiting greenlet logged a traceback each)."""
         for greenlet, wait in list(self.waits.items()):
             gevent.kill(greenlet, wait)
+
+
+class Wait:
+    """One connection's wait for a request head (a class, not a generator: this is entered twice a
+    request on a kept-alive connection's path, and ``contextlib.contextmanager`` costs more)."""
+
+    __slots__ = ("idle", "me", "timeout")
+
+    def __init__(self, idle: IdleConnections, seconds: float) -> None:
+        self.idle, self.me, self.timeout = idle, None, gevent.Timeout(seconds, False)
+
+    def __enter__(self) -> None:
+        waits = self.idle.waits
+        if len(waits) >= self.idle.limit:  # near worker_connections: the longest-waiting one goes
+            oldest = next(iter(waits))
+            gevent.kill(oldest, waits.pop(oldest))
+        self.me = gevent.getcurrent()
+        waits[self.me] = self.timeout
+        self.timeout.__enter__()
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool | None:
+        try:
+            return self.timeout.__exit__(kind, value, traceback)  # its own expiry, suppressed (False)
+        finally:
+            self.idle.waits.pop(self.me, None)

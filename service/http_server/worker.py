@@ -26,13 +26,11 @@ a module of its own:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import queue
 import signal
 import socket
 import time
-from collections.abc import Iterator
 
 import gevent
 from gunicorn import util as gunicorn_util
@@ -45,7 +43,7 @@ from service.config import Settings
 from service.http_server import gc_freeze, peer_trust, response_writer, shadow_runner
 from service.http_server.background import BackgroundThread
 from service.http_server.capture_writer import CaptureWriter
-from service.http_server.idle_connections import IdleConnections
+from service.http_server.idle_connections import IdleConnections, Wait
 from service.http_server.refusals import write_gunicorn_error
 from service.http_server.request_body import BodyReader
 from service.http_server.settled_config import SettledConfig
@@ -146,11 +144,9 @@ class BufferingGeventWorker(GeventWorker):
         finally:
             self.connections -= 1
 
-    @contextlib.contextmanager
-    def timeout_ctx(self) -> Iterator[None]:
+    def timeout_ctx(self) -> Wait:
         """gunicorn's wait for a request head: bounded by KEEPALIVE, and ended at once on stop."""
-        with self.idle.waiting(self.cfg.keepalive if self.alive else 0):
-            yield
+        return self.idle.waiting(self.cfg.keepalive if self.alive else 0)
 
     def handle_request(self, listener_name, req, sock, addr) -> bool:
         if tracing.ENABLED:  # the body's reading, a child of the request's span once the app names it
