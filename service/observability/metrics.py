@@ -20,7 +20,16 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as _values
 from prometheus_client.metrics_core import Metric
+
+from service.observability import process
+
+if _values.ValueClass is not _values.MutexValue:  # multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
+    # Before any metric exists (every module that makes one imports this one first): prometheus_client
+    # asks its process identifier before every sample it writes, to notice a fork; ours answers
+    # without a system call (observability/process.py).
+    _values.ValueClass = _values.MultiProcessValue(process.current)
 
 UNKNOWN_MODEL = "(unknown)"  # the one label value of every model name that is not on record
 
