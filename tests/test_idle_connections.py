@@ -1,0 +1,63 @@
+"""The waits for a request head (service/http_server/idle_connections.py), on gevent's loop in process:
+ended on stop and past the bound, and never the request that follows a wait."""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from service.http_server.idle_connections import IdleConnections
+
+
+def test_close_all_ends_every_wait_at_once():
+    idle = IdleConnections(10)
+    ended = []
+
+    def connection() -> None:
+        started = time.monotonic()
+        with idle.waiting(5):
+            gevent.sleep(5)  # a kept-alive client that sends nothing
+        ended.append(time.monotonic() - started)
+
+    greenlets = [gevent.spawn(connection) for _ in range(3)]
+    gevent.sleep(0.01)
+    assert len(idle.waits) == 3
+    idle.close_all()
+    gevent.joinall(greenlets, timeout=2)
+    assert len(ended) == 3 and max(ended) < 1 and idle.waits == {}
+
+
+def test_past_the_bound_the_longest_waiting_goes():
+    idle = IdleConnections(4)  # room for 3 waits (90 %)
+    closed = []
+
+    def connection(i: int) -> None:
+        with idle.waiting(5):
+            gevent.sleep(5)
+        closed.append(i)
+
+    greenlets = [gevent.spawn(connection, i) for i in range(3)]
+    gevent.sleep(0.01)
+    newest = gevent.spawn(connection, 3)
+    gevent.sleep(0.01)
+    assert closed == [0] and len(idle.waits) == 3  # the oldest made room
+    idle.close_all()
+    gevent.joinall([*greenlets, newest], timeout=2)
+
+
+def test_a_request_arriving_as_its_wait_is_ended_is_not_interrupted():
+    """The wait's end is thrown at the loop's next turn; if the request came first (in the same turn),
+    its handling must not receive that timeout mid-way (gevent.kill would still throw it)."""
+    idle = IdleConnections(10)
+    log = []
+
+    def connection() -> None:
+        with idle.waiting(5):
+            idle.waits[gevent.getcurrent()].expire()  # a stop (or the bound) ends this wait ...
+        log.append("request read")  # ... but its request arrived in the same turn
+        gevent.sleep(0.01)  # the request's own work, across turns of the loop
+        log.append("answered")
+
+    gevent.spawn(connection).join(timeout=2)
+    assert log == ["request read", "answered"] and idle.waits == {}
