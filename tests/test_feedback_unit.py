@@ -107,13 +107,14 @@ def test_the_drift_window_is_the_mean_of_the_last_scores():
 
 def test_the_served_scores_match_the_float64_definition_on_mnist(registry, mnist_data):
     """The scorer's float32 product (input_summary.DriftScorer.scores) against raw_scores in float64, on
-    the real MNIST test digits and the shipped model's summary: within 1e-6 relative."""
+    the real MNIST test digits and the shipped model's summary: within 1e-5 relative (about 4e-7 with this
+    project's OpenBLAS; a kernel adding the float32 terms one by one would reach ~2e-6)."""
     summary = registry.snapshot.get("mnist").metadata["input_summary"]
     x = np.asarray(mnist_data.eval_sets["test"][0][:2000], dtype=np.float32)
     exact = raw_scores(x, np.float32(summary["mean"]), np.float32(summary["scale"])) / summary["baseline"]
     served = DriftScorer(summary).scores(x)
     assert served.dtype == np.float64 and served.shape == (2000,)
-    np.testing.assert_allclose(served, exact, rtol=1e-6)
+    np.testing.assert_allclose(served, exact, rtol=1e-5)
     assert 0.5 < served.mean() < 2.0  # MNIST's test digits are like its training digits
 
 
