@@ -57,11 +57,28 @@ def on_exit(server) -> None:
     release_startup_objects()
 
 
+def on_starting(server) -> None:
+    """In the master, before the app loads: the table the workers spread connections by."""
+    from service.http_server import connection_share
+
+    connection_share.create()
+
+
+def pre_fork(server, worker) -> None:
+    """In the master, as it forks a worker: the worker's slot in that table (a free one)."""
+    from service.http_server import connection_share
+
+    worker.share_slot = connection_share.claim({getattr(w, "share_slot", None) for w in server.WORKERS.values()})
+
+
 def child_exit(server, worker) -> None:
-    """A dead worker's live gauges must leave the multiprocess metrics."""
+    """A dead worker's live gauges must leave the multiprocess metrics, and its slot the connections' table."""
     from prometheus_client import multiprocess
 
+    from service.http_server import connection_share
+
     multiprocess.mark_process_dead(worker.pid)
+    connection_share.vacate(getattr(worker, "share_slot", None))
 
 
 def post_fork(server, worker) -> None:

@@ -11,6 +11,7 @@ a module of its own:
 
 * request bodies read whole, within ``REQUEST_TIMEOUT`` and a memory budget (``request_body.py``);
 * waits for a request head bounded, shared fairly and ended on stop (``idle_connections.py``);
+* connections spread evenly over the workers (``connection_share.py``);
 * gunicorn's own refusals in the documented JSON error shape (``refusals.py``);
 * a response's head and small body in one send, and the fast lane's answers written by the worker
   itself (``response_writer.py``);
@@ -34,13 +35,14 @@ import time
 
 import gevent
 from gunicorn import util as gunicorn_util
+from gunicorn.workers import ggevent
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 from service.app.fast_lane import FastLane
 from service.batching.gevent_batcher import GeventBatcher
 from service.config import Settings
-from service.http_server import gc_freeze, peer_trust, response_writer, shadow_runner
+from service.http_server import connection_share, gc_freeze, peer_trust, response_writer, shadow_runner
 from service.http_server.background import BackgroundThread
 from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections, Wait
@@ -87,6 +89,7 @@ class BufferingGeventWorker(GeventWorker):
         self.idle = IdleConnections(settings.worker_connections)
         self.lane: FastLane | None = None  # the app's, found after fork (run)
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
+        self.share = connection_share.Share(getattr(self, "share_slot", None))  # given by the master (pre_fork)
         gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
         response_writer.install()  # a response's head and small body in one send
         peer_trust.install()  # gunicorn's per-request FORWARDED_ALLOW_IPS check, remembered per peer
@@ -116,6 +119,9 @@ class BufferingGeventWorker(GeventWorker):
             extensions["feedback"].run = background.run  # its lookups and fsyncs, off the event loop
         self.lane = FastLane.of(app)
         gc_freeze.freeze_startup_objects()  # 14-20% less CPU per request
+        # gunicorn's run() makes one gevent StreamServer per listening socket: this one's accepts
+        # leave a connection to a worker holding fewer (this process's copy of gunicorn's module)
+        ggevent.StreamServer = connection_share.deferring_server(ggevent.StreamServer, self.share)
         try:
             super().run()
         finally:
