@@ -66,7 +66,6 @@ class DriftScorer:
                              "scale and baseline positive")
         self.inverse = (1.0 / self.scale).astype(np.float32)
         self.shift = self.mean * self.inverse  # (x - mean) / scale as x * inverse - shift: one temporary
-        self.baseline = baseline
         # the mean over features and the division by the baseline, as the weights of one matrix-vector product
         self.average = np.full(len(self.mean), 1.0 / (len(self.mean) * baseline), dtype=np.float32)
 
