@@ -604,3 +604,40 @@ def test_flush_under_gevent_from_a_native_thread(tmp_path):
     assert out.strip() == "ok"
     ids = captured_ids(tmp_path)
     assert sorted(ids) == sorted(f"c{c}-{i}" for c in range(10) for i in range(100))
+
+
+def test_the_worker_writes_captures_when_its_first_use_is_on_a_thread(tmp_path):
+    """As a worker whose first request is feedback: the recorders first used from the thread pool
+    that runs feedback's lookups must still be written by the event loop's writer (a greenlet
+    spawned on that thread would belong to a hub that never runs, and nothing would be written)."""
+    code = """
+    from gevent import monkey; monkey.patch_all()
+    import glob, os, sys, time
+    import gevent, numpy as np
+    from gevent.threadpool import ThreadPool
+    from service.capture.capture import Capture
+    from service.http_server.capture_writer import CaptureWriter
+    capture = Capture(sys.argv[1], 1.0, 1 << 30)
+    capture.drive_with(CaptureWriter(lambda: True))
+    ThreadPool(1).spawn(lambda: capture.index.refresh()).get()  # feedback's lookup, first
+    capture.offer("r1", "mnist", 1, ["1"], np.ones((1, 784), np.float32), np.ones((1, 10), np.float32))
+    def written():  # one write(2) of whole lines: a segment is empty or holds the record
+        return any(os.path.getsize(f) for f in glob.glob(sys.argv[1] + "/capture-*.jsonl"))
+    deadline = time.monotonic() + 5
+    while not written() and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    print(written())  # before any close, which would write what is queued regardless
+    """
+    out = run_python(code, str(tmp_path), stdout=subprocess.PIPE, text=True).communicate(timeout=30)[0]
+    assert out.strip() == "True"
+    assert captured_ids(tmp_path) == ["r1"]
+
+
+def test_a_driver_comes_before_the_first_capture(tmp_path):
+    from service.capture.capture import Capture
+
+    capture = Capture(tmp_path, 1.0, 1 << 20)
+    capture.drive_with(lambda recorder: None)
+    with pytest.raises(RuntimeError, match="before"):
+        capture.drive_with(lambda recorder: None)
+    capture.close()

@@ -3,9 +3,9 @@
 Models load in gunicorn's master, which then forks the workers; a journal's files belong to the
 process that writes them (its name and its lock, ``journal.py``). So :class:`Capture` is built in
 the master with the settings only, and every process makes its recorders on first use. What writes
-them out is the front end's choice (:meth:`Capture.drive_with`): the HTTP worker flushes from a
-native thread of its own (its event loop must never wait on a disk); anything else gets a plain
-background thread.
+them out is the front end's choice (:meth:`Capture.drive_with`, which makes them at once, on the
+event loop's thread): the HTTP worker flushes from a native thread of its own (its event loop must
+never wait on a disk); anything else gets a plain background thread.
 """
 
 from __future__ import annotations
@@ -51,8 +51,17 @@ class Capture:
         self._index: CaptureIndex | None = None
 
     def drive_with(self, driver: Driver) -> None:
-        """Have ``driver`` start the writing of this process's inference records (before any request)."""
-        self.driver = driver
+        """Have ``driver`` write this process's inference records, starting now, on the caller's thread.
+
+        Call it before any request. The recorders are made here rather than on first use: a driver
+        may start something bound to its thread (a greenlet belongs to the hub of the thread that
+        spawns it), and the first use may come on another (feedback's lookups run on a thread pool).
+        """
+        with self._lock:
+            if self._pid == os.getpid():
+                raise RuntimeError("drive_with must come before this process's first capture")
+            self.driver = driver
+        self._bind()
 
     def _bind(self) -> None:
         """This process's recorders (a forked worker must not write its parent's files)."""
