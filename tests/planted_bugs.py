@@ -219,6 +219,17 @@ BUGS = [
                "            self.driver = driver\n        self._bind()\n", "            self.driver = driver\n",
                ("tests/test_capture.py::test_the_worker_writes_captures_when_its_first_use_is_on_a_thread",),
                "a worker whose first capture use is feedback (on the thread pool) never writes its captures"),
+    PlantedBug("background_pool_on_first_use", "service/http_server/background.py",
+               "        return self._pool.apply(fn, args, kwargs)",
+               "        if not hasattr(self, 'made'): self.made = self._pool = ThreadPool(1)\n"
+               "        return self._pool.apply(fn, args, kwargs)",
+               ("tests/test_worker_threads.py::"
+                "test_background_work_leaves_the_loop_even_after_a_first_call_from_another_thread",),
+               "the background pool is made on first use: a native thread calling first puts later work on the loop"),
+    PlantedBug("capture_writer_never_stops", "service/http_server/capture_writer.py",
+               "            if self.stopped:\n", "            if False:\n",
+               ("tests/test_worker_threads.py::test_the_capture_writer_writes_until_stopped",),
+               "the capture writer keeps flushing after the worker closed its journals"),
     PlantedBug("feedback_relabels", "service/dataplane/feedback.py",
                "before = index.labels_of(rid) or seen.get(rid)", "before = None",
                ("tests/integration/test_feedback.py::test_feedback_labels_a_capture_once_and_counts_it",),

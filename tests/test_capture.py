@@ -618,7 +618,7 @@ def test_the_worker_writes_captures_when_its_first_use_is_on_a_thread(tmp_path):
     from service.capture.capture import Capture
     from service.http_server.capture_writer import CaptureWriter
     capture = Capture(sys.argv[1], 1.0, 1 << 30)
-    capture.drive_with(CaptureWriter(lambda: True))
+    capture.drive_with(CaptureWriter())
     ThreadPool(1).spawn(lambda: capture.index.refresh()).get()  # feedback's lookup, first
     capture.offer("r1", "mnist", 1, ["1"], np.ones((1, 784), np.float32), np.ones((1, 10), np.float32))
     def written():  # one write(2) of whole lines: a segment is empty or holds the record

@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 
 class BackgroundThread:
-    """One native thread per worker process, made on first use (after fork).
+    """One native thread per worker process, made in the worker (after fork), on its event loop's thread.
 
     :meth:`run` waits for the work without blocking the event loop, which keeps answering its other
     connections meanwhile (NumPy's matrix products release the GIL). One thread, so such work runs one
@@ -21,9 +21,9 @@ class BackgroundThread:
     """
 
     def __init__(self) -> None:
-        self._pool: ThreadPool | None = None
+        # Made here, not on first use: a pool belongs to the hub of the thread that makes it, and a
+        # call from that hub's own loop would otherwise run the work inline, on the loop.
+        self._pool = ThreadPool(1)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self._pool is None:
-            self._pool = ThreadPool(1)
         return self._pool.apply(fn, args, kwargs)

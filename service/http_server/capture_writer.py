@@ -20,21 +20,32 @@ INTERVAL = 0.05  # seconds between flushes: ~1,000 requests at full speed, well 
 
 
 class CaptureWriter:
-    """Drives one process's recorder (``Capture.drive_with``); :meth:`close` writes what is left."""
+    """Drives one process's recorder (``Capture.drive_with``) until :meth:`stop`.
 
-    def __init__(self, is_alive) -> None:
-        self.is_alive = is_alive
+    It writes for as long as the worker serves, the graceful drain after SIGTERM included (gunicorn's
+    ``alive`` turns false at once, while open connections are still answered); the worker stops it
+    just before ``Capture.close`` writes what is left.
+    """
+
+    def __init__(self) -> None:
         self.pool: ThreadPool | None = None
         self.recorder: Recorder | None = None
+        self.stopped = False
+        self.greenlet: gevent.Greenlet | None = None
 
     def __call__(self, recorder: Recorder) -> None:
         self.recorder, self.pool = recorder, ThreadPool(1)
-        gevent.spawn(self.loop)
+        self.greenlet = gevent.spawn(self.loop)
+
+    def stop(self) -> None:
+        self.stopped = True
 
     def loop(self) -> None:
         synced = time.monotonic()
-        while self.is_alive():
+        while True:
             gevent.sleep(INTERVAL)
+            if self.stopped:
+                return
             if self.recorder.pending() or time.monotonic() - synced >= SYNC_SECONDS:
                 self.pool.apply(self.recorder.flush)  # which also fsyncs, at most once a second
                 synced = time.monotonic()

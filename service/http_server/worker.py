@@ -109,7 +109,8 @@ class BufferingGeventWorker(GeventWorker):
                                                settings.preferred_batch_sizes(), lambda: self.connections <= 1))
             gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep)
             if plane.capture is not None:  # CAPTURE_DIR: records written from a native thread
-                plane.capture.drive_with(CaptureWriter(lambda: self.alive))
+                capture_writer = CaptureWriter()
+                plane.capture.drive_with(capture_writer)
             # rollouts' comparisons, on the loop; faster while the worker holds no connection
             shadow_runner.run(plane.rollouts, lambda: self.alive, lambda: self.connections == 0)
         background = BackgroundThread()
@@ -127,6 +128,7 @@ class BufferingGeventWorker(GeventWorker):
         finally:
             gc_freeze.release_startup_objects()
             if plane is not None and plane.capture is not None:
+                capture_writer.stop()
                 plane.capture.close()  # what is still queued, written before the worker exits
             tracing.shutdown()  # spans still queued, exported before the worker exits
 
