@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from tests.integration.conftest import LocalServer
@@ -52,6 +53,14 @@ def held(pid: int, port: int) -> int:
     return count
 
 
+def wait_until_idle(pid: int, timeout: float = 10.0) -> None:
+    """Until ``pid`` sleeps (state S: back in its event loop's poll after SIGCONT, not still catching up)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "S":
+        assert time.monotonic() < deadline, f"worker {pid} never went idle"
+        time.sleep(0.01)
+
+
 def connect_and_ask(url: str) -> socket.socket:
     """A kept-alive connection, answered once (so a worker has accepted it)."""
     sock = socket.create_connection(host_port(url), timeout=30)
@@ -72,12 +81,15 @@ def test_new_connections_go_to_the_worker_holding_fewer(tmp_path):
         finally:
             os.kill(first, signal.SIGCONT)
         assert held(first, server.port) == before[0] and held(second, server.port) == before[1] + EACH
+        wait_until_idle(first)  # a worker just woken may take over 2 ms to accept: what is tested is after
         socks += [connect_and_ask(server.url) for _ in range(EACH)]
         split = held(first, server.port), held(second, server.port)
         print(f"\nconnections per worker: {split} ({before} before the first was frozen)")
         # the first takes new connections until it holds within SLACK of the second; the last few may land
-        # either way. Without the share it would take about half of them: some 14 / 36.
-        assert sum(split) == sum(before) + 2 * EACH and abs(split[0] - split[1]) <= 4, split
+        # either way, and on a loaded host a few more (a deferral lasts 2 ms, then the second worker takes
+        # the connection: with three busy loops beside the test on two cores, up to 20 / 29). Without the
+        # share it would take about half of them: some 14 / 36.
+        assert sum(split) == sum(before) + 2 * EACH and abs(split[0] - split[1]) <= 10, split
     finally:
         for sock in socks:
             sock.close()
