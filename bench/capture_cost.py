@@ -30,7 +30,7 @@ import requests
 
 from bench import results
 from bench.bodies import bodies
-from bench.harness import SERVICE_APP, have_wrk, server, wrk
+from bench.harness import SERVICE_APP, have_wrk, server, warm, wrk
 from bench.medians import median_interval
 
 VARIANTS = ("plain", "off", "rate0", "rate1")  # plain: no capture and no drift score (DRIFT_WINDOW=0)
@@ -56,7 +56,7 @@ def run_rounds(args) -> tuple[list[dict], dict]:
                                                  **environment(v, Path(tmp))))
                    for v in VARIANTS}
         for srv in servers.values():  # warm all three
-            wrk(f"{srv.url}/predict", body, args.connections, 1)
+            warm(f"{srv.url}/predict", body, args.connections)
         for k in range(args.rounds):
             order = VARIANTS[k % len(VARIANTS):] + VARIANTS[:k % len(VARIANTS)]
             got = {v: wrk(f"{servers[v].url}/predict", body, args.connections, args.seconds) for v in order}

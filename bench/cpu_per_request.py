@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench import results
 from bench.bodies import bodies
-from bench.harness import CEILING_APP, ROOT, SERVICE_APP, Server, have_wrk, server, wrk
+from bench.harness import CEILING_APP, ROOT, SERVICE_APP, Server, have_wrk, server, warm, wrk
 from bench.procfs import children, cpu_seconds
 
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         data = bodies(Path(tmp), args.data_dir)
         runs = contenders(stack, trees, Path(tmp), args)
         for _, srv, path, body in runs:
-            wrk(f"{srv.url}{path}", data[body][0], 4, 1)
+            warm(f"{srv.url}{path}", data[body][0], 4)
         measured: dict[str, list[tuple[float, float, int]]] = {label: [] for label, *_ in runs}
         for k in range(args.rounds):
             for label, srv, path, body in runs[k % len(runs):] + runs[:k % len(runs)]:

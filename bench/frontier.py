@@ -27,7 +27,7 @@ import numpy as np
 
 from bench import results
 from bench.bodies import bodies, images
-from bench.harness import SERVICE_APP, server, wrk
+from bench.harness import SERVICE_APP, server, warm, wrk
 from bench.medians import median_round
 from model.io import load_model
 from model.repository import WEIGHTS_FILE
@@ -62,7 +62,7 @@ def serve_rows(rows: list[dict], body: Path, args, tmp: Path) -> None:
             shutil.copy(Path(r["path"]) / WEIGHTS_FILE, repo / "mnist" / "1" / WEIGHTS_FILE)
             srv = stack.enter_context(server(SERVICE_APP, args.workers, tmp, MODEL_DIR=str(repo),
                                              MODEL_POLL_SECONDS="0"))
-            wrk(f"{srv.url}/predict", body, 16, 1)  # warm-up
+            warm(f"{srv.url}/predict", body, 16)
             servers.append(srv)
         measured: list[list[dict]] = [[] for _ in rows]
         for round_ in range(args.serve_rounds):

@@ -243,3 +243,12 @@ def wrk(url: str, body: Path | None, connections: int, seconds: float, max_reque
     r["errors"] = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"] + r["non_2xx"]
     r["rps"] = (r["requests"] - r["non_2xx"]) / r["seconds"]
     return r
+
+
+def warm(url: str, body: Path | None, connections: int, seconds: float = 1.0, header_length: int | None = None
+         ) -> None:
+    """A warm-up run of :func:`wrk` whose figures are thrown away. ``BENCH_WARM_SECONDS`` overrides its
+    length; 0 skips it (the test suite's smoke runs of the benchmarks, which check the code, not figures)."""
+    seconds = float(os.environ.get("BENCH_WARM_SECONDS", seconds))
+    if seconds > 0:
+        wrk(url, body, connections, seconds, header_length=header_length)

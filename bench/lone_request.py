@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import results
 from bench.bodies import bodies
-from bench.harness import SERVICE_APP, Server, have_wrk, server, wrk
+from bench.harness import SERVICE_APP, Server, have_wrk, server, warm, wrk
 from bench.medians import median_interval
 from bench.procfs import children_cpu_seconds
 
@@ -49,7 +49,7 @@ def run_pairs(args) -> list[dict]:
         servers = {b: stack.enter_context(server(SERVICE_APP, args.workers, Path(tmp), LOG_LEVEL="info", BATCHING=b))
                    for b in ("on", "off")}
         for srv in servers.values():  # warm both
-            wrk(f"{srv.url}/predict", body, 4, 1)
+            warm(f"{srv.url}/predict", body, 4)
         for k in range(args.pairs):
             order = ("on", "off") if k % 2 == 0 else ("off", "on")
             got = {b: burst(servers[b], body, args.seconds) for b in order}

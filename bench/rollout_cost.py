@@ -68,7 +68,7 @@ from threadpoolctl import threadpool_limits
 
 from bench import results
 from bench.bodies import bodies
-from bench.harness import SERVICE_APP, have_wrk, server, wrk
+from bench.harness import SERVICE_APP, have_wrk, server, warm, wrk
 from bench.medians import median_interval
 from model.io import load_model, save_model
 from model.network import Sequential
@@ -230,7 +230,7 @@ def run(args) -> dict:
             if name in variants:
                 doc = requests.get(f"{srv.url}/models/mnist", timeout=10).json()
                 out["rollout_in_force"][name] = doc.get("rollout")
-            wrk(f"{srv.url}/predict", body, args.connections, 2)  # warm
+            warm(f"{srv.url}/predict", body, args.connections, 2)
         before = {name: caught_up(servers[name].url) for name in variants}
         out["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
         for k in range(args.rounds):

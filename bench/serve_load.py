@@ -64,6 +64,7 @@ from bench.harness import (
     kserve_peer,
     server,
     settle,
+    warm,
     wrk,
 )
 from bench.machine import machine
@@ -129,11 +130,11 @@ def full_run(args, tmp: Path, data: dict) -> list[dict]:
                  "images_per_s": ceiling * args.workers, "per_worker": ceiling, "errors": 0})
     print(f"  compute ceiling: {ceiling:.0f} images/s per worker x {args.workers}", flush=True)
     with server(CEILING_APP, args.workers, tmp, root=tree) as srv:
-        wrk(f"{srv.url}/predict", data["mnist1"][0], 4, 1)
+        warm(f"{srv.url}/predict", data["mnist1"][0], 4)
         for c in args.concurrency:
             add("HTTP ceiling (bare Flask)", 1, c, wrk(f"{srv.url}/predict", data["mnist1"][0], c, args.seconds))
     with server(SERVICE_APP, args.workers, tmp, root=tree, LOG_LEVEL="info") as srv:
-        wrk(f"{srv.url}/predict", data["mnist1"][0], 4, 1)
+        warm(f"{srv.url}/predict", data["mnist1"][0], 4)
         for name, label, path in (
                 ("xor1", "/predict xor, 1", "/predict"), ("mnist1", "/predict mnist, 1", "/predict"),
                 ("mnist32", "/predict mnist, 32", "/predict"), ("mnist256", "/predict mnist, 256", "/predict"),
@@ -202,7 +203,7 @@ def one_sample_run(args, tmp: Path, data: dict) -> dict:
         groups = one_sample_contenders(stack, args, tmp)
         for group in groups:  # warm every server and path
             for _, _, srv, path, name in group:
-                wrk(f"{srv.url}{path}", data[name][0], 4, 1)
+                warm(f"{srv.url}{path}", data[name][0], 4)
         for c in args.concurrency:
             measured: dict[tuple[str, int], list[dict]] = {(c_[0], c_[1]): [] for g in groups for c_ in g}
             for k in range(args.rounds):
@@ -252,7 +253,7 @@ def batches_run(args, tmp: Path, data: dict) -> dict:
                    for tree in args.tree]
         for srv in servers:  # warm every server and path
             for name, _, path in BATCHES:
-                wrk(f"{srv.url}{path}", data[name][0], 4, 1, header_length=data[name][2])
+                warm(f"{srv.url}{path}", data[name][0], 4, header_length=data[name][2])
         groups = [[(label, i, srv, path, name) for i, srv in enumerate(servers)] for name, label, path in BATCHES]
         for c in args.concurrency:
             measured: dict[tuple[str, int], list[dict]] = {(g[0], g[1]): [] for group in groups for g in group}
@@ -295,7 +296,7 @@ def compare_run(args, tmp: Path, data: dict) -> list[dict]:
         env = {"WORKER_CLASS": worker, "THREADS": str(args.threads if worker == "gthread" else 1)}
         for app, label in ((CEILING_APP, "HTTP ceiling"), (SERVICE_APP, "/predict mnist, 1")):
             with server(app, args.workers, tmp, root=args.tree[0], **env) as srv:
-                wrk(f"{srv.url}/predict", data["mnist1"][0], 4, 1)
+                warm(f"{srv.url}/predict", data["mnist1"][0], 4)
                 for c in args.concurrency:
                     r = wrk(f"{srv.url}/predict", data["mnist1"][0], c, args.seconds)
                     r.update(worker=worker, scenario=label, concurrency=c)

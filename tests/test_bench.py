@@ -16,6 +16,11 @@ from bench.harness import KSERVE_PYTHON, ROOT
 MISSING_PEER = "--kserve-python=/nonexistent/python"  # the KServe rows skipped: the peer has a test of its own
 
 
+@pytest.fixture(autouse=True)
+def no_warmups(monkeypatch):
+    monkeypatch.setenv("BENCH_WARM_SECONDS", "0")  # warm-ups serve figures, and these runs judge none
+
+
 def envelope_ok(result: dict, module: str) -> None:
     """What every results file records beside its figures, and no path of this machine."""
     assert result["benchmark"] == module and result["command"].startswith(f"python -m bench.{module}")

@@ -11,6 +11,11 @@ import pytest
 from bench.harness import ROOT, have_wrk
 
 
+@pytest.fixture(autouse=True)
+def no_warmups(monkeypatch):
+    monkeypatch.setenv("BENCH_WARM_SECONDS", "0")  # warm-ups serve figures, and these runs judge none
+
+
 def test_json_parsers_records_every_candidate(mnist_dir, tmp_path, capsys):
     from bench import json_parsers
 
