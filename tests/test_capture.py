@@ -5,6 +5,7 @@ the budget is checked with several writers at once, crash safety with ``kill -9`
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -27,7 +28,14 @@ from prometheus_client import REGISTRY
 
 from service.capture import events
 from service.capture.events import feedback_event, inference_events, new_event_id, read_events
-from service.capture.journal import BUDGET_LOCK, CaptureDirError, Journal, segment_claim
+from service.capture.journal import (
+    BUDGET_LOCK,
+    RECHECK_SECONDS,
+    CaptureDirError,
+    CaptureWriteError,
+    Journal,
+    segment_claim,
+)
 from service.capture.recorder import Recorder
 from tests.conftest import ROOT
 
@@ -426,6 +434,61 @@ def test_a_forked_child_writes_segments_of_its_own(tmp_path):
     assert run_python(code, str(tmp_path)).wait() == 0
     contents = sorted(p.read_bytes() for p in segments(tmp_path))
     assert contents == [b'{"child":1}\n', b'{"parent":1}\n{"parent":2}\n']
+
+
+class OsWith:
+    """The ``os`` module with some calls replaced: a disk that refuses, seen by one module only."""
+
+    def __init__(self, **calls) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str):
+        return self.calls.get(name) or getattr(os, name)
+
+
+def lines_on_disk(directory: Path) -> list[bytes]:
+    return [line for path in segments(directory) for line in path.read_bytes().splitlines()]
+
+
+def test_a_write_the_disk_cuts_short_leaves_whole_lines_and_is_tried_again_later(tmp_path, monkeypatch):
+    from service.capture import segment
+
+    recorder = Recorder(Journal(tmp_path, "capture", 1 << 20), 1.0)
+    journal = recorder.journal
+    assert journal.append(b"one\n")
+    monkeypatch.setattr(segment, "os", OsWith(write=lambda fd, data: os.write(fd, data[:len(data) // 2])))
+    with pytest.raises(CaptureWriteError) as refused:  # the disk filled up in the middle of the write
+        journal.append_records([b"two\n", b"three\n"])
+    assert refused.value.written == 0 and refused.value.errno == errno.ENOSPC
+    assert lines_on_disk(tmp_path) == [b"one"]  # the half-written part is cut away
+    monkeypatch.undo()  # room again, but the journal waits RECHECK_SECONDS before it tries
+    with pytest.raises(CaptureWriteError, match="still failing"):
+        journal.append(b"four\n")
+    before = record_count("dropped_error")
+    x, p, labels = mnist_like()
+    recorder.offer("r1", "mnist", 1, labels, x, p)
+    assert recorder.flush() == 0 and record_count("dropped_error") - before == 1  # dropped, counted
+    time.sleep(RECHECK_SECONDS + 0.05)
+    assert journal.append(b"five\n")
+    assert lines_on_disk(tmp_path) == [b"one", b"five"] and len(segments(tmp_path)) == 2  # a fresh segment
+    recorder.stop()
+
+
+def test_a_durable_append_whose_fsync_fails_is_not_left_on_disk(tmp_path, monkeypatch):
+    from service.capture import segment
+
+    journal = Journal(tmp_path, "feedback", 1 << 20)
+    assert journal.append(b"a\n", durable=True)
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(segment, "os", OsWith(fsync=failing))
+    with pytest.raises(CaptureWriteError, match="fsync failed"):
+        journal.append(b"b\n", durable=True)  # reported as not stored: it must not be there either
+    monkeypatch.undo()
+    assert lines_on_disk(tmp_path) == [b"a"]
+    journal.close()
 
 
 def test_an_unusable_directory_is_refused_clearly(tmp_path):

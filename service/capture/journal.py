@@ -2,23 +2,12 @@
 
 Each process appends to segment files of its own (no lock shared on the write path), one
 ``os.write`` per batch of whole lines, and rotates to a new segment once it has written what it
-claimed. The budget holds across processes and restarts without any process knowing the others:
-
-* **Liveness** is an ``flock``: a process holds ``LOCK_EX`` on its open segment for as long as it
-  writes it, and the kernel drops the lock when the process dies, ``kill -9`` included (pids are
-  reused in containers; locks are not). A segment another process cannot lock is live.
-* **Claims.** A segment's name ends in the bytes it may grow to (its claim), so the space used is
-  the sum over every ``*.jsonl`` in the directory of its claim if it is live, else its size. A
-  process opens a segment only under an exclusive ``flock`` on ``.budget.lock`` and only if that
-  sum plus the new claim is within ``max_bytes``; it never writes past the claim. So what is on
-  disk never exceeds ``max_bytes``, however many processes write and however often they restart.
-* **Recovery.** A process killed inside a write can leave a line cut short. Whoever scans the
-  directory under the budget lock truncates any segment that no live process holds back to just
-  after its last ``"\\n"``: a record (one line) is whole or absent.
-
-Only ``*.jsonl`` files count; operators free space by moving files out of the directory. Nothing
-is written outside it (a read-only container with the directory a mounted volume works). ``flock``
-needs a local file system, or NFS with working locks.
+claimed. A segment is claimed under the directory's budget lock, only if every segment's claim or
+size plus the new claim is within ``max_bytes`` (``budget.py``: liveness by ``flock``, claims in
+file names, recovery of lines cut short by a killed process); it is never written past its claim.
+So what is on disk never exceeds ``max_bytes``, however many processes write and however often
+they restart. Nothing is written outside the directory (a read-only container with the directory
+a mounted volume works).
 """
 
 from __future__ import annotations
@@ -26,7 +15,6 @@ from __future__ import annotations
 import _thread
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -36,27 +24,18 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from service.capture.budget import BUDGET_LOCK, SUFFIX, CaptureDirError, DirectoryBudget, segment_claim
+from service.capture.segment import Segment
+
+__all__ = ["BUDGET_LOCK", "RECHECK_SECONDS", "CaptureDirError", "CaptureWriteError", "Journal", "default_segment_bytes",
+           "segment_claim"]
+
 KINDS = ("capture", "feedback")
-SUFFIX = ".jsonl"
-BUDGET_LOCK = ".budget.lock"
 RECHECK_SECONDS = 1.0  # while full (or failing) the directory is looked at again at most this often
 MIN_SEGMENT = 64 * 1024
 MAX_SEGMENT = 16 * 1024 * 1024
-_TAIL_CHUNK = 64 * 1024
 
 log = logging.getLogger(__name__)
-
-
-class CaptureDirError(RuntimeError):
-    """The capture directory cannot be used (missing parent, not a directory, read-only, no ``flock``).
-
-    Raised by :class:`Journal` at start, so the server can refuse to start with ``str(error)``,
-    which names the path and the reason.
-    """
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"capture directory {path}: {reason}")
-        self.path, self.reason = str(path), reason
 
 
 class CaptureWriteError(OSError):
@@ -76,12 +55,6 @@ class CaptureWriteError(OSError):
 def default_segment_bytes(max_bytes: int) -> int:
     """A sixteenth of the budget, within 64 KiB .. 16 MiB, and never more than the budget."""
     return min(max_bytes, max(MIN_SEGMENT, min(MAX_SEGMENT, max_bytes // 16)))
-
-
-def segment_claim(name: str) -> int | None:
-    """The claim encoded in a segment's file name (its last ``-`` field), or None if it has none."""
-    field = name[: -len(SUFFIX)].rsplit("-", 1)[-1] if name.endswith(SUFFIX) else ""
-    return int(field) if field.isdigit() else None
 
 
 class Journal:
@@ -131,16 +104,15 @@ class Journal:
         self._next_claim = min(self.segment_bytes, MIN_SEGMENT)
         self._closed = False
         self._written_total = 0
-        self._clean: dict[str, tuple[int, int]] = {}  # dead segments seen whole: name -> (size, mtime_ns)
-        self._reset_segment()
+        self._segment: Segment | None = None
         self._full_until = 0.0
         self._error: OSError | None = None
-        self._budget_fd = self._open_directory()
+        self._budget = DirectoryBudget(self.directory, self._host)
         try:
-            with self._budget_locked():
-                self._scan(recover=True)
+            with self._budget.locked():
+                self._budget.scan(recover=True)
         except OSError as e:
-            os.close(self._budget_fd)
+            self._budget.close()
             raise CaptureDirError(self.directory, f"cannot be read: {e.strerror or e}") from None
         reset_after_fork(self)
 
@@ -166,9 +138,9 @@ class Journal:
             self._write(lines, 0)
             if durable:
                 try:
-                    self._sync()
+                    self._segment.sync()
                 except OSError as e:  # written, maybe not to the disk: cut off and reported as not written
-                    self._written -= len(lines)
+                    self._segment.written -= len(lines)
                     self._written_total -= len(lines)
                     self._fail(e)
                     raise CaptureWriteError(f"capture directory {self.directory}: fsync failed: {e}", e) from e
@@ -190,7 +162,7 @@ class Journal:
             self._check_open()
             done = 0
             while done < len(records):
-                room = self._claim - self._written if self._fd is not None else 0
+                room = self._segment.room if self._segment is not None else 0
                 end, size = done, 0
                 while end < len(records) and size + len(records[end]) <= room:
                     size += len(records[end])
@@ -206,9 +178,9 @@ class Journal:
     def sync(self) -> None:
         """``fsync`` what this journal wrote to its current segment (and the segment's directory entry)."""
         with self._lock:
-            if not self._closed:
+            if not self._closed and self._segment is not None:
                 try:
-                    self._sync()
+                    self._segment.sync()
                 except OSError as e:
                     raise CaptureWriteError(f"capture directory {self.directory}: fsync failed: {e}", e) from e
 
@@ -220,8 +192,7 @@ class Journal:
             self._closed = True
             with contextlib.suppress(OSError):
                 self._close_segment()
-            if self._budget_fd >= 0:
-                os.close(self._budget_fd)
+            self._budget.close()
 
     def usage(self) -> dict[str, Any]:
         """What the directory holds against the budget, for ``GET /models`` and metrics.
@@ -234,7 +205,7 @@ class Journal:
             used, files = self._scan(recover=False)
             return {"directory": str(self.directory), "max_bytes": self.max_bytes, "used_bytes": used,
                     "files": files, "written_bytes": self._written_total, "segment_bytes": self.segment_bytes,
-                    "segment": self._name}
+                    "segment": self._segment.name if self._segment is not None else None}
 
     @property
     def closed(self) -> bool:
@@ -243,38 +214,9 @@ class Journal:
     @property
     def segment(self) -> Path | None:
         """The segment being written, if any."""
-        return self.directory / self._name if self._name else None
+        return self.directory / self._segment.name if self._segment is not None else None
 
     # -- start and fork -----------------------------------------------------------------------------
-
-    def _open_directory(self) -> int:
-        """The budget lock's descriptor, once the directory proved it can be created in and locked."""
-        directory = self.directory
-        try:
-            directory.mkdir(exist_ok=True)
-        except FileNotFoundError:
-            raise CaptureDirError(directory, "its parent directory does not exist") from None
-        except FileExistsError:
-            raise CaptureDirError(directory, "is not a directory") from None
-        except OSError as e:
-            raise CaptureDirError(directory, f"cannot be created: {e.strerror or e}") from None
-        if not directory.is_dir():
-            raise CaptureDirError(directory, "is not a directory")
-        try:
-            fd = os.open(directory / BUDGET_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            raise CaptureDirError(directory, f"cannot create or open {BUDGET_LOCK}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            # the lock file may predate a read-only mount or a change of owner: prove a segment can be made
-            probe = directory / f".probe-{self._host}-{os.getpid()}-{time.time_ns()}"
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-            probe.unlink()
-        except OSError as e:
-            os.close(fd)
-            raise CaptureDirError(directory, f"cannot be written or locked: {e.strerror or e}") from None
-        return fd
 
     def _after_fork_in_child(self) -> None:
         # A forked child shares its parent's open file descriptions, and so its parent's locks: it
@@ -282,28 +224,18 @@ class Journal:
         self._lock = _thread.RLock()  # the parent's may have been held by a thread that is not here
         if self._closed:
             return
-        if self._fd is not None:
-            os.close(self._fd)  # closing a copy releases no lock while the parent holds its own
-        self._reset_segment()
+        if self._segment is not None:
+            self._segment.leave_to_parent()
+            self._segment = None
         self._written_total = 0
         self._next_claim = min(self.segment_bytes, MIN_SEGMENT)
-        os.close(self._budget_fd)
         try:
-            self._budget_fd = os.open(self.directory / BUDGET_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._budget.reopen_after_fork()
         except OSError as e:  # the directory gone since: this child's appends fail (and are counted) for good
             log.warning("capture journal %s: %s", self.directory, e)
-            self._budget_fd = -1
             self._error, self._full_until = e, float("inf")
 
     # -- segments -----------------------------------------------------------------------------------
-
-    def _reset_segment(self) -> None:
-        self._fd: int | None = None
-        self._name: str | None = None
-        self._claim = 0
-        self._written = 0
-        self._dirty = False
-        self._entry_synced = True
 
     def _check_open(self) -> None:
         if self._closed:
@@ -311,7 +243,7 @@ class Journal:
 
     def _room_for(self, size: int) -> bool:
         """Whether ``size`` bytes fit the current segment, after claiming a new one if they do not."""
-        if self._fd is not None and self._written + size <= self._claim:
+        if self._segment is not None and size <= self._segment.room:
             return True
         if size > self.max_bytes:
             return False
@@ -328,7 +260,7 @@ class Journal:
             raise CaptureWriteError(f"capture directory {self.directory}: cannot rotate its segment: {e}", e) from e
 
     def _claim_segment(self, size: int) -> bool:
-        with self._budget_locked():
+        with self._budget.locked():
             used, _ = self._scan(recover=True)
             free = self.max_bytes - used
             if size > free:
@@ -340,151 +272,38 @@ class Journal:
             self._next_claim = min(self.segment_bytes, 2 * self._next_claim)
             self._seq += 1
             name = f"{self.kind}-{time.time_ns()}-{self._host}-{os.getpid()}-{self._seq:06d}-{claim}{SUFFIX}"
-            fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                         0o666)
-            try:
-                # A new file, but someone's usage() may be looking at it this very moment (it takes
-                # no budget lock): wait for that, it lasts a few system calls.
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:
-                os.close(fd)
-                raise
-        self._fd, self._name, self._claim, self._written = fd, name, claim, 0
-        self._dirty, self._entry_synced, self._error = False, False, None
+            self._segment = Segment(self.directory, name, claim)
+        self._error = None
         return True
+
+    def _scan(self, recover: bool) -> tuple[int, int]:
+        segment = self._segment
+        return self._budget.scan(recover, segment.name, segment.claim) if segment is not None else \
+            self._budget.scan(recover)
 
     def _write(self, data: bytes, records_before: int) -> None:
         try:
-            n = os.write(self._fd, data)
-            if n != len(data):
-                raise OSError(errno.ENOSPC, f"short write: {n} of {len(data)} bytes")
+            self._segment.write(data)
         except OSError as e:
+            name = self._segment.name
             self._fail(e)
-            raise CaptureWriteError(f"capture directory {self.directory}: write to {self._name} failed: {e}", e,
+            raise CaptureWriteError(f"capture directory {self.directory}: write to {name} failed: {e}", e,
                                     records_before) from e
-        self._written += n
-        self._written_total += n
-        self._dirty = True
+        self._written_total += len(data)
 
     def _fail(self, error: OSError) -> None:
         """Abandon the current segment after the disk refused something, cut back to its whole lines."""
         log.warning("capture journal %s: %s", self.directory, error)
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._written)
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._reset_segment()
+        if self._segment is not None:
+            self._segment.abandon()
+            self._segment = None
         self._error = error
         self._full_until = time.monotonic() + RECHECK_SECONDS
 
-    def _sync(self) -> None:
-        if self._fd is not None and self._dirty:
-            os.fsync(self._fd)
-            self._dirty = False
-        if not self._entry_synced:  # a new file's name must reach the disk as well as its bytes
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-            self._entry_synced = True
-
     def _close_segment(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            self._sync()
-        finally:
-            os.close(self._fd)  # releases its lock: from now on it counts by its size
-            self._reset_segment()
-
-    # -- the directory ------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _budget_locked(self):
-        fcntl.flock(self._budget_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._budget_fd, fcntl.LOCK_UN)
-
-    def _scan(self, recover: bool) -> tuple[int, int]:
-        """Bytes used against the budget and the number of ``*.jsonl`` files; with ``recover`` (only
-        under the budget lock) a dead segment's cut-short last line is truncated away."""
-        used = files = 0
-        seen = set()
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                name = entry.name
-                if not name.endswith(SUFFIX):
-                    continue
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    stat = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:  # moved away meanwhile
-                    continue
-                files += 1
-                seen.add(name)
-                if name == self._name:
-                    used += max(self._claim, stat.st_size)
-                elif self._clean.get(name) == (stat.st_size, stat.st_mtime_ns):
-                    used += stat.st_size  # dead, seen whole before, unchanged since
-                else:
-                    used += self._inspect(entry.path, name, stat.st_size, recover)
-        if recover:  # forget the segments moved away
-            self._clean = {name: known for name, known in self._clean.items() if name in seen}
-        return used, files
-
-    def _inspect(self, path: str, name: str, size: int, recover: bool) -> int:
-        """The bytes one segment of another process (or a dead one of ours) counts for."""
-        try:
-            fd = os.open(path, (os.O_RDWR if recover else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except PermissionError:  # not ours to repair (another owner): counted, never written
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                return size
-            recover = False
-        except OSError:
-            return size
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # live: it may grow to its claim
-                return max(size, segment_claim(name) or 0)
-            size = os.fstat(fd).st_size
-            whole = size == 0 or os.pread(fd, 1, size - 1) == b"\n"
-            if not whole and recover:
-                cut = _after_last_newline(fd, size)
-                log.warning("capture journal %s: %s ended in a cut-short line; truncated from %d to %d bytes",
-                            self.directory, name, size, cut)
-                os.ftruncate(fd, cut)
-                os.fsync(fd)
-                size, whole = cut, True
-            if whole and recover:
-                # Only under the budget lock, where no segment is being created: without it this
-                # could be a new file its creator has not locked yet, which would pass for dead.
-                self._clean[name] = (size, os.fstat(fd).st_mtime_ns)
-            return size
-        except OSError:
-            return size
-        finally:
-            os.close(fd)  # releases the lock if it was taken
-
-
-def _after_last_newline(fd: int, size: int) -> int:
-    """The offset just after the last ``"\\n"`` of the file (0 if it has none)."""
-    end = size
-    while end > 0:
-        start = max(0, end - _TAIL_CHUNK)
-        chunk = os.pread(fd, end - start, start)
-        at = chunk.rfind(b"\n")
-        if at >= 0:
-            return start + at + 1
-        end = start
-    return 0
+        if self._segment is not None:
+            segment, self._segment = self._segment, None
+            segment.close()
 
 
 def reset_after_fork(owner: Any) -> None:
