@@ -49,6 +49,31 @@ def test_a_full_feedback_budget_is_a_507_and_stores_nothing_half(registry, tmp_p
     app.extensions["dataplane"].capture.close()
 
 
+def test_feedback_the_disk_refuses_is_a_503_and_not_kept(registry, tmp_path, monkeypatch):
+    import errno
+
+    from service.capture import segment
+    from tests.test_capture import OsWith
+
+    app = create_app({"capture_dir": str(tmp_path)}, model_registry=registry)
+    client = app.test_client()
+    example = {"model": "mnist", "inputs": [[0.5] * 784], "labels": ["3"]}
+    assert client.post("/feedback", json=example).status_code == 200
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(segment, "os", OsWith(fsync=failing))
+    r = client.post("/feedback", json=example)
+    body = r.get_json()
+    assert r.status_code == 503 and r.headers["Retry-After"] and body["error"]["code"] == "capture_failing", body
+    assert "disk refused" in body["error"]["message"] and "Errno" not in json.dumps(body)  # no OS text to the client
+    monkeypatch.undo()
+    lines = [line for f in (tmp_path / "feedback").glob("*.jsonl") for line in f.read_bytes().splitlines()]
+    assert len(lines) == 1  # the first only
+    app.extensions["dataplane"].capture.close()
+
+
 def test_a_label_just_answered_is_found_while_its_record_is_still_queued(registry, tmp_path):
     app = create_app({"capture_dir": str(tmp_path)}, model_registry=registry)
     client = app.test_client()

@@ -157,16 +157,20 @@ class Recorder:
     def write_now(self, lines: bytes) -> bool:
         """Append event lines (each ending in ``"\\n"``) durably at once, without the queue: feedback.
 
-        All or none: returns False when the budget has no room for them or the disk refused them
-        (counted either way, one record per line). It waits for ``fsync``, so an event loop should
-        call it from a thread.
+        All or none: returns False when the budget has no room for them (counted, one record per
+        line). It waits for ``fsync``, so an event loop should call it from a thread.
+
+        Raises
+        ------
+        CaptureWriteError
+            The disk refused them (counted too); none of them is left in the file.
         """
         count = lines.count(b"\n")
         try:
             ok = self.journal.append(lines, durable=True)
         except CaptureWriteError:
             self._dropped_error.inc(count)
-            return False
+            raise
         if ok:
             self._written.inc(count)
             self._bytes.inc(len(lines))

@@ -30,6 +30,7 @@ import numpy as np
 
 from service.capture import events
 from service.capture.capture import Capture
+from service.capture.journal import CaptureWriteError
 from service.dataplane.dataplane import DataPlane, label_indices
 from service.dataplane.diagnostics import Offload, run_inline
 from service.errors import ServiceError, invalid, not_found, quote
@@ -56,6 +57,11 @@ class Labelled:
 
 def off() -> ServiceError:
     return ServiceError(404, "feedback_off", "feedback is off: the server has no CAPTURE_DIR")
+
+
+def disk_refused() -> ServiceError:
+    return ServiceError(503, "capture_failing", "feedback not stored: the disk refused to write CAPTURE_DIR; "
+                        "nothing of it was kept, send it again later", headers={"Retry-After": "5"})
 
 
 def budget_full() -> ServiceError:
@@ -153,7 +159,11 @@ class Feedback:
         label_indices(labels, entry, field)
 
     def _store(self, lines: bytes) -> None:
-        if lines and not self.capture.feedback.write_now(lines):
+        try:
+            stored = not lines or self.capture.feedback.write_now(lines)
+        except CaptureWriteError:
+            raise disk_refused() from None  # logged by the journal; the client learns nothing was kept
+        if not stored:
             raise budget_full()
 
 

@@ -7,7 +7,7 @@ The body is one of:
 * ``{"model": "mnist", "inputs": [[...]], "labels": ["7"]}``: an example that carries its inputs.
 
 With ``FEEDBACK_TOKEN`` set, ``Authorization: Bearer <FEEDBACK_TOKEN>`` is required (401 / 403).
-The rules (404, 409, 422, 507, duplicates) are the data plane's: ``service/dataplane/feedback.py``.
+The rules (404, 409, 422, 503, 507, duplicates) are the data plane's: ``service/dataplane/feedback.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class FeedbackRequest(RootModel[RequestLabel | list[RequestLabel] | LabelledExam
     root: RequestLabel | list[RequestLabel] | LabelledExample = Field(..., examples=[{"id": "1f0e...", "label": "7"}])
 
 
-ERRORS = {status: ErrorResponse for status in (400, 404, 409, 413, 415, 422, 507)}
+ERRORS = {status: ErrorResponse for status in (400, 404, 409, 413, 415, 422, 503, 507)}
 TOKEN_ERRORS = {status: ErrorResponse for status in (401, 403)}
 
 
