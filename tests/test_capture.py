@@ -474,6 +474,22 @@ def test_a_write_the_disk_cuts_short_leaves_whole_lines_and_is_tried_again_later
     recorder.stop()
 
 
+def test_records_written_before_a_rotation_fails_are_counted_as_written(tmp_path, monkeypatch):
+    from service.capture import segment
+
+    journal = Journal(tmp_path, "capture", 1 << 20, segment_bytes=100)  # two 40-byte records a segment
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(segment, "os", OsWith(fsync=failing))  # closing the full segment syncs it
+    with pytest.raises(CaptureWriteError) as refused:
+        journal.append_records([b"%039d\n" % i for i in range(5)])
+    monkeypatch.undo()
+    assert refused.value.written == 2 and len(lines_on_disk(tmp_path)) == 2
+    journal.close()
+
+
 def test_a_durable_append_whose_fsync_fails_is_not_left_on_disk(tmp_path, monkeypatch):
     from service.capture import segment
 

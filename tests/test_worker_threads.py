@@ -62,7 +62,7 @@ def test_the_capture_writer_writes_until_stopped(tmp_path):
     capture.offer("r2", "mnist", 1, ["1"], x, p)
     second = written(2)
     writer.stop()
-    gevent.sleep(3 * INTERVAL)
+    writer.greenlet.join(timeout=5)  # a flush under way (an fsync on a slow disk) ends first
     capture.offer("r3", "mnist", 1, ["1"], x, p)
     gevent.sleep(3 * INTERVAL)
     print(first, second, writer.greenlet.dead, lines() // 2, capture.inferences.pending())

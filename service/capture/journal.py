@@ -168,8 +168,12 @@ class Journal:
                     size += len(records[end])
                     end += 1
                 if end == done:  # not even the next one fits what is left: a new segment for it
-                    if not self._room_for(len(records[done])):
-                        break
+                    try:
+                        if not self._room_for(len(records[done])):
+                            break
+                    except CaptureWriteError as e:
+                        e.written = done  # those went to the segment just closed
+                        raise
                     continue
                 self._write(b"".join(records[done:end]), done)
                 done = end

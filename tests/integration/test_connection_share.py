@@ -84,12 +84,14 @@ def test_new_connections_go_to_the_worker_holding_fewer(tmp_path):
         wait_until_idle(first)  # a worker just woken may take over 2 ms to accept: what is tested is after
         socks += [connect_and_ask(server.url) for _ in range(EACH)]
         split = held(first, server.port), held(second, server.port)
-        print(f"\nconnections per worker: {split} ({before} before the first was frozen)")
-        # the first takes new connections until it holds within SLACK of the second; the last few may land
-        # either way, and on a loaded host a few more (a deferral lasts 2 ms, then the second worker takes
-        # the connection: with three busy loops beside the test on two cores, up to 20 / 29). Without the
-        # share it would take about half of them: some 14 / 36.
-        assert sum(split) == sum(before) + 2 * EACH and abs(split[0] - split[1]) <= 10, split
+        taken = split[0] - before[0]
+        print(f"\nconnections per worker: {split} ({before} before the first was frozen); "
+              f"the first took {taken} of the last {EACH}")
+        # the first takes new connections until it holds within SLACK of the second: ideally all 24, the
+        # last few either way, and on a loaded host some fewer (a deferral lasts 2 ms, then the second
+        # worker takes the connection: with three busy loops beside the test on two cores, 18-22).
+        # Without the share it takes about half or fewer (6-14 in eight runs here).
+        assert sum(split) == sum(before) + 2 * EACH and taken >= 18, split
     finally:
         for sock in socks:
             sock.close()
