@@ -56,7 +56,8 @@ class Labelled:
 
 
 def off() -> ServiceError:
-    return ServiceError(404, "feedback_off", "feedback is off: the server has no CAPTURE_DIR")
+    return ServiceError(404, "feedback_off",
+                        "feedback is off: the server has no CAPTURE_DIR, or cannot use it (see its log)")
 
 
 def disk_refused() -> ServiceError:

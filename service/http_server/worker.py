@@ -41,6 +41,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from service.app.fast_lane import FastLane
 from service.batching.gevent_batcher import GeventBatcher
+from service.capture.budget import CaptureDirError
 from service.config import Settings
 from service.http_server import connection_share, gc_freeze, peer_trust, response_writer, shadow_runner
 from service.http_server.background import BackgroundThread
@@ -110,7 +111,13 @@ class BufferingGeventWorker(GeventWorker):
             gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep)
             if plane.capture is not None:  # CAPTURE_DIR: records written from a native thread
                 capture_writer = CaptureWriter()
-                plane.capture.drive_with(capture_writer)
+                try:
+                    plane.capture.drive_with(capture_writer)
+                except CaptureDirError as e:  # usable when the server started, not now: serve, without it
+                    self.log.error("capture and feedback off in this worker: %s", e)
+                    plane.capture = None
+                    if extensions.get("feedback") is not None:
+                        extensions["feedback"].capture = None
             # rollouts' comparisons, on the loop; faster while the worker holds no connection
             shadow_runner.run(plane.rollouts, lambda: self.alive, lambda: self.connections == 0)
         background = BackgroundThread()

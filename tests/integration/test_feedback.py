@@ -8,6 +8,8 @@ them (404, 409, 422, duplicates, token), counts live accuracy per version, and s
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.conftest import LocalServer
+from tests.integration.conftest import LocalServer, wait_ready
+from tests.integration.test_connection_share import workers
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
@@ -248,3 +251,33 @@ def test_openapi_lists_feedback(server):
     spec = requests.get(f"{server.url}/openapi.json", timeout=10).json()
     assert "/feedback" in spec["paths"] and "post" in spec["paths"]["/feedback"]
 
+
+
+def test_a_worker_that_cannot_use_the_capture_dir_serves_without_it(tmp_path):
+    """The directory was usable at start, then not (here: a file in its place): workers started since
+    say so in the log and answer predictions, with capture and feedback off, rather than fail to boot."""
+    directory = tmp_path / "capture"
+    srv = LocalServer(tmp_path / "server", CAPTURE_DIR=str(directory), GRPC_PORT="0").start()
+    try:
+        directory.rename(tmp_path / "moved-away")
+        directory.write_text("not a directory")
+        old = workers(srv)
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (len(workers(srv)) < 2 or set(workers(srv)) & set(old)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers(srv)) == 2 and not set(workers(srv)) & set(old)
+        wait_ready(srv.url)
+        with requests.Session() as s:
+            for _ in range(8):
+                r = s.post(f"{srv.url}/predict", json={"model": "xor", "inputs": [[0, 1]]}, timeout=10)
+                assert r.status_code == 200, r.text
+            r = s.post(f"{srv.url}/feedback", json={"id": r.headers["X-Request-ID"], "label": "1"}, timeout=10)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "feedback_off", r.text
+        deadline = time.monotonic() + 10
+        while srv.read_log().count("capture and feedback off in this worker") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert srv.read_log().count("capture and feedback off in this worker") == 2
+    finally:
+        srv.stop()
