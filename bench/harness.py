@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,13 +223,29 @@ def run_wrk(url: str, connections: int, seconds: float, script: Path = LUA, time
     **env : str
         The script's settings (``BODY``, ``PACE_MS``, ...).
     """
-    cmd = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{math.ceil(seconds)}s",
+    threads = min(2, connections)
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{math.ceil(seconds)}s",
            f"--timeout={math.ceil(timeout)}s", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env},
-                         timeout=seconds + timeout + 60)
-    line = next((ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("{")), None)
+    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
+        capped = Path(tmp) / "capped"  # bench/wrk.lua's threads say here when they reached MAX_REQUESTS
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **env, "CAPPED": str(capped)})
+        if env.get("MAX_REQUESTS", "0") not in ("", "0"):
+            # wrk runs its whole duration even when every thread has stopped; SIGINT ends it at once,
+            # with its summary
+            deadline = time.monotonic() + seconds + timeout
+            while proc.poll() is None and len(list(Path(tmp).iterdir())) < threads and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = proc.communicate(timeout=seconds + timeout + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("{")), None)
     if line is None:
-        raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+        raise RuntimeError(f"wrk printed no summary:\n{stdout}\n{stderr}")
     return json.loads(line)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from pathlib import Path
 
 from bench.harness import Server, wrk
@@ -24,6 +23,7 @@ class SlowClients:
         self.head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.body, self.closed, self.stop = body, 0, threading.Event()
+        self.trickling = threading.Event()  # every attacker connected, and the trickling ones sent a byte
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def connect(self, trickling: bool) -> socket.socket:
@@ -58,12 +58,14 @@ class SlowClients:
                     with contextlib.suppress(OSError):
                         sock.send(self.body[sent:sent + 1])
                         conn[1] = sent + 1
+            self.trickling.set()
         for conn in conns:
             conn[0].close()
 
     def __enter__(self) -> SlowClients:
         self.thread.start()
-        time.sleep(2.5)  # every attacker connected and trickling
+        if not self.trickling.wait(30):
+            raise RuntimeError("the slow clients could not connect and start trickling within 30 s")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -77,6 +79,6 @@ def slow_client_row(srv: Server, body: Path, requests: int = 200, seconds: float
     host, port = srv.url.split("//")[1].split(":")
     with SlowClients(host, int(port), "/predict", body.read_bytes()) as attack:
         r = wrk(f"{srv.url}/predict", body, 1, seconds, max_requests=requests, timeout=5)
-    r["rps"] = None  # wrk runs its whole duration after the last request: no rate here, only latencies
+    r["rps"] = None  # one connection in turn with the attackers: latencies are the point, not a rate
     r["attackers_closed_by_server"] = attack.closed
     return r
