@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.integration.conftest import LocalServer
 from tests.integration.test_slow_clients import XOR, host_port, raw_request, read_response
 
-EACH = 24  # connections opened while one worker is frozen, and again after
+EACH = 48  # connections opened while one worker is frozen, and again after
 
 
 def children(pid: int) -> list[int]:
@@ -87,11 +87,11 @@ def test_new_connections_go_to_the_worker_holding_fewer(tmp_path):
         taken = split[0] - before[0]
         print(f"\nconnections per worker: {split} ({before} before the first was frozen); "
               f"the first took {taken} of the last {EACH}")
-        # the first takes new connections until it holds within SLACK of the second: ideally all 24, the
-        # last few either way, and on a loaded host some fewer (a deferral lasts 2 ms, then the second
-        # worker takes the connection: with three busy loops beside the test on two cores, 18-22).
-        # Without the share it takes about half or fewer (6-14 in eight runs here).
-        assert sum(split) == sum(before) + 2 * EACH and taken >= 18, split
+        # the first takes new connections until it holds within SLACK of the second: ideally all of them,
+        # the last one either way, and on a loaded host some fewer (a deferral lasts 2 ms, then the second
+        # worker takes the connection). Measured: 46-48 of 48; 38-44 with three busy loops beside the test
+        # on two cores; without the share 9-24 in eight runs.
+        assert sum(split) == sum(before) + 2 * EACH and taken >= 2 * EACH // 3, split
     finally:
         for sock in socks:
             sock.close()
