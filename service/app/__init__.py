@@ -52,7 +52,7 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.extensions["model_registry"] = reg
     plane = app.extensions["dataplane"] = DataPlane.from_settings(reg, cfg)
     app.extensions["diagnostics"] = Diagnostics(plane, cfg.state_dir)
-    app.extensions["feedback"] = Feedback(plane, plane.capture)
+    app.extensions["feedback"] = Feedback(plane)
     register_error_handlers(app)
     app.url_map.converters.update(model=ModelNameConverter, version=VersionConverter)
     for bp in (inference, feedback.blueprint(cfg.feedback_token is not None), models, health, v2, v2_extensions, v1):

@@ -73,8 +73,13 @@ def budget_full() -> ServiceError:
 class Feedback:
     """``POST /feedback``'s rules over the data plane's models and the capture directory."""
 
-    def __init__(self, plane: DataPlane, capture: Capture | None, run: Offload = run_inline) -> None:
-        self.plane, self.capture, self.run = plane, capture, run
+    def __init__(self, plane: DataPlane, run: Offload = run_inline) -> None:
+        self.plane, self.run = plane, run
+
+    @property
+    def capture(self) -> Capture | None:
+        """The data plane's (None: no ``CAPTURE_DIR``, or a worker that cannot use it)."""
+        return self.plane.capture
 
     def label(self, items: list[tuple[str, list[str], str]]) -> list[Labelled]:
         """Labels for captured requests: ``(request id, labels, field)`` each; all stored, or none.

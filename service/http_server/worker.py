@@ -115,9 +115,7 @@ class BufferingGeventWorker(GeventWorker):
                     plane.capture.drive_with(capture_writer)
                 except CaptureDirError as e:  # usable when the server started, not now: serve, without it
                     self.log.error("capture and feedback off in this worker: %s", e)
-                    plane.capture = None
-                    if extensions.get("feedback") is not None:
-                        extensions["feedback"].capture = None
+                    plane.capture = None  # feedback reads the plane's
             # rollouts' comparisons, on the loop; faster while the worker holds no connection
             shadow_runner.run(plane.rollouts, lambda: self.alive, lambda: self.connections == 0)
         background = BackgroundThread()
