@@ -102,6 +102,15 @@ def settle(url: str, body: Path, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def server_dirs(tmp: Path, port: int) -> tuple[Path, Path]:
+    """Fresh metrics and state directories for one server, in a directory of its own under ``tmp``: a port can
+    come back within one run once the server that had it has stopped, so the port alone does not name them."""
+    home = Path(tempfile.mkdtemp(prefix=f"server-{port}-", dir=tmp))
+    (home / "metrics").mkdir()
+    (home / "state").mkdir()
+    return home / "metrics", home / "state"
+
+
 @contextlib.contextmanager
 def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> Iterator[Server]:
     """gunicorn with the service's own configuration serving ``app`` from the source tree ``root``.
@@ -120,13 +129,11 @@ def server(app: str, workers: int, tmp: Path, root: Path = ROOT, **env: str) -> 
         More environment, e.g. ``BATCHING="off"``.
     """
     port = free_port()
-    metrics_dir, state_dir = tmp / f"metrics-{port}", tmp / f"state-{port}"
-    metrics_dir.mkdir()
-    state_dir.mkdir()  # as python -m service gives its workers: GRADCHECK_CONCURRENCY counts across them
+    metrics_dir, state_dir = server_dirs(tmp, port)  # state: as python -m service gives its workers
     environ = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WORKERS": str(workers),
                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "STATE_DIR": str(state_dir), **ONE_BLAS_THREAD,
                **env}
-    log = tmp / f"{app.split('.')[0]}-{port}.log"
+    log = metrics_dir.parent / f"{app.split('.')[0]}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config(root)), app], cwd=root,
                                 env=environ, stdout=out, stderr=subprocess.STDOUT)
@@ -157,12 +164,10 @@ def full_service(root: Path, tmp: Path, **env: str) -> Iterator[FullService]:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))
         port, grpc_port = (sock.getsockname()[1] for sock in socks)
-    metrics_dir, state_dir = tmp / f"metrics-{port}", tmp / f"state-{port}"
-    metrics_dir.mkdir()
-    state_dir.mkdir()
+    metrics_dir, state_dir = server_dirs(tmp, port)
     environ = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "GRPC_PORT": str(grpc_port),
                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "STATE_DIR": str(state_dir), **ONE_BLAS_THREAD, **env}
-    log = tmp / f"service-{port}.log"
+    log = metrics_dir.parent / "service.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=root, env=environ, stdout=out,
                                 stderr=subprocess.STDOUT)

@@ -93,6 +93,16 @@ def test_the_report_rewrites_only_between_its_markers(tmp_path, capsys):
 
 
 # -- each benchmark, briefly ------------------------------------------------------------------------
+def test_a_port_that_comes_back_gets_fresh_directories(tmp_path):
+    """A port freed by a stopped server can be handed out again in the same run (a CI run drew 53001 twice):
+    the second server must not find the first one's directories."""
+    from bench.harness import server_dirs
+
+    first, second = server_dirs(tmp_path, 53001), server_dirs(tmp_path, 53001)
+    assert set(first).isdisjoint(second)
+    assert all(path.is_dir() and not any(path.iterdir()) for path in (*first, *second))
+
+
 def test_the_serving_benchmark_runs_every_row(mnist_dir, tmp_path, capsys):
     """``make bench``'s serving run, at 1 s a row and one concurrency: every row answered without an error,
     against both ceilings and batching off, and the plot."""

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,9 +72,11 @@ class LocalServer:
         self.port, self.grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        self.log_path = tmp / f"server-{self.port}.log"
+        # a directory of its own: a port can come back in one test once the server that had it has stopped
+        home = Path(tempfile.mkdtemp(prefix=f"server-{self.port}-", dir=tmp))
+        self.log_path = home / "server.log"
         environ = {**os.environ, **SERVER_ENV, "HOST": "127.0.0.1", "PORT": str(self.port),
-                   "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"),
+                   "PROMETHEUS_MULTIPROC_DIR": str(home / "metrics"),
                    "GRPC_PORT": str(self.grpc_port), **env}
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environ,
