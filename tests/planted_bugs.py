@@ -231,6 +231,11 @@ BUGS = [
                "                except CaptureDirError as e:", "                except ZeroDivisionError as e:",
                ("tests/integration/test_feedback.py::test_a_worker_that_cannot_use_the_capture_dir_serves_without_it",),
                "a worker started after CAPTURE_DIR became unusable fails to boot, again and again"),
+    PlantedBug("grpc_dies_without_capture_dir", "service/grpc/server.py",
+               "    except CaptureDirError as e:", "    except ZeroDivisionError as e:",
+               ("tests/integration/test_feedback.py::"
+                "test_a_grpc_process_that_cannot_use_the_capture_dir_serves_without_it",),
+               "a gRPC process restarted after CAPTURE_DIR became unusable fails to start, again and again"),
     PlantedBug("capture_queue_unbounded", "service/capture/recorder.py",
                "if len(queue) >= self.capacity or self._stopped:", "if self._stopped:",
                ("tests/test_capture.py::test_a_full_queue_drops_records_not_requests",),

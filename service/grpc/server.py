@@ -35,6 +35,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 
 from service.batching.thread_batcher import ThreadBatcher
+from service.capture.budget import CaptureDirError
+from service.capture.capture import plain_thread
 from service.config import Settings
 from service.dataplane.dataplane import DataPlane
 from service.grpc.calls import SERVICE
@@ -56,7 +58,14 @@ def build_plane(settings: Settings) -> DataPlane:
                              settings.model_settle_seconds,
                              settings.state_dir / "repository.json" if settings.state_dir else None)
     registry.counts_failures = False  # the HTTP side counts them (service/repository/model_version.py)
-    plane = DataPlane.from_settings(registry.load_all(), settings)
+    registry.load_all()
+    try:
+        plane = DataPlane.from_settings(registry, settings)
+        if plane.capture is not None:  # this process's recorders made now, not in the first call to capture
+            plane.capture.drive_with(plain_thread)
+    except CaptureDirError as e:  # usable when the server started (its HTTP app checked it), not now
+        log.error("capture off in this gRPC process: %s", e)
+        plane = DataPlane.from_settings(registry, settings.model_copy(update={"capture_dir": None}))
     if settings.grpc_batches:  # GRPC_BATCHING: concurrent calls share passes (batching/thread_batcher.py)
         plane.serve_with(ThreadBatcher(settings.max_batch, settings.grpc_threads))
     return plane

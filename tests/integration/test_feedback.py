@@ -19,8 +19,10 @@ import requests
 
 from tests.integration.conftest import LocalServer, wait_ready
 from tests.integration.test_connection_share import workers
+from tests.integration.test_supervisor import grpc_pids
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
 TOKEN = "feedback-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -287,3 +289,41 @@ def test_a_worker_that_cannot_use_the_capture_dir_serves_without_it(tmp_path):
         assert all(map(said_off, new)), srv.read_log()[-3000:]
     finally:
         srv.stop()
+
+
+def test_a_grpc_process_that_cannot_use_the_capture_dir_serves_without_it(tmp_path):
+    """The same for a gRPC process the supervisor restarts after CAPTURE_DIR became unusable: it says
+    so in the log and answers calls, with capture off, rather than fail to start again and again."""
+    directory = tmp_path / "capture"
+    srv = LocalServer(tmp_path / "server", CAPTURE_DIR=str(directory), WORKERS="1").start()
+    try:
+        directory.rename(tmp_path / "moved-away")
+        directory.write_text("not a directory")
+        [old] = grpc_pids(srv)
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while grpc_pids(srv) in ([], [old]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [new] = grpc_pids(srv)
+        client = grpcclient.InferenceServerClient(srv.grpc_target)
+        inp = grpcclient.InferInput("input", [1, 2], "FP32")
+        inp.set_data_from_numpy(np.array([[0, 1]], dtype=np.float32))
+        while True:  # the restarted process serves once its models are loaded
+            try:
+                result = client.infer("xor", [inp], request_id="after-the-swap")
+                break
+            except InferenceServerException:
+                assert time.monotonic() < deadline, srv.read_log()[-3000:]
+                time.sleep(0.2)
+        r = requests.post(f"{srv.url}/predict", json={"model": "xor", "inputs": [[0, 1]]}, timeout=10)
+        expected = np.array([r.json()["predictions"][0]["probabilities"]], dtype=np.float32)
+        assert np.array_equal(result.as_numpy("probabilities"), expected)
+        assert grpc_pids(srv) == [new]  # the same process answered: it did not die after the call
+
+        def said_off() -> bool:
+            return any(f'"pid":{new},' in line and "capture off in this gRPC process" in line
+                       for line in srv.read_log().splitlines())
+
+        assert said_off(), srv.read_log()[-3000:]
+    finally:
+        assert srv.stop() == 0, srv.read_log()[-3000:]
