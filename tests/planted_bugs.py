@@ -216,7 +216,7 @@ BUGS = [
                ("tests/test_capture.py::test_a_write_the_disk_cuts_short_leaves_whole_lines_and_is_tried_again_later",),
                "a write the disk cut short leaves its first half, a partial line, in the segment"),
     PlantedBug("capture_keeps_unsynced_feedback", "service/capture/journal.py",
-               "                    self._segment.written -= len(lines)\n", "",
+               "                    segment.written -= len(lines)\n", "",
                ("tests/test_capture.py::test_a_durable_append_whose_fsync_fails_is_not_left_on_disk",),
                "feedback whose fsync failed is reported as not stored but stays in the file"),
     PlantedBug("feedback_disk_error_as_budget", "service/dataplane/feedback.py",
@@ -406,6 +406,11 @@ BUGS = [
                "ENABLED = False  # the one flag", "import opentelemetry.sdk.trace\nENABLED = False  # the one flag",
                ("tests/test_tracing.py::test_off_nothing_of_opentelemetry_is_imported",),
                "the SDK is imported with the module, into every process, tracing on or off"),
+    PlantedBug("bench_dirs_named_by_port", "bench/harness.py",
+               'home = Path(tempfile.mkdtemp(prefix=f"server-{port}-", dir=tmp))',
+               'home = tmp / f"server-{port}"\n    home.mkdir()',
+               ("tests/test_bench.py::test_a_port_that_comes_back_gets_fresh_directories",),
+               "a benchmark server given a port an earlier one had finds that one's directories and fails to start"),
 ]
 
 
