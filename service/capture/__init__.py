@@ -1,7 +1,8 @@
 """Capture: a sampled share of inferences, and feedback labels, recorded to disk for retraining.
 
 ``events`` is the record format (CloudEvents 1.0 as JSON Lines, KServe's payload logger's types),
-``journal`` the per-process segment files within one disk budget shared by every process, and
+``journal`` each process's appends to segment files of its own (``rotation``, ``segment``) within one
+disk budget shared by every process (``budget``), and
 ``recorder`` the bounded queue between the request path and the journal. Imports nothing of the
 server above it and starts no thread unless asked (``Recorder.start_thread``): it runs in gevent
 workers and in threaded gRPC processes alike.

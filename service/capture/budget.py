@@ -8,7 +8,7 @@ No process knows the others; the directory and the kernel's locks are the whole 
 * **Claims.** A segment's name ends in the bytes it may grow to (its claim), so the space used is
   the sum over every ``*.jsonl`` in the directory of its claim if it is live, else its size. A
   process opens a segment only under an exclusive ``flock`` on ``.budget.lock`` and only if that
-  sum plus the new claim is within the budget (``journal.py`` claims; this module counts).
+  sum plus the new claim is within the budget (``rotation.py`` claims; this module counts).
 * **Recovery.** A process killed inside a write can leave a line cut short. Whoever scans the
   directory under the budget lock truncates any segment that no live process holds back to just
   after its last ``"\\n"``: a record (one line) is whole or absent.

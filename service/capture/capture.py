@@ -1,7 +1,7 @@
 """Capture in one server: the settings, and each process's own recorders, made in that process.
 
 Models load in gunicorn's master, which then forks the workers; a journal's files belong to the
-process that writes them (its name and its lock, ``journal.py``). So :class:`Capture` is built in
+process that writes them (its name and its lock, ``rotation.py`` and ``segment.py``). So :class:`Capture` is built in
 the master with the settings only, and every process makes its recorders on first use. What writes
 them out is the front end's choice (:meth:`Capture.drive_with`, which makes them at once, on the
 event loop's thread): the HTTP worker flushes from a native thread of its own (its event loop must

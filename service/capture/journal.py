@@ -13,48 +13,18 @@ a mounted volume works).
 from __future__ import annotations
 
 import _thread
-import contextlib
-import errno
-import logging
 import os
-import re
-import socket
-import time
 import weakref
 from pathlib import Path
 from typing import Any
 
-from service.capture.budget import BUDGET_LOCK, SUFFIX, CaptureDirError, DirectoryBudget, segment_claim
-from service.capture.segment import Segment
+from service.capture.budget import BUDGET_LOCK, CaptureDirError, DirectoryBudget, segment_claim
+from service.capture.rotation import RECHECK_SECONDS, CaptureWriteError, Rotation, default_segment_bytes, host_name
 
 __all__ = ["BUDGET_LOCK", "RECHECK_SECONDS", "CaptureDirError", "CaptureWriteError", "Journal", "default_segment_bytes",
            "segment_claim"]
 
 KINDS = ("capture", "feedback")
-RECHECK_SECONDS = 1.0  # while full (or failing) the directory is looked at again at most this often
-MIN_SEGMENT = 64 * 1024
-MAX_SEGMENT = 16 * 1024 * 1024
-
-log = logging.getLogger(__name__)
-
-
-class CaptureWriteError(OSError):
-    """The disk refused a write (full file system, I/O error, volume gone read-only).
-
-    Whatever part of the write landed was truncated away and the segment abandoned, so the files
-    still hold whole lines only; the journal then refuses writes with this error for
-    ``RECHECK_SECONDS`` before trying a fresh segment. ``written`` is how many of the records given
-    to :meth:`Journal.append_records` were written before it.
-    """
-
-    def __init__(self, message: str, cause: OSError | None = None, written: int = 0) -> None:
-        super().__init__(cause.errno if cause is not None else errno.EIO, message)
-        self.written = written
-
-
-def default_segment_bytes(max_bytes: int) -> int:
-    """A sixteenth of the budget, within 64 KiB .. 16 MiB, and never more than the budget."""
-    return min(max_bytes, max(MIN_SEGMENT, min(MAX_SEGMENT, max_bytes // 16)))
 
 
 class Journal:
@@ -97,22 +67,16 @@ class Journal:
         # (threading.Lock) but not the C ``_thread.RLock``: appends run on native threads, where a
         # gevent lock would need a hub of its own.
         self._lock = _thread.RLock()
-        self._host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:63] or "host"
-        self._seq = 0
-        # Claims start small and double up to segment_bytes: a live segment reserves its whole claim,
-        # so a process that captures little (a gRPC process nobody calls much) holds little of the budget.
-        self._next_claim = min(self.segment_bytes, MIN_SEGMENT)
         self._closed = False
         self._written_total = 0
-        self._segment: Segment | None = None
-        self._full_until = 0.0
-        self._error: OSError | None = None
-        self._budget = DirectoryBudget(self.directory, self._host)
+        host = host_name()
+        budget = DirectoryBudget(self.directory, host)
+        self._rotation = Rotation(budget, host, kind, max_bytes, self.segment_bytes)
         try:
-            with self._budget.locked():
-                self._budget.scan(recover=True)
+            with budget.locked():
+                budget.scan(recover=True)
         except OSError as e:
-            self._budget.close()
+            budget.close()
             raise CaptureDirError(self.directory, f"cannot be read: {e.strerror or e}") from None
         reset_after_fork(self)
 
@@ -133,16 +97,17 @@ class Journal:
             raise ValueError("a journal appends whole lines: the bytes must end in a newline")
         with self._lock:
             self._check_open()
-            if not self._room_for(len(lines)):
+            if not self._rotation.room_for(len(lines)):
                 return False
             self._write(lines, 0)
             if durable:
+                segment = self._rotation.segment
                 try:
-                    self._segment.sync()
+                    segment.sync()
                 except OSError as e:  # written, maybe not to the disk: cut off and reported as not written
-                    self._segment.written -= len(lines)
+                    segment.written -= len(lines)
                     self._written_total -= len(lines)
-                    self._fail(e)
+                    self._rotation.fail(e)
                     raise CaptureWriteError(f"capture directory {self.directory}: fsync failed: {e}", e) from e
             return True
 
@@ -162,14 +127,14 @@ class Journal:
             self._check_open()
             done = 0
             while done < len(records):
-                room = self._segment.room if self._segment is not None else 0
+                room = self._rotation.segment.room if self._rotation.segment is not None else 0
                 end, size = done, 0
                 while end < len(records) and size + len(records[end]) <= room:
                     size += len(records[end])
                     end += 1
                 if end == done:  # not even the next one fits what is left: a new segment for it
                     try:
-                        if not self._room_for(len(records[done])):
+                        if not self._rotation.room_for(len(records[done])):
                             break
                     except CaptureWriteError as e:
                         e.written = done  # those went to the segment just closed
@@ -182,9 +147,9 @@ class Journal:
     def sync(self) -> None:
         """``fsync`` what this journal wrote to its current segment (and the segment's directory entry)."""
         with self._lock:
-            if not self._closed and self._segment is not None:
+            if not self._closed and self._rotation.segment is not None:
                 try:
-                    self._segment.sync()
+                    self._rotation.segment.sync()
                 except OSError as e:
                     raise CaptureWriteError(f"capture directory {self.directory}: fsync failed: {e}", e) from e
 
@@ -194,9 +159,7 @@ class Journal:
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(OSError):
-                self._close_segment()
-            self._budget.close()
+            self._rotation.close()
 
     def usage(self) -> dict[str, Any]:
         """What the directory holds against the budget, for ``GET /models`` and metrics.
@@ -206,10 +169,11 @@ class Journal:
         budget lock, so it may be a moment out of date.
         """
         with self._lock:
-            used, files = self._scan(recover=False)
+            used, files = self._rotation.scan(recover=False)
+            segment = self._rotation.segment
             return {"directory": str(self.directory), "max_bytes": self.max_bytes, "used_bytes": used,
                     "files": files, "written_bytes": self._written_total, "segment_bytes": self.segment_bytes,
-                    "segment": self._segment.name if self._segment is not None else None}
+                    "segment": segment.name if segment is not None else None}
 
     @property
     def closed(self) -> bool:
@@ -218,96 +182,32 @@ class Journal:
     @property
     def segment(self) -> Path | None:
         """The segment being written, if any."""
-        return self.directory / self._segment.name if self._segment is not None else None
+        segment = self._rotation.segment
+        return self.directory / segment.name if segment is not None else None
 
-    # -- start and fork -----------------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
         # A forked child shares its parent's open file descriptions, and so its parent's locks: it
         # must neither write the parent's segment nor take the parent's budget lock as its own.
         self._lock = _thread.RLock()  # the parent's may have been held by a thread that is not here
-        if self._closed:
-            return
-        if self._segment is not None:
-            self._segment.leave_to_parent()
-            self._segment = None
-        self._written_total = 0
-        self._next_claim = min(self.segment_bytes, MIN_SEGMENT)
-        try:
-            self._budget.reopen_after_fork()
-        except OSError as e:  # the directory gone since: this child's appends fail (and are counted) for good
-            log.warning("capture journal %s: %s", self.directory, e)
-            self._error, self._full_until = e, float("inf")
-
-    # -- segments -----------------------------------------------------------------------------------
+        if not self._closed:
+            self._written_total = 0
+            self._rotation.after_fork_in_child()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("append to a closed journal")
 
-    def _room_for(self, size: int) -> bool:
-        """Whether ``size`` bytes fit the current segment, after claiming a new one if they do not."""
-        if self._segment is not None and size <= self._segment.room:
-            return True
-        if size > self.max_bytes:
-            return False
-        if time.monotonic() < self._full_until:
-            if self._error is not None:
-                raise CaptureWriteError(f"capture directory {self.directory}: still failing: {self._error}",
-                                        self._error)
-            return False
-        try:
-            self._close_segment()
-            return self._claim_segment(size)
-        except OSError as e:
-            self._fail(e)
-            raise CaptureWriteError(f"capture directory {self.directory}: cannot rotate its segment: {e}", e) from e
-
-    def _claim_segment(self, size: int) -> bool:
-        with self._budget.locked():
-            used, _ = self._scan(recover=True)
-            free = self.max_bytes - used
-            if size > free:
-                self._full_until = time.monotonic() + RECHECK_SECONDS
-                self._error = None
-                return False
-            # the budget's last bytes too, not only whole segments
-            claim = max(size, min(self._next_claim, free))
-            self._next_claim = min(self.segment_bytes, 2 * self._next_claim)
-            self._seq += 1
-            name = f"{self.kind}-{time.time_ns()}-{self._host}-{os.getpid()}-{self._seq:06d}-{claim}{SUFFIX}"
-            self._segment = Segment(self.directory, name, claim)
-        self._error = None
-        return True
-
-    def _scan(self, recover: bool) -> tuple[int, int]:
-        segment = self._segment
-        return self._budget.scan(recover, segment.name, segment.claim) if segment is not None else \
-            self._budget.scan(recover)
-
     def _write(self, data: bytes, records_before: int) -> None:
+        segment = self._rotation.segment
         try:
-            self._segment.write(data)
+            segment.write(data)
         except OSError as e:
-            name = self._segment.name
-            self._fail(e)
-            raise CaptureWriteError(f"capture directory {self.directory}: write to {name} failed: {e}", e,
+            self._rotation.fail(e)
+            raise CaptureWriteError(f"capture directory {self.directory}: write to {segment.name} failed: {e}", e,
                                     records_before) from e
         self._written_total += len(data)
-
-    def _fail(self, error: OSError) -> None:
-        """Abandon the current segment after the disk refused something, cut back to its whole lines."""
-        log.warning("capture journal %s: %s", self.directory, error)
-        if self._segment is not None:
-            self._segment.abandon()
-            self._segment = None
-        self._error = error
-        self._full_until = time.monotonic() + RECHECK_SECONDS
-
-    def _close_segment(self) -> None:
-        if self._segment is not None:
-            segment, self._segment = self._segment, None
-            segment.close()
 
 
 def reset_after_fork(owner: Any) -> None:
