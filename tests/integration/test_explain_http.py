@@ -260,13 +260,17 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_explanations(gunic
     n = min(Limits().explain_max_batch, int(Limits().explain_max_cost // explain_cost(net, options, 1)))
     big = {"model": "mnist", "inputs": inputs_of("mnist", mnist_data, n=n).tolist()}
     statuses: list[int] = []
+    durations: list[float] = []  # each explanation's, as its client saw it
     stop = threading.Event()
 
     def loop() -> None:
         with requests.Session() as s:
             while not stop.is_set():
+                start = time.perf_counter()
                 r = s.post(f"{url}/explain", json=big, timeout=60)
                 statuses.append(r.status_code)
+                if r.status_code == 200:
+                    durations.append(time.perf_counter() - start)
                 if r.status_code == 503:
                     assert r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "explain_busy"
                     time.sleep(0.05)
@@ -287,6 +291,10 @@ def test_predict_stays_fast_while_clients_loop_on_the_largest_explanations(gunic
         t.join(60)
     p99 = float(np.percentile(latencies, 99)) * 1000
     print(f"\n/predict beside looping {n}-image explanations: p50 {np.median(latencies) * 1000:.1f} ms, "
-          f"p99 {p99:.1f} ms; explanations {statuses.count(200)} run, {statuses.count(503)} told to retry")
+          f"p99 {p99:.1f} ms; explanations {statuses.count(200)} run ({np.median(durations or [0]):.2f} s each), "
+          f"{statuses.count(503)} told to retry")
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 1
-    assert p99 < 100
+    # Judged against the explanations' own length, not a clock (as the gradcheck's twin of this test):
+    # /predicts queued behind them would wait up to that long (p99: nearly all of it); answered beside
+    # them, a small part (here 0.23 s each and a p99 of 21-26 ms)
+    assert p99 / 1000 < 0.5 * float(np.median(durations)), (p99, durations)
