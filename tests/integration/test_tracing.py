@@ -141,7 +141,8 @@ def test_an_http_request_s_spans_continue_the_client_s_trace(traced, receiver):
     r = requests.post(f"{traced.url}/v2/models/xor/infer", json=v2_body([[0, 1]]),
                       headers={"traceparent": header, "tracestate": "vendor=1"}, timeout=30)
     assert r.status_code == 200, r.text
-    spans = receiver.wait_for(lambda s: any(x["name"] == "encode" for x in of_trace(s, trace_id)))
+    # the server span ends last (after its children): waiting for it, the whole tree has arrived
+    spans = receiver.wait_for(lambda s: any(x["name"] == "POST /v2/models/{name}/infer" for x in of_trace(s, trace_id)))
     mine = of_trace(spans, trace_id)
     (server,) = [s for s in mine if s["name"] == "POST /v2/models/{name}/infer"]
     assert server["parent"] == parent_id  # the client's span
@@ -231,7 +232,8 @@ def test_a_grpc_call_s_spans_continue_the_metadata_s_trace(traced, receiver):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         response = stub.ModelInfer(request, metadata=[("traceparent", header)], timeout=30)
     assert response.model_name == "xor"
-    spans = receiver.wait_for(lambda s: any(x["name"] == "encode" for x in of_trace(s, trace_id)))
+    spans = receiver.wait_for(lambda s: any(x["name"] == "inference.GRPCInferenceService/ModelInfer"
+                                            for x in of_trace(s, trace_id)))  # the last to end
     mine = of_trace(spans, trace_id)
     (server,) = [s for s in mine if s["name"] == "inference.GRPCInferenceService/ModelInfer"]
     assert server["parent"] == parent_id and server["kind"] == 2
