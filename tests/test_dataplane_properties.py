@@ -123,7 +123,8 @@ def expected_probabilities(registry, model: str, value) -> np.ndarray:
     return network.predict_proba(batch)
 
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,  # CI must not pass or fail by luck
+                    suppress_health_check=list(HealthCheck))
 
 
 @SETTINGS

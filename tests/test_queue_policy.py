@@ -128,7 +128,7 @@ def test_the_gevent_batcher_answers_a_queued_request_at_its_deadline_uncomputed(
     waiters = [gevent.spawn(race.one, "short", 30_000), gevent.spawn(race.one, "long", None)]
     gevent.joinall([leader, *waiters], timeout=10, raise_error=True)
     assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
-    assert 0.025 < outcomes["short_s"] < 0.1  # answered at its deadline, not when the queue moved
+    assert 0.025 < outcomes["short_s"] < 0.15  # answered at its deadline, not when the queue moved (~0.19 s)
     assert isinstance(outcomes["long"], np.ndarray)
     assert race.slow.rows == 2  # the leader's and the long one's rows: the short one was never computed
     assert race.policy.waiting == 0
