@@ -4,7 +4,7 @@ A load loop runs throughout (bounded, loopback, a new connection per request so 
 reached) and no request may fail: a version trained by the training CLI starts serving in every
 worker within the poll interval; a broken version is refused while the previous one serves; a
 file copied slowly is never read half-way; removing versions falls back; the repository API needs
-its token. Polling every second, files settle after 0.5 s.
+its token. Polling every second, files settle after 1 s.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo, tmp_path_factory):
     srv = LocalServer(tmp_path_factory.mktemp("reload-server"), MODEL_DIR=str(repo), MODEL_POLL_SECONDS=str(POLL),
-                      MODEL_SETTLE_SECONDS="0.5", ADMIN_TOKEN=TOKEN).start()
+                      MODEL_SETTLE_SECONDS="1.0", ADMIN_TOKEN=TOKEN).start()
     yield srv
     assert srv.stop() == 0
 
@@ -135,13 +135,17 @@ def test_a_slow_copy_is_never_read_half_way(server, repo):
     good = (repo / "xor" / "2" / "model.npz").read_bytes()
     (repo / "xor" / "4").mkdir()
     seen = set()
-    with open(repo / "xor" / "4" / "model.npz", "wb") as f:  # as cp would: in pieces, over 2 s
+    # as cp would: in pieces, over 2 s, one every 0.4 s (MODEL_SETTLE_SECONDS=1.0: a piece late by up to
+    # 0.6 s, the /readyz asked between them included, still finds the file unsettled)
+    with open(repo / "xor" / "4" / "model.npz", "wb") as f:
+        due = time.monotonic()
         for i in range(5):
             f.write(good[i * len(good) // 5:(i + 1) * len(good) // 5])
             f.flush()
-            time.sleep(0.4)
+            due += 0.4
             seen |= {k for k, v in requests.get(f"{server.url}/readyz", timeout=5).json()["models"].items()
                      if v != "ready"}
+            time.sleep(max(0.0, due - time.monotonic()))
     wait_for(lambda: versions_now(server.url) == {4})
     assert "xor/4" not in seen  # never tried while it was being written
 
