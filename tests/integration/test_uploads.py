@@ -35,8 +35,10 @@ def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
     server = LocalServer(tmp_path, WORKERS="1", MAX_BODY_BYTES=str(4 * MIB), BODY_BUFFER_BYTES=str(4 * MIB),
                          REQUEST_TIMEOUT="3").start()
     try:
-        with StalledUploads(server.url, 1, 3 * MIB):  # holds the budget until its own timeout
-            time.sleep(0.5)
+        with StalledUploads(server.url, 1, 3 * MIB) as stalled:  # holds the budget until its own timeout
+            deadline = time.monotonic() + 2
+            while stalled.sent < 3 * MIB - 1 and time.monotonic() < deadline:  # the worker is reading it
+                time.sleep(0.01)
             with socket.create_connection(host_port(server.url), timeout=15) as sock:
                 sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              b"Content-Length: 2000000\r\n\r\n" + b" " * 100_000)
