@@ -14,7 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.config import Settings
+from pydantic import ValidationError
+
+from service.config import Settings, settings_error
 from service.observability import tracing
 
 # One BLAS thread per worker: gunicorn already runs one worker per core, and letting each worker's
@@ -34,7 +36,10 @@ def grpc_processes(settings: Settings) -> int:
 
 
 def main() -> None:
-    settings = Settings.from_env()  # fail fast, with pydantic's message, on a bad setting
+    try:
+        settings = Settings.from_env()  # fail fast, naming each bad setting
+    except ValidationError as exc:
+        raise SystemExit(settings_error(exc)) from None
     try:
         tracing.exporters()  # and on OTEL_* variables asking for what this server cannot do
     except tracing.TracingConfigError as exc:

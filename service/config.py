@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from model.repository import DEFAULT_ROOT
 from service.repository.version_policy import VersionPolicy
@@ -121,3 +121,15 @@ class Settings(BaseModel):
                 values[name] = raw.lower() if name == "log_level" else raw
         values.update(overrides)
         return cls(**values)
+
+
+def settings_error(error: ValidationError) -> str:
+    """An operator's message for settings that do not validate: each variable by its name and what is wrong,
+    never its value (a token may be among them) and never a traceback."""
+    lines = []
+    for e in error.errors():
+        name = str(e["loc"][0]).upper() if e["loc"] else ""
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {name}: {message}" if name else f"  {message}")
+    return "Error: the settings are not valid:\n" + "\n".join(lines)
+

@@ -45,6 +45,29 @@ def test_grpc_settings():
         Settings.from_env({"PORT": "9000", "GRPC_PORT": "9000"})
 
 
+def test_bad_settings_stop_the_server_with_one_line_each_and_no_traceback():
+    """``python -m service`` as an operator starts it: each bad variable named with what is wrong, exit 1;
+    never a traceback, never a value (a token may be among them)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}  # only the test's
+    run = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**env, "PORT": "0", "MAX_BODY_BYTES": "hunter2-is-no-size", "GRPC_PORT": "9001"})
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == ["Error: the settings are not valid:",
+                                       "  PORT: Input should be greater than or equal to 1",
+                                       "  MAX_BODY_BYTES: Input should be a valid integer, unable to parse string as "
+                                       "an integer"], run.stderr
+    same = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**env, "PORT": "9000", "GRPC_PORT": "9000"})
+    assert (same.returncode, same.stderr.splitlines()) == (1, [
+        "Error: the settings are not valid:",
+        "  GRPC_PORT=9000 is PORT too: give gRPC a port of its own (0 turns it off)"]), same.stderr
+
+
 def to_batch(inputs, entry):
     """What a JSON request goes through: the codec's conversion, then the data plane's checks."""
     return as_batch(json_codec.to_array(inputs, "inputs"), entry)
