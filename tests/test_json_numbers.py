@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from service.app.fast_lane import decode_predict  # noqa: E402
+from service.app.inference_middleware import decode_predict  # noqa: E402
 from service.dataplane.dataplane import DataPlane  # noqa: E402
 from service.errors import ServiceError  # noqa: E402
 from service.protocols import json_codec, json_numbers, v1_http, v2_http  # noqa: E402

@@ -1,5 +1,5 @@
 """A body read into one buffer (``service/http_server/request_body.py``): ``receive`` fills it from what gunicorn
-read ahead and then straight from the socket, ``WholeBody`` hands the fast lane that very buffer and everyone
+read ahead and then straight from the socket, ``WholeBody`` hands the inference middleware that very buffer and everyone
 else ``bytes``, and a binary tensor ends up a view of it, aligned, through decode and the data plane: no copy
 between the socket and the forward pass."""
 
@@ -123,5 +123,5 @@ def test_a_handed_over_body_is_bytes_for_flask():
     data = bytearray(b'{"model": "xor"}')
     whole = WholeBody(data)
     body = whole.read(len(data))
-    flask_input = io.BytesIO(body)  # what the lane puts back in wsgi.input when it hands over
+    flask_input = io.BytesIO(body)  # what the middleware puts back in wsgi.input when it hands over
     assert flask_input.read() == data

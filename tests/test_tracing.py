@@ -1,6 +1,6 @@
 """Tracing in-process (service/observability/tracing.py): which OTEL_* variables turn it on, that nothing of
-OpenTelemetry is imported while it is off, and the spans of a request through the fast lane, a Flask route and
-the thread batcher, caught by the SDK's in-memory exporter. The real server, exporting over OTLP:
+OpenTelemetry is imported while it is off, and the spans of a request through the inference middleware, a
+Flask route and the thread batcher, caught by the SDK's in-memory exporter. The real server, exporting over OTLP:
 tests/integration/test_tracing.py."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ from service.app import create_app
 from service.observability import request_record, tracing
 app = create_app()
 client = Client(app)
-assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200  # the lane
+assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200  # the middleware
 assert client.post("/gradcheck", json={"model": "xor", "inputs": [[0, 1]], "labels": ["1"]}).status_code == 200
 assert client.get("/v2/models/xor").status_code == 200  # Flask
 assert tracing.start() is False and not tracing.ENABLED
@@ -95,7 +95,7 @@ print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
 
 
 def test_off_nothing_of_opentelemetry_is_imported():
-    """A worker's modules, without OTEL_* variables: the app, requests through the lane and Flask, start()."""
+    """A worker's modules, without OTEL_* variables: the app, requests through the middleware and Flask, start()."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     run = subprocess.run([sys.executable, "-c", OFF], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

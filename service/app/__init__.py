@@ -1,5 +1,5 @@
 """The Flask app: ``create_app`` builds it (flaskr's factory), with a blueprint per area of the API,
-one error handler, the request hooks, and the fast lane in front (``fast_lane.py``)."""
+one error handler, the request hooks, and the inference middleware in front (``inference_middleware.py``)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from service.app.blueprints.v1 import v1
 from service.app.blueprints.v2 import v2
 from service.app.blueprints.v2_extensions import v2_extensions
 from service.app.error_handlers import register_error_handlers, validation_error_response
-from service.app.fast_lane import FastLane
 from service.app.hooks import StrictJSONRequest, after, before, teardown
+from service.app.inference_middleware import InferenceMiddleware
 from service.app.json_provider import ORJSONProvider
 from service.app.openapi import ServiceAPI
 from service.config import Settings
@@ -73,6 +73,6 @@ def create_app(config: Settings | dict[str, Any] | None = None, model_registry: 
     app.before_request(before)
     app.after_request(after)
     app.teardown_request(teardown)  # a server span (tracing on) is always ended
-    # POST /predict's common case in front of Flask, everything else through it (service/app/fast_lane.py)
-    app.wsgi_app = FastLane(app.wsgi_app, plane, cfg.max_body_bytes)
+    # POST /predict's common case in front of Flask, everything else through it (service/app/inference_middleware.py)
+    app.wsgi_app = InferenceMiddleware(app.wsgi_app, plane, cfg.max_body_bytes)
     return app

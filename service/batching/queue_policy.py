@@ -9,7 +9,7 @@ request whose deadline passes before its batch runs is **not computed**: it is a
 deadline (the batcher wakes it) with ``504 deadline_exceeded`` (gRPC ``DEADLINE_EXCEEDED``, as the
 HTTP mapping of gRPC codes has it). A request that finds ``MAX_QUEUE_SIZE`` requests already waiting
 in its process is refused at once with ``503 queue_full`` and ``Retry-After`` (gRPC ``UNAVAILABLE``),
-before its body is parsed where the front end can (the fast lane).
+before its body is parsed where the front end can (the inference middleware).
 
 Each request in the data plane holds a :class:`Ticket`: *waiting* until its forward pass starts
 (the batcher says so), then *running*. The per-model counts are the autoscaling signal,
@@ -86,7 +86,7 @@ class QueuePolicy:
         self.lock = threading.Lock()  # threads of a gRPC process; uncontended in a gevent worker
 
     def full(self) -> bool:
-        """Whether a new request would be refused now (the fast lane asks before parsing a body)."""
+        """Whether a new request would be refused now (the inference middleware asks before parsing a body)."""
         return 0 < self.max_queue_size <= self.waiting
 
     def admit(self, model: str, timeout_us: int | None, received: float | None) -> Ticket:

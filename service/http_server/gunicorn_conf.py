@@ -45,14 +45,15 @@ logconfig_dict = {
 
 def when_ready(server) -> None:
     """In the master, the app loaded and no worker forked yet: its objects leave the collector's reach
-    (``service/http_server/gc_freeze.py``), so collections in the workers never touch, and un-share, their pages."""
-    from service.http_server.gc_freeze import freeze_startup_objects
+    (``service/http_server/garbage_collection.py``), so collections in the workers never touch, and
+    un-share, their pages."""
+    from service.http_server.garbage_collection import freeze_startup_objects
 
     freeze_startup_objects()
 
 
 def on_exit(server) -> None:
-    from service.http_server.gc_freeze import release_startup_objects
+    from service.http_server.garbage_collection import release_startup_objects
 
     release_startup_objects()
 

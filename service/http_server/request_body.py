@@ -194,10 +194,11 @@ def aligned_buffer(length: int, offset: int) -> bytearray:
 class WholeBody:
     """``wsgi.input`` over a body read whole into a ``bytearray``.
 
-    A read of exactly its length, the fast lane's (``service/app/fast_lane.py``), returns the buffer
-    itself: no copy, and a binary tensor is then a NumPy view of it (``v2_tensors.from_raw``). Every
-    other read (Flask's, through werkzeug) sees ``bytes``, as from a ``BytesIO``, made on first use.
-    Nothing reuses the buffer: it lives as long as the request's arrays, so views of it stay valid.
+    A read of exactly its length, the inference middleware's (``service/app/inference_middleware.py``),
+    returns the buffer itself: no copy, and a binary tensor is then a NumPy view of it
+    (``v2_tensors.from_raw``). Every other read (Flask's, through werkzeug) sees ``bytes``, as from a
+    ``BytesIO``, made on first use. Nothing reuses the buffer: it lives as long as the request's arrays,
+    so views of it stay valid.
     """
 
     def __init__(self, data: bytearray) -> None:

@@ -1,5 +1,5 @@
 """How this server's responses reach the socket: gunicorn's writer with the head and a small body in one
-``send``, and the fast lane's answers written by the worker itself, byte for byte as gunicorn would.
+``send``, and the inference middleware's answers written by the worker itself, byte for byte as gunicorn would.
 
 **One send.** gunicorn sends a response's head (status line and headers) as soon as the app's first
 body bytes are ready, then the body, in a second ``send``. For the small answers this server gives
@@ -9,15 +9,16 @@ So :class:`CoalescingResponse` holds the head back and sends it together with th
 (up to ``COALESCE_BYTES``); a larger body, a chunked one, a file (``sendfile``) or no body at all gets
 the head on its own first, as before. Everything else (framing, lengths, keep-alive) is gunicorn's.
 
-**The fast lane's answers.** Once the fast lane (``service/app/fast_lane.py``) answers an inference
-request, what is left of gunicorn's side of it is building the full WSGI environ (``wsgi.create``:
-an errors wrapper, the early-hints callback, SERVER_* and REMOTE_* keys nothing here reads) and a
-``Response`` that checks every header against its regular expressions: ~13% of a worker's samples
-for a one-sample MNIST request. The lane needs eight environ keys and its headers are its own, so
-the worker asks the lane first with the environ built by :func:`lane_environ` and writes the answer
-with :func:`write_answer`: the status line in the request's HTTP version, ``Server``, ``Date``,
-``Connection`` (by gunicorn's rules), the lane's headers, and the body in the same send as the head
-when it is small. ``tests/test_lane_answers.py`` compares the two writers byte for byte.
+**The inference middleware's answers.** Once the inference middleware
+(``service/app/inference_middleware.py``) answers an inference request, what is left of gunicorn's side
+of it is building the full WSGI environ (``wsgi.create``: an errors wrapper, the early-hints callback,
+SERVER_* and REMOTE_* keys nothing here reads) and a ``Response`` that checks every header against its
+regular expressions: ~13% of a worker's samples for a one-sample MNIST request. The middleware needs
+eight environ keys and its headers are its own, so the worker asks the middleware first with the environ
+built by :func:`middleware_environ` and writes the answer with :func:`write_answer`: the status line in
+the request's HTTP version, ``Server``, ``Date``, ``Connection`` (by gunicorn's rules), the middleware's
+headers, and the body in the same send as the head when it is small.
+``tests/test_middleware_answers.py`` compares the two writers byte for byte.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from gunicorn import SERVER
 from gunicorn.http import wsgi
 
-from service.app.fast_lane import STATUS_LINES, Headers
+from service.app.inference_middleware import STATUS_LINES, Headers
 
 COALESCE_BYTES = 64 * 1024  # bodies up to this are copied behind the head; larger ones go in their own send
 
@@ -99,8 +100,8 @@ def install() -> None:
 
 
 
-def lane_environ(req: Any) -> dict[str, Any] | None:
-    """What the fast lane reads of gunicorn's environ for ``req``, with the same values ``wsgi.create``
+def middleware_environ(req: Any) -> dict[str, Any] | None:
+    """What the inference middleware reads of gunicorn's environ for ``req``, with the same values ``wsgi.create``
     gives them (headers as ``HTTP_*``, repeated ones joined with commas); None for a request whose
     path gunicorn would rewrite (percent-escapes, non-ASCII, a SCRIPT_NAME): those take the full path."""
     path = req.path

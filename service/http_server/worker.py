@@ -13,13 +13,13 @@ a module of its own:
 * waits for a request head bounded, shared fairly and ended on stop (``idle_connections.py``);
 * connections spread evenly over the workers (``connection_share.py``);
 * gunicorn's own refusals in the documented JSON error shape (``refusals.py``);
-* a response's head and small body in one send, and the fast lane's answers written by the worker
+* a response's head and small body in one send, and the inference middleware's answers written by the worker
   itself (``response_writer.py``);
 * gradchecks and explanations on the worker's background thread (``background.py``);
 * concurrent inference requests share forward passes (``service/batching/gevent_batcher.py``);
-* what start-up made is never scanned by the garbage collector again (``gc_freeze.py``);
+* what start-up made is never scanned by the garbage collector again (``garbage_collection.py``);
 * whether a peer may set ``X-Forwarded-*`` decided once per address (``peer_trust.py``);
-* gunicorn's settings looked up once each (``settled_config.py``);
+* gunicorn's settings looked up once each (``worker_config.py``);
 * the model repository rescanned every ``MODEL_POLL_SECONDS`` (``service/repository/watcher.py``);
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
 * connections take turns: each yields to the others after every request.
@@ -39,17 +39,17 @@ from gunicorn.workers import ggevent
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
-from service.app.fast_lane import FastLane
+from service.app.inference_middleware import InferenceMiddleware
 from service.batching.gevent_batcher import GeventBatcher
 from service.capture.budget import CaptureDirError
 from service.config import Settings
-from service.http_server import connection_share, gc_freeze, peer_trust, response_writer, shadow_runner
+from service.http_server import connection_share, garbage_collection, peer_trust, response_writer, shadow_runner
 from service.http_server.background import BackgroundThread
 from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections, Wait
 from service.http_server.refusals import write_gunicorn_error
 from service.http_server.request_body import BodyReader
-from service.http_server.settled_config import SettledConfig
+from service.http_server.worker_config import WorkerConfig
 from service.observability import tracing
 from service.repository.watcher import watch
 
@@ -82,13 +82,13 @@ class BufferingGeventWorker(GeventWorker):
     """``worker_class = "service.http_server.worker.BufferingGeventWorker"`` (``gunicorn_conf.py``)."""
 
     def init_process(self) -> None:
-        self.cfg = SettledConfig(self.cfg)  # gunicorn's settings, each looked up once in this process
+        self.cfg = WorkerConfig(self.cfg)  # gunicorn's settings, each looked up once in this process
         settings = Settings.from_env()
         self.settings = settings
         self.request_timeout = float(settings.request_timeout)
         self.bodies = BodyReader(settings.max_body_bytes, self.request_timeout, settings.body_budget)
         self.idle = IdleConnections(settings.worker_connections)
-        self.lane: FastLane | None = None  # the app's, found after fork (run)
+        self.middleware: InferenceMiddleware | None = None  # the app's, found after fork (run)
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
         self.share = connection_share.Share(getattr(self, "share_slot", None))  # given by the master (pre_fork)
         gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
@@ -123,15 +123,15 @@ class BufferingGeventWorker(GeventWorker):
             diagnostics.run = background.run
         if extensions.get("feedback") is not None:
             extensions["feedback"].run = background.run  # its lookups and fsyncs, off the event loop
-        self.lane = FastLane.of(app)
-        gc_freeze.freeze_startup_objects()  # 14-20% less CPU per request
+        self.middleware = InferenceMiddleware.of(app)
+        garbage_collection.freeze_startup_objects()  # 14-20% less CPU per request
         # gunicorn's run() makes one gevent StreamServer per listening socket: this one's accepts
         # leave a connection to a worker holding fewer (this process's copy of gunicorn's module)
         ggevent.StreamServer = connection_share.deferring_server(ggevent.StreamServer, self.share)
         try:
             super().run()
         finally:
-            gc_freeze.release_startup_objects()
+            garbage_collection.release_startup_objects()
             if plane is not None and plane.capture is not None:
                 capture_writer.stop()
                 plane.capture.close()  # what is still queued, written before the worker exits
@@ -186,12 +186,12 @@ class BufferingGeventWorker(GeventWorker):
         return keep_alive
 
     def answer_directly(self, req, sock: socket.socket) -> bool | None:
-        """What gunicorn's ``handle_request`` does, for a request the fast lane answers: True (keep the
-        connection), StopIteration (close it); None if the lane leaves it to the app, body put back."""
-        env = response_writer.lane_environ(req) if self.lane is not None else None
+        """What gunicorn's ``handle_request`` does, for a request the inference middleware answers: True (keep the
+        connection), StopIteration (close it); None if the middleware leaves it to the app, body put back."""
+        env = response_writer.middleware_environ(req) if self.middleware is not None else None
         if env is None:
             return None
-        answer = self.lane.respond(env)
+        answer = self.middleware.respond(env)
         if answer is None:
             req.body = env["wsgi.input"]
             return None

@@ -1,6 +1,6 @@
-"""What every HTTP exchange gets, whether Flask dispatched it or the fast lane answered it: a request
+"""What every HTTP exchange gets, whether Flask dispatched it or the inference middleware answered it: a request
 id, its metrics and its one log line. One home, asked by the app's hooks (``service/app/hooks.py``)
-and by the fast lane (``service/app/fast_lane.py``)."""
+and by the inference middleware (``service/app/inference_middleware.py``)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,6 @@ def record(snapshot: Catalogue, endpoint: str, method: str, path: str, model: st
         metrics.observe_request(endpoint, known or "", status, elapsed)
     fields = {"method": method, "path": path, "model": model, "batch_size": batch_size, "status": status,
               "latency_ms": round(elapsed * 1000, 3), "request_id": rid}
-    if tracing.ENABLED:  # the request's server span is current here (the lane's, or the Flask hooks')
+    if tracing.ENABLED:  # the request's server span is current here (the middleware's, or the Flask hooks')
         fields["trace_id"] = tracing.trace_id()
     log_request(fields)

@@ -210,7 +210,7 @@ def body_read(start_ns: int, end_ns: int | None) -> None:
 class ServerSpan:
     """One request's server span, made current (so the batchers' spans and the log line find it) until
     :meth:`finish`. ``headers`` reads the client's trace context; ``start_ns`` for a request whose first
-    steps were timed before the span could be named (the fast lane decodes first)."""
+    steps were timed before the span could be named (the inference middleware decodes first)."""
 
     __slots__ = ("span", "token")
 

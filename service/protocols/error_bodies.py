@@ -1,5 +1,5 @@
 """Each protocol's error body: one :class:`service.errors.ServiceError`, rendered in the shape its
-protocol documents. Transport-free: the Flask handlers, the fast lane and the HTTP worker's own
+protocol documents. Transport-free: the Flask handlers, the inference middleware and the HTTP worker's own
 refusals all render through :func:`rendered`, so an error reads the same whichever layer answers it.
 """
 

@@ -1,4 +1,4 @@
-"""This service's own ``POST /predict`` answer, built once for the Flask view and the fast lane."""
+"""This service's own ``POST /predict`` answer, built once for the Flask view and the inference middleware."""
 
 from __future__ import annotations
 

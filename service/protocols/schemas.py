@@ -170,7 +170,7 @@ class ModelPath(StrictModel):
     name: ModelName
 
 
-VERSION_PATTERN = r"[1-9][0-9]{0,8}"  # a version in a URL (the fast lane's routes ask this too)
+VERSION_PATTERN = r"[1-9][0-9]{0,8}"  # a version in a URL (the inference middleware's routes ask this too)
 
 
 class VersionPath(StrictModel):

@@ -1,5 +1,5 @@
 """TensorFlow Serving's REST predict body (KServe's V1), without a transport: what Flask's view
-(``service/app/blueprints/v1.py``) and the fast lane (``service/app/fast_lane.py``) both run.
+(``service/app/blueprints/v1.py``) and the inference middleware (``service/app/inference_middleware.py``) both run.
 
 ``{"instances": [...]}`` (row format, answered ``{"predictions": [...]}``) or ``{"inputs": ...}``
 (columnar, answered ``{"outputs": ...}``); rows or columns may name the one input,

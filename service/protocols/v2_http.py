@@ -1,5 +1,5 @@
 """The Open Inference Protocol's REST bodies, without a transport: what Flask's view
-(``service/app/blueprints/v2.py``) and the fast lane (``service/app/fast_lane.py``) both run.
+(``service/app/blueprints/v2.py``) and the inference middleware (``service/app/inference_middleware.py``) both run.
 
 :func:`decode` turns a body (a JSON header, optionally followed by the binary tensor data extension's
 raw bytes) into the validated request and its input tensor, raising a :class:`ServiceError` or

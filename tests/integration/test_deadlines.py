@@ -64,11 +64,11 @@ def error_code(protocol: str, body: dict) -> str:
 
 
 @pytest.mark.parametrize("protocol", ["predict", "v1", "v2"])
-@pytest.mark.parametrize("lane", ["fast lane", "flask"])
-def test_a_request_past_its_deadline_in_the_queue_is_answered_then_uncomputed(held, protocol, lane):
+@pytest.mark.parametrize("front", ["middleware", "flask"])
+def test_a_request_past_its_deadline_in_the_queue_is_answered_then_uncomputed(held, protocol, front):
     url, body, headers = http_calls(held.url, DEADLINE_US)[protocol]
     data = json.dumps(body).encode()
-    if lane == "flask":  # a compressed body is decoded by Flask's hook: the views' path, not the lane's
+    if front == "flask":  # a compressed body is decoded by Flask's hook: the views' path, not the middleware's
         data, headers = gzip.compress(data), {**headers, "Content-Encoding": "gzip"}
     before = requests.get(f"{held.url}/metrics", timeout=10).text
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """OpenTelemetry tracing in the real server (service/observability/tracing.py): the spans arrive over OTLP/HTTP at a
 receiver in this process, and their tree is checked.
 
-* HTTP (the fast lane): the server span's trace and parent are the client's ``traceparent``; its children are
+* HTTP (the inference middleware): the server span's trace and parent are the client's ``traceparent``; its children are
   ``read body``, ``decode``, ``queue``, ``batch`` and ``encode``; the request's log line carries its trace id.
 * Two requests sent at the same moment to the one worker (``WORKERS=1``, a queue delay so they batch) are served
   by ONE ``batch`` span that links to both server spans.

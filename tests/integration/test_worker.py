@@ -150,8 +150,8 @@ def answer_of(sock: socket.socket) -> tuple[list[bytes], bytes]:
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_answers_written_by_the_worker_keep_gunicorns_connection_rules(base_url, version):
-    """The fast lane's answers are written by the worker (service/http_server/response_writer.py): the same default
-    headers as gunicorn's (Server, Date, Connection), keep-alive until the client says close, and an
+    """The inference middleware's answers are written by the worker (service/http_server/response_writer.py):
+    the same default headers as gunicorn's (Server, Date, Connection), keep-alive until the client says close, and an
     HTTP/1.0 client without keep-alive gets its answer and a closed connection."""
     raw = raw_request("/predict", MNIST_ONE).replace(b"HTTP/1.1", f"HTTP/{version}".encode())
     with socket.create_connection(host_port(base_url), timeout=30) as sock:

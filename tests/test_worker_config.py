@@ -1,11 +1,11 @@
-"""A worker's gunicorn settings, each looked up once (service/http_server/settled_config.py)."""
+"""A worker's gunicorn settings, each looked up once (service/http_server/worker_config.py)."""
 
 from __future__ import annotations
 
 import pytest
 from gunicorn.config import Config
 
-from service.http_server.settled_config import SettledConfig
+from service.http_server.worker_config import WorkerConfig
 
 
 def gunicorn_config() -> Config:
@@ -18,7 +18,7 @@ def gunicorn_config() -> Config:
 
 def test_every_setting_reads_as_gunicorn_s_own():
     cfg = gunicorn_config()
-    settled = SettledConfig(cfg)
+    settled = WorkerConfig(cfg)
     for name in sorted(cfg.settings):
         assert getattr(settled, name) == getattr(cfg, name), name
     for name in ("is_ssl", "address", "uid", "gid", "proc_name", "env", "sendfile", "reuse_port"):
@@ -40,7 +40,7 @@ def test_each_name_is_looked_up_once(monkeypatch):
         return lookup(self, name)
 
     monkeypatch.setattr(Config, "__getattr__", counting)
-    settled = SettledConfig(cfg)
+    settled = WorkerConfig(cfg)
     for _ in range(100):
         assert settled.keepalive == 7
         assert settled.limit_request_line == 1234
@@ -50,6 +50,6 @@ def test_each_name_is_looked_up_once(monkeypatch):
 
 
 def test_a_worker_cannot_change_its_settings():
-    settled = SettledConfig(gunicorn_config())
+    settled = WorkerConfig(gunicorn_config())
     with pytest.raises(AttributeError):
         settled.keepalive = 3

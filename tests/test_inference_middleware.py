@@ -1,9 +1,9 @@
-"""The fast lane (service/app/fast_lane.py) answers ``/predict``, V1 ``:predict`` and V2 ``infer`` exactly as Flask
-would, and hands over what it must.
+"""The inference middleware (service/app/inference_middleware.py) answers ``/predict``, V1 ``:predict`` and
+V2 ``infer`` exactly as Flask would, and hands over what it must.
 
-Every case is sent twice, as the same bytes: to the app as served (the lane in front of Flask) and to
-Flask alone (the lane's ``inner``). Status, headers and body must be equal (the request id too, where
-the client supplies one), and so must the log line; the cases the lane answers itself are checked
+Every case is sent twice, as the same bytes: to the app as served (the middleware in front of Flask) and to
+Flask alone (the middleware's ``inner``). Status, headers and body must be equal (the request id too, where
+the client supplies one), and so must the log line; the cases the middleware answers itself are checked
 to never reach Flask, and the others to reach it once.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from werkzeug.test import Client
 
 from service.app import create_app
-from service.app.fast_lane import FastLane
+from service.app.inference_middleware import InferenceMiddleware
 from service.observability import request_record
 from service.protocols import v1_http
 from service.repository.registry import ModelRegistry
@@ -27,7 +27,7 @@ ID = {"X-Request-ID": "fixed-id-1"}
 JSON = {"Content-Type": "application/json", **ID}
 ONE = {"model": "xor", "inputs": [[0, 1]]}
 
-# (name, body bytes, headers, answered by the lane itself), all sent to POST /predict
+# (name, body bytes, headers, answered by the middleware itself), all sent to POST /predict
 PREDICT_CASES = [
     ("xor", json.dumps(ONE).encode(), JSON, True),
     ("digits nested", json.dumps({"model": "digits", "inputs": [[[0.5] * 5] * 5, [[1] * 5] * 5]}).encode(),
@@ -65,7 +65,7 @@ V2_HEAD = json.dumps({"inputs": [{"name": "input", "shape": [1, 2], "datatype": 
                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
 V2_BINARY = V2_HEAD + np.array([1, 0], dtype="<f4").tobytes()
 OCTETS = {**ID, "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(V2_HEAD))}
-# (name, path, body bytes, headers, answered by the lane itself)
+# (name, path, body bytes, headers, answered by the middleware itself)
 CASES = [(name, "/predict", *rest) for name, *rest in PREDICT_CASES] + [
     ("v1 rows", V1, b'{"instances": [[0, 1], [1, 1]]}', JSON, True),
     ("v1 columns, named", V1, b'{"inputs": {"input": [[0, 1]]}}', ID, True),
@@ -131,54 +131,55 @@ def log_line(err: str) -> dict:
     return {k: v for k, v in line.items() if k not in ("ts", "latency_ms")}
 
 
-@pytest.mark.parametrize(("path", "body", "headers", "lane_answers"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_the_lane_answers_as_flask_does(app, capsys, monkeypatch, path, body, headers, lane_answers):
-    assert isinstance(app.wsgi_app, FastLane)
+@pytest.mark.parametrize(("path", "body", "headers", "middleware_answers"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_the_middleware_answers_as_flask_does(app, capsys, monkeypatch, path, body, headers, middleware_answers):
+    assert isinstance(app.wsgi_app, InferenceMiddleware)
     recorded = []  # what each path counts in /metrics: endpoint (the Flask rule), method, path, model, batch, status
     record = request_record.record
     monkeypatch.setattr(request_record, "record", lambda *args: (recorded.append(args[1:7]), record(*args)))
     flask_alone = app.wsgi_app.inner
     spy = Spy(flask_alone)
-    lane = FastLane(spy, app.wsgi_app.plane, app.wsgi_app.max_body)
+    middleware = InferenceMiddleware(spy, app.wsgi_app.plane, app.wsgi_app.max_body)
     capsys.readouterr()
-    status, got_headers, got = send(lane, body, headers, path)
-    lane_log = log_line(capsys.readouterr().err)
+    status, got_headers, got = send(middleware, body, headers, path)
+    middleware_log = log_line(capsys.readouterr().err)
     want_status, want_headers, want = send(flask_alone, body, headers, path)
     flask_log = log_line(capsys.readouterr().err)
-    assert spy.calls == (0 if lane_answers else 1)
+    assert spy.calls == (0 if middleware_answers else 1)
     if headers.get("X-Request-ID") != ID["X-Request-ID"]:  # not ours to keep: a fresh random id each
         assert got_headers.pop("X-Request-ID") != want_headers.pop("X-Request-ID")
-        lane_log.pop("request_id"), flask_log.pop("request_id")
+        middleware_log.pop("request_id"), flask_log.pop("request_id")
     assert (status, got_headers) == (want_status, want_headers)
     if got_headers.get("Content-Encoding") == "gzip":
         got, want = gzip.decompress(got), gzip.decompress(want)
     assert got == want
-    assert lane_log == flask_log
+    assert middleware_log == flask_log
     assert len(recorded) == 2 and recorded[0] == recorded[1], recorded
 
 
 def test_only_the_inference_routes_take_the_lane(app):
-    lane = app.wsgi_app
+    middleware = app.wsgi_app
     base = {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "CONTENT_TYPE": "application/json",
             "CONTENT_LENGTH": "10"}
-    assert lane.takes(base)[2] == 10
+    assert middleware.takes(base)[2] == 10
     for path in ("/v1/models/mnist:predict", "/v1/models/a.b-c_d/versions/12:predict", "/v2/models/mnist/infer",
                  "/v2/models/mnist/versions/123456789/infer"):
         for content_type in ("application/json", "application/octet-stream", ""):
-            assert lane.takes({**base, "PATH_INFO": path, "CONTENT_TYPE": content_type}) is not None, path
+            assert middleware.takes({**base, "PATH_INFO": path, "CONTENT_TYPE": content_type}) is not None, path
     for change in ({"REQUEST_METHOD": "PUT"}, {"PATH_INFO": "/predict/"}, {"PATH_INFO": "/gradcheck"},
                    {"PATH_INFO": "/explain"}, {"PATH_INFO": "/v1/models/mnist:explain"},
                    {"PATH_INFO": "/v1/models/mnist/versions/01:predict"}, {"PATH_INFO": "/v2/models/mnist/infer/"},
                    {"PATH_INFO": "/v2/models/mnist/versions/0/infer"}, {"PATH_INFO": "/v2/models/a/b/infer"},
                    {"PATH_INFO": "/v2/models/mnist/versions/1234567890/infer"}, {"PATH_INFO": "/v2/repository/index"},
-                   {"CONTENT_LENGTH": ""}, {"CONTENT_LENGTH": "-1"}, {"CONTENT_LENGTH": str(lane.max_body + 1)},
+                   {"CONTENT_LENGTH": ""}, {"CONTENT_LENGTH": "-1"}, {"CONTENT_LENGTH": str(middleware.max_body + 1)},
                    {"CONTENT_TYPE": "application/x-www-form-urlencoded"}, {"CONTENT_TYPE": ""},
                    {"HTTP_CONTENT_ENCODING": "gzip"}):
-        assert lane.takes({**base, **change}) is None, change
+        assert middleware.takes({**base, **change}) is None, change
     v2 = {**base, "PATH_INFO": "/v2/models/mnist/infer"}
     for change in ({"CONTENT_TYPE": "multipart/form-data; boundary=x"}, {"HTTP_CONTENT_ENCODING": "deflate"},
                    {"REQUEST_METHOD": "GET"}):
-        assert lane.takes({**v2, **change}) is None, change
+        assert middleware.takes({**v2, **change}) is None, change
 
 
 @pytest.mark.parametrize(("path", "body"), [("/predict", json.dumps(ONE).encode()),
@@ -191,7 +192,7 @@ def test_a_model_failure_is_a_500_naming_the_request_id(app, monkeypatch, caplog
 
     monkeypatch.setattr(entry.network, "predict_proba", broken)
     spy = Spy(app.wsgi_app.inner)
-    status, headers, body = send(FastLane(spy, app.wsgi_app.plane, app.wsgi_app.max_body), body, JSON, path)
+    status, headers, body = send(InferenceMiddleware(spy, app.wsgi_app.plane, app.wsgi_app.max_body), body, JSON, path)
     assert spy.calls == 0 and status == 500 and headers["X-Request-ID"] == "fixed-id-1"
     error = json.loads(body)["error"]
     assert (error["code"] == "internal_error") if path == "/predict" else isinstance(error, str)
@@ -206,7 +207,7 @@ def test_a_bug_while_decoding_is_handed_to_flask_which_answers_a_500(app, monkey
 
     monkeypatch.setattr(v1_http, "decode", broken)
     spy = Spy(app.wsgi_app.inner)
-    status, headers, body = send(FastLane(spy, app.wsgi_app.plane, app.wsgi_app.max_body),
+    status, headers, body = send(InferenceMiddleware(spy, app.wsgi_app.plane, app.wsgi_app.max_body),
                                  b'{"instances": [[0, 1]]}', JSON, V1)
     assert spy.calls == 1 and status == 500 and headers["X-Request-ID"] == "fixed-id-1"
     assert "fixed-id-1" in json.loads(body)["error"]

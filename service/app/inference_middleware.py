@@ -1,4 +1,5 @@
-"""The inference routes' common case answered in front of Flask: the same rules, a third of the CPU less.
+"""The inference middleware: the inference routes' common case answered as plain WSGI in front of Flask,
+by the same rules, for a third less CPU.
 
 Why (``docs/architecture.md`` has the profile and the figures): with the 784-300-10 MNIST
 model the forward pass is ~4% of a worker's time and the HTTP stack most of the rest. Flask's
@@ -14,12 +15,12 @@ explanation), each with a ``Content-Length`` within ``MAX_BODY_BYTES``, not
 else -- another route, a path Flask's converters would refuse, a body the rules refuse, a
 compressed one -- goes to Flask untouched (the body it read is put back), so every decoding error
 is still answered in one place, by the same handlers; nothing a request can do happens twice, since
-the lane hands over before the data plane is asked. From the data plane on it does what the Flask
+the middleware hands over before the data plane is asked. From the data plane on it does what the Flask
 views do, with the same functions: ``DataPlane.infer``, the protocol's answer builder
 (``service/protocols/``), errors rendered by ``protocols/error_bodies.py``'s :func:`rendered`, the
 response compressed by ``protocols/content_coding.py``, the request id, metrics and log line of
 ``observability/request_record.py``. The integration tests run through it (every inference they
-send that succeeds), and ``tests/test_fast_lane.py`` compares its answers with Flask's, header by
+send that succeeds), and ``tests/test_inference_middleware.py`` compares its answers with Flask's, header by
 header.
 """
 
@@ -69,7 +70,7 @@ class Call:
 
 @dataclass(frozen=True)
 class Route:
-    """One family of views the lane answers for.
+    """One family of views the middleware answers for.
 
     ``path``: a full match, with groups ``name`` and ``version`` where the URL names them, and no
     wider than the Flask route's converters and path model (a path they refuse goes to Flask, which
@@ -80,7 +81,7 @@ class Route:
     path: re.Pattern[str]
     rules: tuple[str, str]
     decode: Callable[[bytes, dict[str, Any], str | None, int | None, DataPlane], Call | None]
-    # what the lane takes: /predict is JSON only (a 415 otherwise, from Flask); the standard protocols read
+    # what the middleware takes: /predict is JSON only (a 415 otherwise, from Flask); the standard protocols read
     # any body, but a form's content type is left to Flask, where werkzeug may parse the form first
     content_types: frozenset[str] = frozenset({"", JSON, "application/octet-stream"})
 
@@ -137,18 +138,18 @@ ROUTES = {  # by the path's first 4 characters: one dictionary look-up decides m
 }
 
 
-class FastLane:
+class InferenceMiddleware:
     """WSGI middleware: answers what it can of the inference routes, hands everything else to ``inner``."""
 
     def __init__(self, inner: WSGIApp, plane: DataPlane, max_body: int) -> None:
         self.inner, self.plane, self.max_body = inner, plane, max_body
 
     @staticmethod
-    def of(app: Any) -> FastLane | None:
-        """The lane in front of ``app`` (``create_app`` puts it there), for a server that asks
+    def of(app: Any) -> InferenceMiddleware | None:
+        """The middleware in front of ``app`` (``create_app`` puts it there), for a server that asks
         :meth:`respond` itself (the HTTP worker); None for an app without one."""
-        lane = getattr(app, "wsgi_app", None)
-        return lane if isinstance(lane, FastLane) else None
+        middleware = getattr(app, "wsgi_app", None)
+        return middleware if isinstance(middleware, InferenceMiddleware) else None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         answer = self.respond(environ)
@@ -159,7 +160,7 @@ class FastLane:
         return [out]
 
     def respond(self, environ: dict[str, Any]) -> tuple[int, Headers, bytes] | None:
-        """(status, headers, body) for a request the lane answers, counted and logged; None for one it
+        """(status, headers, body) for a request the middleware answers, counted and logged; None for one it
         leaves to ``inner`` (with the body it read put back in ``wsgi.input``). The WSGI call above and
         the HTTP worker (``service/http_server/worker.py``), which writes the answer itself, both ask this."""
         taken = self.takes(environ)
@@ -178,7 +179,7 @@ class FastLane:
             return None
         path = environ["PATH_INFO"]
         rid = request_record.request_id(environ.get("HTTP_X_REQUEST_ID"))
-        if tracing.ENABLED:  # the span is named now the lane answers; decoding was timed from the start
+        if tracing.ENABLED:  # the span is named now the middleware answers; decoding was timed from the start
             return self.traced(environ, route.rules[version is not None], path, call, rid, start, decoding,
                                time.time_ns())
         return self.finish(environ, route.rules[version is not None], path, call, rid, start)
@@ -229,7 +230,7 @@ class FastLane:
         return status, headers, out
 
     def takes(self, environ: dict[str, Any]) -> tuple[Route, re.Match[str], int] | None:
-        """The route, its path's match and the body's length if this request is one the lane may answer."""
+        """The route, its path's match and the body's length if this request is one the middleware may answer."""
         path = environ.get("PATH_INFO", "")
         route = ROUTES.get(path[:4])
         if route is None or environ.get("REQUEST_METHOD") != "POST" or "HTTP_CONTENT_ENCODING" in environ:

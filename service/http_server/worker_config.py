@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 
-class SettledConfig:
+class WorkerConfig:
     """``cfg`` (a gunicorn ``Config``) with every attribute read once; read-only, as a worker uses it."""
 
     def __init__(self, cfg: Any) -> None:

@@ -1,10 +1,10 @@
-"""The worker's own writer of the fast lane's answers (``response_writer.write_answer``, in
+"""The worker's own writer of the inference middleware's answers (``response_writer.write_answer``, in
 service/http_server/response_writer.py) writes what gunicorn's Response writes.
 
 Each request is parsed by gunicorn's own parser (with the service's configuration: the C parser),
 then answered twice with the same status, headers and body: by gunicorn's ``Response`` as the worker
 installs it (``CoalescingResponse``) and by ``response_writer.write_answer``. The bytes on the socket must be
-equal, send for send, and so must the decision to close the connection. The environ the lane is
+equal, send for send, and so must the decision to close the connection. The environ the middleware is
 given must hold what ``wsgi.create`` would give it for the keys it reads.
 """
 
@@ -19,7 +19,7 @@ from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
-from service.app.fast_lane import STATUS_LINES
+from service.app.inference_middleware import STATUS_LINES
 from service.http_server import response_writer
 from service.http_server.response_writer import COALESCE_BYTES, CoalescingResponse
 
@@ -122,7 +122,7 @@ ENVIRON_KEYS = ["REQUEST_METHOD", "PATH_INFO", "CONTENT_TYPE", "CONTENT_LENGTH",
 def test_the_environ_holds_what_wsgi_create_gives(extra):
     req = parsed(request(extra=extra))
     _, full = wsgi.create(req, Capture(), ("127.0.0.1", 5000), "127.0.0.1:8000", config())
-    lean = response_writer.lane_environ(parsed(request(extra=extra)))
+    lean = response_writer.middleware_environ(parsed(request(extra=extra)))
     assert {key: lean.get(key) for key in ENVIRON_KEYS} == {key: full.get(key) for key in ENVIRON_KEYS}
     assert lean["wsgi.input"].read() == b"{}"
 
@@ -130,7 +130,7 @@ def test_the_environ_holds_what_wsgi_create_gives(extra):
 @pytest.mark.parametrize("path", ["/v2/models/m%6Eist/infer", "/predict%2F"])
 def test_a_path_gunicorn_rewrites_goes_its_way(path):
     raw = request().replace(b"/predict", path.encode())
-    assert response_writer.lane_environ(parsed(raw)) is None
+    assert response_writer.middleware_environ(parsed(raw)) is None
 
 
 def test_the_date_is_gunicorns_and_moves_on():
