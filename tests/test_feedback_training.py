@@ -119,7 +119,8 @@ def test_join_keeps_each_labelled_row_with_its_served_bits_time_and_answer(tmp_p
     own = rng.random((1, 25), dtype=np.float32)
     write(tmp_path / "feedback-a.jsonl", [labelled("r1", ["2", "5"], when=9), example("ev7", own, ["1"], when=3)])
     fb = load(tmp_path)
-    assert fb.ids == ["ev7/0", "r1/0", "r1/1"]  # sorted by id
+    own_id = f"input-{hashlib.sha256(own[0].astype('<f4').tobytes()).hexdigest()[:24]}"
+    assert fb.ids == [own_id, "r1/0", "r1/1"]  # sorted by id; an example's id is the hash of its inputs
     assert fb.x.dtype == np.float32 and fb.x.tobytes() == np.concatenate([own, rows]).tobytes()
     assert [fb.labels[v] for v in fb.y] == ["1", "2", "5"]
     assert fb.times == [T0 + timedelta(seconds=3), T0 + timedelta(seconds=5), T0 + timedelta(seconds=5)]
@@ -157,6 +158,9 @@ REJECTIONS = {
     "unknown_label": ([*captured("bad", np.stack([ROW, ROW]))], [labelled("bad", ["9", "2"])], 1),
     "conflict": ([], [labelled("good", ["4"], when=2)], 1),
     "not_captured": ([], [labelled("ghost", ["1", "2"])], 2),
+    # one id, two requests with other inputs (a client reusing its ids): the label could be either's
+    "ambiguous_id": ([*captured("reused", ROW[None]), *captured("reused", ROW[None] * 0.5, when=0.5)],
+                     [labelled("reused", ["1"])], 1),
 }
 
 
@@ -204,22 +208,23 @@ def test_the_first_label_by_time_wins_and_later_different_ones_are_conflicts(tmp
     assert fb.rejected == {"conflict": 2} and fb.duplicates == 4
 
 
-def test_the_field_split_is_a_stable_hash_of_the_id(tmp_path):
-    ids = [f"{hashlib.sha1(str(i).encode()).hexdigest()}/{i % 3}" for i in range(20_000)]
+def test_the_field_split_is_a_stable_hash_of_the_inputs(tmp_path):
+    rows = np.random.default_rng(3).random((20_000, 25), dtype=np.float32)
     share = 0.2
-    field = np.array([is_field(i, share) for i in ids])
+    field = np.array([is_field(r, share) for r in rows])
     # the definition, pinned: a version trained later must hold out the very same examples
-    expected = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") < share * 2**64 for i in ids[:200]]
+    expected = [int.from_bytes(hashlib.sha256(r.astype("<f4").tobytes()).digest()[:8], "big") < share * 2**64
+                for r in rows[:200]]
     assert field[:200].tolist() == expected
-    sigma = np.sqrt(share * (1 - share) / len(ids))
+    sigma = np.sqrt(share * (1 - share) / len(rows))
     assert abs(field.mean() - share) < 5 * sigma
-    # a property of the id alone: in a set with other examples, or another run, the same side
+    # a property of the inputs alone: in a set with other examples, or another run, the same side
     x = np.random.default_rng(1).random((60, 25), dtype=np.float32)
     y = np.arange(60) % 5
     traffic(tmp_path / "a", x, y)
     traffic(tmp_path / "b", x[:30], y[:30])
     a, a_again, b = load(tmp_path / "a"), load(tmp_path / "a"), load(tmp_path / "b")
-    assert a.field_mask.tolist() == a_again.field_mask.tolist() == [is_field(i, share) for i in a.ids]
+    assert a.field_mask.tolist() == a_again.field_mask.tolist() == [is_field(r, share) for r in a.x]
     assert 0 < a.field_count < a.count
     side = dict(zip(a.ids, a.field_mask, strict=True))
     assert all(side[i] == f for i, f in zip(b.ids, b.field_mask, strict=True))
@@ -416,3 +421,29 @@ def test_cli_rejects_feedback_options_that_do_not_fit(argv, capsys):
         main(argv)
     assert info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_an_example_sent_again_is_one_example_on_one_side(tmp_path):
+    """A client resending an example (a retry, or the same input twice) adds nothing; and every copy of an
+    input, captured or sent as an example, is on the same side of the field split."""
+    rows = np.random.default_rng(4).random((40, 25), dtype=np.float32)
+    again = [example(f"ev{k}-{i}", rows[i:i + 1], [LABELS[i % 5]], when=k + i / 100) for k in range(5)
+             for i in range(40)]
+    captures = [e for i in range(40) for e in captured(f"req{i}", rows[i:i + 1], when=0)]
+    labels = [labelled(f"req{i}", [LABELS[i % 5]], when=9) for i in range(40)]
+    write(tmp_path / "capture-1.jsonl", captures)
+    write(tmp_path / "feedback-1.jsonl", [*again, *labels])
+    fb = load(tmp_path)
+    assert fb.count == 80 and fb.duplicates == 160  # 40 examples (5 copies each) and 40 captured rows
+    side: dict[bytes, bool] = {}
+    for x, held in zip(fb.x, fb.field_mask, strict=True):
+        assert side.setdefault(x.tobytes(), bool(held)) == bool(held)  # a copy never on the other side
+    assert 0 < fb.field_count < fb.count
+
+
+def test_a_retry_captured_twice_is_one_request(tmp_path):
+    """The same inputs captured twice under one id (a client's retry) are no ambiguity: the label stands."""
+    write(tmp_path / "capture-1.jsonl", [*captured("retried", ROW[None]), *captured("retried", ROW[None], when=0.5)])
+    write(tmp_path / "feedback-1.jsonl", [labelled("retried", ["3"])])
+    fb = load(tmp_path)
+    assert fb.ids == ["retried/0"] and fb.rejected == {}

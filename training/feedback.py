@@ -24,12 +24,16 @@ reason and logged, never raised:
 ``conflict``     a later label for an example already labelled differently (per row; the first by
                  time wins: a later correction is treated as suspect, not as truth)
 ``not_captured`` a label for a request id with no captured request of this model (per row)
+``ambiguous_id`` a label for a request id captured more than once with other inputs (a client reusing
+                 its ids): the label could be either request's (per row)
 
 A later label equal to the first is a ``duplicate``: ignored, counted apart (a client's retry is no fault).
 
-A fixed share of the examples is the *field* set, chosen by a hash of the id (:func:`is_field`): the
-same example is on the same side in every run, whatever else arrived, so the field set is never
-trained on by any version and the accuracies of two versions on it compare.
+A fixed share of the examples is the *field* set, chosen by a hash of the example's inputs
+(:func:`is_field`): the same input is on the same side in every run, whatever else arrived and however
+many times it was sent (as a captured request or an example), so the field set is never trained on by
+any version and the accuracies of two versions on it compare. A self-contained example's id is that
+hash too (``input-<hex>``), so one sent again is one example, as a captured request labelled again is.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ LABEL_NAME = "label"
 FIELD_SHARE = 0.2  # the default share of examples held out as the field set
 DISAGREEMENT_WARNING = 0.5  # above this share of labels contradicting the served answer, warn (poisoning?)
 REASONS = ("unparseable", "malformed", "wrong_shape", "not_finite", "out_of_range", "unknown_label", "conflict",
-           "not_captured")
+           "not_captured", "ambiguous_id")
 MAX_LINE_WARNINGS = 10  # warnings naming a bad line; beyond them, only the count
 
 
@@ -65,14 +69,20 @@ class FeedbackError(ValueError):
     """The feedback cannot be used: no such directory, or no examples where some are needed."""
 
 
-def is_field(example_id: str, share: float) -> bool:
-    """Whether the example ``example_id`` belongs to the field set of the given ``share``.
+def input_digest(row: np.ndarray) -> bytes:
+    """The SHA-256 of one example's inputs, as the float32 little-endian bytes the model ran on."""
+    return hashlib.sha256(np.ascontiguousarray(row, dtype="<f4").tobytes()).digest()
 
-    The first 8 bytes of the SHA-256 of the id, as a big-endian integer, below ``share * 2**64``:
-    a property of the id alone, so stable across runs, machines and whatever else is in the set.
+
+def is_field(row: np.ndarray, share: float) -> bool:
+    """Whether the example with inputs ``row`` (features,) belongs to the field set of the given ``share``.
+
+    The first 8 bytes of :func:`input_digest`, as a big-endian integer, below ``share * 2**64``: a
+    property of the inputs alone, so stable across runs, machines and whatever else is in the set,
+    and every copy of an input is on the same side (a copy on each side would be trained on and
+    then judged on).
     """
-    value = int.from_bytes(hashlib.sha256(example_id.encode("utf-8")).digest()[:8], "big")
-    return value < share * 2**64
+    return int.from_bytes(input_digest(row)[:8], "big") < share * 2**64
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -190,6 +200,7 @@ class _Capture:
     time: datetime
     tensor: _Tensor
     served: list[str] | None = None
+    ambiguous: bool = False  # captured again with other inputs: a label for the id could be either's
 
 
 @dataclass(order=True)
@@ -358,7 +369,8 @@ def _read_feedback(loader: _Loader, paths: list[Path]) -> list[_Labelled]:
 
 
 def _read_captures(loader: _Loader, paths: list[Path], wanted: set[str]) -> dict[str, _Capture]:
-    """The captured requests (and the answers given) whose ids are ``wanted``, first capture of an id kept."""
+    """The captured requests (and the answers given) whose ids are ``wanted``, first capture of an id kept
+    (a client's retry captured again is the same request; other inputs under that id make it ambiguous)."""
     captures: dict[str, _Capture] = {}
     answers: dict[str, list[str]] = {}
     for path in paths:
@@ -380,10 +392,19 @@ def _read_captures(loader: _Loader, paths: list[Path], wanted: set[str]) -> dict
             if when is None or tensor is None:
                 loader.reject("malformed", where=f"{path}:{number}")
                 continue
-            captures.setdefault(rid, _Capture(when, tensor))
+            first = captures.setdefault(rid, _Capture(when, tensor))
+            if first.tensor is not tensor and not same_rows(first.tensor, tensor):
+                first.ambiguous = True
     for rid, capture in captures.items():
         capture.served = answers.get(rid)
     return captures
+
+
+def same_rows(a: _Tensor, b: _Tensor) -> bool:
+    """Whether two parsed tensors hold the very same rows (both unreadable alike counts as the same)."""
+    if a.rows is None or b.rows is None:
+        return a.rows is None and b.rows is None and a.n == b.n and a.problem == b.problem
+    return a.rows.shape == b.rows.shape and a.rows.tobytes() == b.rows.tobytes()
 
 
 @dataclass
@@ -404,11 +425,14 @@ def _join(loader: _Loader, claims: list[_Labelled], captures: dict[str, _Capture
             if capture is None:
                 loader.reject("not_captured", max(len(claim.labels), 1))
                 continue
+            if capture.ambiguous:
+                loader.reject("ambiguous_id", max(len(claim.labels), 1))
+                continue
             tensor, when, base = capture.tensor, capture.time, claim.request_id
             served = capture.served if capture.served is not None else claim.predicted
         else:
             assert claim.tensor is not None
-            tensor, when, base, served = claim.tensor, claim.time, claim.event_id, None
+            tensor, when, base, served = claim.tensor, claim.time, None, None
         if tensor.problem is not None or tensor.rows is None:
             loader.reject(tensor.problem or "malformed", max(tensor.n, 1))
             continue
@@ -422,7 +446,8 @@ def _join(loader: _Loader, claims: list[_Labelled], captures: dict[str, _Capture
             if problem is not None:
                 loader.reject(problem)
                 continue
-            example_id = f"{base}/{row}"
+            # a captured request's row by its id, an example's by its inputs: sent again, it is one example
+            example_id = f"{base}/{row}" if base is not None else f"input-{input_digest(values).hex()[:24]}"
             index = loader.labels.index(label)
             first = examples.get(example_id)
             if first is not None:
@@ -443,7 +468,7 @@ def _assemble(loader: _Loader, examples: dict[str, _Example], duplicates: int, f
     return FeedbackSet(labels=loader.labels, ids=ids, x=x.astype(np.float32, copy=False),
                        y=np.array([e.label for e in chosen], dtype=np.int64), times=[e.time for e in chosen],
                        served=[e.served for e in chosen],
-                       field_mask=np.array([is_field(i, field_share) for i in ids], dtype=bool),
+                       field_mask=np.array([is_field(e.x, field_share) for e in chosen], dtype=bool),
                        field_share=field_share,
                        rejected={k: v for k, v in loader.rejected.items() if v}, duplicates=duplicates,
                        partial_lines=loader.partial_lines)

@@ -7,6 +7,11 @@ remembers, per request id, only what feedback needs: the model, its version and 
 predicted, from the small response event (the request event, with the inputs, is skipped unparsed).
 It runs off the event loop (the worker's background thread), after every write it makes itself.
 
+A request id is the client's (``X-Request-ID``, gRPC's ``id``), and clients reuse them. An id
+captured again with another answer is marked ambiguous: a label sent for it could belong to either
+request, so feedback refuses it (``training/feedback.py`` drops such a label too, and also one whose
+captures answered alike but had other inputs). A client retrying the same request is not ambiguous.
+
 Memory is bounded by ``max_entries`` (the oldest captures are forgotten first: feedback for them is
 a 404 that says it may be too old); the files themselves are bounded by ``CAPTURE_MAX_BYTES``.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -33,6 +38,7 @@ class Captured:
     model: str
     version: int
     predicted: tuple[str, ...]  # one label per row of the request
+    ambiguous: bool = False  # the id was captured more than once, with other answers
 
 
 class CaptureIndex:
@@ -109,7 +115,11 @@ class CaptureIndex:
                     except (KeyError, TypeError, ValueError):
                         self.skipped += 1
                         continue
-                    remember(self.captures, str(event.get("id")), captured, self.max_entries)
+                    rid = str(event.get("id"))
+                    before = self.captures.get(rid)
+                    if before is not None and (before.ambiguous or before != captured):
+                        captured = replace(captured, ambiguous=True)
+                    remember(self.captures, rid, captured, self.max_entries)
             elif FEEDBACK_TYPE in line[:HEAD]:
                 event = self._parse(line)
                 data = (event or {}).get("data") or {}

@@ -3,9 +3,10 @@
 The rules, for every protocol that offers feedback (today ``POST /feedback``):
 
 * a label for a request id needs that request captured (``CAPTURE_DIR``): an id never captured, or
-  forgotten (older than the id index holds), is a 404 that names it; a label the version that
-  answered does not have is a 422; one label per captured sample (``label`` for one, ``labels`` for
-  a batch);
+  forgotten (older than the id index holds), is a 404 that names it; an id captured again with
+  another answer (a client reusing its ids) is a 409, as the label could be either's; a label the
+  version that answered does not have is a 422; one label per captured sample (``label`` for one,
+  ``labels`` for a batch);
 * the first feedback for an id stands. The same labels again are answered as before, marked
   ``duplicate``, and write nothing (so a client may retry freely); other labels for an id already
   labelled are a 409 that says which labels stand. Two workers receiving an id's first feedback
@@ -87,23 +88,31 @@ class Feedback:
         ``field`` names the item in the client's body for errors (``0.labels``)."""
         if self.capture is None:
             raise off()
+        index = self.capture.index
+        self._offload(index.refresh)
+        waited = 0.0
+        # A request answered a moment ago may still be in its process's queue (written every 50 ms).
+        # The wait is the caller's (a greenlet in an HTTP worker, whose sleep yields), never ``run``'s:
+        # the worker's one background thread also runs explanations, and a client sending unknown
+        # ids must not hold it.
+        while waited < FRESH_WAIT and any(index.captured(rid) is None for rid, _, _ in items):
+            time.sleep(0.05)
+            waited += 0.05
+            self._offload(index.refresh)
         return self._offload(self._label, items)
 
     def _label(self, items: list[tuple[str, list[str], str]]) -> list[Labelled]:
         index = self.capture.index
-        index.refresh()
-        waited = 0.0
-        # a request answered a moment ago may still be in its process's queue (written every 50 ms)
-        while waited < FRESH_WAIT and any(index.captured(rid) is None for rid, _, _ in items):
-            time.sleep(0.05)
-            waited += 0.05
-            index.refresh()
         answers, lines, seen = [], [], {}
         for rid, labels, field in items:
             captured = index.captured(rid)
             if captured is None:
                 raise not_found(f"no captured request with id {quote(rid)}: it was not sampled "
                                 "(CAPTURE_SAMPLE_RATE), not captured here, or is too old")
+            if captured.ambiguous:
+                raise ServiceError(409, "ambiguous_request_id", f"request id {quote(rid)} was captured more than "
+                                   "once, with other answers: a label for it could belong to either request. "
+                                   "Send the inputs with their labels instead (model, inputs, labels)")
             if len(labels) != len(captured.predicted):
                 raise invalid(field, f"request {quote(rid)} had {len(captured.predicted)} samples: send one "
                               f"label per sample, not {len(labels)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 
+from service.dataplane.feedback import FRESH_WAIT
 from tests.integration.conftest import LocalServer, wait_ready
 from tests.integration.test_connection_share import workers
 from tests.integration.test_supervisor import grpc_pids
@@ -210,6 +212,59 @@ def test_feedback_errors_say_what_is_wrong(server, capture_dir, samples):
     r = feedback(server, [{"id": rid2, "label": label2}, {"id": "nope", "label": "1"}])
     assert r.status_code == 404
     assert feedback(server, {"id": rid2, "label": label2}).json()["stored"] == 1
+
+
+def test_unknown_ids_do_not_hold_the_background_thread(server):
+    """Feedback for an id not captured (yet) is looked for again for FRESH_WAIT before its 404. That wait
+    is the request's own: it must not hold its worker's one background thread, which explanations and
+    gradchecks share, so a client sending made-up ids delays nobody else."""
+    refused = []
+
+    def made_up(i: int) -> None:
+        refused.append(feedback(server, {"id": f"made-up-{i}", "label": "1"}).status_code)
+
+    senders = [threading.Thread(target=made_up, args=(i,)) for i in range(16)]  # ~8 a worker
+    for t in senders:
+        t.start()
+    time.sleep(0.1)
+    start = time.perf_counter()
+    explained = [requests.post(f"{server.url}/explain", json={"model": "xor", "inputs": [[0, 1]], "method": "saliency"},
+                               timeout=30).status_code for _ in range(4)]  # a new connection each: both workers
+    took = time.perf_counter() - start
+    for t in senders:
+        t.join(30)
+    assert refused == [404] * 16 and explained == [200] * 4
+    # held there, an explanation would queue behind ~8 waits of FRESH_WAIT (~4 s); here, behind none
+    assert took < FRESH_WAIT, took
+
+
+def test_a_reused_request_id_with_another_answer_cannot_be_labelled(server, capture_dir):
+    """A client that reuses a request id for other inputs: a label for that id could be either request's.
+    Refused (409) rather than stored against one of them; a retry of the same request is no ambiguity."""
+    headers = {"X-Request-ID": "reused-id-for-two-requests"}
+    for inputs in ([[0, 0]], [[0, 0]]):  # a retry: the same request twice
+        assert requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": inputs}, headers=headers,
+                             timeout=10).status_code == 200
+    wait_for_responses(capture_dir, headers["X-Request-ID"], 2)
+    assert feedback(server, {"id": headers["X-Request-ID"], "label": "0"}).status_code == 200
+    headers = {"X-Request-ID": "reused-id-for-other-inputs"}
+    answers = []
+    for inputs in ([[0, 0]], [[1, 0]]):  # XOR answers 0, then 1
+        r = requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": inputs}, headers=headers, timeout=10)
+        answers.append(r.json()["predictions"][0]["label"])
+    assert answers == ["0", "1"]
+    wait_for_responses(capture_dir, headers["X-Request-ID"], 2)
+    r = feedback(server, {"id": headers["X-Request-ID"], "label": "1"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "ambiguous_request_id", r.text
+    assert not [e for e in events_of(capture_dir) if e["type"] == "numpy-nets.inference.feedback"
+                and e.get("subject") == headers["X-Request-ID"]]  # nothing stored
+
+
+def wait_for_responses(directory: Path, rid: str, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len([e for e in events_of(directory) if e.get("id") == rid and e["type"].endswith(".response")]) < count:
+        assert time.monotonic() < deadline, f"{rid}: fewer than {count} responses captured"
+        time.sleep(0.05)
 
 
 def test_a_labelled_example_is_checked_run_and_stored(server, capture_dir, samples):
