@@ -90,6 +90,11 @@ class BodyReader:
         if length is not None and int(length) > self.max_body:
             req.must_close = True  # the app answers 413 without reading (a waiting client never sends the body)
             return
+        if length is None and not any(name == "TRANSFER-ENCODING" for name, _ in req.headers):
+            # No body at all (a GET, a probe): nothing to read, and no room to wait for behind uploads.
+            req.headers.append(("CONTENT-LENGTH", "0"))
+            req.body = io.BytesIO(b"")
+            return
         data = self.read(req, sock, int(length) if length is not None else self.max_body + 1, continues)
         if length is not None and len(data) < int(length):  # the client hung up mid-body: nobody to answer
             raise StopIteration()

@@ -31,7 +31,7 @@ def test_stalled_large_uploads_leave_memory_bounded_and_others_answered(tmp_path
 def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
     """With room for one large body per worker (BODY_BUFFER_BYTES = MAX_BODY_BYTES, one worker), a
     second large upload waits unread, then gets a 503 with Retry-After at REQUEST_TIMEOUT; small
-    requests are answered all the while."""
+    requests, and probes with no body, are answered all the while."""
     server = LocalServer(tmp_path, WORKERS="1", MAX_BODY_BYTES=str(4 * MIB), BODY_BUFFER_BYTES=str(4 * MIB),
                          REQUEST_TIMEOUT="3").start()
     try:
@@ -46,6 +46,10 @@ def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
                 for _ in range(20):  # small requests meanwhile
                     r = requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": [[0, 1]]}, timeout=5)
                     assert r.status_code == 200
+                for path in ("/readyz", "/healthz", "/metrics"):  # no body: nothing to wait for behind uploads
+                    probed = time.monotonic()
+                    assert requests.get(f"{server.url}{path}", timeout=5).status_code == 200
+                    assert time.monotonic() - probed < 1.5 / 2, path  # a wait for room: 1.5 s, then a 503
                 status, body = read_response(sock)
                 waited = time.monotonic() - start
         assert status == 503 and b"BODY_BUFFER_BYTES" in body, body
