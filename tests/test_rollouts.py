@@ -203,6 +203,39 @@ def test_concurrent_changes_from_processes_lose_nothing(tmp_path):
     assert registry.snapshot.rollouts["b"].spec.canary == {2: 25}
 
 
+def test_promote_and_roll_back_decide_on_the_rollout_in_force_not_a_stale_copy(repo, tmp_path):
+    """Two workers: b's copy of the rollout is up to a second old. A roll back sent to b right after a's
+    promote must see the promote (nothing left to roll back), not undo it from b's copy."""
+    state = tmp_path / "state.json"
+    a, b = plane_on(repo, state), plane_on(repo, state)
+    rollout_ops.set_rollout(a, "mnist", RolloutSpec(primary=1, canary={2: 10}))
+    b.registry.refresh()
+    assert b.registry.snapshot.rollouts["mnist"].spec.canary == {2: 10}
+    rollout_ops.promote(a, "mnist")  # primary 2, no canary; b has not looked since
+    with pytest.raises(ServiceError) as info:
+        rollout_ops.roll_back(b, "mnist")
+    assert info.value.status == 409 and "no canary or shadow" in info.value.message
+    with pytest.raises(ServiceError):
+        rollout_ops.promote(b, "mnist")  # nor promoted again from b's copy
+    for plane in (a, b):
+        plane.registry.refresh()
+        assert plane.registry.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=2)
+
+
+def test_a_request_naming_no_version_is_described_by_the_primary(repo):
+    """Metadata, configuration, readiness and explanations resolve "no version" as inference routes it:
+    to the rollout's primary (a client building its inputs from the metadata must fit the version that
+    answers), and to the newest version without a rollout."""
+    plane = plane_on(repo)
+    assert plane.resolve("mnist").version == 2
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, canary={2: 10}))
+    assert plane.resolve("mnist").version == 1
+    answered = {plane.infer("mnist", None, digits(1, seed=i)).version for i in range(40)}
+    assert 1 in answered and answered <= {1, 2}
+    rollout_ops.clear(plane, "mnist")
+    assert plane.resolve("mnist").version == 2
+
+
 # -- comparisons and the guard ------------------------------------------------------------------------
 def test_the_shadow_counts_equal_an_offline_comparison(repo):
     plane = plane_on(repo)

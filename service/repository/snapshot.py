@@ -60,11 +60,16 @@ class Snapshot:
         return self.serving.get(name, {}), self.failed.get(name, {})
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
-        """The version named, or the newest serving one: 404 if not served, 503 if it failed to load."""
+        """The version named, or the one a request naming none is served by: the rollout's primary when it
+        serves, else the newest serving one (so metadata, configuration and explanations describe the
+        version answering). 404 if not served, 503 if it failed to load."""
         serving, failed = self.versions(name)
         if version is None:
             if not serving:
                 raise unavailable(f"no version of {name!r} is loaded", {str(k): v.error for k, v in failed.items()})
+            rollout = self.rollouts.get(name)
+            if rollout is not None and rollout.spec.primary in serving:
+                return serving[rollout.spec.primary]
             return serving[max(serving)]
         if version in serving:
             return serving[version]
