@@ -18,6 +18,7 @@ WEIGHTS_FILE = "model.npz"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 CONFIG_FILE = "config.json"
+MAX_VERSION = 999_999_999  # nine digits: what a URL or a gRPC call may name (service/protocols/schemas.py)
 
 
 # A model's name, everywhere it is read (request bodies, URL routes, directories): a letter or digit,
@@ -36,11 +37,13 @@ def model_dirs(root: Path) -> list[Path]:
 
 
 def versions(model_dir: Path) -> list[int]:
-    """The model's version numbers on disk, ascending (its numbered directories; none if it is absent)."""
+    """The model's version numbers on disk, ascending (its numbered directories from 1 to
+    :data:`MAX_VERSION`; none if it is absent). A larger number is no version: no URL or gRPC call
+    could name it, and serving it unnamed would answer with a number clients cannot send back."""
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isascii() and p.name.isdigit() and int(p.name) >= 1)
+                  if p.is_dir() and p.name.isascii() and p.name.isdigit() and 1 <= int(p.name) <= MAX_VERSION)
 
 
 def version_dir(root: Path, name: str, version: int) -> Path:
@@ -48,7 +51,10 @@ def version_dir(root: Path, name: str, version: int) -> Path:
 
 
 def next_version(model_dir: Path) -> int:
-    return max(versions(model_dir), default=0) + 1
+    version = max(versions(model_dir), default=0) + 1
+    if version > MAX_VERSION:
+        raise ValueError(f"{model_dir}: version {MAX_VERSION} exists; no version can follow it")
+    return version
 
 
 def newest_weights(root: Path, name: str) -> Path:

@@ -435,3 +435,43 @@ def test_bad_weights_files_do_not_stop_the_others(tmp_path, model_repository, ki
     client = create_app({"max_batch": 8}, model_registry=reg).test_client()
     assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200
     assert client.post("/predict", json={"model": "xor", "version": 2, "inputs": [[0, 1]]}).status_code == 503
+
+
+def test_a_version_number_no_client_could_name_is_no_version(tmp_path, model_repository):
+    """Versions are 1 to 999,999,999 (nine digits, what URLs and gRPC calls take). A larger directory
+    name is ignored: served unnamed, a 20-digit version made every /predict a 500 (its answer could not
+    be written), and a 10-digit one answered with a number no client could send back."""
+    import shutil
+
+    from model.repository import MAX_VERSION, next_version, versions
+
+    xor = tmp_path / "repo" / "xor"
+    shutil.copytree(model_repository / "xor" / "1", xor / "1")
+    for name in ("1700000000", "99999999999999999999", str(MAX_VERSION)):
+        shutil.copytree(model_repository / "xor" / "1", xor / name)
+    assert versions(xor) == [1, MAX_VERSION]
+    with pytest.raises(ValueError, match="no version can follow"):
+        next_version(xor)
+    client = create_app({"model_dir": str(tmp_path / "repo")}).test_client()
+    r = client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]})
+    assert r.status_code == 200 and r.get_json()["version"] == MAX_VERSION
+    r = client.post(f"/v2/models/xor/versions/{MAX_VERSION}/infer",
+                    json={"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]})
+    assert r.status_code == 200 and r.get_json()["model_version"] == str(MAX_VERSION)
+
+
+def test_a_configuration_or_rollout_nested_too_deeply_is_ignored_not_fatal(tmp_path, model_repository, caplog):
+    """json.loads raises RecursionError (not a ValueError) for deep nesting: a config.json or rollout.json
+    of 30,000 brackets stopped every scan of the repository, and the app could not start."""
+    import shutil
+
+    xor = tmp_path / "repo" / "xor"
+    shutil.copytree(model_repository / "xor" / "1", xor / "1")
+    for name in ("config.json", "rollout.json"):
+        (xor / name).write_text("[" * 30_000)
+    registry = ModelRegistry(tmp_path / "repo", settle_seconds=0.0).load_all()
+    assert sorted(registry.snapshot.serving["xor"]) == [1]
+    assert "nested too deeply" in caplog.text
+    client = create_app(model_registry=registry).test_client()
+    assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200
+    assert "nested too deeply" in client.get("/models/xor").get_json()["rollout_error"]

@@ -179,6 +179,8 @@ class RolloutFiles:
             self.report(name, path, describe_errors(exc))
         except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             self.report(name, path, str(exc))
+        except RecursionError:  # JSON nested deeper than the parser goes: no rollout is
+            self.report(name, path, "nested too deeply")
         else:
             self.errors.pop(name, None)
             self.good[name] = Rollout(spec, "file", st.st_mtime)

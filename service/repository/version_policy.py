@@ -66,13 +66,21 @@ class VersionPolicy:
         return "all"
 
 
+MAX_CONFIG_BYTES = 64 * 1024
+
+
 def model_policy(model_dir: Path, default: VersionPolicy) -> VersionPolicy:
     """The model's own policy from its config.json, else ``default`` (a bad file is logged and ignored)."""
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         return default
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"more than a configuration needs ({MAX_CONFIG_BYTES // 1024} KiB)")
         return VersionPolicy.parse(json.loads(path.read_text())["version_policy"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.error("ignoring %s (using %s): %s", path, default, exc)
+        return default
+    except RecursionError:  # JSON nested deeper than the parser goes
+        log.error("ignoring %s (using %s): nested too deeply", path, default)
         return default
