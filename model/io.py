@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -35,6 +37,7 @@ from model.network import Sequential
 
 FORMAT_VERSION = 1
 METADATA_KEY = "__metadata__"
+MAX_METADATA_BYTES = 16 << 20  # the metadata string as NumPy stores it (4 bytes a character)
 
 
 class WeightsFileError(ValueError):
@@ -79,13 +82,21 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
 
 
 def save_model(path: str | os.PathLike[str], network: Sequential, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``network`` and ``metadata`` to ``path`` atomically; returns the path."""
+    """Write ``network`` and ``metadata`` to ``path`` atomically; returns the path. What :func:`load_model`
+    would refuse is not written: a :class:`WeightsFileError` (NaN or infinite weights, a diverged run's
+    NaN in the metadata), and ``path`` is left as it was."""
     meta = dict(metadata or {})
     meta.update(format_version=FORMAT_VERSION, architecture=network.architecture(),
                 dtype=np.dtype(network.dtype).name)
     arrays = {f"params.{k}": v for k, v in network.named_params().items()}
     arrays.update({f"buffers.{k}": v for k, v in network.named_buffers().items()})
-    arrays[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True, allow_nan=False))
+    for key, value in arrays.items():
+        if not np.all(np.isfinite(value)):
+            raise WeightsFileError(f"{path}: {key} holds NaN or infinite values (a diverged run?): not written")
+    try:
+        arrays[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True, allow_nan=False))
+    except ValueError as exc:  # NaN or infinity: not JSON
+        raise WeightsFileError(f"{path}: metadata is not strict JSON ({exc}): not written") from None
     with atomic_writer(path) as fh:
         np.savez(fh, **arrays)
     return Path(path)
@@ -100,46 +111,118 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load and validate a weights file written by :func:`save_model`."""
+    """Load and validate a weights file written by :func:`save_model`; any problem is a
+    :class:`WeightsFileError` (never another exception, whatever the file holds).
+
+    The file is read once: the SHA-256 reported is of the very bytes loaded. Every member's ``.npy``
+    header is checked (an array, stored as :func:`numpy.savez` stores it, no bigger than its bytes)
+    and the arrays' names, shapes and dtype against the metadata's architecture before any array is
+    read or the network is built: a small file cannot make the loader allocate what it does not hold.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsFileError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        network, metadata = _read(path, data)
+    except MemoryError:
+        raise WeightsFileError(f"{path}: too large to load into memory") from None
+    return LoadedModel(network=network.eval(), metadata=metadata, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _read(path: Path, data: bytes) -> tuple[Sequential, dict[str, Any]]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = {info.filename: info for info in archive.infolist()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
         raise WeightsFileError(f"{path}: not a readable .npz archive ({exc})") from None
-    metadata = _read_metadata(path, arrays.pop(METADATA_KEY, None))
-    try:
-        network = Sequential.from_architecture(metadata["architecture"], dtype=np.dtype(metadata["dtype"]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise WeightsFileError(f"{path}: architecture cannot be built: {exc}") from None
-    expected = {f"params.{k}": v for k, v in network.named_params().items()}
-    expected.update({f"buffers.{k}": v for k, v in network.named_buffers().items()})
-    missing = sorted(set(expected) - set(arrays))
-    extra = sorted(set(arrays) - set(expected))
-    if missing or extra:
-        raise WeightsFileError(f"{path}: arrays do not match the architecture (missing {missing}, unexpected {extra})")
-    for key, target in expected.items():
-        value = arrays[key]
-        if value.shape != target.shape or value.dtype != target.dtype:
-            raise WeightsFileError(f"{path}: {key} has shape {value.shape} and dtype {value.dtype}, "
-                                   f"expected {target.shape} and {target.dtype}")
-        if not np.all(np.isfinite(value)):
-            raise WeightsFileError(f"{path}: {key} holds NaN or infinite values")
-        np.copyto(target, value)
-    return LoadedModel(network=network.eval(), metadata=metadata, sha256=file_sha256(path))
+    with archive:
+        headers = {name[:-len(".npy")]: _header(path, archive, info) for name, info in members.items()}
+        if METADATA_KEY not in headers:
+            raise WeightsFileError(f"{path}: no {METADATA_KEY} entry (not a weights file of this project)")
+        shape, dtype, _ = headers[METADATA_KEY]
+        if dtype.kind != "U" or shape != () or dtype.itemsize > MAX_METADATA_BYTES:
+            raise WeightsFileError(f"{path}: {METADATA_KEY} must be a JSON string of at most "
+                                   f"{MAX_METADATA_BYTES:,} bytes, got dtype {dtype} shape {shape}")
+        metadata = _read_metadata(path, _array(path, archive, members, METADATA_KEY))
+        try:
+            expected = Sequential.array_shapes(metadata["architecture"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise WeightsFileError(f"{path}: architecture cannot be built: {exc}") from None
+        missing = sorted(set(expected) - set(headers))
+        extra = sorted(set(headers) - set(expected) - {METADATA_KEY})
+        if missing or extra:
+            raise WeightsFileError(f"{path}: arrays do not match the architecture (missing {missing}, "
+                                   f"unexpected {extra})")
+        want = np.dtype(metadata["dtype"])
+        for key, target_shape in expected.items():
+            shape, dtype, _ = headers[key]
+            if shape != target_shape or dtype != want:
+                raise WeightsFileError(f"{path}: {key} has shape {shape} and dtype {dtype}, "
+                                       f"expected {target_shape} and {want}")
+        try:  # every array's size is now the file's own: building it allocates what the file holds
+            network = Sequential.from_architecture(metadata["architecture"], dtype=want)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise WeightsFileError(f"{path}: architecture cannot be built: {exc}") from None
+        state = {f"params.{k}": v for k, v in network.named_params().items()}
+        state.update({f"buffers.{k}": v for k, v in network.named_buffers().items()})
+        for key, target in state.items():
+            value = _array(path, archive, members, key)
+            if not np.all(np.isfinite(value)):
+                raise WeightsFileError(f"{path}: {key} holds NaN or infinite values")
+            np.copyto(target, value)
+    return network, metadata
 
 
-def _read_metadata(path: Path, raw: np.ndarray | None) -> dict[str, Any]:
-    if raw is None:
-        raise WeightsFileError(f"{path}: no {METADATA_KEY} entry (not a weights file of this project)")
-    if raw.dtype.kind != "U" or raw.shape != ():
-        raise WeightsFileError(f"{path}: {METADATA_KEY} must be a JSON string, got dtype {raw.dtype} shape {raw.shape}")
+def _header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of one member, from its ``.npy`` header alone."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise WeightsFileError(f"{path}: member {name!r} is not an array (.npy)")
+    if info.compress_type != zipfile.ZIP_STORED:  # no member may inflate beyond the file's own size
+        raise WeightsFileError(f"{path}: member {name!r} is compressed (weights files are written by np.savez)")
     try:
-        metadata = json.loads(str(raw))
-    except json.JSONDecodeError as exc:
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f".npy format version {version}")
+            offset = fh.tell()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, SyntaxError) as exc:
+        raise WeightsFileError(f"{path}: member {name!r} has no readable array header ({exc})") from None
+    if dtype.hasobject:
+        raise WeightsFileError(f"{path}: member {name!r} holds Python objects")
+    if offset + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise WeightsFileError(f"{path}: member {name!r} says shape {shape} of {dtype}, which its "
+                               f"{info.file_size} bytes do not hold")
+    return tuple(shape), dtype, offset
+
+
+def _array(path: Path, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], key: str) -> np.ndarray:
+    try:
+        with archive.open(members[f"{key}.npy"]) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise WeightsFileError(f"{path}: {key} cannot be read ({exc})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _read_metadata(path: Path, raw: np.ndarray) -> dict[str, Any]:
+    try:  # save_model writes strict JSON: NaN or Infinity here was not written by it
+        metadata = json.loads(str(raw), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
         raise WeightsFileError(f"{path}: metadata is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise WeightsFileError(f"{path}: metadata is not valid JSON (nested too deeply)") from None
     if not isinstance(metadata, dict):
         raise WeightsFileError(f"{path}: metadata must be a JSON object")
     version = metadata.get("format_version")

@@ -16,16 +16,35 @@ Every layer follows one contract:
 
 from __future__ import annotations
 
+import math
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 
 from model.initializers import initialize
 
+Shapes = dict[str, tuple[int, ...]]
+
 Array = np.ndarray
 
 
 LAYER_TYPES: dict[str, type[Layer]] = {}  # kind -> class, filled by each class as it is defined
+
+
+def size_of(value: Any, name: str) -> int:
+    """``value`` as a size (an integer >= 1, not a bool); a ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def finite(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a finite float in [low, high]; a ValueError naming ``name`` otherwise (NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high \
+            or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
+    return float(value)
 
 
 class Layer:
@@ -47,6 +66,12 @@ class Layer:
         """Rebuild from :meth:`spec`'s output (less ``type``); layers with weights or randomness
         take ``rng`` and ``dtype`` too."""
         return cls(**spec)
+
+    @classmethod
+    def shapes(cls, spec: dict[str, Any]) -> tuple[Shapes, Shapes]:
+        """The shapes of the ``params`` and ``buffers`` a layer of ``spec`` (less ``type``) holds, without
+        making them: a weights file's arrays are checked against its architecture before any is made."""
+        return {}, {}
 
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
@@ -125,8 +150,8 @@ class Dense(Layer):
     ) -> None:
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = size_of(in_features, "in_features")
+        self.out_features = size_of(out_features, "out_features")
         self.init = init
         self.params["W"] = initialize(init, (self.in_features, self.out_features), rng, dtype)
         self.params["b"] = np.zeros(self.out_features, dtype=dtype)
@@ -165,6 +190,11 @@ class Dense(Layer):
     @classmethod
     def from_spec(cls, spec: dict[str, Any], rng: np.random.Generator | None, dtype: np.dtype) -> Dense:
         return cls(rng=rng, dtype=dtype, **spec)
+
+    @classmethod
+    def shapes(cls, spec: dict[str, Any]) -> tuple[Shapes, Shapes]:
+        n_in, n_out = size_of(spec.get("in_features"), "in_features"), size_of(spec.get("out_features"), "out_features")
+        return {"W": (n_in, n_out), "b": (n_out,)}, {}
 
 
 def sigmoid(x: Array) -> Array:
@@ -234,7 +264,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = finite(negative_slope, "negative_slope")
 
     def forward(self, x: Array) -> Array:
         self._scale = self._scales(x)
@@ -295,8 +325,8 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng = rng if rng is not None else np.random.default_rng()
         self._mask: Array | None = None
@@ -341,9 +371,11 @@ class BatchNorm1d(Layer):
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
                  dtype: np.dtype = np.float32) -> None:
         super().__init__()
-        self.num_features = int(num_features)
-        self.momentum = float(momentum)
-        self.eps = float(eps)
+        self.num_features = size_of(num_features, "num_features")
+        self.momentum = finite(momentum, "momentum", 0.0, 1.0)
+        self.eps = finite(eps, "eps", 0.0)
+        if self.eps == 0.0:
+            raise ValueError("eps must be positive (it keeps the division by the standard deviation finite)")
         self.params["gamma"] = np.ones(self.num_features, dtype=dtype)
         self.params["beta"] = np.zeros(self.num_features, dtype=dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -397,6 +429,11 @@ class BatchNorm1d(Layer):
     def from_spec(cls, spec: dict[str, Any], rng: np.random.Generator | None, dtype: np.dtype) -> BatchNorm1d:
         return cls(dtype=dtype, **spec)
 
+    @classmethod
+    def shapes(cls, spec: dict[str, Any]) -> tuple[Shapes, Shapes]:
+        n = size_of(spec.get("num_features"), "num_features")
+        return {"gamma": (n,), "beta": (n,)}, {"running_mean": (n,), "running_var": (n,)}
+
 
 ACTIVATIONS: dict[str, type[Layer]] = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU}
 
@@ -411,3 +448,13 @@ def layer_from_spec(spec: dict[str, Any], rng: np.random.Generator | None = None
         return LAYER_TYPES[kind].from_spec(spec, rng=rng, dtype=dtype)
     except TypeError as exc:
         raise ValueError(f"bad arguments for layer {kind!r}: {exc}") from None
+
+
+def layer_shapes(spec: dict[str, Any]) -> tuple[Shapes, Shapes]:
+    """The shapes of the arrays the layer :func:`layer_from_spec` would build holds, none of them made."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"a layer must be a mapping, got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_TYPES)}")
+    return LAYER_TYPES[kind].shapes({k: v for k, v in spec.items() if k != "type"})

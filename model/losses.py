@@ -92,7 +92,10 @@ class SoftmaxCrossEntropy(Loss):
         return float(per_sample.sum() / batch)
 
     def backward(self) -> np.ndarray:
-        grad = self._probs - self._onehot
+        # d/dz of log_norm * sum(t) - t . z: the forward's own terms, so targets that do not sum to 1
+        # (label smoothing written by hand, a caller's soft labels) get their true gradient too
+        mass = self._onehot.sum(axis=1, keepdims=True)
+        grad = self._probs * mass - self._onehot
         grad /= grad.shape[0]
         return grad
 

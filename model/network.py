@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from model.heads import HEADS, head
-from model.layers import ACTIVATIONS, Dense, Dropout, Layer, layer_from_spec
+from model.layers import ACTIVATIONS, Dense, Dropout, Layer, layer_from_spec, layer_shapes
 
 
 class Sequential:
@@ -137,6 +137,20 @@ class Sequential:
             raise ValueError("architecture 'layers' must be a non-empty list")
         rng = rng if rng is not None else np.random.default_rng(0)
         return cls([layer_from_spec(spec, rng=rng, dtype=dtype) for spec in specs], head=head)
+
+    @staticmethod
+    def array_shapes(architecture: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shapes of every array a network of ``architecture`` holds, as ``state()`` names them
+        (``params.<layer>.<key>``, ``buffers.<layer>.<key>``), without building it."""
+        specs = architecture.get("layers") if isinstance(architecture, dict) else None
+        if not isinstance(specs, list) or not specs:
+            raise ValueError("architecture must be a mapping with a non-empty 'layers' list")
+        out: dict[str, tuple[int, ...]] = {}
+        for i, spec in enumerate(specs):
+            params, buffers = layer_shapes(spec)
+            out.update({f"params.{i}.{k}": shape for k, shape in params.items()})
+            out.update({f"buffers.{i}.{k}": shape for k, shape in buffers.items()})
+        return out
 
     def copy(self, dtype: np.dtype | None = None) -> Sequential:
         """Deep copy (optionally converted to ``dtype``); the copy starts in evaluation mode.

@@ -7,8 +7,10 @@ serves them. :func:`make_bad` writes a kind from a good file.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +42,50 @@ def in_place(mutate: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path]
     return lambda path: rewrite(path, mutate)
 
 
+def add_member(name: str, data: bytes, compress: int = zipfile.ZIP_STORED) -> Callable[[Path], None]:
+    """Add a raw member to the archive (np.savez cannot write these)."""
+    def mutate(path: Path) -> None:
+        with zipfile.ZipFile(path, "a", compression=compress) as archive:
+            archive.writestr(name, data)
+    return mutate
+
+
+def replace_member(name: str, data: bytes) -> Callable[[Path], None]:
+    def mutate(path: Path) -> None:
+        with zipfile.ZipFile(path) as archive:
+            kept = {i.filename: archive.read(i) for i in archive.infolist() if i.filename != name}
+        with zipfile.ZipFile(path, "w") as archive:
+            for other, content in kept.items():
+                archive.writestr(other, content)
+            archive.writestr(name, data)
+    return mutate
+
+
+def npy_header(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
+    """A .npy header that declares ``shape`` (no data follows)."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return b"\x93NUMPY\x01\x00"[:0] + out.getvalue()
+
+
+def huge_architecture(arrays: dict[str, np.ndarray]) -> None:
+    """A tiny file whose architecture is one 8000 x 8000 layer (512 MB of float64 once built)."""
+    meta = json.loads(str(arrays["__metadata__"]))
+    meta["architecture"] = {"layers": [{"type": "dense", "in_features": 8000, "out_features": 8000, "init": "he"}],
+                            "head": "softmax"}
+    for key in [k for k in arrays if k != "__metadata__"]:
+        del arrays[key]
+    arrays["__metadata__"] = np.array(json.dumps(meta))
+
+
+def set_layer(index: int, **changes) -> Callable[[dict[str, np.ndarray]], None]:
+    def mutate(arrays):
+        meta = json.loads(str(arrays["__metadata__"]))
+        meta["architecture"]["layers"][index].update(changes)
+        arrays["__metadata__"] = np.array(json.dumps(meta))  # NaN is written as NaN: not strict JSON
+    return mutate
+
+
 FILE_KINDS: dict[str, Callable[[Path], None]] = {
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
     "not a zip": lambda p: p.write_bytes(b"hello, I am not weights"),
@@ -59,6 +105,17 @@ FILE_KINDS: dict[str, Callable[[Path], None]] = {
     "bad dtype": in_place(set_meta(dtype="int8")),
     "pickled object": lambda p: np.savez(p, __metadata__=np.array([{"evil": 1}], dtype=object)),
     "a pickled object array": in_place(lambda a: a.update({"params.0.W": np.array([{"pickle": "me"}], dtype=object)})),
+    # hostile archives: each once escaped as another exception, or made the loader allocate what the file lacks
+    "a bare .npy, not an archive": lambda p: np.save(open(p, "wb"), np.zeros(3)),  # noqa: SIM115
+    "metadata stored raw, not as .npy": replace_member("__metadata__.npy", b'{"format_version": 1}'),
+    "a member that is no array": add_member("notes.txt", b"hello"),
+    "metadata nested too deeply": in_place(lambda a: a.update(__metadata__=np.array("[" * 200_000))),
+    "metadata with NaN": in_place(set_meta(metrics={"loss": float("nan")})),
+    "a NaN layer setting": in_place(set_layer(-1, negative_slope=float("nan"))),
+    "a layer setting out of range": in_place(set_layer(1, eps=-1.0)),  # a BatchNorm1d in tests/test_io.py's net
+    "a huge architecture in a tiny file": in_place(huge_architecture),
+    "a header that lies about its size": replace_member("params.0.W.npy", npy_header((2**40,))),
+    "a compressed member": add_member("extra.npy", npy_header((10_000_000,)) + bytes(40_000_000), zipfile.ZIP_DEFLATED),
 }
 
 SERVING_KINDS: dict[str, Callable[[Path], None]] = {

@@ -89,3 +89,36 @@ def test_crash_during_write_leaves_old_file_and_no_temp(saved, net, monkeypatch)
         save_model(saved, net, {})
     assert saved.read_bytes() == before
     assert os.listdir(saved.parent) == [saved.name]
+
+
+@pytest.mark.parametrize("case", ["a huge architecture in a tiny file", "a header that lies about its size",
+                                  "a compressed member"])
+def test_a_small_file_never_makes_the_loader_allocate_what_it_lacks(saved, case):
+    """Shapes are checked against the architecture and the members' sizes before any array is read or
+    the network built: a 942-byte file once took 767 MB (an 8000 x 8000 layer built, then refused), and
+    a 40 MB zero member compressed to 40 kB was inflated before it was found unexpected."""
+    import tracemalloc
+
+    FILE_KINDS[case](saved)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightsFileError):
+            load_model(saved)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak / 1e6:.0f} MB"
+    assert saved.stat().st_size < 1 << 20
+
+
+def test_what_the_loader_would_refuse_is_never_written(tmp_path, net):
+    """A diverged run: NaN weights, or a NaN in the metadata (its final loss). save_model refuses both with a
+    WeightsFileError and leaves the file that was there."""
+    path = save_model(tmp_path / "model.npz", net)
+    before = path.read_bytes()
+    with pytest.raises(WeightsFileError, match="not strict JSON"):
+        save_model(path, net, {"metrics": {"final_loss": float("nan")}})
+    net.layers[0].params["W"][0, 0] = np.inf
+    with pytest.raises(WeightsFileError, match="NaN or infinite"):
+        save_model(path, net)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]

@@ -197,3 +197,25 @@ def test_network_infer_matches_predict_and_keeps_the_mode():
     assert net.training  # infer reads no mode and changes none
     np.testing.assert_array_equal(net.predict_proba(x), head("softmax").activation(logits))
     np.testing.assert_array_equal(logits, net.eval().forward(x))
+
+
+def test_every_layer_kind_says_its_array_shapes_without_making_them():
+    """``Layer.shapes(spec)`` is what a built layer holds (the loader checks a file against it before
+    building anything), and a setting out of range is refused where the layer is made."""
+    from model.layers import LAYER_TYPES, layer_from_spec, layer_shapes
+
+    specs = [Dense(7, 3).spec(), BatchNorm1d(4).spec(), *({"type": kind} for kind in ("sigmoid", "tanh", "relu")),
+             {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "dropout", "p": 0.3}, {"type": "softmax"}]
+    assert {s["type"] for s in specs} == set(LAYER_TYPES) - {"layer"}
+    for spec in specs:
+        layer = layer_from_spec(spec)
+        params, buffers = layer_shapes(spec)
+        assert params == {k: v.shape for k, v in layer.params.items()}, spec
+        assert buffers == {k: v.shape for k, v in layer.buffers.items()}, spec
+    for bad in ({"type": "dense", "in_features": 0, "out_features": 3}, {"type": "dense", "in_features": 2.5,
+                "out_features": 3}, {"type": "dense", "in_features": True, "out_features": 3},
+                {"type": "batchnorm1d", "num_features": 4, "eps": -1.0}, {"type": "batchnorm1d", "num_features": 4,
+                "momentum": 2.0}, {"type": "leaky_relu", "negative_slope": float("nan")},
+                {"type": "dropout", "p": float("nan")}):
+        with pytest.raises(ValueError):
+            layer_from_spec(bad)

@@ -68,6 +68,26 @@ def test_corrupted_gzip_is_rejected(tmp_path, mnist_dir):
         load_mnist(tmp_path, download=False)
 
 
+def test_a_damaged_deflate_stream_is_a_dataset_error(tmp_path, mnist_dir):
+    """A flipped byte inside the compressed data raises zlib.error, which is no OSError: it once escaped as
+    a traceback from the loader (exit 1), and from a download, where it kept the next mirror from being tried."""
+    copy_mnist(mnist_dir, tmp_path)
+    target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(target.read_bytes())
+    for i in range(40, 60):
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_a_header_whose_size_overflows_is_refused():
+    """Dimensions whose product passes 2**63 must not wrap around to a size the payload matches."""
+    header = bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))
+    with pytest.raises(DatasetError, match="payload has"):
+        parse_idx(header)
+
+
 def test_checksum_mismatch_is_rejected(tmp_path, mnist_dir):
     copy_mnist(mnist_dir, tmp_path)
     payload = bytearray(read_payload(tmp_path / "t10k-labels-idx1-ubyte.gz"))

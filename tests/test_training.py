@@ -84,6 +84,21 @@ def test_glyph_shifts_move_by_at_most_one_pixel_and_keep_the_ink():
     assert (0, 0) in seen and len(seen) >= 2  # shifts do happen (most glyphs fill the grid: few can move)
 
 
+def test_a_model_that_misses_its_targets_is_not_written(tmp_path, caplog):
+    """A served repository serves a new version as soon as it appears: a failed run (exit 1) writes
+    nothing there unless asked to (--keep-missed); a diverged one (NaN) never."""
+    assert main(["xor", "--out", str(tmp_path), "--epochs", "1", "--quiet", "--no-plot"]) == 1
+    assert not (tmp_path / "xor").exists() and "not written" in caplog.text
+    assert main(["xor", "--out", str(tmp_path), "--epochs", "1", "--quiet", "--no-plot", "--keep-missed"]) == 1
+    assert not load_model(tmp_path / "xor" / "1" / "model.npz").metadata["targets"]["met"]
+    assert main(["xor", "--out", str(tmp_path), "--lr", "1e300", "--quiet", "--no-plot", "--keep-missed"]) == 2
+    assert sorted(p.name for p in (tmp_path / "xor").iterdir()) == ["1"]  # nothing of the diverged run
+    for bad in (["--seed", "-1"], ["--lr", "inf"], ["--lr", "nan"]):
+        with pytest.raises(SystemExit) as info:
+            main(["xor", "--out", str(tmp_path), *bad])
+        assert info.value.code == 2, bad
+
+
 def test_cli_writes_versioned_models(tmp_path):
     assert main(["xor", "--out", str(tmp_path), "--quiet"]) == 0
     assert main(["xor", "--out", str(tmp_path), "--quiet", "--epochs", "400", "--no-plot"]) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -30,9 +31,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
@@ -65,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("target", choices=[*MODELS, "all", "reproduce"],
                         help="model to train, 'all', or 'reproduce' for the classic-results table")
     parser.add_argument("--epochs", type=positive_int, help="override the recipe's epoch count")
-    parser.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
+    parser.add_argument("--seed", type=non_negative_int, help="random seed (default: the recipe's, 0)")
     parser.add_argument("--lr", type=positive_float, help="override the learning rate")
     parser.add_argument("--batch-size", type=positive_int, help="override the batch size")
     parser.add_argument("--hidden", type=layer_sizes, help="override the hidden layers' widths, e.g. 800 or 512,512")
@@ -91,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", type=positive_int,
                         help="version number to write (default: one more than the newest present)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing version")
+    parser.add_argument("--keep-missed", action="store_true",
+                        help="write the model even when it misses its targets (by default it is not written: "
+                             "a served repository would serve it)")
     parser.add_argument("--data-dir", type=Path,
                         help="MNIST IDX files (default: $MNIST_DIR, else a user cache it downloads into)")
     parser.add_argument("--no-download", action="store_true", help="fail instead of downloading MNIST")
@@ -141,10 +152,14 @@ def train(args: argparse.Namespace) -> int:
     for name in names:
         target, report = run(name, args.out, data_dir=args.data_dir, download=not args.no_download,
                              overrides=overrides(args), version=args.version, force=args.force,
-                             progress=not args.quiet, plot=not args.no_plot)
+                             progress=not args.quiet, plot=not args.no_plot, keep_missed=args.keep_missed)
         metrics = " ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
         met = report["targets"]["met"]
-        log.info("wrote %s: %s (targets %s)", target, metrics, "met" if met else "NOT met")
+        if target is None:
+            log.error("%s missed its targets (%s; required %s): not written (--keep-missed writes it anyway)",
+                      name, metrics, report["targets"]["required"])
+        else:
+            log.info("wrote %s: %s (targets %s)", target, metrics, "met" if met else "NOT met")
         if not met:
             failed.append(name)
     if failed:

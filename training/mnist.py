@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
+import math
 import os
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +63,7 @@ def parse_idx(payload: bytes, expected_ndim: int | None = None) -> np.ndarray:
         raise DatasetError("IDX header is truncated")
     dims = tuple(int(d) for d in np.frombuffer(payload, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(IDX_DTYPES[type_code])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python's integers: np.prod wraps around at 2**63
     if len(payload) - header != expected:
         raise DatasetError(f"IDX payload has {len(payload) - header} bytes, header {dims} says {expected}")
     return np.frombuffer(payload, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
@@ -75,7 +78,7 @@ def read_payload(path: Path) -> bytes:
             with gzip.open(path, "rb") as fh:
                 return fh.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:  # zlib.error: a damaged deflate stream
         raise DatasetError(f"{path}: cannot read ({exc})") from None
 
 
@@ -132,7 +135,7 @@ def download_file(name: str, data_dir: Path, *, mirrors: tuple[str, ...] = MIRRO
         try:
             _fetch(url, part, progress=progress, timeout=timeout)
             verify(name, read_payload(part))
-        except (urllib.error.URLError, OSError, DatasetError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, DatasetError) as exc:
             errors.append(f"{url}: {exc}")
             log.warning("mirror failed: %s: %s", url, exc)
             part.unlink(missing_ok=True)

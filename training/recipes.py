@@ -294,14 +294,27 @@ def plot_history(history: History, path: Path, title: str) -> bool:
 
 def run(name: str, out: Path, *, data_dir: str | Path | None = None, download: bool = True,
         overrides: dict[str, Any] | None = None, version: int | None = None, force: bool = False,
-        progress: bool = False, plot: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Train the recipe ``name`` (with ``overrides``) and write it into the repository at ``out``."""
+        progress: bool = False, plot: bool = True, keep_missed: bool = False) -> tuple[Path | None, dict[str, Any]]:
+    """Train the recipe ``name`` (with ``overrides``) and write it into the repository at ``out``; the
+    version's directory and the report (``metrics``, ``targets``).
+
+    A model that misses its targets is not written (the directory is None) unless ``keep_missed``:
+    a served repository serves a new version as soon as it appears, so a failed run must not land
+    there by default.
+    """
     recipe = replace(RECIPES[name], **{k: v for k, v in (overrides or {}).items() if v is not None})
+    if version is not None and (version_dir(out, recipe.name, version) / WEIGHTS_FILE).exists() and not force:
+        raise FileExistsError(f"{version_dir(out, recipe.name, version) / WEIGHTS_FILE} exists "
+                              "(pass --force to overwrite)")  # said now, not after the training
     dataset = recipe.load_data(data_dir, download=download, progress=progress)
     start = time.perf_counter()
     net, history = train_recipe(recipe, dataset, progress=progress)
     log.info("%s trained in %.1f s", name, time.perf_counter() - start)
-    return write_model(out, recipe, dataset, net, history, version=version, force=force, plot=plot)
+    metrics = final_metrics(recipe, net, dataset, history)
+    if not targets_met(recipe, metrics) and not keep_missed:
+        return None, {"metrics": metrics, "targets": {"required": recipe.targets, "met": False}}
+    return write_model(out, recipe, dataset, net, history, version=version, force=force, plot=plot,
+                       metrics=metrics)
 
 
 # --- training on feedback -------------------------------------------------------------------------
