@@ -11,6 +11,7 @@ float64 copy, are ``diagnostics.py``, on top of this). Errors are :class:`servic
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -114,14 +115,33 @@ class Runner(Protocol):
 
 
 class InlineRunner:
-    """One forward pass per request, on the caller's thread (tests, ``flask run``, ``BATCHING=off``)."""
+    """One forward pass per request, on the caller's thread (tests, ``flask run``, ``BATCHING=off``).
+
+    With ``slots``, at most that many passes run at once (a gRPC process's ``GRPC_THREADS`` without
+    batching); a request waiting for a slot is still *waiting* in the queue policy's count
+    (``MAX_QUEUE_SIZE``), and one whose deadline passes meanwhile is answered then, uncomputed.
+    """
 
     observe: Observer | None = None
+
+    def __init__(self, slots: int | None = None) -> None:
+        self.slots = threading.BoundedSemaphore(slots) if slots else None
 
     def warm(self, entries: list[ModelVersion]) -> None:
         return None
 
     def run(self, entry: ModelVersion, batch: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
+        if self.slots is None:
+            return self._run(entry, batch, ticket)
+        remaining = ticket.remaining() if ticket is not None else None
+        if not self.slots.acquire(timeout=max(remaining, 0.0) if remaining is not None else None):
+            raise ticket.error()  # the deadline passed while waiting for a slot
+        try:
+            return self._run(entry, batch, ticket)
+        finally:
+            self.slots.release()
+
+    def _run(self, entry: ModelVersion, batch: np.ndarray, ticket: Ticket | None) -> np.ndarray:
         if ticket is not None:
             if ticket.expired():
                 raise ticket.error()

@@ -38,7 +38,7 @@ from service.batching.thread_batcher import ThreadBatcher
 from service.capture.budget import CaptureDirError
 from service.capture.capture import plain_thread
 from service.config import Settings
-from service.dataplane.dataplane import DataPlane
+from service.dataplane.dataplane import DataPlane, InlineRunner
 from service.grpc.calls import SERVICE
 from service.grpc.servicer import InferenceServicer
 from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
@@ -68,6 +68,8 @@ def build_plane(settings: Settings) -> DataPlane:
         plane = DataPlane.from_settings(registry, settings.model_copy(update={"capture_dir": None}))
     if settings.grpc_batches:  # GRPC_BATCHING: concurrent calls share passes (batching/thread_batcher.py)
         plane.serve_with(ThreadBatcher(settings.max_batch, settings.grpc_threads))
+    else:  # GRPC_THREADS passes at once, the calls waiting for one counted and timed by the queue policy
+        plane.serve_with(InlineRunner(slots=settings.grpc_threads))
     return plane
 
 
@@ -83,7 +85,7 @@ class GRPCServer:
             ("grpc.max_receive_message_length", settings.max_body_bytes),  # MAX_BODY_BYTES, as over HTTP
             ("grpc.max_send_message_length", -1),
         ])
-        self.servicer = InferenceServicer(plane, settings.grpc_threads, settings.admin_token, settings.workers)
+        self.servicer = InferenceServicer(plane, settings.admin_token, settings.workers)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

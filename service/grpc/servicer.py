@@ -13,8 +13,6 @@ limit is grpcio's own), UNAVAILABLE (a version that failed to load). The reposit
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Iterator
 
@@ -22,7 +20,6 @@ import grpc
 import numpy as np
 from pydantic import SecretStr
 
-from service.batching.thread_batcher import ThreadBatcher
 from service.dataplane.dataplane import INPUT, LABEL, PROBABILITIES, DataPlane, signature
 from service.errors import ServiceError, bad_request, quote
 from service.grpc.calls import METHOD_PREFIX, Calls, answers, model_name, version_of
@@ -46,14 +43,12 @@ CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_conte
 class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_grpc.GRPCInferenceServiceServicer):
     """Triton's V2 gRPC service over one data plane: health, metadata and inference here, the rest mixed in."""
 
-    def __init__(self, plane: DataPlane, running: int = 1, admin_token: SecretStr | None = None,
-                 instances: int = 1) -> None:
+    def __init__(self, plane: DataPlane, admin_token: SecretStr | None = None, instances: int = 1) -> None:
         Calls.__init__(self, plane)
         self.admin_token, self.instances = admin_token, instances
-        # GRPC_THREADS forward passes at once: the thread batcher's own slots when it is the runner (a
-        # semaphore around the whole call would keep the calls it merges from ever meeting); else here
-        self.running = contextlib.nullcontext() if isinstance(plane.runner, ThreadBatcher) else \
-            threading.BoundedSemaphore(running)
+        # GRPC_THREADS forward passes at once are the runner's to bound (the thread batcher's slots, or
+        # the inline runner's): a semaphore around the whole call would keep the calls the batcher
+        # merges from ever meeting, and hide the calls waiting for it from MAX_QUEUE_SIZE and deadlines
 
     @answers
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
@@ -119,6 +114,7 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
     def infer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext | None = None
               ) -> pb.ModelInferResponse:
         received = time.perf_counter()
+        timeout_us = timeout_of(request, context)  # the call's deadline as it stood when it arrived
         name, version = model_name(request.model_name), version_of(request.model_version)
         names = [i.name for i in request.inputs]
         if names != [INPUT]:
@@ -135,10 +131,9 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         # with capture on, the request's own id names its capture (if it is a safe token: else, or with
         # none, one is made) and the answer carries that id, for POST /feedback
         rid = request_id(request.id) if self.plane.capture is not None else None
-        with self.running:
-            result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid,
-                                      route_key=route_key(request, context) if version is None else None,
-                                      timeout_us=timeout_of(request, context), received=received)
+        result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid,
+                                  route_key=route_key(request, context) if version is None else None,
+                                  timeout_us=timeout_us, received=received)
         encoding = time.time_ns() if tracing.ENABLED else 0
         response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version),
                                          id=rid or request.id)

@@ -171,10 +171,13 @@ def test_a_full_queue_refuses_at_once_and_the_probes_still_answer(tmp_path):
         server.stop()
 
 
-def test_grpc_refuses_unavailable_when_its_queue_is_full(tmp_path, mnist_data):
-    """gRPC's batcher queues only while its one slot computes: 12 calls of 1,024 digits at once, one
-    waiting allowed; the others are refused UNAVAILABLE, and none fails otherwise."""
-    server = LocalServer(tmp_path, WORKERS="1", GRPC_WORKERS="1", GRPC_THREADS="1", MAX_QUEUE_SIZE="1").start()
+@pytest.mark.parametrize("batching", ["on", "off"])
+def test_grpc_refuses_unavailable_when_its_queue_is_full(tmp_path, mnist_data, batching):
+    """gRPC's one slot computes, whether the batcher (GRPC_BATCHING) or the plain runner holds it: 12 calls
+    of 1,024 digits at once, one waiting allowed; the others are refused UNAVAILABLE, and none fails
+    otherwise. (Without batching, calls waiting for the slot once went uncounted: all 40 accepted.)"""
+    server = LocalServer(tmp_path, WORKERS="1", GRPC_WORKERS="1", GRPC_THREADS="1", MAX_QUEUE_SIZE="1",
+                         GRPC_BATCHING=batching).start()
     x = np.ascontiguousarray(np.asarray(mnist_data.eval_sets["test"][0][:1024]).reshape(1024, 784), dtype=np.float32)
     try:
         def call(_):
@@ -191,5 +194,33 @@ def test_grpc_refuses_unavailable_when_its_queue_is_full(tmp_path, mnist_data):
         refused = [o for o in outcomes if o != "ok"]
         assert refused and all("UNAVAILABLE" in o and "MAX_QUEUE_SIZE" in o for o in refused), outcomes
         assert "ok" in outcomes
+    finally:
+        server.stop()
+
+
+def test_grpc_without_batching_counts_a_deadline_from_the_calls_arrival(tmp_path, mnist_data):
+    """GRPC_BATCHING=off, one slot: calls waiting for it keep their deadline as it stood when they arrived.
+    It was read again after the wait and counted from the arrival, so the wait was subtracted twice and
+    calls were refused DEADLINE_EXCEEDED well before their deadline (0.20 s of 0.30)."""
+    server = LocalServer(tmp_path, WORKERS="1", GRPC_WORKERS="1", GRPC_THREADS="1", GRPC_BATCHING="off").start()
+    x = np.ascontiguousarray(np.asarray(mnist_data.eval_sets["test"][0][:1024]).reshape(1024, 784), dtype=np.float32)
+    deadline = 0.2
+    try:
+        def call(_):
+            client = triton_grpc.InferenceServerClient(server.grpc_target)
+            tensor = triton_grpc.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            start = time.perf_counter()
+            try:
+                client.infer("mnist", [tensor], client_timeout=deadline)
+                return "ok", time.perf_counter() - start
+            except InferenceServerException as exc:
+                return str(exc.status()), time.perf_counter() - start
+        with ThreadPoolExecutor(48) as pool:
+            outcomes = list(pool.map(call, range(48)))
+        expired = [seconds for status, seconds in outcomes if "DEADLINE_EXCEEDED" in status]
+        assert {status for status, _ in outcomes} <= {"ok", "StatusCode.DEADLINE_EXCEEDED"}, outcomes
+        assert expired, outcomes  # 48 passes of 1,024 digits (MAX_BATCH) on one slot outlast 0.2 s
+        assert min(expired) >= deadline * 0.95, sorted(expired)[:5]  # none refused before its deadline
     finally:
         server.stop()
