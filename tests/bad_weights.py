@@ -122,6 +122,10 @@ SERVING_KINDS: dict[str, Callable[[Path], None]] = {
     "labels that do not match the outputs": in_place(set_meta(labels=lambda m: [*m["labels"], "one too many"])),
     "labels that are not strings": in_place(set_meta(labels=lambda m: list(range(len(m["labels"]))))),
     "an input shape that lies": in_place(set_meta(input_shape=[3])),
+    # each of these once loaded as ready, and then every request to it was a 500
+    "an input range that is no range": in_place(set_meta(preprocessing={"input_range": [0]})),
+    "an input range upside down": in_place(set_meta(preprocessing={"input_range": [1, 0]})),
+    "preprocessing that is no object": in_place(set_meta(preprocessing=[0, 1])),
 }
 
 ALL_KINDS = {**FILE_KINDS, **SERVING_KINDS}

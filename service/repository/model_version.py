@@ -109,3 +109,9 @@ def check_metadata(network: Sequential, metadata: dict[str, Any]) -> None:
     out = network.output_features
     if out is not None and out != len(labels):
         raise ValueError(f"{len(labels)} labels for a network with {out} outputs")
+    preprocessing = metadata.get("preprocessing", {})
+    span = preprocessing.get("input_range", [-math.inf, math.inf]) if isinstance(preprocessing, dict) else None
+    if not isinstance(span, list) or len(span) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in span) or not span[0] <= span[1]:
+        raise ValueError("metadata 'preprocessing' must be an object whose 'input_range' is [low, high], "
+                         "two numbers with low <= high")
