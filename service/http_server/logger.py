@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from gunicorn.glogging import Logger as GunicornLogger
 
 
@@ -12,3 +14,12 @@ class ServerLogger(GunicornLogger):
 
     def access(self, resp, req, environ, request_time) -> None:
         return None
+
+    def exception(self, msg, *args, **kwargs) -> None:
+        """gunicorn logs any socket error but a reset as an error with its traceback. A socket timeout is a
+        client that stopped reading or sending (the worker closes the connection): not the server's
+        error, and any client could fill the log with them. It is one line at INFO, without traceback."""
+        if isinstance(sys.exc_info()[1], TimeoutError):
+            self.info("%s (a client too slow: timed out, connection closed)", msg.rstrip("."))
+            return
+        super().exception(msg, *args, **kwargs)

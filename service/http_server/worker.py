@@ -150,7 +150,9 @@ class BufferingGeventWorker(GeventWorker):
         gevent.spawn(self.idle.close_all)
 
     def handle(self, listener, client, addr) -> None:
-        client.settimeout(self.request_timeout)
+        # each blocking send or receive: a client that stops reading its answers is let go after this
+        # (the body's own deadline is REQUEST_TIMEOUT, the wait for a next request KEEPALIVE: neither cut short)
+        client.settimeout(max(self.request_timeout, self.cfg.keepalive))
         self.connections += 1
         try:
             AsyncWorker.handle(self, listener, client, addr)

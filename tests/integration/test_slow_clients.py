@@ -112,3 +112,29 @@ def test_a_client_that_hangs_up_mid_body_reaches_no_view(impatient_server):
     time.sleep(0.5)
     assert '"status":400' not in impatient_server.read_log()  # the half body was never parsed
     assert requests.get(f"{impatient_server.url}/healthz", timeout=5).status_code == 200
+
+
+def test_keep_alive_outlasts_a_shorter_request_timeout_and_a_slow_reader_is_no_error(tmp_path):
+    """KEEPALIVE=3 with REQUEST_TIMEOUT=1: a connection idle for 2 s between requests stays open (the socket's
+    own timeout once cut it at REQUEST_TIMEOUT). A client that pipelines requests and never reads its
+    answers is let go after the socket timeout, logged as one line, not an error with a traceback."""
+    server = LocalServer(tmp_path, WORKERS="1", KEEPALIVE="3", REQUEST_TIMEOUT="1").start()
+    try:
+        with socket.create_connection(host_port(server.url), timeout=10) as sock:
+            sock.sendall(raw_request("/predict", XOR))
+            assert read_response(sock)[0] == 200
+            time.sleep(2)
+            sock.sendall(raw_request("/predict", XOR))
+            assert read_response(sock)[0] == 200
+        big = (b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n") * 400  # answers far beyond the socket buffers
+        with socket.create_connection(host_port(server.url), timeout=10) as reader:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.sendall(big)
+            deadline = time.monotonic() + 15
+            while "too slow" not in server.read_log() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    finally:
+        assert server.stop() == 0
+    log = server.read_log()
+    assert "too slow" in log and "Traceback" not in log and "Socket error processing request" in log
