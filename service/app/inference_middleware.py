@@ -32,10 +32,10 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import numpy as np
+from werkzeug.http import HTTP_STATUS_CODES
 
 from model.repository import NAME_PATTERN
 from service.batching.queue_policy import queue_full
@@ -49,7 +49,8 @@ from service.protocols.schemas import VERSION_PATTERN, PredictRequest
 log = logging.getLogger("service.errors")  # where Flask's handler logs an unexpected error
 
 JSON = "application/json"
-STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+# werkzeug's wording, as Flask's answers say it: the same status line whichever layer answers
+STATUS_LINES = {code: f"{code} {phrase.upper()}" for code, phrase in HTTP_STATUS_CODES.items()}
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Headers = list[tuple[str, str]]

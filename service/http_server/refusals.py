@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from http import HTTPStatus
 
+from service.app.inference_middleware import STATUS_LINES
 from service.errors import HTTP_CODES, ServiceError
 from service.observability import request_record
 from service.protocols.error_bodies import rendered
@@ -17,7 +17,7 @@ from service.protocols.error_bodies import rendered
 def write_error(sock: socket.socket, error: ServiceError, path: str = "") -> None:
     """The error's response, in the protocol of ``path``, with ``Connection: close``."""
     status, body = rendered(path, error)
-    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+    head = (f"HTTP/1.1 {STATUS_LINES[status]}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nX-Request-ID: {request_record.request_id(None)}\r\n"
             + "".join(f"{name}: {value}\r\n" for name, value in error.headers.items())
             + "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n").encode()

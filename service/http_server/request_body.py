@@ -33,6 +33,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+from gunicorn.http.errors import ParseException
 
 from service.errors import ServiceError
 from service.http_server.refusals import write_error
@@ -132,6 +133,10 @@ class BodyReader:
                 metrics.REQUEST_TIMEOUTS.inc()
                 write_error(sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
                                                f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path)
+                raise StopIteration() from None
+            except ParseException as exc:  # a malformed chunked body: refused in the path's protocol's shape
+                write_error(sock, ServiceError(400, "bad_request", f"the request body is malformed: {exc}"[:300]),
+                            req.path)
                 raise StopIteration() from None
 
     def linger(self, sock: socket.socket) -> None:

@@ -238,6 +238,35 @@ def test_a_chunked_body_over_max_body_bytes_is_413_like_any_other(base_url, path
         assert (error["code"] == "payload_too_large") if shape == "ours" else isinstance(error, str), error
 
 
+@pytest.mark.parametrize("path,shape", [("/predict", "ours"), ("/v2/models/xor/infer", "v2"),
+                                        ("/v1/models/xor:predict", "v1")])
+def test_a_malformed_chunked_body_is_refused_in_the_paths_protocol(base_url, path, shape):
+    """A bad chunk size is gunicorn's refusal, answered by the worker: a 400 in the error shape of the
+    protocol the path names (it was always this service's own shape), and a status line as Flask words it."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    with socket.create_connection(host_port(base_url), timeout=15) as sock:
+        sock.sendall(head + b"zz\r\n{}\r\n0\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        status, body = read_response_from(data, sock)
+    assert data.startswith(b"HTTP/1.1 400 BAD REQUEST\r\n"), data[:40]
+    error = json.loads(body)["error"]
+    if shape == "ours":
+        assert error["code"] == "bad_request" and "chunk" in error["message"].lower(), error
+    else:
+        assert isinstance(error, str) and "chunk" in error.lower(), error
+
+
+def read_response_from(data: bytes, sock: socket.socket) -> tuple[int, bytes]:
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split()[1]), rest[:length]
+
+
 def test_expect_100_continue_is_answered_before_the_body_is_sent(base_url):
     """A client that waits for 100 Continue (curl does, for bodies over 1 MB) gets it at once; one whose
     Content-Length is over the limit gets the 413 instead, and never sends its body."""
