@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -102,11 +101,14 @@ def save_model(path: str | os.PathLike[str], network: Sequential, metadata: dict
     return Path(path)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def file_sha256(file: str | os.PathLike[str] | IO[bytes]) -> str:
+    """The SHA-256 of a file (a path, or an open binary file read from where it stands)."""
+    if not hasattr(file, "read"):
+        with open(file, "rb") as fh:
+            return file_sha256(fh)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for chunk in iter(lambda: file.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -114,7 +116,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     """Load and validate a weights file written by :func:`save_model`; any problem is a
     :class:`WeightsFileError` (never another exception, whatever the file holds).
 
-    The file is read once: the SHA-256 reported is of the very bytes loaded. Every member's ``.npy``
+    The file is opened once: the SHA-256 reported is of the file loaded, even if another replaces it
+    meanwhile (as :func:`save_model` and the training CLI do, by renaming). Every member's ``.npy``
     header is checked (an array, stored as :func:`numpy.savez` stores it, no bigger than its bytes)
     and the arrays' names, shapes and dtype against the metadata's architecture before any array is
     read or the network is built: a small file cannot make the loader allocate what it does not hold.
@@ -123,19 +126,20 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if not path.is_file():
         raise WeightsFileError(f"{path}: no such file")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            network, metadata = _read(path, fh)
+            fh.seek(0)
+            digest = file_sha256(fh)
     except OSError as exc:
         raise WeightsFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    try:
-        network, metadata = _read(path, data)
     except MemoryError:
         raise WeightsFileError(f"{path}: too large to load into memory") from None
-    return LoadedModel(network=network.eval(), metadata=metadata, sha256=hashlib.sha256(data).hexdigest())
+    return LoadedModel(network=network.eval(), metadata=metadata, sha256=digest)
 
 
-def _read(path: Path, data: bytes) -> tuple[Sequential, dict[str, Any]]:
+def _read(path: Path, fh: IO[bytes]) -> tuple[Sequential, dict[str, Any]]:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(fh)
         members = {info.filename: info for info in archive.infolist()}
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
         raise WeightsFileError(f"{path}: not a readable .npz archive ({exc})") from None

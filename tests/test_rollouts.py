@@ -236,6 +236,28 @@ def test_a_request_naming_no_version_is_described_by_the_primary(repo):
     assert plane.resolve("mnist").version == 2
 
 
+def test_a_bad_rollout_file_leaves_every_process_on_the_last_good_one_a_restarted_one_too(repo, tmp_path):
+    """A rollout.json broken while serving keeps the rollout before it, in every process alike: the last good
+    file is recorded in the shared state, so a process started after the file went bad (the supervisor's
+    restart of a gRPC process) routes as the others do, not by no rollout at all."""
+    state = tmp_path / "state.json"
+    (repo / "mnist" / ROLLOUT_FILE).write_text(json.dumps({"primary": 1, "canary": {"2": 10}}))
+    before = plane_on(repo, state)
+    (repo / "mnist" / ROLLOUT_FILE).write_text('{"primary": 1,')  # cut short
+    os.utime(repo / "mnist" / ROLLOUT_FILE, ns=(time.time_ns() + 10**9,) * 2)  # a new signature, whatever the clock
+    before.registry.refresh()
+    restarted = plane_on(repo, state)
+    for plane in (before, restarted):
+        rollout = plane.registry.snapshot.rollouts["mnist"]
+        assert rollout.spec == RolloutSpec(primary=1, canary={2: 10}) and rollout.source == "file"
+        assert "keeping the rollout before it" in plane.describe("mnist")["rollout_error"]
+    (repo / "mnist" / ROLLOUT_FILE).unlink()  # no file: nothing kept, in either
+    for plane in (before, restarted):
+        plane.registry.refresh()
+        assert "mnist" not in plane.registry.snapshot.rollouts
+    assert json.loads(state.read_text())["files"] == {}
+
+
 # -- comparisons and the guard ------------------------------------------------------------------------
 def test_the_shadow_counts_equal_an_offline_comparison(repo):
     plane = plane_on(repo)

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from model.repository import WEIGHTS_FILE, model_dirs, version_dir, versions
 from service.repository import rollout as rollouts
@@ -89,7 +90,7 @@ class ModelRegistry:
                 continue
             policy = model_policy(model_dir, self.policy)
             policies[name] = str(policy)
-            rollout = self.rollout_of(name, model_dir, state["rollouts"].get(name))
+            rollout = self.rollout_of(name, model_dir, state["rollouts"].get(name), state["files"].get(name))
             found = self.settled_versions(model_dir, self.settle_seconds if settle else 0.0)
             serving[name], failed[name] = {}, {}
             for version in policy.candidates(list(found)):
@@ -110,9 +111,13 @@ class ModelRegistry:
             log.info("serving %s", {name: sorted(vs) for name, vs in serving.items()})
         return changed
 
-    def rollout_of(self, name: str, model_dir: Path, record: object) -> Rollout | None:
-        """The rollout in force for a model: the newer of its file's and the API's (shared state)."""
-        file = self.rollout_files.read(name, model_dir)
+    def rollout_of(self, name: str, model_dir: Path, record: object, kept: object = None,
+                   write: Callable[[Callable[[dict], Any]], Any] | None = None) -> Rollout | None:
+        """The rollout in force for a model: the newer of its file's and the API's (shared state).
+        ``write`` changes the shared state (default: under its lock; inside :meth:`change_rollout`,
+        which holds it already, the state being changed)."""
+        file = self.agreed_file_rollout(name, self.rollout_files.read(name, model_dir), kept,
+                                        write or self.shared.update)
         api, api_changed_at = None, None
         if record is not None:
             try:
@@ -120,6 +125,34 @@ class ModelRegistry:
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("ignoring the repository state's rollout of %s: %s", name, exc)
         return rollouts.in_force(api, api_changed_at, file)
+
+    def agreed_file_rollout(self, name: str, file: Rollout | None, kept: object,
+                            write: Callable[[Callable[[dict], Any]], Any]) -> Rollout | None:
+        """The file's rollout as every process of this server has it. A good file's is recorded in the
+        shared state (``kept``: the record there); while the file is bad, that record -- the last good
+        file any process read -- is in force, not each process's own memory of one: a process started
+        after the file went bad (a restarted gRPC process) would otherwise route by none."""
+        files = self.rollout_files
+        if name not in files.seen:  # no file: nothing to keep
+            if kept is not None:
+                write(lambda state: state["files"].pop(name, None))
+            return None
+        if name not in files.errors:  # a good file: record it, once, for the others
+            record = rollouts.to_record(file, file.changed_at) if file is not None else None
+            if record is not None and record != kept:
+                write(lambda state: state["files"].__setitem__(name, record))
+            return file
+        if kept is not None:
+            try:
+                agreed = rollouts.from_record(kept)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("ignoring the repository state's last good rollout file of %s: %s", name, exc)
+            else:
+                if agreed is not None:
+                    files.errors[name] = files.errors[name].replace("(no rollout from it)",
+                                                                    "(keeping the rollout before it)")
+                return agreed
+        return file
 
     def settled_versions(self, model_dir: Path, settle_seconds: float) -> dict[int, Signature]:
         """Numbered version directories whose weights file has settled -> the file's signature."""
@@ -158,7 +191,8 @@ class ModelRegistry:
         model_dir = self.root / name
 
         def apply(state: dict) -> Rollout | None:
-            current = self.rollout_of(name, model_dir, state["rollouts"].get(name))
+            current = self.rollout_of(name, model_dir, state["rollouts"].get(name), state["files"].get(name),
+                                      write=lambda change: change(state))
             new = change(current)
             if new is current:  # nothing to change: nothing written
                 return current

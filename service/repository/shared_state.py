@@ -4,7 +4,9 @@ Each gunicorn worker and gRPC process keeps its own registry; what the repositor
 decides -- the models it unloaded, and each model's rollout (``rollout.py``) -- is recorded in one
 small JSON state file (``$STATE_DIR/repository.json``) that every process reads at each scan, so all
 serve alike within one poll interval (and within a second, as each checks the file's modification
-time every second). Without a state file (in-process use: tests, ``flask run``) it is kept in memory.
+time every second). It also keeps each model's last good ``rollout.json``, so that a bad file leaves
+every process, a restarted one too, on the same rollout. Without a state file (in-process use: tests,
+``flask run``) it is kept in memory.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any
 
 log = logging.getLogger("service.repository.registry")
 
-State = dict[str, Any]  # {"unloaded": [names], "rollouts": {name: record}}
+State = dict[str, Any]  # {"unloaded": [names], "rollouts": {name: record}, "files": {name: record}}
 
 
 def empty() -> State:
-    return {"unloaded": [], "rollouts": {}}
+    return {"unloaded": [], "rollouts": {}, "files": {}}
 
 
 class SharedState:
@@ -41,7 +43,7 @@ class SharedState:
         try:
             state = json.loads(self.state_file.read_text())
             if not isinstance(state, dict) or not isinstance(state.get("unloaded", []), list) \
-                    or not isinstance(state.get("rollouts", {}), dict):
+                    or not isinstance(state.get("rollouts", {}), dict) or not isinstance(state.get("files", {}), dict):
                 raise ValueError("not a repository state")
         except FileNotFoundError:
             return empty()
