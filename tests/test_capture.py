@@ -327,6 +327,17 @@ def test_claims_start_small_and_grow(tmp_path):
     journal.close()
 
 
+def test_a_small_budget_is_shared_by_every_process_writing_it(tmp_path):
+    """A claim takes at most a quarter of the free budget: on a 64 KiB feedback folder (CAPTURE_MAX_BYTES
+    of 1 MiB) the first worker to store a label claimed all of it, and every other worker's was a 507."""
+    first, second = Journal(tmp_path, "feedback", 64 << 10), Journal(tmp_path, "feedback", 64 << 10)
+    line = b'{"label": "1"}\n'
+    assert first.append(line) and second.append(line)
+    assert first.usage()["used_bytes"] <= 64 << 10
+    first.close()
+    second.close()
+
+
 def test_default_segment_size():
     from service.capture.journal import default_segment_bytes
 

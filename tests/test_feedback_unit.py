@@ -167,3 +167,37 @@ def test_the_data_plane_scores_each_computed_sample_once(registry):
     window = plane.drift.windows[("mnist", entry.version)]
     assert window.filled == 7
     assert window.ring[:7].sum() == pytest.approx(sum(scorer.scores(b).sum() for b in batches), rel=1e-12)
+
+
+def test_a_retry_answered_by_another_version_is_no_ambiguity(tmp_path):
+    """A canary routes a retry (no rollout key) to either version: the same labels answered are the same
+    request; other labels under one id are two requests."""
+    index = CaptureIndex(tmp_path, tmp_path / "feedback")
+    x, p = np.zeros((1, 2), np.float32), np.array([[0.1, 0.9]], np.float32)
+    for rid, answers in (("retried", (["1"], ["1"])), ("reused", (["1"], ["0"]))):
+        for version, labels in zip((1, 2), answers, strict=True):
+            write_lines(tmp_path / "capture-a.jsonl", events.inference_events(rid, "xor", version, time.time_ns(),
+                                                                              x, p, labels))
+    index.refresh()
+    assert not index.captured("retried").ambiguous and index.captured("retried").version == 1
+    assert index.captured("reused").ambiguous
+
+
+def test_a_feedback_line_cut_away_is_forgotten_by_the_index(tmp_path):
+    """A label whose fsync failed is cut away and its client told nothing was kept (503). Another worker's
+    index may have read it meanwhile: it must forget it when the file is found shorter, or the client's
+    retry is answered "duplicate" and the label is lost."""
+    (tmp_path / "feedback").mkdir()
+    index = CaptureIndex(tmp_path, tmp_path / "feedback")
+    path = tmp_path / "feedback" / "feedback-a.jsonl"
+    kept = events.feedback_event(event_id=events.new_event_id(), time_ns=time.time_ns(), model="xor",
+                                 labels=["1"], request_id="kept", version=1, predicted=["1"])
+    cut = events.feedback_event(event_id=events.new_event_id(), time_ns=time.time_ns(), model="xor",
+                                labels=["0"], request_id="cut", version=1, predicted=["1"])
+    write_lines(path, kept, cut)
+    index.refresh()
+    assert index.labels_of("cut") == ("0",) and index.labels_of("kept") == ("1",)
+    with open(path, "r+b") as fh:
+        fh.truncate(len(kept))  # the journal cuts the line whose fsync failed
+    index.refresh()
+    assert index.labels_of("cut") is None and index.labels_of("kept") == ("1",)

@@ -51,6 +51,7 @@ class CaptureIndex:
         self.labelled: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self.offsets: dict[Path, int] = {}
         self.skipped = 0  # lines that did not parse (never expected: a record is written whole)
+        self.shrunk = False  # a feedback file was found shorter than already read, this refresh
 
     def captured(self, rid: str) -> Captured | None:
         return self.captures.get(rid)
@@ -65,6 +66,7 @@ class CaptureIndex:
 
     def refresh(self) -> None:
         """Read what every capture and feedback file gained since the last call."""
+        self.shrunk = False
         present = set()
         for directory in self.directories:
             try:
@@ -77,14 +79,23 @@ class CaptureIndex:
                     self._read_new(directory / name)
         for gone in set(self.offsets) - present:  # moved away by an operator: its entries stay known
             del self.offsets[gone]
+        if self.shrunk:
+            # A feedback file cut back: a line this index read may be gone (a write whose fsync failed is
+            # cut away, and its client told nothing was kept). Labels are known only from what the files
+            # hold now, or a retry of that feedback would be answered "duplicate" with nothing on disk.
+            self.labelled.clear()
+            for name in [n for n in self.offsets if n.name.startswith("feedback-")]:
+                self.offsets[name] = 0
+                self._read_new(name)
 
     def _read_new(self, name: Path) -> None:
         offset = self.offsets.get(name, 0)
         try:
             with open(name, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
-                if size < offset:  # truncated back by recovery: only a partial tail went, re-read from 0
+                if size < offset:  # cut back (recovery, or a failed durable write): re-read from 0
                     offset = 0
+                    self.shrunk = self.shrunk or name.name.startswith("feedback-")
                 while offset < size:
                     fh.seek(offset)
                     chunk = fh.read(min(READ_CHUNK, size - offset))
@@ -117,8 +128,9 @@ class CaptureIndex:
                         continue
                     rid = str(event.get("id"))
                     before = self.captures.get(rid)
-                    if before is not None and (before.ambiguous or before != captured):
-                        captured = replace(captured, ambiguous=True)
+                    if before is not None:  # a retry may be served by another version: judged by its answer
+                        same = (before.model, before.predicted) == (captured.model, captured.predicted)
+                        captured = replace(before, ambiguous=before.ambiguous or not same)
                     remember(self.captures, rid, captured, self.max_entries)
             elif FEEDBACK_TYPE in line[:HEAD]:
                 event = self._parse(line)

@@ -24,6 +24,7 @@ from service.capture.segment import Segment
 RECHECK_SECONDS = 1.0  # while full (or failing) the directory is looked at again at most this often
 MIN_SEGMENT = 64 * 1024
 MAX_SEGMENT = 16 * 1024 * 1024
+CLAIM_SHARE = 4  # a claim takes at most 1/CLAIM_SHARE of the free budget
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,10 @@ class Rotation:
                 self._full_until = time.monotonic() + RECHECK_SECONDS
                 self.error = None
                 return False
-            # the budget's last bytes too, not only whole segments
-            claim = max(size, min(self._next_claim, free))
+            # the budget's last bytes too, not only whole segments; but at most a quarter of what is free,
+            # so that on a small budget (a 64 KiB feedback folder) one process's open segment never
+            # holds all of it while the others find no room
+            claim = max(size, min(self._next_claim, free // CLAIM_SHARE))
             self._next_claim = min(self.segment_bytes, 2 * self._next_claim)
             self._seq += 1
             name = f"{self.kind}-{time.time_ns()}-{self.host}-{os.getpid()}-{self._seq:06d}-{claim}{SUFFIX}"
