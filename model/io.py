@@ -37,6 +37,7 @@ from model.network import Sequential
 FORMAT_VERSION = 1
 METADATA_KEY = "__metadata__"
 MAX_METADATA_BYTES = 16 << 20  # the metadata string as NumPy stores it (4 bytes a character)
+ZIP_UNREADABLE_FLAGS = 0x1 | 0x20 | 0x40  # encrypted, patched data, strong encryption: np.savez writes none
 
 
 class WeightsFileError(ValueError):
@@ -154,7 +155,7 @@ def _read(path: Path, fh: IO[bytes]) -> tuple[Sequential, dict[str, Any]]:
         metadata = _read_metadata(path, _array(path, archive, members, METADATA_KEY))
         try:
             expected = Sequential.array_shapes(metadata["architecture"])
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise WeightsFileError(f"{path}: architecture cannot be built: {exc}") from None
         missing = sorted(set(expected) - set(headers))
         extra = sorted(set(headers) - set(expected) - {METADATA_KEY})
@@ -169,7 +170,7 @@ def _read(path: Path, fh: IO[bytes]) -> tuple[Sequential, dict[str, Any]]:
                                        f"expected {target_shape} and {want}")
         try:  # every array's size is now the file's own: building it allocates what the file holds
             network = Sequential.from_architecture(metadata["architecture"], dtype=want)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise WeightsFileError(f"{path}: architecture cannot be built: {exc}") from None
         state = {f"params.{k}": v for k, v in network.named_params().items()}
         state.update({f"buffers.{k}": v for k, v in network.named_buffers().items()})
@@ -188,6 +189,8 @@ def _header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tupl
         raise WeightsFileError(f"{path}: member {name!r} is not an array (.npy)")
     if info.compress_type != zipfile.ZIP_STORED:  # no member may inflate beyond the file's own size
         raise WeightsFileError(f"{path}: member {name!r} is compressed (weights files are written by np.savez)")
+    if info.flag_bits & ZIP_UNREADABLE_FLAGS:
+        raise WeightsFileError(f"{path}: member {name!r} is encrypted or patched (not a np.savez archive)")
     try:
         with archive.open(info) as fh:
             version = np.lib.format.read_magic(fh)
@@ -198,7 +201,7 @@ def _header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tupl
             else:
                 raise ValueError(f".npy format version {version}")
             offset = fh.tell()
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, SyntaxError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, SyntaxError, RuntimeError, NotImplementedError) as exc:
         raise WeightsFileError(f"{path}: member {name!r} has no readable array header ({exc})") from None
     if dtype.hasobject:
         raise WeightsFileError(f"{path}: member {name!r} holds Python objects")
@@ -212,7 +215,7 @@ def _array(path: Path, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipI
     try:
         with archive.open(members[f"{key}.npy"]) as fh:
             return np.lib.format.read_array(fh, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
         raise WeightsFileError(f"{path}: {key} cannot be read ({exc})") from None
 
 

@@ -17,7 +17,7 @@ Every layer follows one contract:
 from __future__ import annotations
 
 import math
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -40,11 +40,15 @@ def size_of(value: Any, name: str) -> int:
 
 
 def finite(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> float:
-    """``value`` as a finite float in [low, high]; a ValueError naming ``name`` otherwise (NaN included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high \
-            or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
-    return float(value)
+    """``value`` (any real number but a bool, NumPy's too) as a finite float in [low, high]; a ValueError
+    naming ``name`` otherwise (NaN, and an integer too large for a float, included)."""
+    try:
+        number = float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}"[:200])
+    return number
 
 
 class Layer:
@@ -325,9 +329,10 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
         super().__init__()
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
-        self.p = float(p)
+        p = finite(p, "dropout probability p", 0.0, 1.0)
+        if p == 1.0:
+            raise ValueError("dropout probability p must be below 1 (it would drop every unit)")
+        self.p = p
         self.rng = rng if rng is not None else np.random.default_rng()
         self._mask: Array | None = None
 

@@ -53,7 +53,7 @@ def version_dir(root: Path, name: str, version: int) -> Path:
 def next_version(model_dir: Path) -> int:
     version = max(versions(model_dir), default=0) + 1
     if version > MAX_VERSION:
-        raise ValueError(f"{model_dir}: version {MAX_VERSION} exists; no version can follow it")
+        raise FileExistsError(f"{model_dir}: version {MAX_VERSION} exists; no version can follow it")
     return version
 
 

@@ -68,6 +68,17 @@ def npy_header(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
     return b"\x93NUMPY\x01\x00"[:0] + out.getvalue()
 
 
+def encrypted(data: bytes) -> bytes:
+    """The archive with the encryption flag set on every member (zipfile then wants a password)."""
+    out = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local headers, central directory
+        at = out.find(signature)
+        while at >= 0:
+            out[at + offset] |= 0x1
+            at = out.find(signature, at + 4)
+    return bytes(out)
+
+
 def huge_architecture(arrays: dict[str, np.ndarray]) -> None:
     """A tiny file whose architecture is one 8000 x 8000 layer (512 MB of float64 once built)."""
     meta = json.loads(str(arrays["__metadata__"]))
@@ -115,6 +126,8 @@ FILE_KINDS: dict[str, Callable[[Path], None]] = {
     "a layer setting out of range": in_place(set_layer(1, eps=-1.0)),  # a BatchNorm1d in tests/test_io.py's net
     "a huge architecture in a tiny file": in_place(huge_architecture),
     "a header that lies about its size": replace_member("params.0.W.npy", npy_header((2**40,))),
+    "a layer setting no float can hold": in_place(set_layer(2, type="leaky_relu", negative_slope=10**400)),
+    "an encrypted member": lambda p: p.write_bytes(encrypted(p.read_bytes())),
     "a compressed member": add_member("extra.npy", npy_header((10_000_000,)) + bytes(40_000_000), zipfile.ZIP_DEFLATED),
 }
 

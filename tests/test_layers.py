@@ -216,6 +216,9 @@ def test_every_layer_kind_says_its_array_shapes_without_making_them():
                 "out_features": 3}, {"type": "dense", "in_features": True, "out_features": 3},
                 {"type": "batchnorm1d", "num_features": 4, "eps": -1.0}, {"type": "batchnorm1d", "num_features": 4,
                 "momentum": 2.0}, {"type": "leaky_relu", "negative_slope": float("nan")},
-                {"type": "dropout", "p": float("nan")}):
+                {"type": "dropout", "p": float("nan")}, {"type": "leaky_relu", "negative_slope": 10**400},
+                {"type": "dropout", "p": 1.0}):
         with pytest.raises(ValueError):
             layer_from_spec(bad)
+    # NumPy's scalars are numbers like any other
+    assert Dropout(np.float32(0.25)).p == 0.25 and BatchNorm1d(np.int64(3), momentum=np.float32(0.5)).momentum == 0.5

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from model.io import WeightsFileError
-from model.repository import DEFAULT_ROOT
+from model.repository import DEFAULT_ROOT, MAX_VERSION
 from training.feedback import FIELD_SHARE, FeedbackError
 from training.mnist import DatasetError
 from training.recipes import RECIPES
@@ -28,6 +28,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def version_number(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_VERSION:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_VERSION:,} (what a server can name), got {text}")
     return value
 
 
@@ -96,12 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --feedback: train a new network by the recipe instead of fine-tuning the parent")
     parser.add_argument("--out", type=Path, default=DEFAULT_ROOT,
                         help="model repository to write <name>/<version>/ into (default: %(default)s)")
-    parser.add_argument("--version", type=positive_int,
+    parser.add_argument("--version", type=version_number,
                         help="version number to write (default: one more than the newest present)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing version")
     parser.add_argument("--keep-missed", action="store_true",
                         help="write the model even when it misses its targets (by default it is not written: "
-                             "a served repository would serve it)")
+                             "a served repository would serve it); a run that diverged (NaN) is never written")
     parser.add_argument("--data-dir", type=Path,
                         help="MNIST IDX files (default: $MNIST_DIR, else a user cache it downloads into)")
     parser.add_argument("--no-download", action="store_true", help="fail instead of downloading MNIST")
