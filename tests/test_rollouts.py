@@ -95,6 +95,10 @@ def test_the_key_is_the_parameter_else_the_header():
     assert rollout_key.of("h", {"rollout_key": "p"}) == "p"
     assert rollout_key.of("h", {}) == "h"
     assert rollout_key.of("", None) is None
+    # a UTF-8 key in the header reaches WSGI as latin-1 text: it is the same key as the parameter's
+    sent = "äpfel-ключ".encode().decode("latin-1")
+    assert rollout_key.of(sent) == rollout_key.of(None, {"rollout_key": "äpfel-ключ"}) == "äpfel-ключ"
+    assert rollout_key.of("\xe4") == "\xe4"  # latin-1 bytes that are no UTF-8: kept as they came
     with pytest.raises(ServiceError) as err:
         rollout_key.of("h", {"rollout_key": 7})
     assert err.value.status == 400
@@ -364,3 +368,19 @@ def test_state_survives_in_the_file_for_new_processes(repo, tmp_path):
     assert again.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=1, canary={2: 10})
     assert json.loads(state.read_text())["rollouts"]["mnist"]["source"] == "api"
     assert os.path.exists(state)
+
+
+def test_a_state_change_within_one_clock_tick_is_still_seen(tmp_path):
+    """Processes notice another's change by the state file's stat: two writes within one tick of a coarse
+    file-system clock have the same mtime, but each is a new file renamed into place."""
+    from service.repository.shared_state import SharedState
+
+    path = tmp_path / "state.json"
+    writer, reader = SharedState(path), SharedState(path)
+    writer.mark_unloaded("a", True)
+    assert reader.changed()
+    tick = path.stat().st_mtime_ns
+    writer.mark_unloaded("b", True)
+    os.utime(path, ns=(tick, tick))  # as if within the same tick
+    assert reader.changed() and reader.unloaded() == {"a", "b"}
+    assert not reader.changed()

@@ -224,7 +224,8 @@ class DataPlane:
         return self.registry.snapshot.status()
 
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
-        """The version to serve: the one named, or the newest loaded one (404 / 503 otherwise)."""
+        """The version named, or the one a request naming none is described by: the rollout's primary
+        when it serves, else the newest loaded one (404 / 503 otherwise)."""
         return self.registry.snapshot.get(name, version)
 
     def is_ready(self, name: str, version: int | None = None) -> bool:

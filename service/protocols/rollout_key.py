@@ -21,7 +21,16 @@ def of(header: str | None, parameters: dict[str, Any] | None = None) -> str | No
     """The request's key: the parameter if it has one, else the header; None for neither (or empty)."""
     value = parameters.get(PARAMETER) if parameters else None
     if value is None:
-        return header or None
+        return as_sent(header) if header else None
     if not isinstance(value, str) or not value:
         raise bad_request(f"parameters.{PARAMETER} must be a non-empty string")
     return value
+
+
+def as_sent(header: str) -> str:
+    """A header's text as the client wrote it: WSGI hands header bytes over decoded as latin-1 (PEP 3333),
+    so a key sent as UTF-8 in the header must become the key a JSON parameter carries, and route alike."""
+    try:
+        return header.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):  # not UTF-8 bytes: the text as it came
+        return header

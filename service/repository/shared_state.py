@@ -35,7 +35,7 @@ class SharedState:
     def __init__(self, state_file: str | Path | None = None) -> None:
         self.state_file = Path(state_file) if state_file else None
         self.memory: State = empty()  # without a state file, kept here
-        self._mtime: int | None = None
+        self._seen: tuple[int, int] | None = None
 
     def read(self) -> State:
         if self.state_file is None:
@@ -88,8 +88,11 @@ class SharedState:
         if self.state_file is None:
             return False
         try:
-            mtime = self.state_file.stat().st_mtime_ns
+            st = self.state_file.stat()
+            # the inode too: each write is a new file renamed into place, so two writes within one tick
+            # of a coarse clock still differ
+            seen: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except OSError:
-            mtime = None
-        changed, self._mtime = mtime != self._mtime, mtime
+            seen = None
+        changed, self._seen = seen != self._seen, seen
         return changed
