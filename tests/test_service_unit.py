@@ -475,3 +475,32 @@ def test_a_configuration_or_rollout_nested_too_deeply_is_ignored_not_fatal(tmp_p
     client = create_app(model_registry=registry).test_client()
     assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200
     assert "nested too deeply" in client.get("/models/xor").get_json()["rollout_error"]
+
+
+def test_an_unforeseen_load_error_fails_that_version_only(tmp_path, model_repository, monkeypatch):
+    """Whatever a weights file makes the loader raise, that version fails and the scan goes on: one
+    exception no rule foresaw (an OverflowError once) stopped every model from serving."""
+    import shutil
+
+    from service.repository import model_version
+
+    shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / "1")
+    shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / "2")
+    real = model_version.load_model
+
+    def flaky(path):
+        if path.parent.name == "2":
+            raise RuntimeError("nobody saw this coming")
+        return real(path)
+
+    monkeypatch.setattr(model_version, "load_model", flaky)
+    reg = ModelRegistry(tmp_path, every_version(), 0.0).load_all()
+    versions = {v["version"]: v for v in reg.snapshot.describe("xor")["versions"]}
+    assert versions[1]["status"] == "ready" and versions[2]["status"] == "failed"
+    assert "unexpected" in versions[2]["error"] and "nobody saw" not in versions[2]["error"]
+
+
+def every_version():
+    from service.repository.version_policy import VersionPolicy
+
+    return VersionPolicy.parse("all")

@@ -87,13 +87,17 @@ def load_version(name: str, version: int, path: Path, signature: Signature | Non
         # clients see the path within the repository only; the log keeps the server's full path
         entry.error = str(exc).replace(str(path), f"{name}/{version}/{path.name}")
         log.error("model %s/%s failed to load: %s", name, version, exc)
-        if count_failure:
-            metrics.LOAD_FAILURES.labels(name).inc()
+    except Exception:  # a bug, or a file no rule foresaw: this version fails, the scan and the others go on
+        entry.error = f"{name}/{version}/{path.name} could not be loaded (an unexpected error; see the log)"
+        log.exception("model %s/%s failed to load unexpectedly", name, version)
+    else:
+        entry.network, entry.metadata, entry.sha256 = loaded.network, loaded.metadata, loaded.sha256
+        entry.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        log.info("loaded model %s/%s (%d parameters, sha256 %s)", name, version, entry.network.num_params,
+                 entry.sha256[:12])
         return entry
-    entry.network, entry.metadata, entry.sha256 = loaded.network, loaded.metadata, loaded.sha256
-    entry.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
-    log.info("loaded model %s/%s (%d parameters, sha256 %s)", name, version, entry.network.num_params,
-             entry.sha256[:12])
+    if count_failure:
+        metrics.LOAD_FAILURES.labels(name).inc()
     return entry
 
 
