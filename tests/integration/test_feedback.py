@@ -324,7 +324,7 @@ def test_a_worker_that_cannot_use_the_capture_dir_serves_without_it(tmp_path):
         deadline = time.monotonic() + 30
         while (len(workers(srv)) < 2 or set(workers(srv)) & set(old)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(workers(srv)) == 2 and not set(workers(srv)) & set(old)
+        assert len(workers(srv)) == 2 and not set(workers(srv)) & set(old), srv.read_log()[-4000:]
         wait_ready(srv.url)
         with requests.Session() as s:
             for _ in range(8):
