@@ -175,11 +175,27 @@ def _read(path: Path, fh: IO[bytes]) -> tuple[Sequential, dict[str, Any]]:
         state = {f"params.{k}": v for k, v in network.named_params().items()}
         state.update({f"buffers.{k}": v for k, v in network.named_buffers().items()})
         for key, target in state.items():
-            value = _array(path, archive, members, key)
-            if not np.all(np.isfinite(value)):
+            _read_into(path, archive, members[f"{key}.npy"], headers[key][2], target)
+            if not np.all(np.isfinite(target)):
                 raise WeightsFileError(f"{path}: {key} holds NaN or infinite values")
-            np.copyto(target, value)
     return network, metadata
+
+
+def _read_into(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, offset: int, target: np.ndarray) -> None:
+    """A member's data (its header checked: ``target``'s shape and dtype, C order) read straight into
+    ``target``, the network's own array: no array of it is made and copied, nor read in pieces."""
+    buffer = memoryview(target).cast("B")  # C-contiguous, or this raises: never a copy written in vain
+    try:
+        with archive.open(info) as fh:
+            fh.read(offset)  # the header, already read
+            done = 0
+            while done < len(buffer):
+                count = fh.readinto(buffer[done:])
+                if not count:
+                    raise EOFError(f"{done} of {len(buffer)} bytes")
+                done += count
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise WeightsFileError(f"{path}: {info.filename[:-4]} cannot be read ({exc})") from None
 
 
 def _header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -195,11 +211,13 @@ def _header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tupl
         with archive.open(info) as fh:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
             elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             else:
                 raise ValueError(f".npy format version {version}")
+            if fortran and len(shape) > 1:  # np.savez of the network's arrays writes C order
+                raise ValueError("Fortran order")
             offset = fh.tell()
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, SyntaxError, RuntimeError, NotImplementedError) as exc:
         raise WeightsFileError(f"{path}: member {name!r} has no readable array header ({exc})") from None

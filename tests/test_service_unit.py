@@ -450,7 +450,7 @@ def test_a_version_number_no_client_could_name_is_no_version(tmp_path, model_rep
     for name in ("1700000000", "99999999999999999999", str(MAX_VERSION)):
         shutil.copytree(model_repository / "xor" / "1", xor / name)
     assert versions(xor) == [1, MAX_VERSION]
-    with pytest.raises(ValueError, match="no version can follow"):
+    with pytest.raises(FileExistsError, match="no version can follow"):
         next_version(xor)
     client = create_app({"model_dir": str(tmp_path / "repo")}).test_client()
     r = client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]})
