@@ -23,6 +23,8 @@ the same way, within one poll interval.
 from __future__ import annotations
 
 import _thread
+import ctypes
+import ctypes.util
 import logging
 import time
 from collections.abc import Callable
@@ -68,7 +70,11 @@ class ModelRegistry:
     def refresh(self, settle: bool = True) -> bool:
         """Scan the repository and swap in what serves now; True when anything changed."""
         with self._scanning:
-            return self.scan(settle)
+            before = serving_entries(self.snapshot)
+            changed = self.scan(settle)
+            if before - serving_entries(self.snapshot):  # versions gone: their memory freed by now
+                release_freed_memory()
+            return changed
 
     def scan(self, settle: bool) -> bool:
         old = self.snapshot
@@ -211,3 +217,29 @@ class ModelRegistry:
     def state_changed(self) -> bool:
         """Whether another process changed the shared state since the last call (then rescan)."""
         return self.shared.changed()
+
+
+def serving_entries(snapshot: Snapshot) -> set[tuple[str, int, int]]:
+    """(model, version, id of its loaded entry) of every version a snapshot serves."""
+    return {(name, version, id(entry)) for name, vs in snapshot.serving.items() for version, entry in vs.items()}
+
+
+def release_freed_memory() -> None:
+    """Give the memory of versions no longer served back to the system (glibc's ``malloc_trim``).
+
+    A version's arrays are freed when the last request using it ends, but glibc keeps freed memory
+    below its heap top for reuse, so a process's RSS could stay as high as with the versions loaded
+    (a reload of three MNIST versions gave back 0.65-0.74 of what they took, depending on what came
+    before). A no-op where the C library has no ``malloc_trim``.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
