@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import _thread
 import ctypes
-import ctypes.util
 import logging
 import time
 from collections.abc import Callable
@@ -232,14 +231,11 @@ def release_freed_memory() -> None:
     (a reload of three MNIST versions gave back 0.65-0.74 of what they took, depending on what came
     before). A no-op where the C library has no ``malloc_trim``.
     """
-    trim = getattr(_libc(), "malloc_trim", None)
+    trim = getattr(_PROCESS, "malloc_trim", None)
     if trim is not None:
         trim(0)
 
 
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
+# The symbols this process has loaded, libc's among them (dlopen(NULL)): found once, with no search for
+# the library (ctypes.util.find_library runs ldconfig in a subprocess, on each call)
+_PROCESS = ctypes.CDLL(None)
