@@ -48,7 +48,8 @@ class ServiceError(Exception):
 # Status -> code for errors the HTTP layer raises itself (404 route, 405 method, 413 body ...).
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
               413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
-              422: "validation_error", 431: "header_fields_too_large", 500: "internal_error", 503: "unavailable"}
+              422: "validation_error", 431: "header_fields_too_large", 500: "internal_error", 501: "not_implemented",
+              503: "unavailable"}
 
 
 def bad_request(message: str) -> ServiceError:

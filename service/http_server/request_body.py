@@ -4,8 +4,9 @@
 ``REQUEST_TIMEOUT`` seconds of the head, else a 408 and the connection is closed, so a slow client
 never holds the CPU-bound part of the server; a body over ``MAX_BODY_BYTES`` is never read (the app
 answers 413 and the connection closes after a short lingering drain, so that a client still
-uploading receives the 413); a chunked body counts the same (the app sees it buffered, with its
-length); ``Expect: 100-continue`` is answered before the body is read, and not at all for a 413.
+uploading receives the 413; the same for the 408, 503 and 400 below); a chunked body counts the same
+(the app sees it buffered, with its length), and any other transfer coding is a 501;
+``Expect: 100-continue`` is answered before the body is read, and not at all for a 413.
 
 :class:`BodyBudget` bounds the memory they take: large uploads wait their turn, small ones never do.
 Each connection may send a body of up to ``MAX_BODY_BYTES``, and the worker reads a body whole before
@@ -91,7 +92,15 @@ class BodyReader:
         if length is not None and int(length) > self.max_body:
             req.must_close = True  # the app answers 413 without reading (a waiting client never sends the body)
             return
-        if length is None and not any(name == "TRANSFER-ENCODING" for name, _ in req.headers):
+        codings = [c.strip(" \t").lower() for name, value in req.headers if name == "TRANSFER-ENCODING"
+                   for c in value.split(",")]
+        if any(coding != "chunked" for coding in codings):
+            # gunicorn de-chunks "gzip, chunked" but would hand the app the gzip stream as the body
+            req.must_close = True
+            write_error(sock, ServiceError(501, "not_implemented", "only the chunked transfer coding is "
+                                           "supported: send a compressed body with Content-Encoding"), req.path)
+            raise StopIteration()
+        if length is None and not codings:
             # No body at all (a GET, a probe): nothing to read, and no room to wait for behind uploads.
             req.headers.append(("CONTENT-LENGTH", "0"))
             req.body = io.BytesIO(b"")
@@ -118,6 +127,7 @@ class BodyReader:
         with self.budget.reserve(size, self.request_timeout / 2) as room:
             if not room:
                 metrics.BODIES_REFUSED.inc()
+                req.must_close = True  # answered unread: drained before closing
                 write_error(sock, ServiceError(503, "server_busy", "the server is reading as many large request "
                                                "bodies as it may (BODY_BUFFER_BYTES); retry shortly",
                                                headers={"Retry-After": "1"}), req.path)
@@ -131,10 +141,12 @@ class BodyReader:
                     return req.body.read(self.max_body + 1)  # small (one sample: as before) or chunked
             except gevent.Timeout:
                 metrics.REQUEST_TIMEOUTS.inc()
+                req.must_close = True
                 write_error(sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
                                                f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path)
                 raise StopIteration() from None
             except ParseException as exc:  # a malformed chunked body: refused in the path's protocol's shape
+                req.must_close = True
                 write_error(sock, ServiceError(400, "bad_request", f"the request body is malformed: {exc}"[:300]),
                             req.path)
                 raise StopIteration() from None

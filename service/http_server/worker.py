@@ -164,19 +164,19 @@ class BufferingGeventWorker(GeventWorker):
         return self.idle.waiting(self.cfg.keepalive if self.alive else 0)
 
     def handle_request(self, listener_name, req, sock, addr) -> bool:
-        if tracing.ENABLED:  # the body's reading, a child of the request's span once the app names it
-            started = time.time_ns()
-            self.bodies.buffer(req, sock)
-            read = isinstance(req.body, io.BytesIO) and req.body.getbuffer().nbytes > 0  # not for a GET, nor a 413
-            tracing.body_read(started, time.time_ns() if read else None)
-        else:
-            self.bodies.buffer(req, sock)
         try:
+            if tracing.ENABLED:  # the body's reading, a child of the request's span once the app names it
+                started = time.time_ns()
+                self.bodies.buffer(req, sock)
+                read = isinstance(req.body, io.BytesIO) and req.body.getbuffer().nbytes > 0  # not for a GET, nor a 413
+                tracing.body_read(started, time.time_ns() if read else None)
+            else:
+                self.bodies.buffer(req, sock)
             keep_alive = self.answer_directly(req, sock)
             if keep_alive is None:
                 keep_alive = super().handle_request(listener_name, req, sock, addr)
         except StopIteration:  # gunicorn's way to say the connection closes now
-            if req.must_close:
+            if req.must_close:  # answered before its body was read to the end: drain it first
                 self.bodies.linger(sock)
             raise
         # Take turns: a client that sends its next request at once would otherwise find it already in

@@ -290,6 +290,8 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(base_url):
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
     (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    # gunicorn de-chunks this but would hand the app the gzip stream itself as the body
+    (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 501),
 ])
 def test_the_http_layer_s_own_refusals_are_in_the_error_shape(base_url, raw, status):
     """What gunicorn refuses before the app runs is answered as the app would: JSON, with a request id."""

@@ -31,7 +31,10 @@ def test_stalled_large_uploads_leave_memory_bounded_and_others_answered(tmp_path
 def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
     """With room for one large body per worker (BODY_BUFFER_BYTES = MAX_BODY_BYTES, one worker), a
     second large upload waits unread, then gets a 503 with Retry-After at REQUEST_TIMEOUT; small
-    requests, and probes with no body, are answered all the while."""
+    requests, and probes with no body, are answered all the while. The refused client, still sending
+    its body, receives the 503: the server drains the body before it closes, where closing at once
+    reset the connection under the client's send."""
+    import threading
     server = LocalServer(tmp_path, WORKERS="1", MAX_BODY_BYTES=str(4 * MIB), BODY_BUFFER_BYTES=str(4 * MIB),
                          REQUEST_TIMEOUT="3").start()
     try:
@@ -40,8 +43,19 @@ def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
             while stalled.sent < 3 * MIB - 1 and time.monotonic() < deadline:  # the worker is reading it
                 time.sleep(0.01)
             with socket.create_connection(host_port(server.url), timeout=15) as sock:
-                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 2000000\r\n\r\n" + b" " * 100_000)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # the body outgrows the buffers
+                sent: list[BaseException | None] = []
+
+                def upload() -> None:  # blocks once the socket's buffers are full, until the server reads
+                    try:
+                        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                     b"Content-Length: 2000000\r\n\r\n" + b" " * 2_000_000)
+                        sent.append(None)
+                    except OSError as e:
+                        sent.append(e)
+
+                uploader = threading.Thread(target=upload, daemon=True)
+                uploader.start()
                 start = time.monotonic()
                 for _ in range(20):  # small requests meanwhile
                     r = requests.post(f"{server.url}/predict", json={"model": "xor", "inputs": [[0, 1]]}, timeout=5)
@@ -50,6 +64,8 @@ def test_a_large_body_that_finds_no_room_is_a_503_and_small_ones_pass(tmp_path):
                     probed = time.monotonic()
                     assert requests.get(f"{server.url}{path}", timeout=5).status_code == 200
                     assert time.monotonic() - probed < 1.5 / 2, path  # a wait for room: 1.5 s, then a 503
+                uploader.join(10)
+                assert sent == [None], sent  # the whole body went out, none of it reset
                 status, body = read_response(sock)
                 waited = time.monotonic() - start
         assert status == 503 and b"BODY_BUFFER_BYTES" in body, body
