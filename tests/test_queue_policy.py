@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from service.batching.cost_table import CostTable
 from service.batching.gevent_batcher import GeventBatcher
 from service.batching.queue_policy import QueuePolicy, parse_timeout
 from service.batching.thread_batcher import ThreadBatcher
@@ -132,6 +133,81 @@ def test_the_gevent_batcher_answers_a_queued_request_at_its_deadline_uncomputed(
     assert isinstance(outcomes["long"], np.ndarray)
     assert race.slow.rows == 2  # the leader's and the long one's rows: the short one was never computed
     assert race.policy.waiting == 0
+
+
+@fresh_hub
+def test_a_request_waiting_for_the_model_thread_still_waits(registry):
+    """A large request (a pass of its own, at once) that finds the worker's model thread busy with
+    another's pass still waits: it counts against MAX_QUEUE_SIZE, and at its deadline it is answered
+    uncomputed, not run late (it was counted as running, and computed after 0.4 s)."""
+    entry = dataclasses.replace(registry.snapshot.get("xor"))
+    slow = entry.network = SlowNetwork(entry.network, 0.2)
+    batcher = GeventBatcher(64)
+    with_table(batcher, entry, CostTable((1, 2, 4), (0.05, 0.05, 0.05)))  # off the loop; over 4 rows: alone
+    policy, x, outcomes = QueuePolicy(max_queue_size=1), np.zeros((5, 2), entry.dtype), {}
+
+    def one(name, timeout_us):
+        start = time.perf_counter()
+        try:
+            ticket = policy.admit("xor", timeout_us, start)
+        except ServiceError as exc:
+            outcomes[name] = exc
+            return
+        try:
+            outcomes[name] = batcher.run(entry, x, ticket)
+        except ServiceError as exc:
+            outcomes[name] = exc
+        finally:
+            policy.release(ticket)
+        outcomes[name + "_s"] = time.perf_counter() - start
+
+    first = gevent.spawn(one, "first", None)
+    gevent.sleep(0.01)  # its pass holds the model thread
+    short = gevent.spawn(one, "short", 30_000)
+    gevent.sleep(0.005)
+    assert policy.waiting == 1  # the short one waits for the thread
+    one("refused", None)
+    gevent.joinall([first, short], timeout=10, raise_error=True)
+    assert isinstance(outcomes["first"], np.ndarray)
+    assert isinstance(outcomes["refused"], ServiceError) and outcomes["refused"].code == "queue_full"
+    assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
+    assert 0.025 < outcomes["short_s"] < 0.15
+    assert slow.rows == 5 and policy.waiting == 0  # the first one's rows alone
+
+
+@pytest.mark.parametrize("merged", [False, True])
+@fresh_hub
+def test_a_request_taken_into_a_batch_is_answered_by_that_batch(registry, merged):
+    """A request whose deadline passes after its batch was taken, while the batch's passes run on the
+    model thread: in a merged pass it was computed, so it gets its answer; in a pass of its own that
+    had not started, its deadline's error, counted once (it was 504 \"not computed\" though computed,
+    and the shed counted twice)."""
+    entry = dataclasses.replace(registry.snapshot.get("xor"))
+    slow = entry.network = SlowNetwork(entry.network, 0.2)
+    batcher = GeventBatcher(64)
+    with_table(batcher, entry, CostTable((1, 2, 64), (0.01, 0.011, 0.1) if merged else (0.01, 0.02, 0.64)))
+    policy, x, outcomes = QueuePolicy(), np.array([[0.0, 1.0]], entry.dtype), {}
+
+    def one(name, timeout_us):
+        ticket = policy.admit("xor", timeout_us, time.perf_counter())
+        try:
+            outcomes[name] = batcher.run(entry, x, ticket)
+        except ServiceError as exc:
+            outcomes[name] = exc
+        finally:
+            policy.release(ticket)
+
+    before = shed("deadline")
+    gevent.joinall([gevent.spawn(one, "leader", None), gevent.spawn(one, "short", 30_000)], timeout=10,
+                   raise_error=True)
+    assert isinstance(outcomes["leader"], np.ndarray)
+    if merged:
+        np.testing.assert_array_equal(outcomes["short"], outcomes["leader"])
+        assert slow.rows == 2 and shed("deadline") == before
+    else:
+        assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
+        assert slow.rows == 1 and shed("deadline") == before + 1
+    assert policy.waiting == 0
 
 
 def test_the_thread_batcher_answers_a_queued_request_at_its_deadline_uncomputed(registry):

@@ -18,7 +18,8 @@ gevent. How a batch forms:
   over the table's largest size runs alone, at once;
 * a failure of a pass fails only the requests in it; requests still queued get a new leader;
 * a pass estimated over ``OFF_LOOP_SECONDS`` runs on the worker's model thread (NumPy releases
-  the GIL in its products), so the loop keeps answering probes and small requests meanwhile;
+  the GIL in its products), so the loop keeps answering probes and small requests meanwhile; its
+  requests count as waiting, within their deadlines, until the thread is theirs (:meth:`claim`);
 * optional, Triton-style: ``MAX_QUEUE_DELAY_MICROSECONDS`` lets a leader wait up to that long for
   the queue to reach a ``PREFERRED_BATCH_SIZE`` (or ``MAX_BATCH``) rows.
 
@@ -29,13 +30,15 @@ greenlets wait and wake.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import gevent
 import numpy as np
 from gevent.event import AsyncResult, Event
+from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
 
 from service.batching import rules
@@ -70,16 +73,18 @@ class GeventBatcher(Batcher):
         self.target = self.preferred[0] if self.preferred else max_batch
         self.queues: dict[int, VersionQueue] = {}  # id(entry) -> its queue (removed when it empties)
         self.pool = ThreadPool(1)  # the model thread: passes run one at a time per worker, as inline
+        self.model_thread = Semaphore(1)  # held for a pass on it (see claim)
 
     # -- running ------------------------------------------------------------------------------------
     def run(self, entry: ModelVersion, batch: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
         table = self.table(entry)
         if len(batch) > table.merge_limit or self.alone():  # large (merging would save nothing, and must
-            if ticket is not None:  # not wait), or nobody to wait for
-                if ticket.expired():
-                    raise ticket.error()
-                ticket.start()
-            return self.forward(entry, batch, table, None)
+            with self.claim(table, len(batch), [ticket]):  # not wait), or nobody to wait for
+                if ticket is not None:
+                    if ticket.expired():
+                        raise ticket.error()
+                    ticket.start()
+                return self.forward(entry, batch, table, None)
         key = id(entry)
         queue = self.queues.get(key)
         if queue is None or queue.entry is not entry:
@@ -91,7 +96,7 @@ class GeventBatcher(Batcher):
             queue.enough.set()
         if item.wake is not None:
             try:
-                outcome = self.wait(item)
+                outcome = self.wait(queue, item)
             except BaseException:  # killed while waiting (a stop), or its deadline: never strand the others
                 self.abandon(key, queue, item)
                 raise
@@ -113,9 +118,10 @@ class GeventBatcher(Batcher):
         return self.outcome(item)
 
     @staticmethod
-    def wait(item: Pending) -> str:
-        """Until the request leads or is done; at its deadline, if neither, its deadline's error (the
-        batch it would have joined runs without it)."""
+    def wait(queue: VersionQueue, item: Pending) -> str:
+        """Until the request leads or is done; at its deadline, if it is still queued, its deadline's
+        error (the batch it would have joined runs without it). Once taken into a batch, it waits for
+        that batch, which computes it or fails it as expired (as the thread batcher does)."""
         left = item.ticket.remaining() if item.ticket is not None else None
         if left is None:
             return item.wake.get()
@@ -124,7 +130,9 @@ class GeventBatcher(Batcher):
         except gevent.Timeout:
             if item.wake.ready():  # woken at the same instant
                 return item.wake.value
-            raise item.ticket.error() from None
+            if item in queue.items:
+                raise item.ticket.error() from None
+            return item.wake.get()
 
     def take(self, queue: VersionQueue) -> list[Pending]:
         """The queue's head, whole requests, up to ``MAX_BATCH`` rows (the leader is the first)."""
@@ -137,10 +145,28 @@ class GeventBatcher(Batcher):
     def execute(self, queue: VersionQueue, taken: list[Pending], table: CostTable) -> None:
         """One merged pass, or one pass per request, whichever the cost table says is cheaper."""
         try:
-            rules.execute(taken, table, lambda rows, group: self.forward(queue.entry, rows, table, group))
+            rules.execute(taken, table, lambda rows, group: self.forward(queue.entry, rows, table, group),
+                          lambda group: self.claim(table, sum(len(i.rows) for i in group),
+                                                   [i.ticket for i in group]))
         finally:
             for item in taken[1:]:  # the leader (taken[0]) returns its own
                 item.wake.set(DONE)
+
+    @contextlib.contextmanager
+    def claim(self, table: CostTable, rows: int, tickets: list[Ticket | None]) -> Iterator[None]:
+        """The model thread, for a pass of ``rows`` that will run on it, waited for within the latest of
+        the requests' deadlines. Until then they still wait (the queue policy counts them as waiting, and
+        their deadlines run: the caller then finds them expired); a pass on the loop needs no claim."""
+        if table.cost(rows) <= OFF_LOOP_SECONDS:
+            yield
+            return
+        lefts = [ticket.remaining() if ticket is not None else None for ticket in tickets]
+        held = self.model_thread.acquire(timeout=None if None in lefts else max(0.0, *lefts))
+        try:
+            yield
+        finally:
+            if held:
+                self.model_thread.release()
 
     def forward(self, entry: ModelVersion, rows: np.ndarray, table: CostTable,
                 group: list[Pending] | None) -> np.ndarray:

@@ -16,9 +16,11 @@ wake. What a batch is and how it runs is decided here, once:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,38 +115,46 @@ def take(items: list[Pending], max_batch: int, merge_limit: int | None = None) -
 Forward = Callable[[np.ndarray, Sequence[Pending]], np.ndarray]  # (rows, the requests in them) -> probabilities
 
 
-def execute(taken: list[Pending], table: CostTable, forward: Forward) -> None:
+def execute(taken: list[Pending], table: CostTable, forward: Forward,
+            claim: Callable[[list[Pending]], AbstractContextManager[Any]] | None = None) -> None:
     """Run ``taken``: one merged pass, or one pass per request, whichever the cost table says is cheaper.
 
     Each request gets its own rows of the answer in ``result``, or the failure of the pass it was in
     in ``error``: a failing pass fails only its own requests, the other passes go on. A request whose
-    deadline has passed is not computed (its ``error`` says so). Waking the requests is the caller's
-    (the batcher's own kind of event), after this returns or raises.
+    deadline has passed when its pass can start (``claim(group)`` entered: what the pass must wait
+    for, such as a model thread) is not computed (its ``error`` says so). Waking the requests is the
+    caller's (the batcher's own kind of event), after this returns or raises.
     """
     groups = [taken] if table.merge_pays([len(i.rows) for i in taken]) else [[i] for i in taken]
     try:
         for group in groups:
-            group = [item for item in group if not expired(item)]
-            if not group:
-                continue
-            for item in group:
-                if item.ticket is not None:
-                    item.ticket.start()
-            try:
-                rows = group[0].rows if len(group) == 1 else np.concatenate([i.rows for i in group])
-                probabilities = forward(rows, group)
-            except Exception as exc:  # this pass only: the other groups and queued requests go on
-                for item in group:
-                    item.error = exc
-                continue
-            start = 0
-            for item in group:
-                item.result = probabilities[start:start + len(item.rows)]
-                start += len(item.rows)
+            with claim(group) if claim is not None else contextlib.nullcontext():
+                run_group([item for item in group if not expired(item)], forward)
     finally:
         for item in taken:
             if item.result is None and item.error is None:  # the leader was killed mid-way (a stop)
                 item.error = RuntimeError("the batch this request was in was interrupted")
+
+
+def run_group(group: list[Pending], forward: Forward) -> None:
+    """One pass over ``group``'s rows (none if it is empty): each request's rows of the answer, or the
+    pass's failure."""
+    if not group:
+        return
+    for item in group:
+        if item.ticket is not None:
+            item.ticket.start()
+    try:
+        rows = group[0].rows if len(group) == 1 else np.concatenate([i.rows for i in group])
+        probabilities = forward(rows, group)
+    except Exception as exc:  # this pass only: the other groups and queued requests go on
+        for item in group:
+            item.error = exc
+        return
+    start = 0
+    for item in group:
+        item.result = probabilities[start:start + len(item.rows)]
+        start += len(item.rows)
 
 
 def expired(item: Pending) -> bool:
