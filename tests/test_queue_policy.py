@@ -54,7 +54,7 @@ class SlowNetwork:
 
 def test_timeouts_are_whole_microseconds_and_the_shortest_counts():
     assert parse_timeout("50000", "h") == 50000 and parse_timeout(0, "h") is None and parse_timeout(None, "h") is None
-    for bad in ("-1", "1.5", "soon", True, 1.5, 10**12, [1]):
+    for bad in ("-1", "1.5", "soon", True, 1.5, 10**12, [1], "²", "\u0663", "1" * 5000):
         with pytest.raises(ServiceError) as err:
             parse_timeout(bad, "X-Timeout-Microseconds")
         assert err.value.status == 400 and "microseconds" in err.value.message

@@ -41,8 +41,9 @@ def parse_timeout(value: object, where: str) -> int | None:
     """A client's timeout in microseconds (an integer, 0 for none), or a 400 naming ``where``."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = int(value) if value.strip().isdigit() else value
+    if isinstance(value, str):  # ASCII digits only ("²" is a digit to str.isdigit), and few (int() caps at 4300)
+        text = value.strip()
+        value = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else value
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMEOUT_MICROSECONDS:
         raise ServiceError(400, "bad_request", f"{where} must be a whole number of microseconds from 0 (none) "
                            f"to {MAX_TIMEOUT_MICROSECONDS}")
