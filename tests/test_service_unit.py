@@ -504,3 +504,14 @@ def every_version():
     from service.repository.version_policy import VersionPolicy
 
     return VersionPolicy.parse("all")
+
+
+@pytest.mark.parametrize("outputs", [None, [{"name": "attributions"}]])
+def test_a_v2_tensor_of_shape_nothing_is_no_batch_for_inference_or_explanation(client, outputs):
+    """Shape [] is one number, not a batch of samples: a 400 (V2's status for a client's mistake) naming
+    the input, for an explanation too (there, len() of the 0-d array was a 500)."""
+    body = {"inputs": [{"name": "input", "shape": [], "datatype": "FP32", "data": [0.5]}]}
+    if outputs:
+        body["outputs"] = outputs
+    r = client.post("/v2/models/xor/infer", json=body)
+    assert r.status_code == 400 and "not a single number" in r.get_json()["error"], r.get_json()

@@ -95,6 +95,7 @@ class Diagnostics:
         told so at once (503) wherever it lands; only the check itself goes to ``run`` (the worker's
         background thread in the server)."""
         limits = self.limits
+        check_samples(inputs, field)
         if len(inputs) > limits.gradcheck_max_batch:
             raise too_large(422, "gradcheck_too_large", field, f"gradcheck takes at most {limits.gradcheck_max_batch} "
                             "inputs", limits.gradcheck_max_batch, len(inputs))
@@ -148,6 +149,7 @@ class Diagnostics:
             if name_ not in METHOD_FIELDS.get(options.method, set()):
                 uses = next(m for m, fields in METHOD_FIELDS.items() if name_ in fields)
                 raise invalid(name_, f"{name_} applies to method '{uses}' only, not to '{options.method}'")
+        check_samples(inputs, field)
         if len(inputs) > limits.explain_max_batch:
             raise too_large(422, "explain_too_large", field, f"an explanation takes at most "
                             f"{limits.explain_max_batch} inputs (EXPLAIN_MAX_BATCH)", limits.explain_max_batch,
@@ -214,6 +216,12 @@ def as_baseline(baseline: float | np.ndarray, entry: ModelVersion, field: str = 
         raise invalid(f"{field}.{j}" if arr.ndim else field, f"value {float(flat[j]):g} is outside the model's "
                       f"input range [{lo:g}, {hi:g}]")
     return float(arr) if arr.ndim == 0 else flat
+
+
+def check_samples(inputs: np.ndarray, field: str) -> None:
+    """A 422 for inputs that are no batch of samples (a V2 tensor of shape [] is a single number)."""
+    if np.ndim(inputs) == 0:
+        raise invalid(field, "expected a batch of samples (the first dimension), not a single number")
 
 
 def gradcheck_cost(network, inputs: int, mode: str, samples: int) -> float:
