@@ -515,3 +515,13 @@ def test_a_v2_tensor_of_shape_nothing_is_no_batch_for_inference_or_explanation(c
         body["outputs"] = outputs
     r = client.post("/v2/models/xor/infer", json=body)
     assert r.status_code == 400 and "not a single number" in r.get_json()["error"], r.get_json()
+
+
+def test_integers_sent_as_floats_are_checked_against_their_type_s_exact_range():
+    """float(2**64 - 1) is 2**64: compared with the range's float bound it passed, then wrapped to 0."""
+    from service.protocols import v2_tensors
+    v2_tensors.check_integers("x", "UINT64", np.array([0.0, 2.0**63]))
+    v2_tensors.check_integers("x", "INT64", np.array([-(2.0**63), 2.0**62]))
+    for datatype, value in (("UINT64", 2.0**64), ("INT64", 2.0**63), ("UINT8", 256.0), ("INT8", -129.0)):
+        with pytest.raises(ServiceError, match="outside the range"):
+            v2_tensors.check_integers("x", datatype, np.array([value]))

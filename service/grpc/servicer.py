@@ -198,7 +198,9 @@ def decode_input(request: pb.ModelInferRequest) -> np.ndarray:
     if len(values) != count:
         raise bad_request(f"input {quote(inp.name)}: shape {shape} holds {count} values, but contents has "
                           f"{len(values)}")
-    arr = np.asarray(values, dtype=np.float64 if field.startswith("fp") else None)
+    # integers exactly (uint64 for the unsigned fields): inferred, 2**64 - 1 became a float and then 0
+    arr = np.asarray(values, dtype=np.float64 if field.startswith("fp") else np.uint64 if field.startswith("uint")
+                     else np.int64)
     v2_tensors.check_integers(inp.name, inp.datatype, arr)
     return arr.astype(dtype, copy=False).reshape(shape)
 

@@ -168,7 +168,7 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool,
     (the rules both V2 front-ends share: service/protocols/v2_tensors.py); ``numbers``: its JSON data,
     already parsed (:func:`parse_head`)."""
     v2_tensors.input_dtype(inp.name, inp.datatype)
-    count = math.prod(inp.shape)
+    count = v2_tensors.element_count(inp.name, inp.shape)
     params = inp.parameters or {}
     if "binary_data_size" in params:
         size = params["binary_data_size"]

@@ -27,10 +27,18 @@ def input_dtype(name: str, datatype: str) -> str:
     return dtype
 
 
+MAX_DIMS = 32  # NumPy's limit is 64; a served model's input has a few
+MAX_SPAN = 2**48  # elements a shape may span, its zeros aside: NumPy cannot even describe [0, 2**62, 2**62]
+
+
 def element_count(name: str, shape: Sequence[int]) -> int:
-    """How many elements a declared shape holds; a negative dimension is a client mistake."""
+    """How many elements a declared shape holds; a negative dimension, more than ``MAX_DIMS`` of them,
+    or dimensions past any array's size (even beside a 0) are a client's mistake, not NumPy's error."""
     if any(d < 0 for d in shape):
         raise bad_request(f"input {quote(name)} has shape {quote(list(shape))}: dimensions must be 0 or more")
+    if len(shape) > MAX_DIMS or math.prod(max(d, 1) for d in shape) > MAX_SPAN:
+        raise bad_request(f"input {quote(name)} has shape {quote(list(shape))}: at most {MAX_DIMS} dimensions, "
+                          f"spanning at most {MAX_SPAN} elements")
     return math.prod(shape)
 
 
@@ -57,7 +65,9 @@ def check_integers(name: str, datatype: str, arr: np.ndarray) -> None:
     if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
         raise bad_request(f"input {quote(name)} is {datatype} but its data holds non-integer values")
     info = np.iinfo(dtype)
-    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+    # floats against the range's exact float bounds: float(2**64 - 1) rounds up to 2**64, which would pass
+    top = float(info.max + 1) if arr.dtype.kind == "f" else None
+    if arr.size and (arr.min() < info.min or (arr.max() >= top if top is not None else arr.max() > info.max)):
         raise bad_request(f"input {quote(name)} holds values outside the range of {datatype}")
 
 

@@ -242,6 +242,13 @@ def test_errors_and_their_codes(client, stub, samples):
     assert call(values=[0.0]).code() == grpc.StatusCode.INVALID_ARGUMENT  # 1 value for shape [1, 2]
     assert call(raw=b"\0" * 7).code() == grpc.StatusCode.INVALID_ARGUMENT  # 7 bytes for shape [1, 2]
     assert call(shape=[-1, 2]).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert call(shape=[1] * 70 + [2]).code() == grpc.StatusCode.INVALID_ARGUMENT  # past NumPy's 64 dimensions
+    assert call(shape=[0, 2**62, 2**62], values=[]).code() == grpc.StatusCode.INVALID_ARGUMENT  # no array's shape
+    unsigned = service_pb2.ModelInferRequest(model_name="xor")  # 2**64 - 1 read as a float became 0, answered
+    unsigned.inputs.add(name="input", datatype="UINT64", shape=[1, 2]).contents.uint64_contents.extend([0, 2**64 - 1])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(unsigned, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside" in info.value.details()
     assert call(input="x").code() == grpc.StatusCode.INVALID_ARGUMENT
     assert call(model_version="one").code() == grpc.StatusCode.INVALID_ARGUMENT
     evil = call(model_name="a\nb" * 100)
