@@ -118,7 +118,8 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
         tags = [k for k, part in enumerate(loc) if is_branch(part)]
         if tags and chosen.get(tuple(loc[:tags[0]])) != loc[tags[0]]:
             continue
-        details.append({"loc": location(tuple(p for p in loc if not is_branch(p))), "message": e["msg"],
+        details.append({"loc": location(tuple(p for p in loc if not is_branch(p))),
+                        "message": e["msg"].removeprefix("Value error, "),  # a validator's own words
                         "type": e["type"]})
     return details
 

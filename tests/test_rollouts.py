@@ -61,6 +61,10 @@ def digits(n: int, seed: int = 0) -> np.ndarray:
     ({"primary": 1, "canary": {"2": float("nan")}}, "finite"),
     ({"primary": 1, "auto_rollback": {"max_error_rate": 2}}, "less than or equal to 1"),
     ({"primary": 1, "canary": {str(v): 1 for v in range(2, 12)}}, "at most 8"),
+    ({"primary": 1, "canary": {"2": True}}, "valid number"),  # true is not 1 percent
+    ({"primary": 1, "canary": {"2": "10"}}, "valid number"),
+    ({"primary": 1, "auto_rollback": {"min_requests": True}}, "valid integer"),
+    ({"primary": 1, "auto_rollback": {"max_error_rate": "0.1"}}, "valid number"),
 ])
 def test_a_bad_rollout_is_refused_with_its_reason(body, complaint):
     with pytest.raises(ValidationError, match=complaint.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):

@@ -57,11 +57,11 @@ class GradcheckRequest(StrictModel):
     mode: Literal["sampled", "directional", "full"] = "sampled"
     # below 1e-10 a float64 central difference is roundoff only (and its floor, eps |L| / (h tolerance),
     # overflows); below 1e-12 no relative error can be told from roundoff
-    epsilon: float = Field(1e-5, ge=1e-10, le=1e-2, description="Central-difference step")
+    epsilon: float = Field(1e-5, ge=1e-10, le=1e-2, strict=True, description="Central-difference step")
     samples: int = Field(10, ge=1, strict=True,
                          description="Coordinates (sampled) or directions (directional) per tensor")
     seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)
-    tolerance: float = Field(1e-6, ge=1e-12, le=1.0, description="Largest relative error that passes")
+    tolerance: float = Field(1e-6, ge=1e-12, le=1.0, strict=True, description="Largest relative error that passes")
 
     model_config = ConfigDict(json_schema_extra={
         "examples": [{"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "mode": "full"}]})
@@ -97,16 +97,19 @@ class ExplainParameters(StrictModel):
                                       "names them; default: each input's predicted class")
     baseline: float | Sample = Field(0.0, description="integrated_gradients: the starting point, a number or "
                                      "one sample (flat or nested)")
-    steps: int = Field(64, ge=1, description="integrated_gradients: Gauss-Legendre points (at most "
+    steps: int = Field(64, ge=1, strict=True, description="integrated_gradients: Gauss-Legendre points (at most "
                        "EXPLAIN_MAX_STEPS)")
-    noise: float = Field(0.15, ge=0, le=10, description="smoothgrad: the noise's standard deviation, in input units")
-    samples: int = Field(32, ge=1, description="smoothgrad: noisy copies per input (at most EXPLAIN_MAX_SAMPLES)")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="smoothgrad: the noise's seed (same seed, same answer)")
+    noise: float = Field(0.15, ge=0, le=10, strict=True,
+                         description="smoothgrad: the noise's standard deviation, in input units")
+    samples: int = Field(32, ge=1, strict=True,
+                         description="smoothgrad: noisy copies per input (at most EXPLAIN_MAX_SAMPLES)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True,
+                      description="smoothgrad: the noise's seed (same seed, same answer)")
 
 
 class ExplainRequest(ExplainParameters):
     model: ModelName
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, strict=True)
     inputs: list[Sample] = Field(..., min_length=1, description="A batch of samples (at most EXPLAIN_MAX_BATCH)")
 
     model_config = ConfigDict(json_schema_extra={"examples": [

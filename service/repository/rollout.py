@@ -23,7 +23,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -39,12 +39,12 @@ class AutoRollback(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    max_error_rate: float = Field(0.05, ge=0, le=1, description="Largest share of a canary's requests that may "
-                                  "fail on the server's side (client errors do not count)")
-    max_disagreement: float | None = Field(None, ge=0, le=1, description="Largest share of a canary's samples "
-                                           "whose label may differ from the primary's on the same input")
-    min_requests: int = Field(100, ge=1, le=1_000_000, description="Requests (samples, for disagreement) a "
-                              "canary must have served in one process before the guard judges it")
+    max_error_rate: float = Field(0.05, ge=0, le=1, strict=True, description="Largest share of a canary's requests "
+                                  "that may fail on the server's side (client errors do not count)")
+    max_disagreement: float | None = Field(None, ge=0, le=1, strict=True, description="Largest share of a canary's "
+                                           "samples whose label may differ from the primary's on the same input")
+    min_requests: int = Field(100, ge=1, le=1_000_000, strict=True, description="Requests (samples, for "
+                              "disagreement) a canary must have served in one process before the guard judges it")
 
 
 class RolloutSpec(BaseModel):
@@ -55,8 +55,8 @@ class RolloutSpec(BaseModel):
                       "auto_rollback": {"max_error_rate": 0.01, "min_requests": 200}}]})
 
     primary: int = Field(..., ge=1, strict=True, description="The version that takes the traffic not sent to a canary")
-    canary: dict[int, float] = Field(default_factory=dict, description="Version -> percent of the traffic "
-                                     "(0 < percent, at most 100 in all)")
+    canary: dict[int, Annotated[float, Field(strict=True)]] = Field(
+        default_factory=dict, description="Version -> percent of the traffic (0 < percent, at most 100 in all)")
     shadow: int | None = Field(None, ge=1, strict=True, description="A version sent a copy of the primary's "
                                "requests, whose answers are compared and never returned")
     auto_rollback: AutoRollback | None = Field(None, description="Off unless set")

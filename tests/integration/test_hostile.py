@@ -132,6 +132,16 @@ DEEP = '{"a":' * 1020 + "1" + "}" * 1020  # parameters nested 1020 deep: valid J
     ("/gradcheck", json.dumps({"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "samples": True}), {},
      "samples"),
     ("/predict", json.dumps({"model": "xor", "version": True, "inputs": [[0, 1]]}), {}, "version"),
+    # true is not 1, nor "5" five: each was read as such
+    ("/gradcheck", json.dumps({"model": "xor", "inputs": [[0, 1]], "labels": ["1"], "tolerance": True}), {},
+     "tolerance"),
+    ("/explain", json.dumps({"model": "xor", "version": True, "inputs": [[0, 1]]}), {}, "version"),
+    ("/explain", json.dumps({"model": "xor", "inputs": [[0, 1]], "steps": True}), {}, "steps"),
+    ("/explain", json.dumps({"model": "xor", "inputs": [[0, 1]], "method": "smoothgrad", "noise": "0.1"}), {},
+     "noise"),
+    ("/v1/models/xor:explain", json.dumps({"instances": [[0, 1]], "parameters": {"steps": "5"}}), {}, "steps"),
+    ("/v2/models/xor/infer", json.dumps({"inputs": [V2_OK], "parameters": {"steps": True},
+                                         "outputs": [{"name": "attributions"}]}), {}, "steps"),
     ("/predict", json.dumps({"model": "..", "inputs": [[0, 1]]}), {}, "should match pattern"),
 ])
 def test_client_mistakes_are_4xx_in_the_protocol_s_shape(base_url, path, body, headers, words):

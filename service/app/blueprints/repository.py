@@ -35,7 +35,7 @@ class RepositoryIndex(RootModel[list[RepositoryModel]]):
 
 
 class IndexRequest(StrictModel):
-    ready: bool | None = Field(None, description="true: only what serves")
+    ready: bool | None = Field(None, strict=True, description="true: only what serves")
 
 
 class RepositoryPath(StrictModel):

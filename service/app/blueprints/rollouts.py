@@ -26,7 +26,7 @@ class PromoteRequest(StrictModel):
                                 "(or the shadow) if omitted")
 
 
-ERRORS = {status: ProtocolError for status in (401, 403, 404, 409, 422)}
+ERRORS = {status: ProtocolError for status in (400, 401, 403, 404, 409)}  # /v2: a client's mistake is a 400
 OK = {200: RolloutState, **ERRORS}
 rollouts = APIBlueprint("rollouts", __name__, abp_tags=[Tag(name="model repository (admin)")],
                         abp_security=[{"bearer": []}])
