@@ -525,3 +525,26 @@ def test_integers_sent_as_floats_are_checked_against_their_type_s_exact_range():
     for datatype, value in (("UINT64", 2.0**64), ("INT64", 2.0**63), ("UINT8", 256.0), ("INT8", -129.0)):
         with pytest.raises(ServiceError, match="outside the range"):
             v2_tensors.check_integers("x", datatype, np.array([value]))
+
+
+@pytest.mark.parametrize("outputs,parameters,says", [
+    ([{"name": "bogus"}], None, "unknown output"),
+    ([{"name": "label", "parameters": {"binary_data": "x"}}], None, "true or false"),
+    ([{"name": "label"}], {"binary_data_output": 1}, "true or false"),
+    ([{"name": "label"}, {"name": "label"}], None, "more than once"),
+    ([{"name": "probabilities", "parameters": {"classification": 2}}], None, "classification"),  # class_count
+    ([{"name": "convergence_delta"}], {"method": "saliency"}, "'integrated_gradients' only"),
+])
+def test_v2_outputs_are_checked_before_the_model_runs(client, outputs, parameters, says):
+    """A wrong output is a 400 before any pass: it was one after the pass had run, been counted a
+    success in Triton's statistics and captured, so feedback could label a request that failed."""
+    def inferred() -> int:
+        return client.get("/v2/models/xor/stats").get_json()["model_stats"][0]["inference_stats"]["success"]["count"]
+
+    before = inferred()
+    body = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}], "outputs": outputs}
+    if parameters:
+        body["parameters"] = parameters
+    r = client.post("/v2/models/xor/infer", json=body)
+    assert r.status_code == 400 and says in r.get_json()["error"], r.get_json()
+    assert inferred() == before

@@ -124,6 +124,9 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         unknown = [n for n in wanted if n not in (PROBABILITIES, LABEL)]
         if unknown or len(set(wanted)) != len(wanted):
             raise bad_request(f"outputs {quote(wanted)}: the model gives '{PROBABILITIES}' and '{LABEL}', each once")
+        if any("classification" in o.parameters for o in request.outputs):
+            raise bad_request(f"the classification extension is not supported; ask for '{LABEL}' (the predicted "
+                              f"class) and '{PROBABILITIES}'")
         decoding = time.time_ns() if tracing.ENABLED else 0
         tensor = decode_input(request)
         if decoding:

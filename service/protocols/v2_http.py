@@ -54,6 +54,7 @@ def decode(raw: bytes, header: str | None, name: str, version: int | None,
     version = named_in_body(req, name, version)
     names = [i.name for i in req.inputs]
     explaining = [o for o in req.outputs or [] if o.name in EXPLAIN_OUTPUTS]
+    check_outputs(req)
     if names.count(INPUT) != 1 or not set(names) <= {INPUT, TARGET} or len(names) != len(set(names)) or \
             (TARGET in names and not explaining):
         raise bad_request(f"model '{name}' takes one input named '{INPUT}' (and '{TARGET}' with an explanation "
@@ -86,6 +87,25 @@ def parse_head(head: bytes | bytearray) -> tuple[Any, np.ndarray | None, bytes |
     return json_codec.loads(head), None, head
 
 
+def check_outputs(req: InferenceRequest) -> None:
+    """The outputs asked for, checked before anything runs (a mistake here was a 400 only after the
+    pass had run, been counted a success and captured): known names, each once, strict binary flags,
+    and no classification extension (Triton's ``classification``: this server does not give it)."""
+    all_binary = flag(req.parameters or {}, "binary_data_output", False, "the request's")
+    names = [out.name for out in req.outputs or []]
+    for out in req.outputs or []:
+        params = out.parameters or {}
+        flag(params, "binary_data", all_binary, f"output {quote(out.name)}'s")
+        if out.name not in (PROBABILITIES, LABEL, *EXPLAIN_OUTPUTS):
+            raise bad_request(f"unknown output {quote(out.name)}; the model gives '{PROBABILITIES}' and '{LABEL}', "
+                              f"and explanations as '{ATTRIBUTIONS}' and '{CONVERGENCE_DELTA}'")
+        if names.count(out.name) > 1:
+            raise bad_request(f"output {quote(out.name)} is asked for more than once")
+        if "classification" in params:
+            raise bad_request(f"output {quote(out.name)}: the classification extension is not supported; "
+                              f"ask for '{LABEL}' (the predicted class) and '{PROBABILITIES}'")
+
+
 def explain_parameters(request_parameters: dict[str, Any], outputs: list[RequestOutput]) -> ExplainParameters:
     """The explanation's settings: the request's parameters of those names (tritonclient sends
     request parameters only), then the explanation outputs' own (less the binary extension's)."""
@@ -96,7 +116,10 @@ def explain_parameters(request_parameters: dict[str, Any], outputs: list[Request
         raise bad_request(f"name the classes in an input '{TARGET}' (BYTES, one per sample), not a parameter")
     if isinstance(merged.get("baseline"), list | dict):
         raise bad_request("baseline must be a number here (parameters are scalars); POST /explain takes a sample")
-    return ExplainParameters.model_validate(merged)
+    params = ExplainParameters.model_validate(merged)
+    if params.method != "integrated_gradients" and any(out.name == CONVERGENCE_DELTA for out in outputs):
+        raise bad_request(f"output '{CONVERGENCE_DELTA}' is given by method 'integrated_gradients' only")
+    return params
 
 
 def decode_targets(inp: RequestInput) -> list[str]:

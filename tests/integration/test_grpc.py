@@ -244,6 +244,12 @@ def test_errors_and_their_codes(client, stub, samples):
     assert call(shape=[-1, 2]).code() == grpc.StatusCode.INVALID_ARGUMENT
     assert call(shape=[1] * 70 + [2]).code() == grpc.StatusCode.INVALID_ARGUMENT  # past NumPy's 64 dimensions
     assert call(shape=[0, 2**62, 2**62], values=[]).code() == grpc.StatusCode.INVALID_ARGUMENT  # no array's shape
+    classify = service_pb2.ModelInferRequest(model_name="xor")  # tritonclient's class_count: not given, so refused
+    classify.inputs.add(name="input", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([0.0, 1.0])
+    classify.outputs.add(name="probabilities").parameters["classification"].int64_param = 2
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(classify, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "classification" in info.value.details()
     unsigned = service_pb2.ModelInferRequest(model_name="xor")  # 2**64 - 1 read as a float became 0, answered
     unsigned.inputs.add(name="input", datatype="UINT64", shape=[1, 2]).contents.uint64_contents.extend([0, 2**64 - 1])
     with pytest.raises(grpc.RpcError) as info:
