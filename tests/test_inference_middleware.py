@@ -19,6 +19,7 @@ from werkzeug.test import Client
 
 from service.app import create_app
 from service.app.inference_middleware import InferenceMiddleware
+from service.dataplane.dataplane import DataPlane
 from service.observability import request_record
 from service.protocols import v1_http
 from service.repository.registry import ModelRegistry
@@ -212,3 +213,21 @@ def test_a_bug_while_decoding_is_handed_to_flask_which_answers_a_500(app, monkey
     assert spy.calls == 1 and status == 500 and headers["X-Request-ID"] == "fixed-id-1"
     assert "fixed-id-1" in json.loads(body)["error"]
     assert "a bug" not in body.decode() and "a bug" in caplog.text
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/predict", {"model": "xor", "inputs": [[0, 1]]}),
+    ("/v1/models/xor:predict", {"instances": [[0, 1]]}),
+    ("/v2/models/xor/infer", V2_ONE),
+])
+def test_a_utf8_rollout_key_header_is_one_key_in_every_protocol(app, monkeypatch, path, body):
+    """WSGI hands a header's UTF-8 bytes over as latin-1 text: /predict and V1 routed on that mojibake
+    where V2 (and its rollout_key parameter) routed on the text sent, so one client split across versions."""
+    seen = []
+    infer = DataPlane.infer
+    monkeypatch.setattr(DataPlane, "infer", lambda self, *args, **kwargs: (seen.append(kwargs.get("route_key")),
+                                                                          infer(self, *args, **kwargs))[1])
+    headers = {"Content-Type": "application/json", "X-Rollout-Key": "müller-ключ".encode().decode("latin-1")}
+    for wsgi in (app.wsgi_app, app.wsgi_app.inner):  # the middleware, and Flask alone
+        assert send(wsgi, json.dumps(body).encode(), headers, path)[0] == 200
+    assert seen == ["müller-ключ", "müller-ключ"]

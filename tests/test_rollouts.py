@@ -388,3 +388,10 @@ def test_a_state_change_within_one_clock_tick_is_still_seen(tmp_path):
     os.utime(path, ns=(tick, tick))  # as if within the same tick
     assert reader.changed() and reader.unloaded() == {"a", "b"}
     assert not reader.changed()
+
+
+def test_any_text_is_a_key():
+    """A lone surrogate (a JSON "\\ud800", through the fallback parser) is a key like any other: encoding
+    it for the hash raised, a 500 while a canary was in force."""
+    assert 0 <= key_point("\ud800") < 100 and key_point("\ud800") == key_point("\ud800") != key_point("\udc80")
+    assert key_point("\udc80") == key_point("\udc80")

@@ -101,7 +101,7 @@ def decode_predict(body: bytes, environ: dict[str, Any], name: str | None, versi
     request = PredictRequest.model_validate(doc)
     samples = json_codec.samples(request.inputs, body) if batch is None else batch
     return Call(request.model, request.version, samples, "inputs", lambda result: json_answer(predict.answer(result)),
-                environ.get(rollout_key.ENVIRON), timeouts.of(environ.get(timeouts.ENVIRON)))
+                rollout_key.of(environ.get(rollout_key.ENVIRON)), timeouts.of(environ.get(timeouts.ENVIRON)))
 
 
 def v1_answer(result: Inference, rows: bool) -> tuple[bytes, Headers]:
@@ -113,7 +113,7 @@ def decode_v1(body: bytes, environ: dict[str, Any], name: str | None, version: i
               plane: DataPlane) -> Call:
     call = v1_http.decode(body, plane.max_values)
     return Call(name, version, call.batch, call.field, lambda result: v1_answer(result, call.rows),
-                environ.get(rollout_key.ENVIRON), timeouts.of(environ.get(timeouts.ENVIRON)))
+                rollout_key.of(environ.get(rollout_key.ENVIRON)), timeouts.of(environ.get(timeouts.ENVIRON)))
 
 
 def decode_v2(body: bytes, environ: dict[str, Any], name: str | None, version: int | None,

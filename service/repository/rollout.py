@@ -114,7 +114,11 @@ class Rollout:
 
 def key_point(key: str) -> float:
     """A client's key -> a point in [0, 100): a hash, the same in every process and across restarts."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    try:
+        data = key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate beyond surrogateescape's (a JSON "\ud800"): any stable bytes
+        data = key.encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(data, digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 * 100
 
 

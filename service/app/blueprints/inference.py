@@ -38,7 +38,7 @@ def predict(body: PredictRequest) -> Response:
     """Class probabilities for a batch of samples, in one vectorised forward pass."""
     g.model = body.model
     result = dataplane().infer(body.model, body.version, decode_inputs(body), request_id=g.request_id,
-                               route_key=request.headers.get(rollout_key.HEADER),
+                               route_key=rollout_key.of(request.headers.get(rollout_key.HEADER)),
                                timeout_us=timeouts.of(request.headers.get(timeouts.HEADER)), received=g.start)
     g.batch_size = len(result.classes)
     return respond_json(predict_answer(result))

@@ -64,7 +64,7 @@ def run_predict(name: str, version: int | None) -> Response:
     g.model = name
     call = v1_http.decode(request.get_data(), dataplane().max_values)
     result = dataplane().infer(name, version, call.batch, field=call.field, request_id=g.request_id,
-                               route_key=request.headers.get(rollout_key.HEADER),
+                               route_key=rollout_key.of(request.headers.get(rollout_key.HEADER)),
                                timeout_us=timeouts.of(request.headers.get(timeouts.HEADER)), received=g.start)
     g.batch_size = len(result.classes)
     response = respond_json(v1_http.answer(result, call.rows))
