@@ -149,7 +149,34 @@ def test_a_version_without_a_summary_has_no_window():
     monitor.observe("m", 2, {"input_summary": {"mean": [0, 0], "scale": [1, 1], "baseline": 1.0}},
                     np.zeros((1, 4), np.float32))  # a summary of another width
     monitor.observe("m", 3, {"input_summary": {"mean": "junk"}}, np.zeros((1, 4), np.float32))
-    assert monitor.windows == {("m", 1): None, ("m", 2): None, ("m", 3): None}
+    assert [monitor.window_of("m", v) for v in (1, 2, 3)] == [None, None, None] and len(monitor.windows) == 3
+
+
+def test_a_version_reloaded_in_place_starts_a_window_of_its_own_summary():
+    """A version's file replaced (same number, other metadata): its window was the old file's, scoring
+    against the old summary, and failing every request once the width changed."""
+    monitor = DriftMonitor(10)
+    old = {"input_summary": {"mean": [0.5] * 4, "scale": [1.0] * 4, "baseline": 1.0}}
+    new = {"input_summary": {"mean": [0.0] * 6, "scale": [1.0] * 6, "baseline": 1.0}}
+    monitor.observe("m", 1, old, np.zeros((2, 4), np.float32))
+    first = monitor.window_of("m", 1)
+    monitor.observe("m", 1, new, np.zeros((3, 6), np.float32))  # raised: shapes (3,6) and (4,)
+    assert monitor.window_of("m", 1) is not first and monitor.window_of("m", 1).filled == 3
+    assert monitor.window_of("m", 1).ring[:3].sum() == 0.0  # zeros are the new summary's mean: no drift
+
+
+def test_the_last_scores_before_traffic_stops_are_published():
+    """Once a window is full its gauges are written at most every PUBLISH_SECONDS; scores that came
+    after the last write, with no request after them, were never published, until the next request."""
+    monitor = DriftMonitor(4)
+    summary = {"input_summary": {"mean": [0.0] * 2, "scale": [1.0] * 2, "baseline": 1.0}}
+    monitor.observe("flush", 1, summary, np.zeros((4, 2), np.float32))  # full: published
+    window = monitor.window_of("flush", 1)
+    monitor.observe("flush", 1, summary, np.full((2, 2), 5.0, np.float32))  # within PUBLISH_SECONDS: not yet
+    assert window.sum_gauge._value.get() == 0.0 and window.stale
+    monitor.flush()
+    assert window.ring.sum() > 0 and window.sum_gauge._value.get() == pytest.approx(window.ring.sum())
+    assert not window.stale
 
 
 def test_the_data_plane_scores_each_computed_sample_once(registry):
@@ -164,7 +191,7 @@ def test_the_data_plane_scores_each_computed_sample_once(registry):
     batches = [rng.uniform(0, 1, (n, 784)).astype(np.float32) for n in (1, 4, 2)]
     for batch in batches:
         plane.infer("mnist", entry.version, batch)
-    window = plane.drift.windows[("mnist", entry.version)]
+    window = plane.drift.window_of("mnist", entry.version)
     assert window.filled == 7
     assert window.ring[:7].sum() == pytest.approx(sum(scorer.scores(b).sum() for b in batches), rel=1e-12)
 

@@ -276,4 +276,4 @@ def test_a_runner_given_by_serve_with_scores_drift_per_pass(registry, pool):
     mnist = registry.snapshot.get("mnist")
     xs = rows(4, 3, 8, features=784)
     list(pool.map(lambda x: plane.infer("mnist", mnist.version, x), xs))
-    assert plane.drift.windows[("mnist", mnist.version)].filled == 24
+    assert plane.drift.window_of("mnist", mnist.version).filled == 24

@@ -191,6 +191,12 @@ class DataPlane:
         worker's samples scored per request, ``py-spy``)."""
         self.drift.observe(entry.name, entry.version, entry.metadata, rows)
 
+    def tick(self) -> None:
+        """The plane's periodic work, about once a second (the repository watcher's loop): the drift
+        gauges of samples not yet published."""
+        if self.drift is not None:
+            self.drift.flush()
+
     # -- metadata ---------------------------------------------------------------------------
     def model_names(self) -> list[str]:
         return sorted(self.registry.snapshot.models)

@@ -100,7 +100,7 @@ class GRPCServer:
         self.set_health()
         grpc_readiness.mark(settings.state_dir)  # HTTP's /readyz counts this process as serving
         self.watcher = threading.Thread(target=watch, name="repository", daemon=True, args=(
-            plane.registry, settings.model_poll_seconds, self.stopping.wait, self.set_health))
+            plane.registry, settings.model_poll_seconds, self.stopping.wait, self.set_health, plane.tick))
         self.watcher.start()
         plane.rollouts.start_thread()  # rollouts' comparisons (shadow / primary), off the calls' threads
 

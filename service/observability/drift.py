@@ -4,7 +4,8 @@ The score of a sample is ``model/input_summary.py``'s (1.0 on average for the ve
 inputs); a version whose metadata holds no ``input_summary`` (trained before it existed) has none.
 Each process keeps a ring of its last ``window`` scores per version (``window`` floats: bounded
 memory) and publishes the ring's sum and count as two gauges that ``/metrics`` adds up over the live
-processes (once a window is full, at most ``PUBLISH_SECONDS`` stale), so the server's score is
+processes (once a window is full, at most ``PUBLISH_SECONDS`` stale while requests come, and at
+most a second once they stop: :meth:`DriftMonitor.flush`), so the server's score is
 ``sum / count`` over every worker's recent samples (PromQL:
 ``sum by (model, version) (nn_input_drift_score_sum) / sum by (model, version) (nn_input_drift_samples)``).
 """
@@ -37,6 +38,7 @@ class Window:
         self.ring = np.zeros(size)
         self.position = self.filled = 0
         self.publish_at = 0.0
+        self.stale = False  # scores observed since the gauges were last written
         self.sum_gauge, self.count_gauge = SCORE_SUM.labels(model, str(version)), SAMPLES.labels(model, str(version))
 
     def observe(self, batch: np.ndarray) -> None:
@@ -57,8 +59,11 @@ class Window:
         if filling or now >= self.publish_at:
             self.publish_at = now + PUBLISH_SECONDS
             self.publish()
+        else:
+            self.stale = True
 
     def publish(self) -> None:
+        self.stale = False
         self.sum_gauge.set(float(self.ring[:self.filled].sum()))
         self.count_gauge.set(self.filled)
 
@@ -68,16 +73,29 @@ class DriftMonitor:
 
     def __init__(self, window: int = 1000) -> None:
         self.window = window
-        self.windows: dict[tuple[str, int], Window | None] = {}
+        # (model, version) -> (the metadata its window was made from, the window or None: no score)
+        self.windows: dict[tuple[str, int], tuple[dict[str, Any], Window | None]] = {}
 
     def observe(self, model: str, version: int, metadata: dict[str, Any], batch: np.ndarray) -> None:
-        """Score ``batch`` (n, features) of inputs served by ``model`` ``version``."""
+        """Score ``batch`` (n, features) of inputs served by ``model`` ``version``. A version whose file
+        was replaced (reloaded: other metadata) starts a window of its own summary."""
         key = (model, version)
-        window = self.windows.get(key, False)
-        if window is False:
-            window = self.windows[key] = self._make(model, version, metadata, batch.shape[1])
-        if window is not None:
-            window.observe(batch)
+        known = self.windows.get(key)
+        if known is None or known[0] is not metadata:
+            known = self.windows[key] = (metadata, self._make(model, version, metadata, batch.shape[1]))
+        if known[1] is not None:
+            known[1].observe(batch)
+
+    def window_of(self, model: str, version: int) -> Window | None:
+        """The version's window in this process (None: not served yet, or no score)."""
+        return self.windows.get((model, version), ({}, None))[1]
+
+    def flush(self) -> None:
+        """Write the gauges of windows observed since they were last written (a process's periodic
+        call: otherwise the last samples before traffic stops would never be published)."""
+        for _, window in list(self.windows.values()):
+            if window is not None and window.stale:
+                window.publish()
 
     def _make(self, model: str, version: int, metadata: dict[str, Any], features: int) -> Window | None:
         summary = metadata.get("input_summary")

@@ -13,18 +13,20 @@ log = logging.getLogger("service.repository.watcher")
 
 
 def watch(registry: ModelRegistry, poll_seconds: float, wait: Callable[[float], bool],
-          refreshed: Callable[[], None] = lambda: None) -> None:
+          refreshed: Callable[[], None] = lambda: None, every_tick: Callable[[], None] = lambda: None) -> None:
     """Rescan the repository every ``poll_seconds`` (0: never), and at once when another process changed
     the repository API's state (it is looked at every second); returns when the process stops.
 
     ``wait(seconds)`` sleeps and says whether the process is stopping: a gevent sleep in an HTTP worker,
     an ``Event.wait`` in a gRPC process. A scan loads on the caller's greenlet or thread, so scans never
     overlap, and requests keep the snapshot they started with. ``refreshed`` runs after each scan (the
-    gRPC process updates its health service)."""
+    gRPC process updates its health service), ``every_tick`` at each look (at most a second apart: the
+    data plane's periodic work, such as publishing the drift gauges)."""
     registry.state_changed()  # the baseline
     tick = min(1.0, poll_seconds) if poll_seconds > 0 else 1.0
     last = time.monotonic()
     while not wait(tick):
+        every_tick()
         due = poll_seconds > 0 and time.monotonic() - last >= poll_seconds
         if due or registry.state_changed():
             last = time.monotonic()
