@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.config import Settings, settings_error
-from service.observability import tracing
+from service.observability import grpc_readiness, tracing
 
 # One BLAS thread per worker: gunicorn already runs one worker per core, and letting each worker's
 # OpenBLAS start a thread per core oversubscribes the CPU (measured: 8x slower under load on 2
@@ -35,6 +35,21 @@ def grpc_processes(settings: Settings) -> int:
     return 1 if settings.workers <= 2 else settings.workers
 
 
+def usable_directory(name: str, value: str) -> Path:
+    """The directory a setting names, made if missing; a one-line exit naming the setting if it cannot be
+    (a file there, no permission), where the first request to use it failed with a 500, or the start with
+    a traceback."""
+    path = Path(value)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        raise SystemExit(f"{name}={value!r} is not a directory this server can write in: "
+                         f"{exc.strerror or exc}") from None
+    return path
+
+
 def main() -> None:
     try:
         settings = Settings.from_env()  # fail fast, naming each bad setting
@@ -48,20 +63,21 @@ def main() -> None:
         os.environ.setdefault(name, "1")
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir:
-        path = Path(metrics_dir)
-        if path.exists():  # stale files from an earlier run would be summed in
-            for child in path.iterdir():
-                if child.suffix == ".db":
-                    child.unlink()
-        path.mkdir(parents=True, exist_ok=True)
+        path = usable_directory("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        for child in path.iterdir():  # stale files from an earlier run would be summed in
+            if child.suffix == ".db":
+                child.unlink()
     else:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nn-metrics-")
     # Where workers share the repository API's state (models unloaded); a fresh one per server.
-    if not os.environ.get("STATE_DIR"):
+    if os.environ.get("STATE_DIR"):
+        usable_directory("STATE_DIR", os.environ["STATE_DIR"])
+    else:
         os.environ["STATE_DIR"] = tempfile.mkdtemp(prefix="nn-state-")
     config = Path(__file__).with_name("http_server") / "gunicorn_conf.py"
     argv = [sys.executable, "-m", "gunicorn", "-c", str(config), *sys.argv[1:], "service.wsgi:app"]
     if settings.grpc_port == 0:
+        grpc_readiness.not_expected(Path(os.environ["STATE_DIR"]))  # a kept STATE_DIR's marks: not ready forever
         os.execv(sys.executable, argv)
     # The supervisor lives as long as the server: it starts afresh (same pid) without what validating the
     # settings imported (pydantic, numpy: 24 MB PSS before, 6 after; docs/operations.md, Footprint).

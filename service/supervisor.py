@@ -8,9 +8,14 @@ process. Each child gets SIGTERM if this process dies (``PR_SET_PDEATHSIG``), so
 
 Restarts back off as Kubernetes backs off a crashing container (:class:`Backoff`): a process that
 dies soon after its start is restarted after 1 s, then 2, 4 ... at most 30 s after each further
-quick death, and one that ran a minute or more counts as healthy again. Each restart is a log line
-on stderr naming the process, its status, how long it ran, how many deaths in a row, and the delay.
-HTTP keeps serving meanwhile, and a stop signal during a delay stops at once (no restart follows).
+quick death, and one that ran a minute or more counts as healthy again. Each restart is a JSON log
+line on stderr (the server's shape) naming the process, its status, how long it ran, how many deaths
+in a row, and the delay. HTTP keeps serving meanwhile, and a stop signal during a delay stops at once
+(no restart follows). A gRPC process that ends takes its live gauges (``nn_requests_in_progress``,
+the drift windows) out of ``/metrics`` with it, as gunicorn's ``child_exit`` does for a worker.
+
+Every child's ``Popen`` is kept until this process reaps it: one dropped while its process runs is
+reaped by ``subprocess`` itself at the next start, and its death never reaches the loop here.
 
 This process stays for the server's whole life, so it stays small: ``python -m service`` validates the
 settings (pydantic, and the modules the settings check need, numpy among them) and then replaces itself
@@ -22,7 +27,9 @@ the BLAS threads) passes through the exec to the children.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -44,8 +51,43 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+CHILDREN: dict[int, subprocess.Popen] = {}  # pid -> its Popen, until reaped (see the module's docstring)
+
+
 def spawn(argv: list[str]) -> int:
-    return subprocess.Popen(argv, preexec_fn=die_with_parent).pid  # preexec_fn: this process runs no threads
+    child = subprocess.Popen(argv, preexec_fn=die_with_parent)  # preexec_fn: this process runs no threads
+    CHILDREN[child.pid] = child
+    return child.pid
+
+
+def reaped(pid: int, code: int) -> None:
+    """``pid`` was reaped here with ``code``: its Popen knows, and is let go (it will not wait again)."""
+    child = CHILDREN.pop(pid, None)
+    if child is not None:
+        child.returncode = code
+
+
+def signal_child(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # ended meanwhile (reaped, not yet seen by the loop)
+        os.kill(pid, sig)
+
+
+def forget_gauges(pid: int) -> None:
+    """A dead process's live gauges out of ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
+    ``mark_process_dead``, without importing it here)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        for path in Path(directory).glob(f"gauge_live*_{pid}.db"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def log(level: str, message: str, **fields: object) -> None:
+    """One JSON line on stderr, in the shape of the server's others (``service/observability/logs.py``)."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}+00:00"
+    print(json.dumps({"ts": stamp, "level": level, "logger": "service.supervisor", "pid": os.getpid(),
+                      "message": message, **fields}), file=sys.stderr, flush=True)
 
 
 class Backoff:
@@ -98,26 +140,29 @@ def supervise(gunicorn_argv: list[str], grpc_processes: int, state_dir: Path | N
     pending: dict[int, float] = {}  # slot -> when it restarts
 
     def start(slot: int) -> None:
-        grpc[spawn(grpc_argv)] = (slot, time.monotonic())
+        pid = spawn(grpc_argv)
+        grpc[pid] = (slot, time.monotonic())
+        if stopping:  # a stop signal came while it started: the handler did not know its pid
+            signal_child(pid, signal.SIGTERM)
 
+    stopping = False
+    status = 0
     for slot in range(grpc_processes):
         start(slot)
     gunicorn = spawn(gunicorn_argv)
-    stopping = False
-    status = 0
 
     def stop_grpc() -> None:
         nonlocal stopping
         stopping = True
         pending.clear()
-        for pid in grpc:
-            os.kill(pid, signal.SIGTERM)
+        for pid in list(grpc):
+            signal_child(pid, signal.SIGTERM)
 
     def forward(sig: int, frame) -> None:
         if sig in STOP_SIGNALS:
             stop_grpc()
         if gunicorn:
-            os.kill(gunicorn, sig)
+            signal_child(gunicorn, sig)
 
     for sig in GUNICORN_SIGNALS:
         signal.signal(sig, forward)
@@ -126,10 +171,13 @@ def supervise(gunicorn_argv: list[str], grpc_processes: int, state_dir: Path | N
         if ended is None:  # a restart's time has come
             now = time.monotonic()
             for slot in [s for s, due in pending.items() if due <= now]:
-                del pending[slot]
+                if stopping:  # a stop signal came during an earlier start: no more
+                    break
+                pending.pop(slot, None)
                 start(slot)
             continue
         pid, code = ended
+        reaped(pid, code)
         if pid == gunicorn:
             gunicorn, status = 0, code if code != 0 else status
             if not stopping:  # gunicorn ended by itself: the server is over
@@ -137,13 +185,15 @@ def supervise(gunicorn_argv: list[str], grpc_processes: int, state_dir: Path | N
         elif pid in grpc:
             slot, started = grpc.pop(pid)
             grpc_readiness.unmark(state_dir, pid)  # ended without saying so (killed): it serves no more
+            forget_gauges(pid)
             if stopping:
                 status = status or code
             else:
                 ran = time.monotonic() - started
                 delay = backoffs[slot].delay(ran)
-                print(f"gRPC process {pid} exited with {code} after {ran:.1f} s ({backoffs[slot].deaths} in a row); "
-                      f"restarting it in {delay:.1f} s", file=sys.stderr, flush=True)
+                log("warning", f"gRPC process {pid} exited with {code} after {ran:.1f} s ({backoffs[slot].deaths} in "
+                    f"a row); restarting it in {delay:.1f} s", exit_code=code, ran_seconds=round(ran, 1),
+                    deaths_in_a_row=backoffs[slot].deaths, restart_in_seconds=round(delay, 1))
                 pending[slot] = time.monotonic() + delay
     return status
 

@@ -5,7 +5,8 @@ two ports; a pod whose gRPC processes all died (a port taken, a crash loop the s
 from) must not stay ready while gRPC clients are sent to it. So:
 
 * ``python -m service`` with gRPC on makes ``STATE_DIR/grpc-serving/`` (emptied) before it starts
-  anything (:func:`expect`); with no such directory (``GRPC_PORT=0``, gunicorn run by hand, tests
+  anything (:func:`expect`), and with it off removes it (:func:`not_expected`: a ``STATE_DIR`` kept
+  from a run with gRPC on); with no such directory (``GRPC_PORT=0``, gunicorn run by hand, tests
   in-process) there is no gRPC to ask about;
 * each gRPC process puts a file named by its pid there once it serves (models loaded, port bound;
   :func:`mark`) and takes it away when it starts to stop (:func:`unmark`);
@@ -36,6 +37,17 @@ def expect(state_dir: Path) -> None:
     for stale in where.iterdir():  # a STATE_DIR kept from an earlier run
         with contextlib.suppress(OSError):
             stale.unlink()
+
+
+def not_expected(state_dir: Path) -> None:
+    """gRPC is off in this run (``GRPC_PORT=0``): the marks of an earlier run with it on go."""
+    where = directory(state_dir)
+    if where.is_dir():
+        for stale in where.iterdir():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        with contextlib.suppress(OSError):
+            where.rmdir()
 
 
 def mark(state_dir: Path | None, pid: int | None = None) -> None:

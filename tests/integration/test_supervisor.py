@@ -8,6 +8,7 @@ fails to bind it and exits 1, until the test closes that socket."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import requests
 
@@ -59,6 +61,8 @@ def test_a_failing_grpc_process_backs_off_and_recovers(tmp_path):
             time.sleep(0.5)
         seen = restarts(srv.read_log())
         assert [n for n, _ in seen[:3]] == [1, 2, 3]
+        assert all(json.loads(line)["logger"] == "service.supervisor"  # one JSON object per line, as the others
+                   for line in srv.read_log().splitlines() if "restarting it in" in line)
         assert seen[0][1] <= 1 and seen[1][1] == 2 and seen[2][1] == 4
         assert "cannot listen on 127.0.0.1:" in srv.read_log() and "Traceback" not in srv.read_log()
         holder.close()  # the cause is gone: the next restart serves
@@ -132,3 +136,28 @@ def test_readiness_counts_the_grpc_processes_that_serve(tmp_path):
     finally:
         code = srv.stop(60)
     assert code == 0, srv.read_log()[-3000:]
+
+
+def test_a_killed_grpc_process_leaves_the_metrics(tmp_path, mnist_data):
+    """Its live gauges (drift windows, requests in progress) stayed summed into /metrics after it was
+    killed, beside its successor's, for the server's whole life."""
+    grpc = pytest.importorskip("tritonclient.grpc")
+    srv = LocalServer(tmp_path, WORKERS="1").start()
+    drift = 'nn_input_drift_samples{model="mnist",version="2"}'
+    try:
+        x = np.asarray(mnist_data.eval_sets["test"][0][:10], np.float32)
+        with grpc.InferenceServerClient(srv.grpc_target) as client:
+            tensor = grpc.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            client.infer("mnist", [tensor])
+        assert f"{drift} 10.0" in requests.get(f"{srv.url}/metrics", timeout=10).text
+        [pid] = grpc_pids(srv)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (grpc_pids(srv) and grpc_pids(srv) != [pid]
+                   and requests.get(f"{srv.url}/readyz", timeout=10).status_code == 200):
+            assert time.monotonic() < deadline, srv.read_log()[-3000:]
+            time.sleep(0.2)
+        assert drift not in requests.get(f"{srv.url}/metrics", timeout=10).text  # HTTP never served mnist
+    finally:
+        assert srv.stop() == 0
