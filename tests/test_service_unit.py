@@ -548,3 +548,39 @@ def test_v2_outputs_are_checked_before_the_model_runs(client, outputs, parameter
     r = client.post("/v2/models/xor/infer", json=body)
     assert r.status_code == 400 and says in r.get_json()["error"], r.get_json()
     assert inferred() == before
+
+
+def test_the_openapi_document_gives_each_route_its_own_schemas(client):
+    """Components are keyed by class name: V1's PredictRequest (instances) replaced /predict's (inputs),
+    so the document described /predict and /explain with V1's bodies, and a client built from it got 422s."""
+    doc = client.get("/openapi.json").json
+    schemas = doc["components"]["schemas"]
+
+    def body_of(path: str, status: str | None = None) -> dict:
+        operation = doc["paths"][path]["post"]
+        content = operation["requestBody"] if status is None else operation["responses"][status]
+        return schemas[content["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+
+    assert {"model", "inputs"} <= set(body_of("/predict")["properties"])
+    assert {"predictions", "model", "version"} <= set(body_of("/predict", "200")["properties"])
+    assert {"model", "inputs", "method"} <= set(body_of("/explain")["properties"])
+    assert "instances" in body_of("/v1/models/{name}:predict")["properties"]
+
+
+def test_no_two_schemas_share_a_name():
+    import importlib
+    import inspect
+    import pkgutil
+
+    from pydantic import BaseModel
+
+    import service
+    homes: dict[str, set[str]] = {}
+    for found in pkgutil.walk_packages(service.__path__, "service."):
+        if "stubs" in found.name:
+            continue
+        module = importlib.import_module(found.name)
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
+                homes.setdefault(obj.__name__, set()).add(module.__name__)
+    assert {name: where for name, where in homes.items() if len(where) > 1} == {}

@@ -17,7 +17,7 @@ import numpy as np
 from service.dataplane.dataplane import INPUT, Inference
 from service.errors import bad_request
 from service.protocols import json_codec, json_numbers
-from service.protocols.v1_schemas import PredictRequest
+from service.protocols.v1_schemas import V1PredictRequest
 
 SIGNATURE = "serving_default"
 VERSION_HEADER = "X-Model-Version"  # TF Serving's body names no version; this header says which one answered
@@ -38,7 +38,7 @@ def decode(raw: bytes, max_values: Callable[[], int]) -> Decoded:
     mistake, and nothing else touched. ``max_values()`` bounds the numbers a (large) body may hold."""
     json_codec.check_value_count(raw, max_values)
     doc, batch = json_codec.loads_samples(raw, (b"instances", b"inputs"))  # batch: rows of plain numbers, or None
-    req = PredictRequest.model_validate(doc)
+    req = V1PredictRequest.model_validate(doc)
     if req.signature_name not in (None, "", SIGNATURE):
         raise bad_request(f"unknown signature_name {req.signature_name!r}; the model has '{SIGNATURE}'")
     if (req.instances is None) == (req.inputs is None):

@@ -12,7 +12,7 @@ Tensor = Annotated[Any, WithJsonSchema({"description": "A list of samples (neste
                                                        "object naming the input: {\"input\": [...]}"})]
 
 
-class PredictRequest(StrictModel):
+class V1PredictRequest(StrictModel):
     signature_name: str | None = Field(None, description="'serving_default' (the only signature) or omitted")
     instances: list[Tensor] | None = Field(None, description="Row format: one entry per sample")
     inputs: Tensor = Field(None, description="Columnar format: the batch as one tensor")
@@ -20,7 +20,7 @@ class PredictRequest(StrictModel):
     model_config = StrictModel.model_config | {"json_schema_extra": {"examples": [{"instances": [[0, 1], [1, 1]]}]}}
 
 
-class PredictResponse(StrictModel):
+class V1PredictResponse(StrictModel):
     predictions: list[list[float]] | None = Field(None, description="Row format: probabilities per sample")
     outputs: list[list[float]] | None = Field(None, description="Columnar format: the probabilities tensor")
 
@@ -48,7 +48,7 @@ class Metadata(StrictModel):
 
 
 
-class ExplainRequest(StrictModel):
+class V1ExplainRequest(StrictModel):
     """KServe V1's ``:explain`` body: the ``:predict`` row format, and ``parameters`` choosing the method."""
 
     instances: list[Tensor] = Field(..., min_length=1, description="Row format: one entry per sample")
@@ -67,6 +67,6 @@ class InstanceExplanation(StrictModel):
     convergence_delta: float | None = Field(None, description="integrated_gradients only")
 
 
-class ExplainResponse(StrictModel):
+class V1ExplainResponse(StrictModel):
     predictions: list[list[float]] = Field(..., description="Probabilities per instance, as :predict gives them")
     explanations: list[InstanceExplanation]

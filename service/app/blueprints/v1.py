@@ -25,12 +25,12 @@ from service.protocols import json_codec, rollout_key, timeouts, v1_http
 from service.protocols.schemas import ExplainParameters, ModelPath, ProtocolError, VersionPath
 from service.protocols.v1_http import SIGNATURE, named_input
 from service.protocols.v1_schemas import (
-    ExplainRequest,
-    ExplainResponse,
     Metadata,
     ModelStatus,
-    PredictRequest,
-    PredictResponse,
+    V1ExplainRequest,
+    V1ExplainResponse,
+    V1PredictRequest,
+    V1PredictResponse,
 )
 
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
@@ -46,16 +46,16 @@ def server_live() -> Response:
     return respond_json({"status": "alive"})
 
 
-@v1.post("/v1/models/<model:name>:predict", responses={200: PredictResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>:predict", responses={200: V1PredictResponse, **ERRORS})
 @parses_own_body(ModelPath)
-def predict(path: ModelPath, body: PredictRequest) -> Response:
+def predict(path: ModelPath, body: V1PredictRequest) -> Response:
     """Probabilities for each instance, from the newest serving version."""
     return run_predict(path.name, None)
 
 
-@v1.post("/v1/models/<model:name>/versions/<version:version>:predict", responses={200: PredictResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>/versions/<version:version>:predict", responses={200: V1PredictResponse, **ERRORS})
 @parses_own_body(VersionPath)
-def predict_version(path: VersionPath, body: PredictRequest) -> Response:
+def predict_version(path: VersionPath, body: V1PredictRequest) -> Response:
     """Probabilities for each instance, from one version."""
     return run_predict(path.name, int(path.version))
 
@@ -72,16 +72,16 @@ def run_predict(name: str, version: int | None) -> Response:
     return response
 
 
-@v1.post("/v1/models/<model:name>:explain", responses={200: ExplainResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>:explain", responses={200: V1ExplainResponse, **ERRORS})
 @parses_own_body(ModelPath)
-def explain(path: ModelPath, body: ExplainRequest) -> Response:
+def explain(path: ModelPath, body: V1ExplainRequest) -> Response:
     """Predictions and attributions for each instance, from the newest serving version."""
     return run_explain(path.name, None)
 
 
-@v1.post("/v1/models/<model:name>/versions/<version:version>:explain", responses={200: ExplainResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>/versions/<version:version>:explain", responses={200: V1ExplainResponse, **ERRORS})
 @parses_own_body(VersionPath)
-def explain_version(path: VersionPath, body: ExplainRequest) -> Response:
+def explain_version(path: VersionPath, body: V1ExplainRequest) -> Response:
     """Predictions and attributions for each instance, from one version."""
     return run_explain(path.name, int(path.version))
 
@@ -90,7 +90,7 @@ def run_explain(name: str, version: int | None) -> Response:
     g.model = name
     raw = request.get_data()
     json_codec.check_value_count(raw, dataplane().max_values)
-    req = ExplainRequest.model_validate(json_codec.loads(raw))
+    req = V1ExplainRequest.model_validate(json_codec.loads(raw))
     batch = json_codec.samples(named_input(req.instances, "instances"), raw, "instances")
     params = req.parameters or ExplainParameters()
     done = diagnostics().explain(name, version, batch, params.targets, explain_options(params, raw),
