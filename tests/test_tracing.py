@@ -148,6 +148,22 @@ def test_the_lane_s_request_span_and_its_steps(spans, app, monkeypatch):
     assert [line["trace_id"] for line in logged] == [TRACE_ID]  # the request's log line
 
 
+def test_a_request_refused_for_a_full_queue_is_traced(spans, app, monkeypatch):
+    """The middleware refuses it before parsing: it had no span, and its log line no trace id."""
+    logged = []
+    monkeypatch.setattr(request_record, "log_request", logged.append)
+    queue = app.wsgi_app.plane.queue
+    monkeypatch.setattr(queue, "max_queue_size", 1)
+    monkeypatch.setattr(queue, "waiting", 1)
+    r = Client(app).post("/v2/models/xor/infer", headers=TRACEPARENT, json={
+        "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]})
+    assert r.status_code == 503
+    (server,) = tree(spans)["POST /v2/models/{name}/infer"]
+    assert format(server.parent.span_id, "016x") == PARENT_ID
+    assert server.attributes["http.response.status_code"] == 503 and not server.status.is_ok
+    assert [line["trace_id"] for line in logged] == [TRACE_ID]
+
+
 def test_a_flask_route_s_span_and_an_error_status(spans, app):
     assert Client(app).get("/v2/models/xor", headers=TRACEPARENT).status_code == 200
     assert Client(app).get("/v2/models/nosuch", headers=TRACEPARENT).status_code == 404

@@ -173,6 +173,8 @@ class InferenceMiddleware:
         body = environ["wsgi.input"].read(length)
         name, version = match.groupdict().get("name"), match.groupdict().get("version")
         if self.plane.queue.full():  # MAX_QUEUE_SIZE: refused before its body is parsed, the cheapest answer
+            if tracing.ENABLED:  # a refused request is traced too (its log line has the trace id)
+                return self.refuse_traced(environ, route.rules[version is not None], name, start, decoding)
             return self.refuse(environ, route.rules[version is not None], name, start)
         call = self.decode(route, body, environ, name, int(version) if version else None)
         if call is None:  # Flask answers, from the same bytes
@@ -229,6 +231,18 @@ class InferenceMiddleware:
         request_record.record(self.plane.registry.snapshot, rule, "POST", path, name, None, status,
                               time.perf_counter() - start, rid)
         return status, headers, out
+
+    def refuse_traced(self, environ: dict[str, Any], rule: str, name: str | None, start: float,
+                      received: int) -> tuple[int, Headers, bytes]:
+        """What :meth:`refuse` does, under the request's server span."""
+        route = tracing.http_route(rule)
+        server = tracing.ServerSpan(f"POST {route}", tracing.environ_header(environ), {
+            "http.request.method": "POST", "http.route": route, "url.path": environ["PATH_INFO"],
+            "url.scheme": environ.get("wsgi.url_scheme", "http"), "model.name": name or ""}, received)
+        try:
+            return self.refuse(environ, rule, name, start)
+        finally:
+            server.finish(True, {"http.response.status_code": 503})
 
     def takes(self, environ: dict[str, Any]) -> tuple[Route, re.Match[str], int] | None:
         """The route, its path's match and the body's length if this request is one the middleware may answer."""
