@@ -142,6 +142,8 @@ DEEP = '{"a":' * 1020 + "1" + "}" * 1020  # parameters nested 1020 deep: valid J
     ("/v1/models/xor:explain", json.dumps({"instances": [[0, 1]], "parameters": {"steps": "5"}}), {}, "steps"),
     ("/v2/models/xor/infer", json.dumps({"inputs": [V2_OK], "parameters": {"steps": True},
                                          "outputs": [{"name": "attributions"}]}), {}, "steps"),
+    ("/v2/models/xor/infer", json.dumps({"inputs": [V2_OK], "parameters": {"timeout": -1},
+                                         "outputs": [{"name": "attributions"}]}), {}, "timeout"),
     ("/predict", json.dumps({"model": "..", "inputs": [[0, 1]]}), {}, "should match pattern"),
 ])
 def test_client_mistakes_are_4xx_in_the_protocol_s_shape(base_url, path, body, headers, words):

@@ -157,6 +157,9 @@ def run_inference(name: str, version: int | None) -> Response:
         g.batch_size = len(result.classes)
         with tracing.span("encode"):
             return response(*v2_http.encode_outputs(call.request, result))
+    # an explanation is bounded by its own limits (EXPLAIN_MAX_COST, the gradcheck's slots), not by a
+    # deadline; a timeout it carries is still checked, as on every V2 request
+    timeouts.of(request.headers.get(timeouts.HEADER), call.request.parameters)
     targets = next((decode_targets(i) for i in call.request.inputs if i.name == TARGET), None)
     params = explain_parameters(call.request.parameters or {}, call.explaining)
     done = diagnostics().explain(name, call.version, call.tensor, targets, explain_options(params, call.head),
