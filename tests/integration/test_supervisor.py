@@ -58,6 +58,8 @@ def test_a_failing_grpc_process_backs_off_and_recovers(tmp_path):
             ready = requests.get(f"{srv.url}/readyz", timeout=10)
             assert ready.status_code == 503 and ready.json()["grpc"] == f"no gRPC process is serving on " \
                 f"GRPC_PORT={port}" and set(ready.json()["models"].values()) == {"ready"}, ready.text
+            v2_ready = requests.get(f"{srv.url}/v2/health/ready", timeout=10)  # KServe's probe: the same answer
+            assert (v2_ready.status_code, v2_ready.json()) == (400, {"ready": False})
             time.sleep(0.5)
         seen = restarts(srv.read_log())
         assert [n for n, _ in seen[:3]] == [1, 2, 3]
@@ -77,6 +79,7 @@ def test_a_failing_grpc_process_backs_off_and_recovers(tmp_path):
                 time.sleep(0.5)
         ready = requests.get(f"{srv.url}/readyz", timeout=10)
         assert ready.status_code == 200 and ready.json()["grpc"] == "serving (1 process)", ready.text
+        assert requests.get(f"{srv.url}/v2/health/ready", timeout=10).json() == {"ready": True}
     finally:
         holder.close()
         code = srv.stop(60)

@@ -25,10 +25,10 @@ from typing import Any
 from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 
-from service.app.blueprints import dataplane, diagnostics, parses_own_body, respond_json
+from service.app.blueprints import dataplane, diagnostics, parses_own_body, respond_json, settings
 from service.app.blueprints.inference import explain_options
 from service.dataplane.dataplane import INPUT, signature
-from service.observability import tracing
+from service.observability import grpc_readiness, tracing
 from service.protocols import rollout_key, timeouts, v2_extensions, v2_http
 from service.protocols.schemas import ModelPath, ProtocolError, VersionPath
 from service.protocols.v2_http import HEADER_LENGTH, TARGET, decode_targets, explain_parameters
@@ -77,8 +77,10 @@ def live() -> Response:
 
 @v2.get("/v2/health/ready", responses={200: ServerReady, 400: ServerReady})
 def ready() -> Response:
-    """200 ``{"ready": true}`` when every model version found is loaded (as /readyz), else 400 ``{"ready": false}``."""
-    is_ready = dataplane().readiness()[0]
+    """200 ``{"ready": true}`` when every model version found is loaded and, with gRPC on, a gRPC process
+    serves (as /readyz: KServe's runtime probes this one), else 400 ``{"ready": false}``."""
+    is_ready = dataplane().readiness()[0] and grpc_readiness.readiness(settings().state_dir,
+                                                                       settings().grpc_port)[0]
     return respond_json({"ready": is_ready}, 200 if is_ready else 400)
 
 
