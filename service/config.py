@@ -67,7 +67,7 @@ class Settings(BaseModel):
                                        "process's thread batcher); default BATCHING")
     max_queue_delay_microseconds: int = Field(0, ge=0, le=1_000_000,
                                               description="a batch may wait this long to grow; 0: opportunistic")
-    preferred_batch_size: str = Field("", pattern=r"^[0-9, ]*$",
+    preferred_batch_size: str = Field("", pattern=r"^ *(?:[0-9]{1,9} *(?:, *[0-9]{1,9} *)*)?$",  # "8 16" is no "816"
                                       description="comma-separated sizes that end a queue delay early")
     capture_dir: Path | None = Field(None, description="record sampled inferences and feedback here "
                                      "(docs/feedback-loop.md); none: capture and POST /feedback off")
@@ -86,7 +86,7 @@ class Settings(BaseModel):
                               "a rollout's shadow or primary (docs/rollouts.md); past that they are dropped (counted)")
 
     def preferred_batch_sizes(self) -> tuple[int, ...]:
-        return tuple(sorted({int(v) for v in self.preferred_batch_size.replace(" ", "").split(",") if v and int(v)}))
+        return tuple(sorted({int(v) for v in self.preferred_batch_size.split(",") if v.strip() and int(v)}))
 
     @field_validator("version_policy")
     @classmethod

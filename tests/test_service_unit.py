@@ -29,6 +29,14 @@ def client(registry):
     return create_app({"max_batch": 8}, model_registry=registry).test_client()
 
 
+def test_preferred_batch_sizes_are_a_comma_separated_list():
+    assert Settings.from_env({"PREFERRED_BATCH_SIZE": " 16, 8,8 "}).preferred_batch_sizes() == (8, 16)
+    assert Settings.from_env({"PREFERRED_BATCH_SIZE": ""}).preferred_batch_sizes() == ()
+    for bad in ("8 16", "8,,16", "x"):  # "8 16" was read as 816
+        with pytest.raises(ValidationError):
+            Settings.from_env({"PREFERRED_BATCH_SIZE": bad})
+
+
 def test_settings_from_environment():
     s = Settings.from_env({"PORT": "9000", "WORKERS": "3", "MAX_BATCH": "16", "LOG_LEVEL": "DEBUG", "HOST": ""})
     assert (s.port, s.workers, s.max_batch, s.log_level, s.host) == (9000, 3, 16, "debug", "0.0.0.0")
