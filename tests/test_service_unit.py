@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -592,3 +593,19 @@ def test_no_two_schemas_share_a_name():
             if inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
                 homes.setdefault(obj.__name__, set()).add(module.__name__)
     assert {name: where for name, where in homes.items() if len(where) > 1} == {}
+
+
+def test_a_model_without_an_input_range_still_takes_only_finite_float32_inputs(registry):
+    """Without preprocessing.input_range the range was (-inf, inf): a float64 1e300 passed, became inf in
+    the network's float32, and was answered."""
+    import dataclasses
+
+    from service.dataplane.dataplane import as_batch
+    xor = registry.snapshot.get("xor")
+    bare = dataclasses.replace(xor, metadata={k: v for k, v in xor.metadata.items() if k != "preprocessing"})
+    assert bare.input_range == (-math.inf, math.inf)
+    np.testing.assert_array_equal(as_batch(np.array([[0.0, -5e30]]), bare), np.array([[0, -5e30]], np.float32))
+    for value in (1e300, -1e39, math.inf):
+        with pytest.raises(ServiceError) as err:
+            as_batch(np.array([[0.0, value]]), bare)
+        assert err.value.status == 422, value

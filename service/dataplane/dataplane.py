@@ -350,6 +350,8 @@ def as_batch(inputs: np.ndarray, entry: ModelVersion, field: str = "inputs") -> 
                       f"each sample must be a list of {expected}, not a single number")
     batch = inputs.reshape(len(inputs), size)
     lo, hi = entry.input_range
+    largest = float(np.finfo(entry.dtype).max)  # also without a range: 1e300 would become inf in float32
+    lo, hi = max(lo, -largest), min(hi, largest)
     if not (lo <= batch.min() and batch.max() <= hi):  # one pass each; NaN fails both comparisons
         if batch.dtype.kind == "f":
             finite = np.isfinite(batch)
