@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,13 @@ def test_the_served_mnist_is_the_recipes_and_within_the_frontier_budget():
     assert loaded.network.num_params <= 750_000
     assert meta["metrics"]["test_accuracy"] >= 0.993 and meta["targets"]["met"]
     assert meta["fit_seconds"] <= 300 and meta["train_seconds"] <= meta["fit_seconds"]
+
+
+def test_the_repository_written_is_the_servers_model_dir_by_default(monkeypatch):
+    """The train image sets MODEL_DIR=/srv/model_repository: --out's default was the installed package's
+    folder in site-packages, which its unprivileged user cannot write."""
+    from training.cli import build_parser
+    monkeypatch.setenv("MODEL_DIR", "/srv/model_repository")
+    assert build_parser().parse_args(["xor"]).out == Path("/srv/model_repository")
+    monkeypatch.delenv("MODEL_DIR")
+    assert build_parser().parse_args(["xor"]).out.name == "model_repository"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -98,11 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "model.npz (default: the newest version in --out)")
     parser.add_argument("--field-share", type=open_unit_float, default=FIELD_SHARE,
                         help="with --feedback: the share of the examples held out as the field set, by a hash of "
-                             "their ids (default: %(default)s)")
+                             "their inputs (default: %(default)s)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="with --feedback: train a new network by the recipe instead of fine-tuning the parent")
-    parser.add_argument("--out", type=Path, default=DEFAULT_ROOT,
-                        help="model repository to write <name>/<version>/ into (default: %(default)s)")
+    # the server's MODEL_DIR when set (the train image sets it): the repository the server would serve
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("MODEL_DIR") or DEFAULT_ROOT),
+                        help="model repository to write <name>/<version>/ into (default: $MODEL_DIR if set, "
+                             "else %(default)s)")
     parser.add_argument("--version", type=version_number,
                         help="version number to write (default: one more than the newest present)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing version")

@@ -92,7 +92,7 @@ def test_openapi_document_comes_from_the_schemas(base_url, http):
             "ErrorResponse"} <= set(schemas)
     assert schemas["PredictRequest"]["additionalProperties"] is False
     predict = doc["paths"]["/predict"]["post"]
-    assert {"200", "400", "404", "413", "415", "422", "503"} == set(predict["responses"])
+    assert {"200", "400", "404", "413", "415", "422", "500", "503", "504"} == set(predict["responses"])
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200"}
     assert set(doc["paths"]["/models/{name}"]["get"]["responses"]) == {"200", "404", "422"}
 

@@ -54,7 +54,7 @@ def predict(url: str, x: np.ndarray, ids_from: str | None = None) -> tuple[list[
     each on a new connection, so both workers serve (and each keeps its own drift window) as under load."""
     ids, classes, versions = [], [], set()
     for start in range(0, len(x), BATCH):
-        # the client's own request ids: the field share (a hash of the ids) is then the same every run
+        # the client's own request ids, as a labelling client keeps them (the field share is by a hash of the inputs)
         headers = {"X-Request-ID": f"{ids_from}-{start // BATCH:04d}"} if ids_from else {}
         r = requests.post(f"{url}/predict", json={"model": "mnist", "inputs": x[start:start + BATCH].tolist()},
                           headers=headers, timeout=30)

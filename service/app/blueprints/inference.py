@@ -23,7 +23,7 @@ from service.protocols.schemas import (
 )
 
 # Everything a request with a body can go wrong with, in the one ErrorResponse shape.
-BODY_ERRORS = {status: ErrorResponse for status in (400, 404, 413, 415, 422, 503)}
+BODY_ERRORS = {status: ErrorResponse for status in (400, 404, 413, 415, 422, 500, 503, 504)}
 
 inference = APIBlueprint("inference", __name__, abp_tags=[Tag(name="inference")], abp_responses=BODY_ERRORS)
 

@@ -34,6 +34,7 @@ from service.protocols.v1_schemas import (
 )
 
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
+INFER_ERRORS = {**ERRORS, **{status: ProtocolError for status in (415, 500, 504)}}  # a body, a pass, a deadline
 TF_DTYPES = {"FP32": "DT_FLOAT", "BYTES": "DT_STRING"}
 
 v1 = APIBlueprint("v1", __name__, abp_tags=[Tag(name="tensorflow serving / kserve v1")])
@@ -46,14 +47,15 @@ def server_live() -> Response:
     return respond_json({"status": "alive"})
 
 
-@v1.post("/v1/models/<model:name>:predict", responses={200: V1PredictResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>:predict", responses={200: V1PredictResponse, **INFER_ERRORS})
 @parses_own_body(ModelPath)
 def predict(path: ModelPath, body: V1PredictRequest) -> Response:
     """Probabilities for each instance, from the newest serving version."""
     return run_predict(path.name, None)
 
 
-@v1.post("/v1/models/<model:name>/versions/<version:version>:predict", responses={200: V1PredictResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>/versions/<version:version>:predict",
+         responses={200: V1PredictResponse, **INFER_ERRORS})
 @parses_own_body(VersionPath)
 def predict_version(path: VersionPath, body: V1PredictRequest) -> Response:
     """Probabilities for each instance, from one version."""
@@ -72,14 +74,15 @@ def run_predict(name: str, version: int | None) -> Response:
     return response
 
 
-@v1.post("/v1/models/<model:name>:explain", responses={200: V1ExplainResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>:explain", responses={200: V1ExplainResponse, **INFER_ERRORS})
 @parses_own_body(ModelPath)
 def explain(path: ModelPath, body: V1ExplainRequest) -> Response:
     """Predictions and attributions for each instance, from the newest serving version."""
     return run_explain(path.name, None)
 
 
-@v1.post("/v1/models/<model:name>/versions/<version:version>:explain", responses={200: V1ExplainResponse, **ERRORS})
+@v1.post("/v1/models/<model:name>/versions/<version:version>:explain",
+         responses={200: V1ExplainResponse, **INFER_ERRORS})
 @parses_own_body(VersionPath)
 def explain_version(path: VersionPath, body: V1ExplainRequest) -> Response:
     """Predictions and attributions for each instance, from one version."""

@@ -45,6 +45,7 @@ from service.protocols.v2_schemas import (
 
 EXTENSIONS = ["binary_tensor_data", *v2_extensions.EXTENSIONS]
 ERRORS = {status: ProtocolError for status in (400, 404, 413, 503)}
+INFER_ERRORS = {**ERRORS, **{status: ProtocolError for status in (415, 500, 504)}}  # a body, a pass, a deadline
 BINARY_DOC = (
     "Binary tensor data extension: send the JSON header, then each input's raw little-endian bytes in "
     "input order, an input naming its byte count in parameters.binary_data_size instead of data, and the "
@@ -131,14 +132,14 @@ def version_metadata(path: VersionPath) -> Response:
 
 
 # -- inference ----------------------------------------------------------------------------------------
-@v2.post("/v2/models/<name>/infer", responses={200: InferenceResponse, **ERRORS}, description=BINARY_DOC)
+@v2.post("/v2/models/<name>/infer", responses={200: InferenceResponse, **INFER_ERRORS}, description=BINARY_DOC)
 @parses_own_body(ModelPath)
 def infer(path: ModelPath, body: InferenceRequest) -> Response:
     """Inference on the newest serving version: JSON tensors, or the binary tensor data extension."""
     return run_inference(path.name, None)
 
 
-@v2.post("/v2/models/<name>/versions/<version>/infer", responses={200: InferenceResponse, **ERRORS},
+@v2.post("/v2/models/<name>/versions/<version>/infer", responses={200: InferenceResponse, **INFER_ERRORS},
          description=BINARY_DOC)
 @parses_own_body(VersionPath)
 def infer_version(path: VersionPath, body: InferenceRequest) -> Response:
