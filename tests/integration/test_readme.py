@@ -318,3 +318,36 @@ def test_python_example(base_url, grpc_target, example):
     for shown in example.printed:  # each shown line is printed, in order
         assert any(line.strip() == shown for line in output), \
             f"{example.id}: {shown!r} is not printed; it printed:\n{run.stdout[-2000:]}"
+
+
+ADMIN_EXAMPLES = [e for e in EXAMPLES if "$ADMIN_TOKEN" in e.command]
+
+
+def test_the_admin_examples_work_with_a_token(tmp_path):
+    """The repository API's examples, in page order, with the real curl binary against a server that has a
+    token and a version 3 of mnist (the rollout examples name it): each answers 200, with what the page
+    shows. Without a token they would only be checked to answer 404 (test_curl_example)."""
+    import shutil
+
+    from tests.integration.conftest import LocalServer
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("no curl binary")
+    assert {e.page for e in ADMIN_EXAMPLES} == {"docs/operations.md", "docs/rollouts.md"} and len(ADMIN_EXAMPLES) >= 8
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repository", repo)
+    shutil.copytree(repo / "mnist" / "2", repo / "mnist" / "3")
+    server = LocalServer(tmp_path / "server", ADMIN_TOKEN="doc-token", MODEL_DIR=str(repo)).start()
+    try:
+        for example in ADMIN_EXAMPLES:
+            args = [a.replace("$ADMIN_TOKEN", "doc-token").replace("localhost:8000", f"127.0.0.1:{server.port}")
+                    for a in shlex.split(example.command)]
+            run = subprocess.run([curl, *args[1:], "-w", "\n%{http_code}"], capture_output=True, text=True,
+                                 timeout=60)
+            body, _, status = run.stdout.rpartition("\n")
+            assert run.returncode == 0 and status == "200", (example.id, status, body[:300])
+            documented = documented_value(example.printed or "")
+            if documented is not None:
+                assert_matches(documented, json.loads(body), example.path)
+    finally:
+        assert server.stop() == 0
