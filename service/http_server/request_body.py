@@ -98,7 +98,8 @@ class BodyReader:
             # gunicorn de-chunks "gzip, chunked" but would hand the app the gzip stream as the body
             req.must_close = True
             write_error(sock, ServiceError(501, "not_implemented", "only the chunked transfer coding is "
-                                           "supported: send a compressed body with Content-Encoding"), req.path)
+                                           "supported: send a compressed body with Content-Encoding"), req.path,
+                        req.method)
             raise StopIteration()
         if length is None and not codings:
             # No body at all (a GET, a probe): nothing to read, and no room to wait for behind uploads.
@@ -130,7 +131,8 @@ class BodyReader:
                 req.must_close = True  # answered unread: drained before closing
                 write_error(sock, ServiceError(503, "server_busy", "the server is reading as many large request "
                                                "bodies as it may (BODY_BUFFER_BYTES); retry shortly",
-                                               headers={"Retry-After": "1"}), req.path)
+                                               headers={"Retry-After": "1"}), req.path, req.method,
+                            time.monotonic() - started)
                 raise StopIteration()
             if continues:  # now, before reading, not after the body the client is holding back
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -143,12 +145,13 @@ class BodyReader:
                 metrics.REQUEST_TIMEOUTS.inc()
                 req.must_close = True
                 write_error(sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
-                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path)
+                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path,
+                            req.method, time.monotonic() - started)
                 raise StopIteration() from None
             except ParseException as exc:  # a malformed chunked body: refused in the path's protocol's shape
                 req.must_close = True
                 write_error(sock, ServiceError(400, "bad_request", f"the request body is malformed: {exc}"[:300]),
-                            req.path)
+                            req.path, req.method, time.monotonic() - started)
                 raise StopIteration() from None
 
     def linger(self, sock: socket.socket) -> None:

@@ -7,6 +7,7 @@ sequential ``/predict`` requests. Against the gunicorn server and the container.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -93,6 +94,12 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_closed(impatient_serve
         assert sock.recv(1) == b""  # and the connection is closed
     metrics = requests.get(f"{impatient_server.url}/metrics", timeout=5).text
     assert "nn_request_timeouts_total 1.0" in metrics
+    # counted and logged as every request is (the worker's own answers had neither)
+    assert 'nn_requests_total{endpoint="(http server)",model="",status="408"} 1.0' in metrics
+    lines = [json.loads(line) for line in impatient_server.read_log().splitlines() if '"status": 408' in line
+             or '"status":408' in line]
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == [("POST", "/predict", 408)]
+    assert 1.5 < lines[0]["latency_ms"] / 1000 < 6
 
 
 def test_silent_and_idle_connections_are_closed_after_keepalive(impatient_server):
