@@ -537,6 +537,12 @@ BUGS = [
                "    if False:\n        request_record.record(",
                ("tests/integration/test_slow_clients.py::test_a_body_that_does_not_arrive_in_time_is_a_408_and_closed",),
                "what the worker answers itself (408, 503, 501, a bad chunk) has no log line and no request count"),
+    PlantedBug("capture_index_rows_unbounded", "service/capture/index.py",
+               "        while len(self.items) > self.max_entries or (self.rows > self.max_rows and len(self.items) > 1)"
+               ":",
+               "        while len(self.items) > self.max_entries:",
+               ("tests/test_feedback_unit.py::test_the_index_is_bounded_by_ids_and_by_rows_whatever_clients_send",),
+               "the capture index bounds ids, not rows: 500,000 captures of 1,024 rows could take 30 GB"),
     PlantedBug("missed_model_written", "training/recipes.py",
                "    if not targets_met(recipe, metrics) and not keep_missed:",
                "    if False:",

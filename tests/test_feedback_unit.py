@@ -11,7 +11,7 @@ import pytest
 from model.input_summary import DriftScorer, raw_scores, summarize
 from service.app import create_app
 from service.capture import events
-from service.capture.index import CaptureIndex
+from service.capture.index import Captured, CaptureIndex
 from service.observability.drift import DriftMonitor, Window
 from service.repository.registry import ModelRegistry
 from service.repository.version_policy import VersionPolicy
@@ -228,3 +228,31 @@ def test_a_feedback_line_cut_away_is_forgotten_by_the_index(tmp_path):
         fh.truncate(len(kept))  # the journal cuts the line whose fsync failed
     index.refresh()
     assert index.labels_of("cut") is None and index.labels_of("kept") == ("1",)
+
+
+def test_the_index_is_bounded_by_ids_and_by_rows_whatever_clients_send(tmp_path):
+    """Captures were kept by id with a string per row: 1,024-row requests took 60 kB each, so the 500,000
+    ids the index keeps could take 30 GB. Now rows count too, and a one-sample capture costs ~140 bytes."""
+    import tracemalloc
+
+    index = CaptureIndex(tmp_path, tmp_path / "feedback", max_rows=5000)
+    x, p = np.zeros((1024, 2), np.float32), np.tile(np.array([[0.9, 0.1]], np.float32), (1024, 1))
+    for k in range(8):
+        write_lines(tmp_path / "capture-a.jsonl", events.inference_events(f"big-{k}" * 16, "xor", 1, time.time_ns(),
+                                                                          x, p, ["0"] * 1024))
+    index.refresh()
+    assert index.captures.rows <= 5000 and len(index.captures) == 4  # the newest four of 1,024 rows
+    assert index.captured("big-7" * 16).predicted == ("0",) * 1024 and index.captured("big-3" * 16) is None
+    small = CaptureIndex(tmp_path, tmp_path / "feedback")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(20_000):
+            rid = f"{k:0128d}"  # the longest id a client may send
+            small.captures.put(small.digest(rid), small.one_of(Captured("mnist", 2, small.label_names([str(k % 10)])),
+                                                               1))
+            small.note_labels(rid, (str(k % 10),))
+        per_id = (tracemalloc.get_traced_memory()[0] - before) / 20_000
+    finally:
+        tracemalloc.stop()
+    assert per_id < 2 * 200, per_id  # a capture and a label: about 140 bytes each

@@ -12,14 +12,21 @@ captured again with another answer is marked ambiguous: a label sent for it coul
 request, so feedback refuses it (``training/feedback.py`` drops such a label too, and also one whose
 captures answered alike but had other inputs). A client retrying the same request is not ambiguous.
 
-Memory is bounded by ``max_entries`` (the oldest captures are forgotten first: feedback for them is
-a 404 that says it may be too old); the files themselves are bounded by ``CAPTURE_MAX_BYTES``.
+Memory is bounded by ``max_entries`` ids and ``max_rows`` labels in all (the oldest captures are
+forgotten first: feedback for them is a 404 that says it may be too old), whatever the ids and the
+requests' sizes: an id is kept as a keyed 64-bit digest (a client cannot pick ids that collide), a
+label as the one string of its class name, and a small answer (a few rows) as one object shared by
+all its captures. About 140 bytes per one-sample capture or label (``tests/test_feedback_unit.py``
+measures it), so under 200 MB per process at the defaults, however clients send; before, 500,000
+captures of 1,024 rows each could take 30 GB. The files are bounded by ``CAPTURE_MAX_BYTES``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +38,7 @@ READ_CHUNK = 8 << 20  # bytes read from one file at a time
 HEAD = 640  # an event's type comes within its first bytes (after specversion, an id of <= 128, its source)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Captured:
     """What a captured inference answered: enough to judge a label sent for it later."""
 
@@ -44,25 +51,57 @@ class Captured:
 class CaptureIndex:
     """Captured request ids and the labels already given to them, across every process's files."""
 
-    def __init__(self, directory: Path, feedback_dir: Path, max_entries: int = 500_000) -> None:
+    def __init__(self, directory: Path, feedback_dir: Path, max_entries: int = 500_000,
+                 max_rows: int = 2_000_000) -> None:
         self.directories = (Path(directory), Path(feedback_dir))
-        self.max_entries = max_entries
-        self.captures: OrderedDict[str, Captured] = OrderedDict()
-        self.labelled: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self.key = os.urandom(16)  # this process's: ids are compared by digest (see the module's docstring)
+        self.captures = Recent(max_entries, max_rows, lambda c: len(c.predicted))
+        self.labelled = Recent(max_entries, max_rows, len)
+        self.names: dict[str, str] = {}  # each label's one string (a model's class names: a handful)
+        self.shared: dict[object, object] = {}  # small answers (a few rows), one object each: most captures
         self.offsets: dict[Path, int] = {}
         self.skipped = 0  # lines that did not parse (never expected: a record is written whole)
         self.shrunk = False  # a feedback file was found shorter than already read, this refresh
 
+    def digest(self, rid: str) -> int:
+        return int.from_bytes(hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8,
+                                              key=self.key).digest(), "little")
+
+    def one_of(self, value: object, rows: int) -> object:
+        """The one object equal to ``value`` when it is small (a few rows: most requests), so that a
+        hundred thousand one-sample captures share a handful of objects."""
+        if rows > 4:
+            return value
+        found = self.shared.get(value)
+        if found is None:
+            found = value
+            if len(self.shared) < 65536:
+                self.shared[value] = value
+        return found
+
+    def label_names(self, labels: object) -> tuple[str, ...]:
+        """Labels as the one string of each name (a new name is kept while the names are few)."""
+        out = []
+        for label in labels if isinstance(labels, list | tuple) else ():
+            text = str(label)
+            name = self.names.get(text)
+            if name is None:
+                name = text
+                if len(self.names) < 4096:  # a model's classes; past that, clients' junk is not kept
+                    self.names[text] = text
+            out.append(name)
+        return self.one_of(tuple(out), len(out))
+
     def captured(self, rid: str) -> Captured | None:
-        return self.captures.get(rid)
+        return self.captures.get(self.digest(rid))
 
     def labels_of(self, rid: str) -> tuple[str, ...] | None:
         """The labels feedback already gave this request id (the first feedback's), if any."""
-        return self.labelled.get(rid)
+        return self.labelled.get(self.digest(rid))
 
     def note_labels(self, rid: str, labels: tuple[str, ...]) -> None:
         """Feedback this process has just written (before its next read of the files)."""
-        remember(self.labelled, rid, labels, self.max_entries)
+        self.labelled.put(self.digest(rid), self.label_names(labels))
 
     def refresh(self) -> None:
         """Read what every capture and feedback file gained since the last call."""
@@ -121,23 +160,25 @@ class CaptureIndex:
                     data = event.get("data") or {}
                     outputs = {o.get("name"): o for o in data.get("outputs", [])}
                     try:
-                        captured = Captured(str(data["model_name"]), int(data["model_version"]),
-                                            tuple(str(v) for v in outputs["label"]["data"]))
+                        model = str(data["model_name"])
+                        captured = Captured(self.names.setdefault(model, model) if len(self.names) < 4096
+                                            else model, int(data["model_version"]),
+                                            self.label_names(outputs["label"]["data"]))
                     except (KeyError, TypeError, ValueError):
                         self.skipped += 1
                         continue
-                    rid = str(event.get("id"))
-                    before = self.captures.get(rid)
+                    key = self.digest(str(event.get("id")))
+                    before = self.captures.get(key)
                     if before is not None:  # a retry may be served by another version: judged by its answer
                         same = (before.model, before.predicted) == (captured.model, captured.predicted)
                         captured = replace(before, ambiguous=before.ambiguous or not same)
-                    remember(self.captures, rid, captured, self.max_entries)
+                    self.captures.put(key, self.one_of(captured, len(captured.predicted)))
             elif FEEDBACK_TYPE in line[:HEAD]:
                 event = self._parse(line)
                 data = (event or {}).get("data") or {}
                 rid = data.get("request_id")
-                if isinstance(rid, str) and rid not in self.labelled:  # the first feedback stands
-                    remember(self.labelled, rid, tuple(str(v) for v in data.get("labels", [])), self.max_entries)
+                if isinstance(rid, str) and self.labelled.get(self.digest(rid)) is None:  # the first one stands
+                    self.labelled.put(self.digest(rid), self.label_names(data.get("labels", [])))
 
     def _parse(self, line: bytes) -> dict | None:
         try:
@@ -148,8 +189,30 @@ class CaptureIndex:
         return event if isinstance(event, dict) else None
 
 
-def remember(entries: OrderedDict, key: str, value: object, limit: int) -> None:
-    entries[key] = value
-    entries.move_to_end(key)
-    while len(entries) > limit:
-        entries.popitem(last=False)
+class Recent:
+    """The newest entries by key, within ``max_entries`` of them and ``max_rows`` rows in all (``rows``:
+    an entry's rows); the oldest go first."""
+
+    def __init__(self, max_entries: int, max_rows: int, rows: Callable[[object], int]) -> None:
+        self.max_entries, self.max_rows, self.rows_of = max_entries, max_rows, rows
+        self.items: OrderedDict[int, object] = OrderedDict()
+        self.rows = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, key: int) -> object | None:
+        return self.items.get(key)
+
+    def put(self, key: int, value: object) -> None:
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.rows -= self.rows_of(old)
+        self.items[key] = value
+        self.rows += self.rows_of(value)
+        while len(self.items) > self.max_entries or (self.rows > self.max_rows and len(self.items) > 1):
+            self.rows -= self.rows_of(self.items.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.rows = 0
