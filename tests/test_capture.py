@@ -354,6 +354,8 @@ journal = Journal(sys.argv[1], "capture", 1 << 30, 8 << 20)
 i = 0
 while True:
     journal.append(b'{"i":%d,"pad":"%s"}\\n' % (i, b"k" * (1 + (i * 7919) % (3 << 20))))
+    if i == 0:
+        print("writing", flush=True)  # the test kills it mid-write, not before its first record
     i += 1
 """
 
@@ -361,10 +363,12 @@ while True:
 def test_kill_9_mid_write_leaves_only_whole_lines(tmp_path):
     rng = random.Random(0)
     for _ in range(4):
-        writer = run_python(KILLED_WRITER, str(tmp_path))
-        time.sleep(rng.uniform(0.3, 0.6))
+        writer = run_python(KILLED_WRITER, str(tmp_path), stdout=subprocess.PIPE)
+        assert writer.stdout.readline() == b"writing\n"  # started (a loaded machine takes a while to import)
+        time.sleep(rng.uniform(0.05, 0.3))
         writer.send_signal(signal.SIGKILL)
         writer.wait()
+        writer.stdout.close()
         for path in segments(tmp_path):
             lines = complete_lines(path)
             assert all(orjson.loads(line) for line in lines)
