@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 used = cpu_seconds(pid) - before
                 if recorder is not None:
                     recorder.wait()
-                measured[label].append((r["rps"], used * 1e6 / max(r["requests"], 1), r["errors"]))
+                measured[label].append((r["rps"], used * 1e6 / max(r["requests"] - r["non_2xx"], 1), r["errors"]))
                 print(f"  round {k} {label:28s} {r['rps']:8.0f} req/s  {measured[label][-1][1]:6.0f} µs CPU/request "
                       f"errors {r['errors']}  load {os.getloadavg()[0]:.1f}", flush=True)
     rows = [{"contender": label, "rps": statistics.median(r for r, _, _ in m),

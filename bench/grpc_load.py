@@ -96,8 +96,10 @@ def drive(protocol: str, target: str, threads: int, batch: int, start_at: float,
 
 
 def measure(protocol: str, target: str, concurrency: int, seconds: float, batch: int = 1,
-            processes: int = 2, warm: float = 1.0, shared_connection: bool = False) -> dict:
-    """One row: ``concurrency`` calls in flight from ``min(processes, concurrency)`` client processes."""
+            processes: int = 2, warm: float = 1.0, shared_connection: bool = False,
+            cpu: Callable[[], float] | None = None) -> dict:
+    """One row: ``concurrency`` calls in flight from ``min(processes, concurrency)`` client processes;
+    with ``cpu`` (the server's CPU seconds), its CPU per call over the row's window (``cpu_ms``)."""
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     context = multiprocessing.get_context("spawn")  # grpcio and fork do not mix
@@ -109,6 +111,12 @@ def measure(protocol: str, target: str, concurrency: int, seconds: float, batch:
              for n in shares]
     for p in procs:
         p.start()
+    cpu_used = None
+    if cpu is not None:  # read at the window's ends: the clients call from their start, warming up, till end_at
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        cpu_before = cpu()
+        time.sleep(max(0.0, end_at - time.monotonic()))
+        cpu_used = cpu() - cpu_before
     results = [out.get(timeout=seconds + warm + 120) for _ in procs]
     for p in procs:
         p.join(30)
@@ -116,6 +124,7 @@ def measure(protocol: str, target: str, concurrency: int, seconds: float, batch:
     answered = sum(r[0] for r in results)
     rps = answered / seconds
     return {"concurrency": concurrency, "batch": batch, "rps": rps, "images_per_s": rps * batch,
+            **({"cpu_ms": cpu_used * 1e3 / answered if answered else None} if cpu_used is not None else {}),
             "errors": sum(len(r[1]) for r in results), "client_processes": processes,
             "error_kinds": sorted({e for r in results for e in r[1]})[:5],
             "p50_ms": float(np.percentile(latencies, 50) * 1e3) if len(latencies) else None,
@@ -147,11 +156,8 @@ def run(grpc_target: str | list[str], http_target: str | list[str], concurrency:
         for k in range(rounds):
             for label in labels[k % len(labels):] + labels[:k % len(labels)]:
                 protocol, target = targets[label]
-                before = cpu_of[label]() if label in cpu_of else None
-                r = measure(protocol, target, c, seconds, batch, processes, shared_connection=shared_connection)
-                if before is not None:  # the calls counted ended within the row's seconds: a close estimate
-                    calls = r["rps"] * seconds
-                    r["cpu_ms"] = (cpu_of[label]() - before) * 1e3 / calls if calls else None
+                r = measure(protocol, target, c, seconds, batch, processes, shared_connection=shared_connection,
+                            cpu=cpu_of.get(label))
                 results[label].append(r)
         for label, measured in results.items():
             row = dict(sorted(measured, key=lambda r: r["rps"])[len(measured) // 2])

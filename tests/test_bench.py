@@ -352,5 +352,7 @@ def test_the_overload_benchmark_sorts_every_answer(mnist_dir, tmp_path, capsys):
         assert row["healthz"]["asked"] > 0 and not row["healthz"]["failures"]
     assert summary["today"]["refused"] == 0 and summary["today"]["expired"] == 0  # nothing sent: nothing refused
     assert set(summary["goals"]) == {"goodput_at_least_0.9", "no_answer_after_deadline_plus_10ms",
-                                     "refused_p99_under_5ms", "healthz_within_1s"}
+                                     "refused_p99_under_5ms", "healthz_within_1s", "no_failed_or_unanswered_request"}
+    assert summary["goals"]["no_failed_or_unanswered_request"]
+    assert "failed or unanswered" in overload.report(result)
     assert "MAX_QUEUE_SIZE=2" in capsys.readouterr().out
