@@ -67,7 +67,7 @@ class Settings(BaseModel):
                                        "process's thread batcher); default BATCHING")
     max_queue_delay_microseconds: int = Field(0, ge=0, le=1_000_000,
                                               description="a batch may wait this long to grow; 0: opportunistic")
-    preferred_batch_size: str = Field("", pattern=r"^ *(?:[0-9]{1,9} *(?:, *[0-9]{1,9} *)*)?$",  # "8 16" is no "816"
+    preferred_batch_size: str = Field("", pattern=r"^ *(?:[0-9]{1,9} *(?:, *[0-9]{1,9} *)*,? *)?$",  # "8 16": no "816"
                                       description="comma-separated sizes that end a queue delay early")
     capture_dir: Path | None = Field(None, description="record sampled inferences and feedback here "
                                      "(docs/feedback-loop.md); none: capture and POST /feedback off")

@@ -175,6 +175,40 @@ def test_a_request_waiting_for_the_model_thread_still_waits(registry):
     assert slow.rows == 5 and policy.waiting == 0  # the first one's rows alone
 
 
+@fresh_hub
+def test_a_batch_waiting_for_the_model_thread_lets_its_expired_requests_go_at_their_deadline(registry):
+    """Version A's pass holds the model thread; version B's merged batch (a leader without a deadline,
+    a request with 30 ms) waits for it. The short one is answered at its deadline, uncomputed, not when
+    the thread frees (0.3 s later); the leader's rows run once the thread is free."""
+    a, b = (dataclasses.replace(registry.snapshot.get("xor")) for _ in range(2))
+    slow_a = a.network = SlowNetwork(a.network, 0.3)
+    slow_b = b.network = SlowNetwork(b.network, 0.0)
+    batcher = GeventBatcher(64)
+    with_table(batcher, a, CostTable((1, 2, 4), (0.05, 0.05, 0.05)))  # 5 rows: a pass of its own, off the loop
+    with_table(batcher, b, CostTable((1, 2, 64), (0.01, 0.011, 0.1)))  # merging pays, off the loop
+    policy, outcomes = QueuePolicy(), {}
+
+    def one(name, entry, rows, timeout_us):
+        start = time.perf_counter()
+        ticket = policy.admit("xor", timeout_us, start)
+        try:
+            outcomes[name] = batcher.run(entry, np.zeros((rows, 2), entry.dtype), ticket)
+        except ServiceError as exc:
+            outcomes[name] = exc
+        finally:
+            policy.release(ticket)
+        outcomes[name + "_s"] = time.perf_counter() - start
+
+    holder = gevent.spawn(one, "holder", a, 5, None)
+    gevent.sleep(0.01)  # A's pass holds the model thread
+    batch = [gevent.spawn(one, "leader", b, 1, None), gevent.spawn(one, "short", b, 1, 30_000)]
+    gevent.joinall([holder, *batch], timeout=10, raise_error=True)
+    assert isinstance(outcomes["short"], ServiceError) and outcomes["short"].status == 504
+    assert 0.025 < outcomes["short_s"] < 0.15, outcomes["short_s"]
+    assert isinstance(outcomes["leader"], np.ndarray) and outcomes["leader_s"] > 0.25
+    assert slow_a.rows == 5 and slow_b.rows == 1 and policy.waiting == 0
+
+
 @pytest.mark.parametrize("merged", [False, True])
 @fresh_hub
 def test_a_request_taken_into_a_batch_is_answered_by_that_batch(registry, merged):

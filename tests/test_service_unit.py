@@ -33,6 +33,7 @@ def client(registry):
 def test_preferred_batch_sizes_are_a_comma_separated_list():
     assert Settings.from_env({"PREFERRED_BATCH_SIZE": " 16, 8,8 "}).preferred_batch_sizes() == (8, 16)
     assert Settings.from_env({"PREFERRED_BATCH_SIZE": ""}).preferred_batch_sizes() == ()
+    assert Settings.from_env({"PREFERRED_BATCH_SIZE": "8,16,"}).preferred_batch_sizes() == (8, 16)  # as before
     for bad in ("8 16", "8,,16", "x"):  # "8 16" was read as 816
         with pytest.raises(ValidationError):
             Settings.from_env({"PREFERRED_BATCH_SIZE": bad})
@@ -597,15 +598,21 @@ def test_no_two_schemas_share_a_name():
 
 def test_a_model_without_an_input_range_still_takes_only_finite_float32_inputs(registry):
     """Without preprocessing.input_range the range was (-inf, inf): a float64 1e300 passed, became inf in
-    the network's float32, and was answered."""
+    the network's float32, and was answered (an integrated-gradients baseline too)."""
     import dataclasses
 
     from service.dataplane.dataplane import as_batch
     xor = registry.snapshot.get("xor")
     bare = dataclasses.replace(xor, metadata={k: v for k, v in xor.metadata.items() if k != "preprocessing"})
-    assert bare.input_range == (-math.inf, math.inf)
+    largest = float(np.finfo(np.float32).max)
+    assert bare.input_range == (-largest, largest)
     np.testing.assert_array_equal(as_batch(np.array([[0.0, -5e30]]), bare), np.array([[0, -5e30]], np.float32))
     for value in (1e300, -1e39, math.inf):
         with pytest.raises(ServiceError) as err:
             as_batch(np.array([[0.0, value]]), bare)
         assert err.value.status == 422, value
+    from service.dataplane.diagnostics import as_baseline  # integrated gradients' start: the same bound
+    for baseline in (1e300, [0.0, 1e300]):
+        with pytest.raises(ServiceError) as err:
+            as_baseline(baseline, bare)
+        assert err.value.status == 422 and "outside" in err.value.message

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import gevent
@@ -48,6 +49,7 @@ from service.batching.rules import Batcher, Pending
 from service.repository.model_version import ModelVersion
 
 OFF_LOOP_SECONDS = 0.002  # a pass estimated longer than this runs on the model thread (handing off: ~0.1 ms)
+NO_CLAIM = contextlib.nullcontext()  # reusable: a pass on the loop waits for nothing
 LEAD, DONE = "lead", "done"
 
 
@@ -119,9 +121,9 @@ class GeventBatcher(Batcher):
 
     @staticmethod
     def wait(queue: VersionQueue, item: Pending) -> str:
-        """Until the request leads or is done; at its deadline, if it is still queued, its deadline's
-        error (the batch it would have joined runs without it). Once taken into a batch, it waits for
-        that batch, which computes it or fails it as expired (as the thread batcher does)."""
+        """Until the request leads or is done; at its deadline, if its pass has not started, its
+        deadline's error: out of the queue if still queued, or, taken into a batch still waiting for the
+        model thread, marked failed so that batch leaves it out. One whose pass runs waits for it."""
         left = item.ticket.remaining() if item.ticket is not None else None
         if left is None:
             return item.wake.get()
@@ -132,6 +134,9 @@ class GeventBatcher(Batcher):
                 return item.wake.value
             if item in queue.items:
                 raise item.ticket.error() from None
+            if not item.ticket.running:  # taken, its batch waiting for the model thread: it gives up now
+                item.error = item.ticket.error()
+                return DONE
             return item.wake.get()
 
     def take(self, queue: VersionQueue) -> list[Pending]:
@@ -147,21 +152,22 @@ class GeventBatcher(Batcher):
         try:
             rules.execute(taken, table, lambda rows, group: self.forward(queue.entry, rows, table, group),
                           lambda group: self.claim(table, sum(len(i.rows) for i in group),
-                                                   [i.ticket for i in group]))
+                                                   [i.ticket for i in group if i.error is None]))
         finally:
             for item in taken[1:]:  # the leader (taken[0]) returns its own
                 item.wake.set(DONE)
 
-    @contextlib.contextmanager
-    def claim(self, table: CostTable, rows: int, tickets: list[Ticket | None]) -> Iterator[None]:
+    def claim(self, table: CostTable, rows: int, tickets: list[Ticket | None]) -> AbstractContextManager[None]:
         """The model thread, for a pass of ``rows`` that will run on it, waited for within the latest of
         the requests' deadlines. Until then they still wait (the queue policy counts them as waiting, and
-        their deadlines run: the caller then finds them expired); a pass on the loop needs no claim."""
-        if table.cost(rows) <= OFF_LOOP_SECONDS:
-            yield
-            return
+        their deadlines run: the caller then finds them expired); a pass on the loop needs no claim (and
+        costs nothing here: the one-sample path)."""
+        return NO_CLAIM if table.cost(rows) <= OFF_LOOP_SECONDS else self._claim(tickets)
+
+    @contextlib.contextmanager
+    def _claim(self, tickets: list[Ticket | None]) -> Iterator[None]:
         lefts = [ticket.remaining() if ticket is not None else None for ticket in tickets]
-        held = self.model_thread.acquire(timeout=None if None in lefts else max(0.0, *lefts))
+        held = self.model_thread.acquire(timeout=None if None in lefts else max([0.0, *lefts]))
         try:
             yield
         finally:

@@ -129,7 +129,8 @@ def execute(taken: list[Pending], table: CostTable, forward: Forward,
     try:
         for group in groups:
             with claim(group) if claim is not None else contextlib.nullcontext():
-                run_group([item for item in group if not expired(item)], forward)
+                # one that gave up meanwhile (its deadline: the gevent batcher's wait) is already failed
+                run_group([item for item in group if item.error is None and not expired(item)], forward)
     finally:
         for item in taken:
             if item.result is None and item.error is None:  # the leader was killed mid-way (a stop)

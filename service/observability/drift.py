@@ -12,6 +12,7 @@ most a second once they stop: :meth:`DriftMonitor.flush`), so the server's score
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -39,10 +40,17 @@ class Window:
         self.position = self.filled = 0
         self.publish_at = 0.0
         self.stale = False  # scores observed since the gauges were last written
+        # a gRPC process observes on its calls' threads and flushes on its watcher's: a sum read before
+        # another thread's newer one must not be written after it (and then never again)
+        self.lock = threading.Lock()
         self.sum_gauge, self.count_gauge = SCORE_SUM.labels(model, str(version)), SAMPLES.labels(model, str(version))
 
     def observe(self, batch: np.ndarray) -> None:
         scores = self.scorer.scores(batch)[-self.size:]
+        with self.lock:
+            self._add(scores)
+
+    def _add(self, scores: np.ndarray) -> None:
         n = len(scores)
         end = self.position + n
         if end <= self.size:
@@ -62,7 +70,14 @@ class Window:
         else:
             self.stale = True
 
+    def flush(self) -> None:
+        """Publish what was observed since the gauges were last written, if anything was."""
+        with self.lock:
+            if self.stale:
+                self.publish()
+
     def publish(self) -> None:
+        """Write the gauges (the caller holds the lock)."""
         self.stale = False
         self.sum_gauge.set(float(self.ring[:self.filled].sum()))
         self.count_gauge.set(self.filled)
@@ -95,7 +110,7 @@ class DriftMonitor:
         call: otherwise the last samples before traffic stops would never be published)."""
         for _, window in list(self.windows.values()):
             if window is not None and window.stale:
-                window.publish()
+                window.flush()
 
     def _make(self, model: str, version: int, metadata: dict[str, Any], features: int) -> Window | None:
         summary = metadata.get("input_summary")

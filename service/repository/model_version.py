@@ -56,8 +56,11 @@ class ModelVersion:
 
     @property
     def input_range(self) -> tuple[float, float]:
+        """The inputs this version takes: its metadata's ``preprocessing.input_range``, within what its
+        dtype holds (without a range, a float64 1e300 would become inf in a float32 pass)."""
         lo, hi = self.metadata.get("preprocessing", {}).get("input_range", [-math.inf, math.inf])
-        return float(lo), float(hi)
+        largest = float(np.finfo(self.dtype).max)
+        return max(float(lo), -largest), min(float(hi), largest)
 
     def info(self) -> dict[str, Any]:
         """The version as ``GET /models/{m}`` lists it."""
