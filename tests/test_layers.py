@@ -110,6 +110,17 @@ def test_dtype_is_preserved(dtype):
     assert ReLU().forward(x).dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_serves_what_it_trains_and_an_overflowed_unit_is_zero(dtype):
+    """infer is max(x, 0) as forward is (up to the sign of zero); a unit overflowed to -inf is 0 (PyTorch's
+    answer), where x times its mask made it NaN, and one such unit made every answer of the network NaN."""
+    x = np.random.default_rng(4).standard_normal((7, 5)).astype(dtype)
+    np.testing.assert_array_equal(ReLU().infer(x), ReLU().forward(x))
+    assert ReLU().infer(x).dtype == dtype
+    edge = np.array([[-np.inf, np.inf, -1.0, 0.0, 2.0]], dtype)
+    np.testing.assert_array_equal(ReLU().infer(edge), [[0.0, np.inf, 0.0, 0.0, 2.0]])
+
+
 @pytest.mark.parametrize("kind", ["dense", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "batchnorm_train"])
 def test_against_pytorch(kind):
     torch = require_torch()

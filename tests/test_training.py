@@ -113,6 +113,21 @@ def test_cli_writes_versioned_models(tmp_path):
     # an existing version is never overwritten silently
     assert main(["xor", "--out", str(tmp_path), "--version", "1", "--quiet"]) == 2
     assert main(["xor", "--out", str(tmp_path), "--version", "1", "--force", "--quiet", "--no-plot"]) == 0
+    assert not (v1 / "curves.png").exists()  # the overwritten version's plot is not this model's
+
+
+def test_two_runs_finishing_together_write_two_versions(tmp_path, monkeypatch):
+    """Both picked the next number before either wrote it: the second's weights replaced the first's
+    (which a server may already serve). Here the second is told the stale number, as in that race."""
+    assert main(["xor", "--out", str(tmp_path), "--quiet", "--no-plot", "--seed", "1"]) == 0
+    first = load_model(tmp_path / "xor" / "1" / "model.npz").sha256
+    stale = iter([1])  # what the second run computed while the first was still training
+    real = recipes.next_version
+    monkeypatch.setattr(recipes, "next_version", lambda d: next(stale, None) or real(d))
+    assert main(["xor", "--out", str(tmp_path), "--quiet", "--no-plot", "--seed", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "xor").iterdir()) == ["1", "2"]
+    assert load_model(tmp_path / "xor" / "1" / "model.npz").sha256 == first
+    assert load_model(tmp_path / "xor" / "2" / "model.npz").metadata["version"] == 2
 
 
 @pytest.mark.parametrize("argv", [["nope"], ["xor", "--epochs", "0"], ["xor", "--lr", "-1"], ["xor", "--epochs", "x"]])

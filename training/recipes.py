@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -231,10 +232,43 @@ def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Seque
     (``model/input_summary.py``) goes into the metadata, for the server's drift score. ``metrics``
     (default: :func:`final_metrics`) and ``extra`` (more metadata entries) come from the caller.
     """
-    version = version if version is not None else next_version(out / recipe.name)
-    target = version_dir(out, recipe.name, version)
-    if (target / WEIGHTS_FILE).exists() and not force:
-        raise FileExistsError(f"{target / WEIGHTS_FILE} exists (pass --force to overwrite)")
+    version, target, made = reserve_version(out, recipe.name, version, force)
+    try:
+        return write_version(target, version, recipe, dataset, net, history, plot, force, metrics, extra)
+    except BaseException:
+        if made and not (target / WEIGHTS_FILE).exists():  # nothing of it written: the number is free again
+            with contextlib.suppress(OSError):
+                for leftover in target.iterdir():
+                    leftover.unlink()
+                target.rmdir()
+        raise
+
+
+def reserve_version(out: Path, name: str, version: int | None, force: bool) -> tuple[int, Path, bool]:
+    """(version, its directory, whether this call made it). Without ``version``, the next number, its
+    directory made here: two runs finishing together used to pick the same number, and the second's
+    weights replaced the first's (which a server may already serve). A version named, or one whose
+    weights exist, is refused unless ``force``; the weights file itself is installed without replacing
+    another run's written meanwhile (``save_model(overwrite=False)``)."""
+    (out / name).mkdir(parents=True, exist_ok=True)
+    while True:
+        chosen = version if version is not None else next_version(out / name)
+        target = version_dir(out, name, chosen)
+        try:
+            target.mkdir()
+            return chosen, target, True
+        except FileExistsError:
+            if version is None:  # taken by another run since: the next one
+                continue
+        if (target / WEIGHTS_FILE).exists() and not force:
+            raise FileExistsError(f"{target / WEIGHTS_FILE} exists (pass --force to overwrite)")
+        return chosen, target, False
+
+
+def write_version(target: Path, version: int, recipe: Recipe, dataset: datasets.Dataset, net: Sequential,
+                  history: History, plot: bool, force: bool, metrics: dict[str, float] | None,
+                  extra: dict[str, Any] | None) -> tuple[Path, dict[str, Any]]:
+    """:func:`write_model`'s files, into the version directory reserved for them."""
     metrics = metrics if metrics is not None else final_metrics(recipe, net, dataset, history)
     metadata: dict[str, Any] = {
         "name": recipe.name,
@@ -255,12 +289,13 @@ def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Seque
     }
     if recipe.teacher:
         metadata["teacher"] = teacher_record(load_teacher(recipe, dataset))
-    save_model(target / WEIGHTS_FILE, net, metadata)
+    save_model(target / WEIGHTS_FILE, net, metadata, overwrite=force)
     report = {"metrics": metrics, "targets": metadata["targets"]}
     with atomic_writer(target / METRICS_FILE, "w") as fh:
         json.dump({**report, "history": history.epochs}, fh, indent=2)
-    if plot:
-        plot_history(history, target / CURVES_FILE, title=f"{recipe.name} v{version}")
+    if not (plot and plot_history(history, target / CURVES_FILE, title=f"{recipe.name} v{version}")):
+        with contextlib.suppress(FileNotFoundError):  # an overwritten version's curves are not this model's
+            (target / CURVES_FILE).unlink()
     return target, report
 
 
