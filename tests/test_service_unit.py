@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -472,7 +473,8 @@ def test_a_version_number_no_client_could_name_is_no_version(tmp_path, model_rep
 
 def test_a_configuration_or_rollout_nested_too_deeply_is_ignored_not_fatal(tmp_path, model_repository, caplog):
     """json.loads raises RecursionError (not a ValueError) for deep nesting: a config.json or rollout.json
-    of 30,000 brackets stopped every scan of the repository, and the app could not start."""
+    of 30,000 brackets stopped every scan of the repository, and the app could not start (as did a
+    version policy that is not text)."""
     import shutil
 
     xor = tmp_path / "repo" / "xor"
@@ -482,6 +484,9 @@ def test_a_configuration_or_rollout_nested_too_deeply_is_ignored_not_fatal(tmp_p
     registry = ModelRegistry(tmp_path / "repo", settle_seconds=0.0).load_all()
     assert sorted(registry.snapshot.serving["xor"]) == [1]
     assert "nested too deeply" in caplog.text
+    for policy in (2, None, ["all"], {"kind": "all"}):  # not text: {"version_policy": 2} stopped every scan
+        (xor / "config.json").write_text(json.dumps({"version_policy": policy}))
+        assert sorted(ModelRegistry(tmp_path / "repo", settle_seconds=0.0).load_all().snapshot.serving["xor"]) == [1]
     client = create_app(model_registry=registry).test_client()
     assert client.post("/predict", json={"model": "xor", "inputs": [[0, 1]]}).status_code == 200
     assert "nested too deeply" in client.get("/models/xor").get_json()["rollout_error"]
@@ -616,3 +621,42 @@ def test_a_model_without_an_input_range_still_takes_only_finite_float32_inputs(r
         with pytest.raises(ServiceError) as err:
             as_baseline(baseline, bare)
         assert err.value.status == 422 and "outside" in err.value.message
+
+
+def test_a_version_being_replaced_serves_on_until_its_new_file_settles(tmp_path, model_repository):
+    """A loaded version whose weights file was just rewritten (or touched) was dropped at the next scan
+    until the file settled: a lone version left the model with nothing serving."""
+    import shutil
+
+    shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / "1")
+    registry = ModelRegistry(tmp_path, settle_seconds=30.0).load_all()
+    entry = registry.snapshot.serving["xor"][1]
+    os.utime(tmp_path / "xor" / "1" / "model.npz")  # as a copy over it would, just now
+    registry.refresh()
+    assert registry.snapshot.serving["xor"] == {1: entry}  # the loaded one, until the new file settles
+
+
+def test_the_repository_api_loads_a_model_just_copied_in(tmp_path, model_repository):
+    """Copy the directory, then load it (Triton's way): its files are meant to be ready. The load read
+    only settled files, answered 400 'no version found', and the model served a few seconds later."""
+    import shutil
+
+    registry = ModelRegistry(tmp_path, settle_seconds=30.0, state_file=tmp_path / "state.json").load_all()
+    shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / "1", copy_function=shutil.copy)  # now
+    registry.set_unloaded("xor", False)
+    assert sorted(registry.snapshot.serving["xor"]) == [1]
+
+
+def test_a_worker_started_after_a_repository_change_catches_up_at_once(tmp_path, model_repository):
+    """A worker forked from the master's snapshot after an unload served the model again until the next
+    poll (never, with MODEL_POLL_SECONDS=0): the watcher took the changed state as its baseline."""
+    import shutil
+
+    from service.repository.watcher import watch
+    shutil.copytree(model_repository / "xor" / "1", tmp_path / "xor" / "1")
+    state = tmp_path / "state.json"
+    forked = ModelRegistry(tmp_path, state_file=state).load_all()  # the master's snapshot, before the unload
+    ModelRegistry(tmp_path, state_file=state).load_all().set_unloaded("xor", True)  # another process
+    assert "xor" in forked.snapshot.serving
+    watch(forked, 0, lambda seconds: True)  # polls off; the process stops at its first wait
+    assert "xor" not in forked.snapshot.serving

@@ -66,16 +66,17 @@ class ModelRegistry:
         self.refresh(settle=False)
         return self
 
-    def refresh(self, settle: bool = True) -> bool:
-        """Scan the repository and swap in what serves now; True when anything changed."""
+    def refresh(self, settle: bool = True, eager: str | None = None) -> bool:
+        """Scan the repository and swap in what serves now; True when anything changed. ``eager``: a
+        model whose files are read settled or not (the repository API's load: they are meant to be ready)."""
         with self._scanning:
             before = serving_entries(self.snapshot)
-            changed = self.scan(settle)
+            changed = self.scan(settle, eager)
             if before - serving_entries(self.snapshot):  # versions gone: their memory freed by now
                 release_freed_memory()
             return changed
 
-    def scan(self, settle: bool) -> bool:
+    def scan(self, settle: bool, eager: str | None = None) -> bool:
         old = self.snapshot
         state = self.shared.read()
         unloaded = frozenset(state["unloaded"])
@@ -96,7 +97,8 @@ class ModelRegistry:
             policy = model_policy(model_dir, self.policy)
             policies[name] = str(policy)
             rollout = self.rollout_of(name, model_dir, state["rollouts"].get(name), state["files"].get(name))
-            found = self.settled_versions(model_dir, self.settle_seconds if settle else 0.0)
+            known = {v: e.signature for table in (old.serving, old.failed) for v, e in table.get(name, {}).items()}
+            found = self.settled_versions(model_dir, self.settle_seconds if settle and name != eager else 0.0, known)
             serving[name], failed[name] = {}, {}
             for version in policy.candidates(list(found)):
                 entry = self.entry(old, name, version, found[version])
@@ -159,17 +161,23 @@ class ModelRegistry:
                 return agreed
         return file
 
-    def settled_versions(self, model_dir: Path, settle_seconds: float) -> dict[int, Signature]:
-        """Numbered version directories whose weights file has settled -> the file's signature."""
+    def settled_versions(self, model_dir: Path, settle_seconds: float,
+                         known: dict[int, Signature] | None = None) -> dict[int, Signature]:
+        """Numbered version directories whose weights file has settled -> the file's signature. A version
+        loaded already (``known``: its signature then) whose file is being replaced keeps that signature,
+        so it serves on until the new file settles (it was dropped: a lone version left nothing serving)."""
         out: dict[int, Signature] = {}
+        known = known or {}
         now = time.time()
         for version in versions(model_dir):
             try:
                 st = (model_dir / str(version) / WEIGHTS_FILE).stat()
             except OSError:
                 continue  # no weights file (yet)
-            if now - st.st_mtime < settle_seconds:
-                continue  # still being written, perhaps: the next scan looks again
+            if now - st.st_mtime < settle_seconds:  # still being written, perhaps: the next scan looks again
+                if version in known:
+                    out[version] = known[version]
+                continue
             out[version] = (st.st_ino, st.st_size, st.st_mtime_ns)
         return out
 
@@ -184,9 +192,10 @@ class ModelRegistry:
 
     # -- the repository API ----------------------------------------------------------------------
     def set_unloaded(self, name: str, unloaded: bool) -> None:
-        """Mark a model unloaded (or not) for every process; this one rescans at once."""
+        """Mark a model unloaded (or not) for every process; this one rescans at once, a model loaded
+        with its files read even if just copied (the others read them once they settle)."""
         self.shared.mark_unloaded(name, unloaded)
-        self.refresh()
+        self.refresh(eager=None if unloaded else name)
 
     def change_rollout(self, name: str, change: Callable[[Rollout | None], Rollout | None]) -> Rollout | None:
         """Replace a model's rollout for every process by ``change(the rollout in force)`` (None clears it),

@@ -32,6 +32,8 @@ class VersionPolicy:
 
     @classmethod
     def parse(cls, text: str) -> VersionPolicy:
+        if not isinstance(text, str):  # a config.json's {"version_policy": 2}: a bad policy, not a crash
+            raise ValueError(f"a version policy is text such as 'latest:1', got {type(text).__name__}")
         kind, _, arg = text.strip().lower().partition(":")
         try:
             if kind == "latest":

@@ -22,7 +22,12 @@ def watch(registry: ModelRegistry, poll_seconds: float, wait: Callable[[float], 
     overlap, and requests keep the snapshot they started with. ``refreshed`` runs after each scan (the
     gRPC process updates its health service), ``every_tick`` at each look (at most a second apart: the
     data plane's periodic work, such as publishing the drift gauges)."""
-    registry.state_changed()  # the baseline
+    if registry.state_changed():  # a worker forked after the repository API changed things: catch up now
+        try:
+            registry.refresh()
+            refreshed()
+        except Exception:
+            log.exception("model repository scan failed")
     tick = min(1.0, poll_seconds) if poll_seconds > 0 else 1.0
     last = time.monotonic()
     while not wait(tick):
