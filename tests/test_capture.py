@@ -735,3 +735,44 @@ def test_a_driver_comes_before_the_first_capture(tmp_path):
     with pytest.raises(RuntimeError, match="before"):
         capture.drive_with(lambda recorder: None)
     capture.close()
+
+
+@pytest.mark.parametrize("how", ["unlinked", "moved"])
+def test_a_segment_moved_away_is_let_go_before_the_next_write(tmp_path, how):
+    """An operator may move segments at any time: feedback written after, fsynced and answered as stored,
+    went into the unlinked (or moved) file, and nothing of it stayed in the directory."""
+    journal = Journal(tmp_path, "feedback", 1 << 20)
+    assert journal.append(b'{"n":1}\n', durable=True)
+    [first] = segments(tmp_path)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-archive"
+    elsewhere.mkdir()
+    if how == "unlinked":
+        shutil.copy(first, elsewhere / first.name)  # a move to another disk: copied, then unlinked
+        first.unlink()
+    else:
+        first.rename(elsewhere / first.name)
+    for n in (2, 3):
+        assert journal.append(b'{"n":%d}\n' % n, durable=True)
+    journal.close()
+    kept = [line for path in segments(tmp_path) for line in complete_lines(path)]
+    assert kept == [b'{"n":2}\n', b'{"n":3}\n']  # in the directory, where readers look
+    assert complete_lines(elsewhere / first.name) == [b'{"n":1}\n']
+
+
+def test_a_disk_refusing_every_write_leaves_no_empty_files(tmp_path, monkeypatch):
+    """Each retry after RECHECK_SECONDS made a new segment, the write failed and the empty file stayed:
+    one file a second, for good, each opened by every index refresh."""
+    from service.capture import rotation, segment
+
+    monkeypatch.setattr(rotation, "RECHECK_SECONDS", 0.0)
+    journal = Journal(tmp_path, "capture", 1 << 20)
+    def refuse(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(segment, "os", OsWith(write=refuse))
+    for _ in range(20):
+        with contextlib.suppress(CaptureWriteError):
+            journal.append(b'{"n":1}\n')
+    monkeypatch.undo()
+    journal.close()
+    assert segments(tmp_path) == []

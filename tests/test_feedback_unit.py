@@ -257,3 +257,32 @@ def test_the_index_is_bounded_by_ids_and_by_rows_whatever_clients_send(tmp_path)
     finally:
         tracemalloc.stop()
     assert per_id < 2 * 200, per_id  # a capture and a label: about 140 bytes each
+
+
+def test_feedback_larger_than_the_whole_budget_is_a_413_not_a_507(registry, tmp_path):
+    """No retry and no operator could make room for it: it was a 507 'move files away' with Retry-After."""
+    app = create_app({"capture_dir": str(tmp_path), "capture_max_bytes": 64 * 1024}, model_registry=registry)
+    client = app.test_client()
+    big = {"model": "mnist", "inputs": [[0.5] * 784] * 16, "labels": ["3"] * 16}  # ~50 KB, over a 32 KiB budget
+    r = client.post("/feedback", json=big)
+    assert r.status_code == 413 and r.get_json()["error"]["code"] == "feedback_too_large", r.get_json()
+    assert "Retry-After" not in r.headers
+    assert client.post("/feedback", json={**big, "inputs": big["inputs"][:1], "labels": ["3"]}).status_code == 200
+    app.extensions["dataplane"].capture.close()
+
+
+def test_a_line_of_another_shape_is_skipped_not_fatal(tmp_path):
+    """A response event whose data or outputs are not objects (a foreign tool's file) raised
+    AttributeError out of every refresh, in every worker: every POST /feedback was a 500, for good."""
+    (tmp_path / "feedback").mkdir()
+    index = CaptureIndex(tmp_path, tmp_path / "feedback")
+    odd = [{"specversion": "1.0", "id": "x", "type": "org.kubeflow.serving.inference.response", "data": data}
+           for data in ({"outputs": ["label"]}, ["a list"], "text", {"outputs": [{"name": "label", "data": 5}]})]
+    write_lines(tmp_path / "capture-odd.jsonl", *(json.dumps(e).encode() + b"\n" for e in odd))
+    write_lines(tmp_path / "feedback" / "feedback-odd.jsonl",
+                json.dumps({"type": "numpy-nets.inference.feedback", "data": ["not", "an", "object"]}).encode() + b"\n")
+    x, p = np.zeros((1, 2), np.float32), np.array([[0.1, 0.9]], np.float32)
+    write_lines(tmp_path / "capture-good.jsonl", events.inference_events("good", "xor", 1, time.time_ns(), x, p, ["1"]))
+    index.refresh()
+    assert index.captured("good").predicted == ("1",) and index.captured("x") is None
+    assert index.skipped >= 3

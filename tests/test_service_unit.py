@@ -660,3 +660,11 @@ def test_a_worker_started_after_a_repository_change_catches_up_at_once(tmp_path,
     assert "xor" in forked.snapshot.serving
     watch(forked, 0, lambda seconds: True)  # polls off; the process stops at its first wait
     assert "xor" not in forked.snapshot.serving
+
+
+def test_a_request_id_ending_in_a_newline_is_not_the_client_s():
+    """re's "$" also matches before a final newline: 'abc\\n' was kept as the id, captured under it, and
+    no feedback could name it (its schema refuses the newline)."""
+    from service.observability.request_record import request_id
+    assert request_id("abc") == "abc"
+    assert request_id("abc\n") != "abc\n" and len(request_id("abc\n")) == 32

@@ -245,7 +245,7 @@ class _Loader:
                     continue
                 try:
                     event = json.loads(line)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
                     self.reject("unparseable", where=f"{path}:{number}")
                     continue
                 if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -272,7 +272,7 @@ class _Loader:
             # float64 first: the text is float32's shortest repr, which float64 reads exactly, and the
             # rounding to float32 then gives the served bits back (service/capture/events.py). null -> NaN.
             rows = np.asarray(data, dtype=np.float64).astype(np.float32).reshape(n, self.features)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past any float
             return None
         return _Tensor(rows, n)
 
@@ -376,7 +376,7 @@ def _read_captures(loader: _Loader, paths: list[Path], wanted: set[str]) -> dict
     for path in paths:
         for number, event in loader.events(path):
             kind, rid = event["type"], event.get("id")
-            if kind not in (REQUEST_TYPE, RESPONSE_TYPE) or rid not in wanted:
+            if kind not in (REQUEST_TYPE, RESPONSE_TYPE) or not isinstance(rid, str) or rid not in wanted:
                 continue  # the unlabelled majority is never parsed further
             if event.get("inferenceservicename") != loader.model_name:
                 continue

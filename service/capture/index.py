@@ -157,14 +157,14 @@ class CaptureIndex:
             if RESPONSE_TYPE in line[:HEAD]:
                 event = self._parse(line)
                 if event is not None:
-                    data = event.get("data") or {}
-                    outputs = {o.get("name"): o for o in data.get("outputs", [])}
-                    try:
+                    try:  # any line of the right type, also a foreign tool's: an odd one is skipped, not fatal
+                        data = event["data"]
+                        outputs = {o.get("name"): o for o in data.get("outputs", [])}
                         model = str(data["model_name"])
                         captured = Captured(self.names.setdefault(model, model) if len(self.names) < 4096
                                             else model, int(data["model_version"]),
                                             self.label_names(outputs["label"]["data"]))
-                    except (KeyError, TypeError, ValueError):
+                    except (KeyError, TypeError, ValueError, AttributeError):
                         self.skipped += 1
                         continue
                     key = self.digest(str(event.get("id")))
@@ -175,8 +175,8 @@ class CaptureIndex:
                     self.captures.put(key, self.one_of(captured, len(captured.predicted)))
             elif FEEDBACK_TYPE in line[:HEAD]:
                 event = self._parse(line)
-                data = (event or {}).get("data") or {}
-                rid = data.get("request_id")
+                data = (event or {}).get("data")
+                rid = data.get("request_id") if isinstance(data, dict) else None
                 if isinstance(rid, str) and self.labelled.get(self.digest(rid)) is None:  # the first one stands
                     self.labelled.put(self.digest(rid), self.label_names(data.get("labels", [])))
 

@@ -125,6 +125,7 @@ class Journal:
             raise ValueError("a journal appends whole lines: every record must end in a newline")
         with self._lock:
             self._check_open()
+            self._rotation.check_in_place()
             done = 0
             while done < len(records):
                 room = self._rotation.segment.room if self._rotation.segment is not None else 0

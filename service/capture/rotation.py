@@ -86,6 +86,7 @@ class Rotation:
             The disk refused closing the old segment or creating the new one (the segment is abandoned),
             or did within the last ``RECHECK_SECONDS``.
         """
+        self.check_in_place()
         if self.segment is not None and size <= self.segment.room:
             return True
         if size > self.max_bytes:
@@ -102,6 +103,15 @@ class Rotation:
             self.fail(e)
             raise CaptureWriteError(f"capture directory {self.budget.directory}: cannot rotate its segment: {e}",
                                     e) from e
+
+    def check_in_place(self) -> None:
+        """Let go of a segment that was moved away or removed (the next write claims a new one)."""
+        if self.segment is not None and not self.segment.in_place():
+            log.warning("capture journal %s: segment %s was moved away; writing a new one", self.budget.directory,
+                        self.segment.name)
+            segment, self.segment = self.segment, None
+            with contextlib.suppress(OSError):
+                segment.close()
 
     def _claim(self, size: int) -> bool:
         with self.budget.locked():

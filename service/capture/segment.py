@@ -44,6 +44,17 @@ class Segment:
             raise
         self.fd = fd
 
+    def in_place(self) -> bool:
+        """Whether its name still names this file: an operator may move a segment away at any time,
+        and lines written to a file no longer in the directory (or unlinked, moved to another disk)
+        would be fsynced, answered as stored, and never seen again."""
+        try:
+            there = os.stat(self.directory / self.name)
+        except OSError:
+            return False
+        mine = os.fstat(self.fd)
+        return (there.st_ino, there.st_dev) == (mine.st_ino, mine.st_dev)
+
     @property
     def room(self) -> int:
         """Bytes left of the claim."""
@@ -78,7 +89,11 @@ class Segment:
             os.close(self.fd)
 
     def abandon(self) -> None:
-        """Cut back to ``written`` (whole lines: a failed write's part goes) and closed, errors ignored."""
+        """Cut back to ``written`` (whole lines: a failed write's part goes) and closed, errors ignored;
+        an empty one is removed (a disk refusing every write left one empty file a second, for good)."""
+        if self.written == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory / self.name)  # still under its lock: no one counts it meanwhile
         with contextlib.suppress(OSError):
             os.ftruncate(self.fd, self.written)
         with contextlib.suppress(OSError):

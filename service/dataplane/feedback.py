@@ -174,6 +174,11 @@ class Feedback:
         label_indices(labels, entry, field)
 
     def _store(self, lines: bytes) -> None:
+        limit = self.capture.feedback.journal.max_bytes
+        if len(lines) > limit:  # no retry and no operator could make room for it: not a 507
+            raise ServiceError(413, "feedback_too_large", f"this feedback takes {len(lines)} bytes as stored, "
+                               f"over the whole feedback budget ({limit} bytes, a sixteenth of CAPTURE_MAX_BYTES); "
+                               "send it in smaller parts")
         try:
             stored = not lines or self.capture.feedback.write_now(lines)
         except CaptureWriteError:

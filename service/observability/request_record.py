@@ -25,7 +25,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 def request_id(supplied: str | None) -> str:
     """The client's ``X-Request-ID`` if it is a safe token, else 32 random hex digits (as ``uuid4().hex``,
     without building a UUID object each request)."""
-    return supplied if supplied and REQUEST_ID.match(supplied) else os.urandom(16).hex()
+    return supplied if supplied and REQUEST_ID.fullmatch(supplied) else os.urandom(16).hex()  # "$" takes a "\n"
 
 
 def record(snapshot: Catalogue, endpoint: str, method: str, path: str, model: str | None, batch_size: int | None,
