@@ -71,8 +71,13 @@ class SoftmaxCrossEntropy(Loss):
         batch = logits.shape[0]
         targets = np.asarray(targets)
         if targets.ndim == 1:
+            index = targets.astype(np.intp)
+            # as PyTorch: -1 is no "last class", nor 2.7 class 2
+            if len(index) and (index.min() < 0 or index.max() >= logits.shape[1] or not np.array_equal(index, targets)):
+                raise ValueError(f"class indices must be whole numbers in [0, {logits.shape[1]}), got "
+                                 f"{targets[:8].tolist()}...")
             onehot = np.zeros_like(logits)
-            onehot[np.arange(batch), targets.astype(np.intp)] = 1.0
+            onehot[np.arange(batch), index] = 1.0
         else:
             onehot = targets.astype(logits.dtype, copy=False)
         rows = np.arange(batch)

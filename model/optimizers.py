@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from model.layers import finite
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -49,7 +51,7 @@ class Momentum(Optimizer):
 
     def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False) -> None:
         super().__init__(lr)
-        self.momentum = float(momentum)
+        self.momentum = finite(momentum, "momentum", 0.0)
         self.nesterov = bool(nesterov)
 
     def step(self, params: Arrays, grads: Arrays) -> None:
@@ -83,7 +85,10 @@ class Adam(Optimizer):
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8) -> None:
         super().__init__(lr)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        for name, beta in (("beta1", beta1), ("beta2", beta2)):  # 1 divides by zero in the bias correction
+            if not finite(beta, name, 0.0, 1.0) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {beta!r}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), finite(eps, "eps", 0.0)
         self.t = 0
 
     def step(self, params: Arrays, grads: Arrays) -> None:

@@ -171,3 +171,11 @@ def test_distillation_against_torch(temperature, weight):
 def test_distillation_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         Distillation(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [[-1, 2], [0, 3], [0.0, 2.7]])
+def test_class_indices_are_whole_numbers_in_range(bad):
+    """-1 trained as the last class and 2.7 as class 2 (PyTorch refuses both)."""
+    with pytest.raises(ValueError, match="class indices"):
+        SoftmaxCrossEntropy().forward(np.zeros((2, 3)), np.array(bad))
+    SoftmaxCrossEntropy().forward(np.zeros((2, 3)), np.array([0.0, 2.0]))  # whole floats are indices still

@@ -76,3 +76,11 @@ def test_against_pytorch(name):
         tw.grad = torch.tensor(g)
         theirs.step()
     np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(beta1=-0.1), lambda: Adam(beta2=1.0), lambda: Adam(beta1=float("nan")),
+                                  lambda: Adam(eps=-1.0), lambda: Momentum(0.1, momentum=-0.5)])
+def test_rejects_settings_outside_their_ranges(make):
+    """Adam(beta2=1) divided by zero at its first step; a negative beta or momentum was taken."""
+    with pytest.raises(ValueError):
+        make()
