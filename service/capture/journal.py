@@ -145,6 +145,15 @@ class Journal:
                 done = end
             return done
 
+    def refusing(self) -> bool:
+        """Whether an append of a record that does not fit the current segment would be refused now
+        without a look (a full budget or a refusing disk, within its ``RECHECK_SECONDS``)."""
+        return self._rotation.waiting()
+
+    def failing(self) -> bool:
+        """Whether that refusal is the disk's (else the budget's)."""
+        return self._rotation.error is not None
+
     def sync(self) -> None:
         """``fsync`` what this journal wrote to its current segment (and the segment's directory entry)."""
         with self._lock:

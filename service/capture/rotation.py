@@ -104,6 +104,11 @@ class Rotation:
             raise CaptureWriteError(f"capture directory {self.budget.directory}: cannot rotate its segment: {e}",
                                     e) from e
 
+    def waiting(self) -> bool:
+        """Whether a new claim would be refused without a look (a full budget or a refusing disk, within
+        its wait), with no current segment to write meanwhile."""
+        return (self.segment is None or self.segment.room <= 0) and time.monotonic() < self._full_until
+
     def check_in_place(self) -> None:
         """Let go of a segment that was moved away or removed (the next write claims a new one)."""
         if self.segment is not None and not self.segment.in_place():
