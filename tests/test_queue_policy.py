@@ -109,15 +109,25 @@ class Race:
         self.outcomes = {}
 
     def one(self, name, timeout_us):
-        ticket = self.policy.admit("xor", timeout_us, time.perf_counter())
-        start = time.perf_counter()
-        try:
-            self.outcomes[name] = self.batcher.run(self.entry, self.x, ticket)
-        except ServiceError as exc:
-            self.outcomes[name] = exc
-        finally:
-            self.policy.release(ticket)
-        self.outcomes[name + "_s"] = time.perf_counter() - start
+        ask(self.outcomes, name, self.policy, self.batcher, self.entry, self.x, timeout_us)
+
+
+def ask(outcomes: dict, name: str, policy: QueuePolicy, batcher, entry, x: np.ndarray, timeout_us) -> None:
+    """One request through ``policy`` and ``batcher``: its answer or error (a refusal too) in
+    ``outcomes[name]`` and, if it was admitted, its seconds in ``outcomes[name + "_s"]``."""
+    start = time.perf_counter()
+    try:
+        ticket = policy.admit("xor", timeout_us, start)
+    except ServiceError as exc:
+        outcomes[name] = exc
+        return
+    try:
+        outcomes[name] = batcher.run(entry, x, ticket)
+    except ServiceError as exc:
+        outcomes[name] = exc
+    finally:
+        policy.release(ticket)
+    outcomes[name + "_s"] = time.perf_counter() - start
 
 
 @fresh_hub
@@ -147,19 +157,7 @@ def test_a_request_waiting_for_the_model_thread_still_waits(registry):
     policy, x, outcomes = QueuePolicy(max_queue_size=1), np.zeros((5, 2), entry.dtype), {}
 
     def one(name, timeout_us):
-        start = time.perf_counter()
-        try:
-            ticket = policy.admit("xor", timeout_us, start)
-        except ServiceError as exc:
-            outcomes[name] = exc
-            return
-        try:
-            outcomes[name] = batcher.run(entry, x, ticket)
-        except ServiceError as exc:
-            outcomes[name] = exc
-        finally:
-            policy.release(ticket)
-        outcomes[name + "_s"] = time.perf_counter() - start
+        ask(outcomes, name, policy, batcher, entry, x, timeout_us)
 
     first = gevent.spawn(one, "first", None)
     gevent.sleep(0.01)  # its pass holds the model thread
@@ -189,15 +187,7 @@ def test_a_batch_waiting_for_the_model_thread_lets_its_expired_requests_go_at_th
     policy, outcomes = QueuePolicy(), {}
 
     def one(name, entry, rows, timeout_us):
-        start = time.perf_counter()
-        ticket = policy.admit("xor", timeout_us, start)
-        try:
-            outcomes[name] = batcher.run(entry, np.zeros((rows, 2), entry.dtype), ticket)
-        except ServiceError as exc:
-            outcomes[name] = exc
-        finally:
-            policy.release(ticket)
-        outcomes[name + "_s"] = time.perf_counter() - start
+        ask(outcomes, name, policy, batcher, entry, np.zeros((rows, 2), entry.dtype), timeout_us)
 
     holder = gevent.spawn(one, "holder", a, 5, None)
     gevent.sleep(0.01)  # A's pass holds the model thread
@@ -223,13 +213,7 @@ def test_a_request_taken_into_a_batch_is_answered_by_that_batch(registry, merged
     policy, x, outcomes = QueuePolicy(), np.array([[0.0, 1.0]], entry.dtype), {}
 
     def one(name, timeout_us):
-        ticket = policy.admit("xor", timeout_us, time.perf_counter())
-        try:
-            outcomes[name] = batcher.run(entry, x, ticket)
-        except ServiceError as exc:
-            outcomes[name] = exc
-        finally:
-            policy.release(ticket)
+        ask(outcomes, name, policy, batcher, entry, x, timeout_us)
 
     before = shed("deadline")
     gevent.joinall([gevent.spawn(one, "leader", None), gevent.spawn(one, "short", 30_000)], timeout=10,
