@@ -8,6 +8,7 @@ metadata can report it; it is never served.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class ModelVersion:
     def dtype(self) -> np.dtype:
         return self.network.dtype
 
-    @property
+    @functools.cached_property  # asked by every request; the version's metadata and network stay as loaded
     def input_range(self) -> tuple[float, float]:
         """The inputs this version takes: its metadata's ``preprocessing.input_range``, within what its
         dtype holds (without a range, a float64 1e300 would become inf in a float32 pass)."""
