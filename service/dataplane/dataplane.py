@@ -323,9 +323,14 @@ class DataPlane:
 
 
 # -- the rules for one batch ----------------------------------------------------------------------
-def check_batch_size(inputs: np.ndarray | list[Any], limit: int, field: str = "inputs") -> None:
-    if isinstance(inputs, np.ndarray) and inputs.ndim == 0:  # e.g. a V2 tensor of shape []
+def check_samples(inputs: np.ndarray | list[Any], field: str = "inputs") -> None:
+    """A 422 for inputs that are no batch of samples (a V2 tensor of shape [] is a single number)."""
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 0:
         raise invalid(field, "expected a batch of samples (the first dimension), not a single number")
+
+
+def check_batch_size(inputs: np.ndarray | list[Any], limit: int, field: str = "inputs") -> None:
+    check_samples(inputs, field)
     if len(inputs) > limit:
         raise too_large(413, "batch_too_large", field, f"batch of {len(inputs)} samples exceeds MAX_BATCH={limit}",
                         limit, len(inputs))

@@ -20,7 +20,7 @@ import numpy as np
 
 from model.attribution import METHODS, Attribution, attribute, rows_needed
 from model.gradcheck import GradCheckResult, gradient_check
-from service.dataplane.dataplane import DataPlane, Inference, as_batch, label_indices
+from service.dataplane.dataplane import DataPlane, Inference, as_batch, check_samples, label_indices
 from service.dataplane.semaphore import CrossProcessSemaphore
 from service.errors import ServiceError, invalid, too_large
 from service.observability import metrics, tracing
@@ -216,12 +216,6 @@ def as_baseline(baseline: float | np.ndarray, entry: ModelVersion, field: str = 
         raise invalid(f"{field}.{j}" if arr.ndim else field, f"value {float(flat[j]):g} is outside the model's "
                       f"input range [{lo:g}, {hi:g}]")
     return float(arr) if arr.ndim == 0 else flat
-
-
-def check_samples(inputs: np.ndarray, field: str) -> None:
-    """A 422 for inputs that are no batch of samples (a V2 tensor of shape [] is a single number)."""
-    if np.ndim(inputs) == 0:
-        raise invalid(field, "expected a batch of samples (the first dimension), not a single number")
 
 
 def gradcheck_cost(network, inputs: int, mode: str, samples: int) -> float:
