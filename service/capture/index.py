@@ -79,18 +79,19 @@ class CaptureIndex:
                 self.shared[value] = value
         return found
 
+    def name(self, text: str) -> str:
+        """The one string of a name (a model's, a class's; a new one is kept while the names are few)."""
+        name = self.names.get(text)
+        if name is None:
+            name = text
+            if len(self.names) < 4096:  # models' and classes' names; past that, clients' junk is not kept
+                self.names[text] = text
+        return name
+
     def label_names(self, labels: object) -> tuple[str, ...]:
-        """Labels as the one string of each name (a new name is kept while the names are few)."""
-        out = []
-        for label in labels if isinstance(labels, list | tuple) else ():
-            text = str(label)
-            name = self.names.get(text)
-            if name is None:
-                name = text
-                if len(self.names) < 4096:  # a model's classes; past that, clients' junk is not kept
-                    self.names[text] = text
-            out.append(name)
-        return self.one_of(tuple(out), len(out))
+        """Labels as the one string of each name."""
+        out = tuple(self.name(str(label)) for label in (labels if isinstance(labels, list | tuple) else ()))
+        return self.one_of(out, len(out))
 
     def captured(self, rid: str) -> Captured | None:
         return self.captures.get(self.digest(rid))
@@ -160,9 +161,7 @@ class CaptureIndex:
                     try:  # any line of the right type, also a foreign tool's: an odd one is skipped, not fatal
                         data = event["data"]
                         outputs = {o.get("name"): o for o in data.get("outputs", [])}
-                        model = str(data["model_name"])
-                        captured = Captured(self.names.setdefault(model, model) if len(self.names) < 4096
-                                            else model, int(data["model_version"]),
+                        captured = Captured(self.name(str(data["model_name"])), int(data["model_version"]),
                                             self.label_names(outputs["label"]["data"]))
                     except (KeyError, TypeError, ValueError, AttributeError):
                         self.skipped += 1

@@ -34,20 +34,22 @@ def expect(state_dir: Path) -> None:
     """Before any gRPC process starts: gRPC is on, and nothing serves it yet."""
     where = directory(state_dir)
     where.mkdir(parents=True, exist_ok=True)
-    for stale in where.iterdir():  # a STATE_DIR kept from an earlier run
-        with contextlib.suppress(OSError):
-            stale.unlink()
+    forget_marks(where)  # a STATE_DIR kept from an earlier run
 
 
 def not_expected(state_dir: Path) -> None:
     """gRPC is off in this run (``GRPC_PORT=0``): the marks of an earlier run with it on go."""
     where = directory(state_dir)
     if where.is_dir():
-        for stale in where.iterdir():
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        forget_marks(where)
         with contextlib.suppress(OSError):
             where.rmdir()
+
+
+def forget_marks(where: Path) -> None:
+    for stale in where.iterdir():
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def mark(state_dir: Path | None, pid: int | None = None) -> None:
