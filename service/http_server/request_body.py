@@ -30,7 +30,7 @@ import io
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import gevent
 import gevent.event
@@ -96,11 +96,8 @@ class BodyReader:
                    for c in value.split(",")]
         if any(coding != "chunked" for coding in codings):
             # gunicorn de-chunks "gzip, chunked" but would hand the app the gzip stream as the body
-            req.must_close = True
-            write_error(sock, ServiceError(501, "not_implemented", "only the chunked transfer coding is "
-                                           "supported: send a compressed body with Content-Encoding"), req.path,
-                        req.method)
-            raise StopIteration()
+            refuse(req, sock, ServiceError(501, "not_implemented", "only the chunked transfer coding is "
+                                           "supported: send a compressed body with Content-Encoding"))
         if length is None and not codings:
             # No body at all (a GET, a probe): nothing to read, and no room to wait for behind uploads.
             req.headers.append(("CONTENT-LENGTH", "0"))
@@ -128,12 +125,9 @@ class BodyReader:
         with self.budget.reserve(size, self.request_timeout / 2) as room:
             if not room:
                 metrics.BODIES_REFUSED.inc()
-                req.must_close = True  # answered unread: drained before closing
-                write_error(sock, ServiceError(503, "server_busy", "the server is reading as many large request "
+                refuse(req, sock, ServiceError(503, "server_busy", "the server is reading as many large request "
                                                "bodies as it may (BODY_BUFFER_BYTES); retry shortly",
-                                               headers={"Retry-After": "1"}), req.path, req.method,
-                            time.monotonic() - started)
-                raise StopIteration()
+                                               headers={"Retry-After": "1"}), started)
             if continues:  # now, before reading, not after the body the client is holding back
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
@@ -143,16 +137,11 @@ class BodyReader:
                     return req.body.read(self.max_body + 1)  # small (one sample: as before) or chunked
             except gevent.Timeout:
                 metrics.REQUEST_TIMEOUTS.inc()
-                req.must_close = True
-                write_error(sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
-                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"), req.path,
-                            req.method, time.monotonic() - started)
-                raise StopIteration() from None
+                refuse(req, sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
+                                               f"REQUEST_TIMEOUT={self.request_timeout:g} s"), started)
             except ParseException as exc:  # a malformed chunked body: refused in the path's protocol's shape
-                req.must_close = True
-                write_error(sock, ServiceError(400, "bad_request", f"the request body is malformed: {exc}"[:300]),
-                            req.path, req.method, time.monotonic() - started)
-                raise StopIteration() from None
+                refuse(req, sock, ServiceError(400, "bad_request", f"the request body is malformed: {exc}"[:300]),
+                       started)
 
     def linger(self, sock: socket.socket) -> None:
         """Before closing a connection whose body was not read to its end (over MAX_BODY_BYTES): say we
@@ -165,6 +154,15 @@ class BodyReader:
         with gevent.Timeout(LINGER_SECONDS, False), contextlib.suppress(OSError):
             while budget > 0 and (chunk := sock.recv(1 << 16)):
                 budget -= len(chunk)
+
+
+def refuse(req: Any, sock: socket.socket, error: ServiceError, started: float | None = None) -> NoReturn:
+    """Answer ``req`` with ``error`` before its body was read (logged and counted as every request), then
+    close the connection: StopIteration, after the worker drains what the client is still sending
+    (``must_close``: closing with unread data would reset the connection under a client still sending)."""
+    req.must_close = True
+    write_error(sock, error, req.path, req.method, time.monotonic() - started if started is not None else 0.0)
+    raise StopIteration()
 
 
 def receive(req: Any, sock: socket.socket, length: int) -> bytearray:
