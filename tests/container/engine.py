@@ -10,6 +10,7 @@ Environment:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -61,7 +62,12 @@ def build(tag: str, *extra: str) -> str:
     if ENGINE == "podman":
         flags.append("--format=docker")  # OCI images drop HEALTHCHECK
     start = time.monotonic()
-    engine("build", *flags, *extra, "-t", tag, str(ROOT), timeout=1800)
+    # One build at a time on this machine: `make test` runs two test processes, and both want the
+    # image. The second waits, then builds from the first one's cached layers in seconds, where
+    # two builds at once would each do the whole work on the same two cores.
+    with open(Path(tempfile.gettempdir()) / "numpy-nets-image-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        engine("build", *flags, *extra, "-t", tag, str(ROOT), timeout=1800)
     print(f"\nbuilt {tag} with {ENGINE} in {time.monotonic() - start:.1f} s")
     return tag
 
