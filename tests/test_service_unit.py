@@ -582,6 +582,29 @@ def test_the_openapi_document_gives_each_route_its_own_schemas(client):
     assert "instances" in body_of("/v1/models/{name}:predict")["properties"]
 
 
+def test_the_openapi_document_declares_the_inference_headers_as_the_server_reads_them(client):
+    """flask-openapi3 drops an operation's own parameters, so the two headers every inference route
+    reads were undocumented there; the schema must admit what the server takes and nothing more."""
+    doc = client.get("/openapi.json").json
+    declared = {(method.upper(), path): {p["name"]: p["schema"] for p in op.get("parameters", [])
+                                         if p["in"] == "header"}
+                for path, item in doc["paths"].items() for method, op in item.items()}
+    inference = {k for k, headers in declared.items() if headers}
+    assert inference == {("POST", "/predict"), ("POST", "/v1/models/{name}:predict"),
+                         ("POST", "/v1/models/{name}/versions/{version}:predict"), ("POST", "/v2/models/{name}/infer"),
+                         ("POST", "/v2/models/{name}/versions/{version}/infer")}
+    timeout = declared[("POST", "/predict")]["X-Timeout-Microseconds"]
+    body = {"model": "xor", "inputs": [[0, 1]]}
+
+    def status(value: str) -> int:
+        return client.post("/predict", json=body, headers={"X-Timeout-Microseconds": value}).status_code
+
+    assert status(str(timeout["maximum"])) == 200
+    for refused in (str(timeout["maximum"] + 1), "-1", "1.5"):
+        assert status(refused) == 400, refused
+    assert declared[("POST", "/v2/models/{name}/infer")]["X-Rollout-Key"] == {"type": "string"}
+
+
 def test_no_two_schemas_share_a_name():
     import importlib
     import inspect
