@@ -400,6 +400,8 @@ class BatchNorm1d(Layer):
         self._frozen = False
         gamma, beta = self.params["gamma"], self.params["beta"]
         batch = x.shape[0]
+        if batch < 2:  # as PyTorch refuses: one sample has variance 0, which would pull running_var to 0
+            raise ValueError(f"BatchNorm1d needs more than one sample per batch in training, got {batch}")
         mean = x.mean(axis=0)
         centered = x - mean
         var = np.mean(centered * centered, axis=0)

@@ -92,6 +92,20 @@ def test_batchnorm_running_statistics_and_inference():
     np.testing.assert_allclose(bn.forward(x), expected)
 
 
+def test_batchnorm_refuses_a_training_batch_of_one_as_pytorch_does():
+    """One sample has variance 0: its 'unbiased' variance pulled running_var toward 0, and the served
+    network then divided by sqrt(eps). PyTorch raises; so does this layer, and leaves the statistics."""
+    bn = BatchNorm1d(3, dtype=F64)
+    with pytest.raises(ValueError, match="more than one sample"):
+        bn.forward(np.ones((1, 3)))
+    np.testing.assert_array_equal(bn.buffers["running_var"], np.ones(3))
+    bn.training = False
+    assert bn.forward(np.ones((1, 3))).shape == (1, 3)  # in evaluation one sample is fine
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        torch.nn.BatchNorm1d(3).train()(torch.ones(1, 3))
+
+
 def test_softmax_and_sigmoid_are_stable_for_extreme_inputs():
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         p = softmax(np.array([[1000.0, 0.0, -1000.0], [-1e4, -1e4, -1e4]]))

@@ -31,6 +31,7 @@ from service.observability import tracing
 from service.observability.request_record import request_id
 from service.protocols import rollout_key, timeouts, v2_tensors
 from service.protocols.v2_extensions import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
+from service.protocols.v2_schemas import MAX_ID_LENGTH
 
 STREAM_ENDPOINT = f"{METHOD_PREFIX}ModelStreamInfer"
 MAX_DEADLINE_SECONDS = 3600.0  # a call's time_remaining() beyond this is no deadline (grpcio gives ~1e9 then)
@@ -115,6 +116,8 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
               ) -> pb.ModelInferResponse:
         received = time.perf_counter()
         timeout_us = timeout_of(request, context)  # the call's deadline as it stood when it arrived
+        if len(request.id) > MAX_ID_LENGTH:  # as REST's schema bounds it
+            raise bad_request(f"id must have at most {MAX_ID_LENGTH} characters, got {len(request.id)}")
         name, version = model_name(request.model_name), version_of(request.model_version)
         names = [i.name for i in request.inputs]
         if names != [INPUT]:

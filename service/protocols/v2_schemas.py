@@ -19,6 +19,8 @@ TensorData = Annotated[Any, WithJsonSchema({
     "type": "array", "items": {}, "description": "The tensor's elements, flat or nested in row-major order"})]
 
 
+MAX_ID_LENGTH = 256  # a request id, REST and gRPC alike: an echo, not a payload
+
 class RequestInput(StrictModel):
     name: str = Field(..., description="The model's input name (see the model metadata): 'input'")
     shape: list[Annotated[int, Field(ge=0, strict=True)]]
@@ -37,7 +39,7 @@ class InferenceRequest(StrictModel):
     model_name: str | None = Field(None, max_length=256, description="If given, the URL's model")
     model_version: str | None = Field(None, max_length=32, description="If given, the URL's version, or the "
                                       "version to run when the URL names none")
-    id: str | None = Field(None, max_length=256, description="Echoed in the response")
+    id: str | None = Field(None, max_length=MAX_ID_LENGTH, description="Echoed in the response")
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(..., min_length=1)
     outputs: list[RequestOutput] | None = None

@@ -179,6 +179,26 @@ def test_infer_raw_equals_predict(server, client, samples, name):
     assert response.id == f"req-{name}" and response.model_name == name and response.model_version == served
 
 
+def test_a_request_id_is_bounded_as_over_rest(server, stub, samples):
+    """V2 REST refuses an id over 256 characters (its schema); gRPC echoed any length."""
+    x = samples["xor"]
+
+    def call(rid: str):
+        request = service_pb2.ModelInferRequest(model_name="xor", id=rid)
+        request.inputs.add(name="input", datatype="FP32", shape=list(x.shape)).contents.fp32_contents.extend(
+            x.ravel().tolist())
+        return stub.ModelInfer(request, timeout=30)
+
+    assert call("r" * 256).id == "r" * 256
+    with pytest.raises(grpc.RpcError) as info:
+        call("r" * 257)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 256" in info.value.details()
+    rest = requests.post(f"{server.url}/v2/models/xor/infer", timeout=30, json={
+        "id": "r" * 257, "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                     "data": x.ravel().tolist()}]})
+    assert rest.status_code == 400
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_infer_contents_equals_raw_exactly(stub, client, samples, name):
     """The same batch through the same kernel: the typed contents and the raw bytes give the same bits."""
