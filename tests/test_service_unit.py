@@ -235,6 +235,27 @@ def test_unloaded_versions_give_their_memory_back(model_repository):
     assert loaded - after > 0.75 * (loaded - before)
 
 
+def test_an_unloaded_model_whose_directory_is_deleted_is_no_model(tmp_path, model_repository):
+    """The index listed a deleted model as 'unloaded' for ever, and a request for it was a 503, not a 404.
+    Its mark stays: the directory put back comes back unloaded, as the operator left it."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository / "xor" / "1", repo / "xor" / "1")
+    reg = ModelRegistry(repo, state_file=tmp_path / "state.json").load_all()
+    reg.set_unloaded("xor", True)
+    assert reg.snapshot.index() == [{"name": "xor", "state": "UNAVAILABLE", "reason": "unloaded"}]
+    shutil.rmtree(repo / "xor")
+    reg.refresh(settle=False)
+    assert reg.snapshot.index() == []
+    with pytest.raises(ServiceError) as info:
+        reg.snapshot.versions("xor")
+    assert info.value.status == 404
+    shutil.copytree(model_repository / "xor" / "1", repo / "xor" / "1")
+    reg.refresh(settle=False)
+    assert reg.snapshot.index() == [{"name": "xor", "state": "UNAVAILABLE", "reason": "unloaded"}]
+
+
 @pytest.mark.parametrize("text,kind,served", [
     ("latest", "latest:1", [3]), ("latest:2", "latest:2", [3, 2]), ("all", "all", [3, 2, 1]),
     ("specific:1,3", "specific:1,3", [3, 1]),

@@ -90,8 +90,10 @@ class ModelRegistry:
         failed: dict[str, Versions] = {}
         policies: dict[str, str] = {}
         in_force: dict[str, Rollout] = {}
+        on_disk: set[str] = set()
         for model_dir in model_dirs(self.root):
             name = model_dir.name
+            on_disk.add(name)
             if name in unloaded:
                 continue
             policy = model_policy(model_dir, self.policy)
@@ -111,7 +113,9 @@ class ModelRegistry:
                     entry = self.entry(old, name, version, found[version])  # named by the rollout: loaded too
                     (serving if entry.ready else failed)[name][version] = entry
         errors = {name: why for name, why in self.rollout_files.errors.items() if name in policies}
-        new = Snapshot(serving, failed, policies, unloaded, rollouts=in_force, rollout_errors=errors)
+        # an unloaded model whose directory is gone is no model at all (404, not in the index); its mark
+        # stays in the shared state, so a directory put back comes back unloaded, as it was left
+        new = Snapshot(serving, failed, policies, unloaded & on_disk, rollouts=in_force, rollout_errors=errors)
         changed = new.signatures() != old.signatures()
         self.snapshot = new  # one assignment: a request sees the old snapshot or the new, never half
         if changed:
