@@ -163,6 +163,37 @@ def test_orjson_writes_float32_as_numpy_does():
         assert Decimal(text.decode()) == Decimal(str(value)), (value, text)
 
 
+def test_a_large_tensor_is_written_in_chunks_with_the_same_bytes(monkeypatch):
+    """One orjson call over a 1,024-row batch held the GIL for 45-58 ms, stalling the worker's event
+    loop; now each call writes at most ``_CHUNK`` values, and the record is byte for byte the same."""
+    chunk = events._CHUNK
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, chunk // 2 + 7), dtype=np.float32)  # 2.5 chunks, boundaries mid-row
+    hard = np.array(DOUBLE_ROUNDING[:1], np.uint32).view(np.float32)[0]
+    flat = x.reshape(-1)
+    flat[[0, chunk - 1, chunk, 2 * chunk, flat.size - 1]] = hard  # the misread value on the seams
+    p = rng.random((5, 3 * chunk), dtype=np.float32)
+    labels = ["\x00tensor 0\x00"] * 5  # a label that looks like the placeholder changes nothing
+    calls: list[int] = []
+    dumps = orjson.dumps
+
+    def counting(obj, *args, **kwargs):
+        calls.append(len(obj) if isinstance(obj, np.ndarray | list) else 0)
+        return dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(orjson, "dumps", counting)
+    chunked = (inference_events("r", "m", 1, 0, x, p, labels),
+               feedback_event(event_id="e", time_ns=0, model="m", labels=labels, inputs=x))
+    assert 0 < max(calls) <= chunk and len(calls) > 6
+    monkeypatch.setattr(events, "_CHUNK", 10 * x.size + 10 * p.size)  # one call per tensor, as before
+    whole = (inference_events("r", "m", 1, 0, x, p, labels),
+             feedback_event(event_id="e", time_ns=0, model="m", labels=labels, inputs=x))
+    assert chunked == whole
+    request, response = whole[0].splitlines()
+    assert orjson.loads(request)["data"]["inputs"][0]["data"][chunk] == float(hard)
+    assert orjson.loads(response)["data"]["outputs"][1]["data"] == labels
+
+
 def test_feedback_events():
     eid = new_event_id()
     assert re.fullmatch(r"[0-9a-f]{32}", eid) and eid != new_event_id()
