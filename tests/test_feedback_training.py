@@ -415,12 +415,58 @@ def test_unusable_feedback_or_parent_is_a_clear_error(case, repo, tmp_path, capl
 @pytest.mark.parametrize("argv", [["digits", "--parent", "x"], ["all", "--feedback", "x"],
                                   ["digits", "--feedback", "x", "--teacher", "y"],
                                   ["digits", "--feedback", "x", "--field-share", "1"], ["digits", "--from-scratch"],
-                                  ["digits", "--feedback", "x", "--hidden", "30"]])
+                                  ["digits", "--feedback", "x", "--hidden", "30"],
+                                  ["digits", "--feedback", "x", "--keep-missed"], ["reproduce", "--seed", "1"],
+                                  ["reproduce", "--epochs", "3"], ["digits", "--skip-mnist"]])
 def test_cli_rejects_feedback_options_that_do_not_fit(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_events_the_loader_cannot_use_are_skipped_never_raised(tmp_path, caplog):
+    """Three inputs escaped as tracebacks: a time an offset moves past year 9999, a response whose
+    outputs are not a list, and a directory named like a capture file."""
+    far = {**captured("far", ROW[None])[0], "time": "9999-12-31T23:00:00-05:00"}
+    odd = {**captured("odd", ROW[None])[1]}
+    odd["data"] = {**odd["data"], "outputs": 5}
+    write(tmp_path / "capture-1.jsonl", [*GOOD_CAPTURE, far, captured("odd", ROW[None] * 0.5)[0], odd])
+    write(tmp_path / "feedback-1.jsonl", [GOOD_LABEL, labelled("far", ["1"]), labelled("odd", ["2"])])
+    (tmp_path / "capture-0.jsonl").mkdir()
+    with caplog.at_level(logging.WARNING, logger="training.feedback"):
+        fb = load(tmp_path)
+    assert sorted(fb.ids) == ["good/0", "odd/0"]
+    assert fb.rejected == {"malformed": 1, "not_captured": 1}  # the far request; so its label has no capture
+
+
+@pytest.mark.parametrize("case", ["a file", "a version that exists"])
+def test_a_repository_the_run_cannot_write_is_refused_before_training(case, repo, tmp_path, monkeypatch, caplog):
+    """Both were found only after the training: a --out that is a file escaped as a traceback, and an
+    existing --version under --feedback was refused once the fine-tune was done."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(recipes, "train_recipe", no_training)
+    if case == "a file":
+        (tmp_path / "plain").write_text("")
+        assert main(["digits", "--out", str(tmp_path / "plain"), "--quiet", "--no-plot"]) == 2
+        assert "is not a directory" in caplog.records[-1].getMessage()
+    else:
+        capture_dir = traffic(tmp_path / "traffic", *negatives(200, seed=1))
+        assert run(repo, capture_dir, "--version", "1") == 2
+        assert "exists" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.timeout(60)
+def test_a_file_where_the_next_version_would_go_is_passed_over(tmp_path):
+    """A plain file or a link to nothing named like the next version is no version, so the next
+    number was the same one again: the run spun for ever after its training."""
+    (tmp_path / "xor").mkdir()
+    (tmp_path / "xor" / "1").write_text("")
+    (tmp_path / "xor" / "2").symlink_to(tmp_path / "nowhere")
+    assert recipes.reserve_version(tmp_path, "xor", None, False)[:1] == (3,)
+    assert (tmp_path / "xor" / "3").is_dir()
 
 
 def test_an_example_sent_again_is_one_example_on_one_side(tmp_path):

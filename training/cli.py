@@ -132,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--feedback does not distil: leave out --teacher")
     if args.feedback is not None and args.hidden is not None and not args.from_scratch:
         parser.error("a fine-tune keeps the parent's layers: --hidden goes with --from-scratch")
+    if args.feedback is not None and args.keep_missed:
+        parser.error("--feedback writes a version only if it passes both gates: --keep-missed does not apply")
+    training_only = [flag for flag, value in (("--epochs", args.epochs), ("--seed", args.seed), ("--lr", args.lr),
+                                              ("--batch-size", args.batch_size), ("--hidden", args.hidden),
+                                              ("--teacher", args.teacher), ("--temperature", args.temperature),
+                                              ("--distill-weight", args.distill_weight), ("--version", args.version))
+                     if value is not None]
+    if args.target == "reproduce" and training_only:
+        parser.error(f"reproduce runs the classic experiments as published: {', '.join(training_only)} does not apply")
+    if args.target != "reproduce" and args.skip_mnist:
+        parser.error("--skip-mnist goes with reproduce")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -140,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.feedback is not None:
             return train_on_feedback(args)
         return train(args)
-    except (DatasetError, WeightsFileError, FileExistsError, FeedbackError) as exc:
-        log.error("%s", exc)
+    except (DatasetError, WeightsFileError, FeedbackError, OSError) as exc:  # OSError: FileExistsError, a
+        log.error("%s", exc)  # repository that cannot be written, a full disk
         return 2
 
 

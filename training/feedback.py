@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -91,9 +91,9 @@ def parse_time(text: Any) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 9999
         return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 @dataclass
@@ -225,6 +225,7 @@ class _Loader:
         self.low, self.high = (float(v) for v in input_range)
         self.rejected = dict.fromkeys(REASONS, 0)
         self.partial_lines = 0
+        self.unreadable = 0  # files that could not be opened
         self.warned = 0
 
     def reject(self, reason: str, count: int = 1, where: str = "") -> None:
@@ -234,24 +235,32 @@ class _Loader:
             log.warning("skipping %s: %s", where, reason)
 
     def events(self, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(line number, event) of each complete line of ``path`` that is a JSON object."""
-        with open(path, "rb") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.endswith(b"\n"):  # a write cut short (crash, or in progress): never a record
-                    self.partial_lines += 1
-                    log.info("%s:%d: skipping the partial last line", path, number)
-                    return
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
-                    self.reject("unparseable", where=f"{path}:{number}")
-                    continue
-                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                    self.reject("malformed", where=f"{path}:{number}")
-                    continue
-                yield number, event
+        """(line number, event) of each complete line of ``path`` that is a JSON object; an unreadable
+        file is skipped with a warning (as its lines would be)."""
+        try:
+            with open(path, "rb") as fh:
+                yield from self._lines(path, fh)
+        except OSError as e:  # e.g. a directory with a capture's name, or no permission
+            self.unreadable += 1
+            log.warning("skipping %s: %s", path, e.strerror or e)
+
+    def _lines(self, path: Path, fh: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
+        for number, line in enumerate(fh, 1):
+            if not line.endswith(b"\n"):  # a write cut short (crash, or in progress): never a record
+                self.partial_lines += 1
+                log.info("%s:%d: skipping the partial last line", path, number)
+                return
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
+                self.reject("unparseable", where=f"{path}:{number}")
+                continue
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                self.reject("malformed", where=f"{path}:{number}")
+                continue
+            yield number, event
 
     def tensor(self, inputs: Any) -> _Tensor | None:
         """The input tensor of a V2 ``inputs`` list, validated row by row; None if there is no tensor at all."""
@@ -328,7 +337,7 @@ def load_feedback(directory: str | Path, model_name: str, labels: list[str], inp
 def _files(directory: Path, pattern: str) -> list[Path]:
     """The files named ``pattern`` in ``directory`` and in its ``feedback/`` (where the server keeps the
     labels, under a disk budget of their own), in name order."""
-    return sorted([*directory.glob(pattern), *(directory / FEEDBACK_SUBDIR).glob(pattern)])
+    return sorted(p for p in [*directory.glob(pattern), *(directory / FEEDBACK_SUBDIR).glob(pattern)] if p.is_file())
 
 
 def _read_feedback(loader: _Loader, paths: list[Path]) -> list[_Labelled]:
@@ -383,7 +392,8 @@ def _read_captures(loader: _Loader, paths: list[Path], wanted: set[str]) -> dict
             data = event.get("data")
             if kind == RESPONSE_TYPE:
                 outputs = data.get("outputs") if isinstance(data, dict) else None
-                label = next((o for o in outputs or [] if isinstance(o, dict) and o.get("name") == LABEL_NAME), None)
+                outputs = outputs if isinstance(outputs, list) else []
+                label = next((o for o in outputs if isinstance(o, dict) and o.get("name") == LABEL_NAME), None)
                 if label is not None and isinstance(label.get("data"), list):
                     answers.setdefault(rid, [str(v) for v in label["data"]])
                 continue

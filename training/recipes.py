@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from model.io import LoadedModel, WeightsFileError, atomic_writer, load_model, s
 from model.losses import Distillation
 from model.network import Sequential, mlp
 from model.optimizers import OPTIMIZERS, Optimizer
-from model.repository import CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, next_version, version_dir, versions
+from model.repository import CURVES_FILE, MAX_VERSION, METRICS_FILE, WEIGHTS_FILE, next_version, version_dir, versions
 from training import datasets
 from training.augment import Distortion
 from training.batches import Augment
@@ -244,6 +245,23 @@ def write_model(out: Path, recipe: Recipe, dataset: datasets.Dataset, net: Seque
         raise
 
 
+def check_output(out: Path, name: str, version: int | None, force: bool) -> None:
+    """What writing the version would refuse, said before the training, not after it: a version named
+    whose weights exist (without ``force``), or a repository that is not a directory this process can
+    write (or create). Raises FileExistsError or OSError."""
+    if version is not None and (version_dir(out, name, version) / WEIGHTS_FILE).exists() and not force:
+        raise FileExistsError(f"{version_dir(out, name, version) / WEIGHTS_FILE} exists (pass --force to overwrite)")
+    existing = out / name
+    while not existing.exists():  # the nearest part of the path there is: the one mkdir would write in
+        if existing.is_symlink():
+            raise FileNotFoundError(f"{existing} is a link to nothing")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing} is not writable by this user")
+
+
 def reserve_version(out: Path, name: str, version: int | None, force: bool) -> tuple[int, Path, bool]:
     """(version, its directory, whether this call made it). Without ``version``, the next number, its
     directory made here: two runs finishing together used to pick the same number, and the second's
@@ -251,14 +269,18 @@ def reserve_version(out: Path, name: str, version: int | None, force: bool) -> t
     weights exist, is refused unless ``force``; the weights file itself is installed without replacing
     another run's written meanwhile (``save_model(overwrite=False)``)."""
     (out / name).mkdir(parents=True, exist_ok=True)
+    floor = 1
     while True:
-        chosen = version if version is not None else next_version(out / name)
+        chosen = version if version is not None else max(next_version(out / name), floor)
+        if chosen > MAX_VERSION:
+            raise FileExistsError(f"{out / name}: no version number left (the largest is {MAX_VERSION})")
         target = version_dir(out, name, chosen)
         try:
             target.mkdir()
             return chosen, target, True
         except FileExistsError:
-            if version is None:  # taken by another run since: the next one
+            if version is None:  # taken by another run since, or by a file (no version): the one after it
+                floor = chosen + 1
                 continue
         if (target / WEIGHTS_FILE).exists() and not force:
             raise FileExistsError(f"{target / WEIGHTS_FILE} exists (pass --force to overwrite)")
@@ -338,9 +360,7 @@ def run(name: str, out: Path, *, data_dir: str | Path | None = None, download: b
     there by default.
     """
     recipe = replace(RECIPES[name], **{k: v for k, v in (overrides or {}).items() if v is not None})
-    if version is not None and (version_dir(out, recipe.name, version) / WEIGHTS_FILE).exists() and not force:
-        raise FileExistsError(f"{version_dir(out, recipe.name, version) / WEIGHTS_FILE} exists "
-                              "(pass --force to overwrite)")  # said now, not after the training
+    check_output(out, recipe.name, version, force)
     dataset = recipe.load_data(data_dir, download=download, progress=progress)
     start = time.perf_counter()
     net, history = train_recipe(recipe, dataset, progress=progress)
@@ -440,6 +460,7 @@ def run_feedback(name: str, out: Path, feedback_dir: str | Path, *, parent: str 
         No parent, or one that does not fit the recipe's data.
     """
     start = time.perf_counter()
+    check_output(out, name, version, force)
     dataset = RECIPES[name].load_data(data_dir, download=download, progress=progress)
     parent_path = resolve_parent(out, name, parent)
     loaded = load_matching(parent_path, dataset, "parent")
