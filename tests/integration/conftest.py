@@ -99,10 +99,21 @@ class LocalServer:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.dump_grpc_stacks()  # a stuck stop: where each gRPC process is, in the log, then the kill
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+    def dump_grpc_stacks(self) -> None:
+        """Every thread's stack of each gRPC process, written to the server's log (its SIGUSR1 handler)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "service.grpc.server"], capture_output=True,
+                             text=True).stdout
+        for pid in map(int, out.split()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGUSR1)
+        if out.split():
+            time.sleep(1.0)
 
     def master_pid(self) -> int:
         """gunicorn's master: the process started here, or (gRPC on) its child running gunicorn."""
