@@ -184,6 +184,11 @@ class DataPlane:
         runner.warm([entry for versions in self.registry.snapshot.serving.values() for entry in versions.values()])
         runner.observe = self.observe_pass if self.drift is not None else None
         self.runner = runner
+        # the autoscaling signal exists from the start, at 0: an HPA that cannot read a metric of its
+        # rule does not scale down, and a labelled gauge appears only once first set
+        for name in self.registry.snapshot.serving:
+            for state in ("waiting", "running"):
+                metrics.queue_gauge(name, state)
 
     def observe_pass(self, entry: ModelVersion, rows: np.ndarray) -> None:
         """The rows of a forward pass that ran, each scored for its version's drift (``DRIFT_WINDOW``):

@@ -73,6 +73,8 @@ def build_plane(settings: Settings) -> DataPlane:
     return plane
 
 
+LIVENESS = "liveness"  # the grpc.health.v1 service name a liveness probe asks (deploy/)
+
 class GRPCServer:
     """A started grpcio server over a data plane, its health service and its repository watcher."""
 
@@ -88,6 +90,10 @@ class GRPCServer:
         self.servicer = InferenceServicer(plane, settings.admin_token, settings.workers)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
+        # "" and the inference service say ready (set_health); LIVENESS only that this process answers,
+        # for a liveness or startup probe: one on readiness restarts a pod whose models are unloaded
+        # or failed, and the restart's fresh STATE_DIR undoes an operator's unload
+        self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{settings.host}:{settings.grpc_port}"
         try:

@@ -224,3 +224,18 @@ def test_grpc_without_batching_counts_a_deadline_from_the_calls_arrival(tmp_path
         assert min(expired) >= deadline * 0.95, sorted(expired)[:5]  # none refused before its deadline
     finally:
         server.stop()
+
+
+def test_the_autoscaling_gauge_is_there_at_zero_before_any_request(tmp_path):
+    """The HPA's metric appeared only with the first inference, and an HPA that cannot read a metric
+    of its rule does not scale down: every served model's two series now exist from the start."""
+    server = LocalServer(tmp_path).start()
+    try:
+        lines = [line for line in requests.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+                 if line.startswith("nn_requests_in_progress{")]
+        series = {(m, s) for m in ("digits", "mnist", "xor") for s in ("waiting", "running")}
+        assert {(line.split('model="')[1].split('"')[0], line.split('state="')[1].split('"')[0])
+                for line in lines} == series
+        assert all(float(line.rsplit(" ", 1)[1]) == 0.0 for line in lines)
+    finally:
+        assert server.stop() == 0

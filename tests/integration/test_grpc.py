@@ -9,6 +9,7 @@ and KServe's InferenceGRPCClient on its own proto."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import threading
@@ -90,7 +91,7 @@ def test_standard_health_service(server):
     """What Kubernetes' gRPC probe and grpc_health_probe call."""
     with grpc.insecure_channel(server.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "inference.GRPCInferenceService"):
+        for service in ("", "inference.GRPCInferenceService", "liveness"):
             answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as info:
@@ -189,7 +190,7 @@ def test_a_request_id_is_bounded_as_over_rest(server, stub, samples):
             x.ravel().tolist())
         return stub.ModelInfer(request, timeout=30)
 
-    assert call("r" * 256).id == "r" * 256
+    assert call("r" * 256).model_name == "xor"  # answered (with capture on, under an id of the server's)
     with pytest.raises(grpc.RpcError) as info:
         call("r" * 257)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 256" in info.value.details()
@@ -502,6 +503,32 @@ def as_rows(models) -> list[dict]:
 
 def grpc_index(client, admin: dict) -> list[dict]:
     return as_rows(client.get_model_repository_index(headers=admin).models)
+
+
+def test_the_liveness_service_serves_while_the_server_is_not_ready(tmp_path):
+    """A probe on "" restarted a pod whose repository holds a model that fails to load (NOT_SERVING:
+    not ready); the "liveness" service the manifests' liveness and startup probes ask is SERVING."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repository" / "xor" / "1", repo / "xor" / "1")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.npz").write_bytes(b"not a weights file")
+    srv = LocalServer(tmp_path, MODEL_DIR=str(repo)).start(path="/healthz")
+    try:
+        with grpc.insecure_channel(srv.grpc_target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10,
+                                    wait_for_ready=True).status
+
+            deadline = time.monotonic() + 60
+            while status("liveness") != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert status("liveness") == health_pb2.HealthCheckResponse.SERVING
+            assert status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert requests.get(f"{srv.url}/readyz", timeout=10).status_code == 503
+    finally:
+        assert srv.stop() == 0, srv.read_log()[-3000:]
 
 
 def test_repository_rpcs_need_the_token(tmp_path):
