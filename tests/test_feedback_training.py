@@ -458,6 +458,18 @@ def test_a_repository_the_run_cannot_write_is_refused_before_training(case, repo
         assert "exists" in caplog.records[-1].getMessage()
 
 
+def test_reproduce_says_mnist_is_missing_before_it_runs_anything(tmp_path, monkeypatch, caplog):
+    """It found out only at the first MNIST experiment, minutes in, and the quick results were lost."""
+    from training import reproduce
+
+    def ran():
+        raise AssertionError("an experiment ran before the data was checked")
+
+    monkeypatch.setattr(reproduce, "quick_experiments", lambda: [ran])
+    assert main(["reproduce", "--data-dir", str(tmp_path), "--no-download", "--quiet"]) == 2
+    assert caplog.records[-1].levelname == "ERROR"
+
+
 @pytest.mark.timeout(60)
 def test_a_file_where_the_next_version_would_go_is_passed_over(tmp_path):
     """A plain file or a link to nothing named like the next version is no version, so the next

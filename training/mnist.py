@@ -42,7 +42,8 @@ MIRRORS = (
 )
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numpy-nets" / "mnist"  # empty: unset
+# an empty XDG_CACHE_HOME counts as unset, as the XDG spec says
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "numpy-nets" / "mnist"
 
 
 class DatasetError(RuntimeError):

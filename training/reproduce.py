@@ -153,12 +153,12 @@ def quick_experiments() -> list[Callable[[], Result]]:
 
 
 def mnist_experiments(data_dir: str | Path | None, download: bool = True) -> list[Callable[[], Result]]:
-    cache: dict[str, datasets.Dataset] = {}
+    """The MNIST experiments; MNIST is read here, so that missing files are said before any experiment
+    runs (raises DatasetError), not minutes later with the quick results lost."""
+    mnist = datasets.mnist(data_dir, download=download)
 
     def ds() -> datasets.Dataset:
-        if "mnist" not in cache:
-            cache["mnist"] = datasets.mnist(data_dir, download=download)
-        return cache["mnist"]
+        return mnist
 
     def acc(name: str, published: dict[str, float], **kwargs) -> Result:
         train, test = mnist_mlp(ds(), **kwargs)
