@@ -116,10 +116,17 @@ def _placeholder(k: int) -> str:
 def _dumps(event: dict[str, Any], large: list[np.ndarray], option: int = _OPTIONS) -> bytes:
     """``event`` as orjson writes it, with each large tensor's values written in chunks."""
     text = orjson.dumps(event, option=option)
+    if not large:
+        return text
+    parts: list[bytes | memoryview] = []
     for k, flat in enumerate(large):
-        chunks = (orjson.dumps(_values(flat[i:i + _CHUNK]), option=_OPTIONS)[1:-1] for i in range(0, flat.size, _CHUNK))
-        text = text.replace(orjson.dumps(_placeholder(k)), b"[" + b",".join(chunks) + b"]", 1)
-    return text
+        head, text = text.split(orjson.dumps(_placeholder(k)), 1)
+        parts += (head, b"[")
+        for i in range(0, flat.size, _CHUNK):  # each chunk's "[...]" without its brackets, uncopied
+            parts += (memoryview(orjson.dumps(_values(flat[i:i + _CHUNK]), option=_OPTIONS))[1:-1], b",")
+        parts[-1] = b"]"
+    parts.append(text)
+    return b"".join(parts)  # the one copy of the values' text
 
 
 def _attributes(rid: str, kind: str, model: str, version: int, when: str) -> dict[str, Any]:
