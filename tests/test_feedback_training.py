@@ -479,6 +479,9 @@ def test_a_file_where_the_next_version_would_go_is_passed_over(tmp_path):
     (tmp_path / "xor" / "2").symlink_to(tmp_path / "nowhere")
     assert recipes.reserve_version(tmp_path, "xor", None, False)[:1] == (3,)
     assert (tmp_path / "xor" / "3").is_dir()
+    for named in (1, 2):  # named with --version, the same paths are refused before any training
+        with pytest.raises(NotADirectoryError):
+            recipes.check_output(tmp_path, "xor", named, False)
 
 
 def test_an_example_sent_again_is_one_example_on_one_side(tmp_path):

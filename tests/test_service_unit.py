@@ -427,6 +427,25 @@ def odd_client(tmp_path_factory):
     return create_app({"max_batch": 8}, model_registry=reg).test_client()
 
 
+def test_a_gradcheck_of_a_batchnorm_model_on_one_input_is_a_422(tmp_path):
+    """The check runs the training-mode network, whose BatchNorm refuses one sample (as PyTorch's):
+    that ValueError was a 500; two inputs are checked."""
+    from model.io import save_model
+    from model.layers import BatchNorm1d, Dense, ReLU
+    from model.network import Sequential
+
+    rng = np.random.default_rng(0)
+    net = Sequential([Dense(2, 4, rng=rng), BatchNorm1d(4), ReLU(), Dense(4, 2, rng=rng)]).eval()
+    save_model(tmp_path / "bn" / "1" / "model.npz", net, {"name": "bn", "version": 1, "labels": ["0", "1"],
+                                                           "input_shape": [2], "preprocessing": {}})
+    client = create_app(model_registry=ModelRegistry(tmp_path).load_all()).test_client()
+    one = client.post("/gradcheck", json={"model": "bn", "inputs": [[0.5, 1.0]], "labels": ["1"], "mode": "full"})
+    assert one.status_code == 422 and "2 inputs or more" in one.get_json()["error"]["message"], one.get_json()
+    two = client.post("/gradcheck", json={"model": "bn", "inputs": [[0.5, 1.0], [0.1, 0.2]], "labels": ["1", "0"],
+                                          "mode": "full"})
+    assert two.status_code == 200 and two.get_json()["passed"], two.get_json()
+
+
 def test_labels_are_the_model_s_own_order_and_any_text(odd_client):
     import tritonclient.http as triton
 

@@ -251,6 +251,9 @@ def check_output(out: Path, name: str, version: int | None, force: bool) -> None
     write (or create). Raises FileExistsError or OSError."""
     if version is not None and (version_dir(out, name, version) / WEIGHTS_FILE).exists() and not force:
         raise FileExistsError(f"{version_dir(out, name, version) / WEIGHTS_FILE} exists (pass --force to overwrite)")
+    named = version_dir(out, name, version) if version is not None else None
+    if named is not None and (named.exists() or named.is_symlink()) and not named.is_dir():
+        raise NotADirectoryError(f"{named} is not a directory")
     existing = out / name
     while not existing.exists():  # the nearest part of the path there is: the one mkdir would write in
         if existing.is_symlink():

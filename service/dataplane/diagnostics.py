@@ -20,6 +20,7 @@ import numpy as np
 
 from model.attribution import METHODS, Attribution, attribute, rows_needed
 from model.gradcheck import GradCheckResult, gradient_check
+from model.layers import BatchNorm1d
 from service.dataplane.dataplane import DataPlane, Inference, as_batch, check_samples, label_indices
 from service.dataplane.semaphore import CrossProcessSemaphore
 from service.errors import ServiceError, invalid, too_large
@@ -118,6 +119,9 @@ class Diagnostics:
                             f"this gradcheck would take about {cost:.3g} multiply-adds, over GRADCHECK_MAX_COST="
                             f"{limits.gradcheck_max_cost:.3g}: send fewer inputs or samples",
                             int(limits.gradcheck_max_cost), int(cost))
+        if len(inputs) < 2 and any(isinstance(layer, BatchNorm1d) for layer in entry.network.layers):
+            # the check runs the training-mode network, whose BatchNorm needs a batch (as PyTorch's does)
+            raise invalid(field, f"{entry.name} has a BatchNorm layer: a gradcheck of it takes 2 inputs or more")
         batch = as_batch(inputs, entry, field)
         targets = label_indices(labels, entry)
         with self.gradcheck_slots.hold() as held:

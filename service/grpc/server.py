@@ -136,16 +136,20 @@ def main() -> None:
     handler.setFormatter(JSONFormatter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr (a stuck stop)
-    stop = threading.Event()
+    # The handler only appends to a list. It runs in the main thread between two bytecodes, and an
+    # Event.set() there hung for good when the signal came while the main thread's Event.wait() held
+    # the Event's lock (py-spy: set() waiting for the lock its own thread held): a stop ignored, the
+    # process left running after its supervisor was killed.
+    stops: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _: stops.append(signum))
     tracing.start()  # OTEL_*: this process's tracer provider and export thread (docs/tracing.md)
     server = GRPCServer(settings, build_plane(settings))
     log.info("gRPC serving on %s:%d (pid %d)", settings.host, settings.grpc_port, os.getpid())
-    # With a timeout: a process-directed signal may be taken by one of grpcio's threads, and Python runs
-    # its handler only when the main thread next runs bytecode (an untimed wait hung for good, 1 stop in 5).
-    while not stop.wait(0.2):
-        pass
+    # Polled: a process-directed signal may be taken by one of grpcio's threads, and Python runs its
+    # handler only when the main thread next runs bytecode (an untimed wait hung for good, 1 stop in 5).
+    while not stops:
+        time.sleep(0.2)
     server.stop()
     tracing.shutdown()  # spans still queued, exported before the process exits
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

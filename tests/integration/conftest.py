@@ -100,6 +100,10 @@ class LocalServer:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.dump_grpc_stacks()  # a stuck stop: where each gRPC process is, in the log, then the kill
+                children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+                for pid in map(int, children.split()):  # their parent-death signal is the SIGTERM they missed
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
