@@ -680,6 +680,16 @@ BUGS = [
                "                metrics.queue_gauge(name, state)\n", "                pass\n",
                ("tests/integration/test_deadlines.py::test_the_autoscaling_gauge_is_there_at_zero_before_any_request",),
                "the HPA's gauge appears only with the first inference, so the HPA cannot scale down before"),
+    PlantedBug("batchnorm_gradcheck_of_one_is_500", "service/dataplane/diagnostics.py",
+               "if len(inputs) < 2 and any(isinstance(layer, BatchNorm1d) for layer in entry.network.layers):",
+               "if False:",
+               ("tests/test_service_unit.py::test_a_gradcheck_of_a_batchnorm_model_on_one_input_is_a_422",),
+               "a gradcheck of a BatchNorm model on one input reaches the training-mode check and is a 500"),
+    PlantedBug("named_version_file_found_late", "training/recipes.py",
+               "    if named is not None and (named.exists() or named.is_symlink()) and not named.is_dir():",
+               "    if False:",
+               ("tests/test_feedback_training.py::test_a_file_where_the_next_version_would_go_is_passed_over",),
+               "--version naming a file is found only when the trained weights are written"),
 ]
 
 
