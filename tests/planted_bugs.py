@@ -686,8 +686,8 @@ BUGS = [
                ("tests/test_service_unit.py::test_a_gradcheck_of_a_batchnorm_model_on_one_input_is_a_422",),
                "a gradcheck of a BatchNorm model on one input reaches the training-mode check and is a 500"),
     PlantedBug("named_version_file_found_late", "training/recipes.py",
-               "    if named is not None and (named.exists() or named.is_symlink()) and not named.is_dir():",
-               "    if False:",
+               "        if (named.exists() or named.is_symlink()) and not named.is_dir():",
+               "        if False:",
                ("tests/test_feedback_training.py::test_a_file_where_the_next_version_would_go_is_passed_over",),
                "--version naming a file is found only when the trained weights are written"),
 ]

@@ -225,7 +225,6 @@ class _Loader:
         self.low, self.high = (float(v) for v in input_range)
         self.rejected = dict.fromkeys(REASONS, 0)
         self.partial_lines = 0
-        self.unreadable = 0  # files that could not be opened
         self.warned = 0
 
     def reject(self, reason: str, count: int = 1, where: str = "") -> None:
@@ -241,7 +240,6 @@ class _Loader:
             with open(path, "rb") as fh:
                 yield from self._lines(path, fh)
         except OSError as e:  # e.g. a directory with a capture's name, or no permission
-            self.unreadable += 1
             log.warning("skipping %s: %s", path, e.strerror or e)
 
     def _lines(self, path: Path, fh: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -249,11 +249,12 @@ def check_output(out: Path, name: str, version: int | None, force: bool) -> None
     """What writing the version would refuse, said before the training, not after it: a version named
     whose weights exist (without ``force``), or a repository that is not a directory this process can
     write (or create). Raises FileExistsError or OSError."""
-    if version is not None and (version_dir(out, name, version) / WEIGHTS_FILE).exists() and not force:
-        raise FileExistsError(f"{version_dir(out, name, version) / WEIGHTS_FILE} exists (pass --force to overwrite)")
-    named = version_dir(out, name, version) if version is not None else None
-    if named is not None and (named.exists() or named.is_symlink()) and not named.is_dir():
-        raise NotADirectoryError(f"{named} is not a directory")
+    if version is not None:
+        named = version_dir(out, name, version)
+        if (named.exists() or named.is_symlink()) and not named.is_dir():
+            raise NotADirectoryError(f"{named} is not a directory")
+        if (named / WEIGHTS_FILE).exists() and not force:
+            raise FileExistsError(f"{named / WEIGHTS_FILE} exists (pass --force to overwrite)")
     existing = out / name
     while not existing.exists():  # the nearest part of the path there is: the one mkdir would write in
         if existing.is_symlink():

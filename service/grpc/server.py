@@ -75,6 +75,7 @@ def build_plane(settings: Settings) -> DataPlane:
 
 LIVENESS = "liveness"  # the grpc.health.v1 service name a liveness probe asks (deploy/)
 
+
 class GRPCServer:
     """A started grpcio server over a data plane, its health service and its repository watcher."""
 

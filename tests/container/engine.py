@@ -62,9 +62,9 @@ def build(tag: str, *extra: str) -> str:
     if ENGINE == "podman":
         flags.append("--format=docker")  # OCI images drop HEALTHCHECK
     start = time.monotonic()
-    # One build at a time on this machine: `make test` runs two test processes, and both want the
-    # image. The second waits, then builds from the first one's cached layers in seconds, where
-    # two builds at once would each do the whole work on the same two cores.
+    # One build at a time on this machine: with two test processes (`make test PYTEST_ARGS="-n 2
+    # --dist loadfile"`), both want the image. The second waits, then builds from the first one's
+    # cached layers in seconds, where two builds at once would each do the whole work on two cores.
     with open(Path(tempfile.gettempdir()) / "numpy-nets-image-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         engine("build", *flags, *extra, "-t", tag, str(ROOT), timeout=1800)
