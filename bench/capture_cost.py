@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--seconds", type=int, default=2, help="per burst")
+    parser.add_argument("--seconds", type=float, default=2, help="per burst")
     parser.add_argument("--model", choices=("mnist1", "xor1"), default="mnist1", help="the one-sample body")
     parser.add_argument("--out", type=Path, default=results.default_path("capture_cost"))
     args = parser.parse_args(argv)

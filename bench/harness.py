@@ -220,7 +220,8 @@ def run_wrk(url: str, connections: int, seconds: float, script: Path = LUA, time
     url : str
         The first request's URL (the script may send others).
     connections, seconds : int, float
-        ``-c`` and ``-d`` (whole seconds, rounded up); at most 2 threads.
+        ``-c`` and ``-d``; at most 2 threads. wrk takes whole seconds: a fraction is run as the next
+        whole second, ended by SIGINT (which wrk answers with its summary) after ``seconds``.
     script : Path
         The Lua script (``bench/wrk.lua``, ``bench/soak.lua``).
     timeout : float
@@ -241,6 +242,11 @@ def run_wrk(url: str, connections: int, seconds: float, script: Path = LUA, time
             deadline = time.monotonic() + seconds + timeout
             while proc.poll() is None and len(list(Path(tmp).iterdir())) < threads and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        elif seconds < math.ceil(seconds):  # -d is whole seconds: a shorter run is ended the same way
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(seconds)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         try:

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("MNIST_DIR"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=150)
-    parser.add_argument("--seconds", type=int, default=1, help="per burst")
+    parser.add_argument("--seconds", type=float, default=1, help="per burst")
     parser.add_argument("--model", choices=("mnist1", "xor1"), default="mnist1", help="the one-sample body")
     parser.add_argument("--out", type=Path, default=results.default_path("lone_request"),
                         help="the results file: the summary and every pair")

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=256)
     parser.add_argument("--capacity-connections", type=int, default=16)
-    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--deadline-ms", type=float, default=50.0)
     parser.add_argument("--queue", type=int, nargs="+", default=[16, 64, 128],
                         help="MAX_QUEUE_SIZE of the policy's servers, one row each")

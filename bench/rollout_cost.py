@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=18, help="a multiple of 6 balances the orders")
-    parser.add_argument("--seconds", type=int, default=5, help="per burst")
+    parser.add_argument("--seconds", type=float, default=5, help="per burst")
     parser.add_argument("--width", type=int, default=4, help="the small-queue shadow's hidden units, times the "
                         "primary's")
     parser.add_argument("--small-queue", type=int, default=16, help="its SHADOW_QUEUE")

@@ -168,6 +168,7 @@ class Slow:
         return self.network.predict_proba(x)
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 @fresh_hub
 def test_a_request_killed_while_it_waits_strands_nobody(registry):
     """A waiting request's greenlet is killed (as on a stop) while a pass runs: the requests queued

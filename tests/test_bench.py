@@ -104,17 +104,17 @@ def test_a_port_that_comes_back_gets_fresh_directories(tmp_path):
 
 
 def test_the_serving_benchmark_runs_every_row(mnist_dir, tmp_path, capsys):
-    """``make bench``'s serving run, at 1 s a row and one concurrency: every row answered without an error,
+    """``make bench``'s serving run, at 0.3 s a row and one concurrency: every row answered without an error,
     against both ceilings and batching off, and the plot."""
     from bench import serve_load
 
     out = tmp_path / "serve_load.json"
-    argv = ["--data-dir", str(mnist_dir), "--seconds", "1", "--concurrency", "2", "--rounds", "1", MISSING_PEER,
+    argv = ["--data-dir", str(mnist_dir), "--seconds", "0.3", "--concurrency", "2", "--rounds", "1", MISSING_PEER,
             "--out", str(out), "--plot", str(tmp_path / "serve_load.png")]
     assert serve_load.main(argv) == 0
     result = json.loads(out.read_text())
     envelope_ok(result, "serve_load")
-    assert result["settings"]["seconds"] == 1 and result["mode"] == "full"
+    assert result["settings"]["seconds"] == 0.3 and result["mode"] == "full"
     rows = {r["scenario"]: r for r in result["rows"]}
     for scenario in ("compute ceiling (NumPy, 256 images)", "HTTP ceiling (bare Flask)", "/predict xor, 1",
                      "V2 infer mnist, 256, binary", "/gradcheck mnist, 16 images", serve_load.ONE_SAMPLE_CEILING,
@@ -135,7 +135,7 @@ def test_the_serving_benchmark_compares_two_trees_in_turns(mnist_dir, tmp_path):
     from bench import serve_load
 
     out = tmp_path / "trees.json"
-    argv = ["--one-sample", "--tree", str(ROOT), "--tree", ".", "--data-dir", str(mnist_dir), "--seconds", "1",
+    argv = ["--one-sample", "--tree", str(ROOT), "--tree", ".", "--data-dir", str(mnist_dir), "--seconds", "0.3",
             "--concurrency", "1", "--rounds", "2", "--out", str(out)]
     assert serve_load.main(argv) == 0
     result = json.loads(out.read_text())
@@ -163,7 +163,7 @@ def test_the_worker_comparison_runs(mnist_dir, tmp_path):
 
     worker = "service.http_server.worker.BufferingGeventWorker"
     out = tmp_path / "compare.json"
-    assert serve_load.main(["--compare", worker, "--data-dir", str(mnist_dir), "--seconds", "1", "--concurrency", "1",
+    assert serve_load.main(["--compare", worker, "--data-dir", str(mnist_dir), "--seconds", "0.3", "--concurrency", "1",
                             "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["mode"] == "compare" and {r["scenario"] for r in result["rows"]} == {
@@ -177,7 +177,7 @@ def test_the_kserve_peer_answers_both_protocols(mnist_dir, tmp_path):
     from bench import serve_load
 
     out = tmp_path / "one.json"
-    assert serve_load.main(["--one-sample", "--data-dir", str(mnist_dir), "--seconds", "1", "--concurrency", "2",
+    assert serve_load.main(["--one-sample", "--data-dir", str(mnist_dir), "--seconds", "0.3", "--concurrency", "2",
                             "--rounds", "1", "--out", str(out)]) == 0
     rows = {r["scenario"]: r for r in json.loads(out.read_text())["rows"]}
     for protocol in ("V1", "V2 JSON"):
@@ -189,7 +189,7 @@ def test_cpu_per_request_reads_each_workers_cpu(mnist_dir, tmp_path):
     from bench import cpu_per_request
 
     out = tmp_path / "cpu.json"
-    assert cpu_per_request.main(["--data-dir", str(mnist_dir), "--rounds", "1", "--seconds", "1", "--connections",
+    assert cpu_per_request.main(["--data-dir", str(mnist_dir), "--rounds", "1", "--seconds", "0.5", "--connections",
                                  "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     envelope_ok(result, "cpu_per_request")
@@ -223,7 +223,7 @@ def test_the_frontier_table_reads_a_trained_version_and_serves_it(mnist_dir, tmp
 
     version = served_version("mnist")
     meta = load_model(version / "model.npz").metadata
-    argv = [str(version), "--data-dir", str(mnist_dir), "--rounds", "1", "--serve", "--seconds", "1",
+    argv = [str(version), "--data-dir", str(mnist_dir), "--rounds", "1", "--serve", "--seconds", "0.3",
             "--serve-rounds", "1", "--out", str(tmp_path / "f.json")]
     assert frontier.main(argv) == 0
     result = json.loads((tmp_path / "f.json").read_text())
@@ -289,7 +289,7 @@ def test_the_results_settings_leave_out_where_files_are():
 def test_the_capture_cost_rounds_run_against_all_four_servers(mnist_dir, tmp_path, capsys):
     from bench import capture_cost
 
-    assert capture_cost.main(["--data-dir", str(mnist_dir), "--rounds", "2", "--seconds", "1", "--connections", "4",
+    assert capture_cost.main(["--data-dir", str(mnist_dir), "--rounds", "2", "--seconds", "0.3", "--connections", "4",
                               "--model", "xor1", "--out", str(tmp_path / "capture.json")]) == 0
     result = json.loads((tmp_path / "capture.json").read_text())
     envelope_ok(result, "capture_cost")
@@ -319,7 +319,7 @@ def test_the_rollout_cost_widened_shadow_is_the_primary_at_more_cost():
 def test_the_rollout_cost_rounds_run_against_all_three_servers(mnist_dir, tmp_path, capsys):
     from bench import rollout_cost
 
-    assert rollout_cost.main(["--data-dir", str(mnist_dir), "--rounds", "2", "--seconds", "1", "--connections", "4",
+    assert rollout_cost.main(["--data-dir", str(mnist_dir), "--rounds", "2", "--seconds", "0.3", "--connections", "4",
                               "--small-queue", "1", "--forward-turns", "3", "--out", str(tmp_path / "rc.json")]) == 0
     result = json.loads((tmp_path / "rc.json").read_text())
     envelope_ok(result, "rollout_cost")
@@ -340,7 +340,7 @@ def test_the_overload_benchmark_sorts_every_answer(mnist_dir, tmp_path, capsys):
     """bench.overload end to end on a tiny load: capacity, today and one policy row, every answer sorted."""
     from bench import overload
 
-    assert overload.main(["--data-dir", str(mnist_dir), "--seconds", "2", "--connections", "32",
+    assert overload.main(["--data-dir", str(mnist_dir), "--seconds", "1", "--connections", "32",
                           "--capacity-connections", "2", "--queue", "2", "--out", str(tmp_path / "o.json")]) == 0
     result = json.loads((tmp_path / "o.json").read_text())
     envelope_ok(result, "overload")

@@ -37,7 +37,7 @@ def test_the_batch_comparison_runs_over_two_trees(mnist_dir, tmp_path):
     from bench import serve_load
 
     out = tmp_path / "serve_batches.json"
-    argv = ["--batches", "--data-dir", str(mnist_dir), "--seconds", "1", "--concurrency", "2", "--rounds", "1",
+    argv = ["--batches", "--data-dir", str(mnist_dir), "--seconds", "0.3", "--concurrency", "2", "--rounds", "1",
             "--tree", str(ROOT), "--tree", str(ROOT), "--out", str(out)]
     assert serve_load.main(argv) == 0
     result = json.loads(out.read_text())

@@ -23,6 +23,8 @@ from service.protocols import timeouts
 from service.repository.registry import ModelRegistry
 from tests.test_batcher import MERGING_PAYS, fresh_hub, with_table
 
+pytestmark = pytest.mark.serial  # 30 ms deadlines answered within 150 ms: run alone (Makefile)
+
 
 @pytest.fixture(scope="module")
 def registry(model_repository):

@@ -106,6 +106,7 @@ def test_a_crowd_shares_passes_and_each_gets_its_own_answer_or_error(base_url, s
     assert passes < good and single < passes  # merged passes happened (exact counts: the load varies)
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 @pytest.mark.parametrize("idle_connections", [0, 16], ids=["its worker's only connection", "beside idle ones"])
 def test_a_lone_request_waits_for_nothing(base_url, samples, idle_connections):
     """Sequential requests: each runs alone (one pass of one sample per request), and the time they spent
@@ -208,6 +209,7 @@ def binary_v2_body(x: np.ndarray) -> tuple[bytes, int]:
     return head + data.tobytes(), len(head)
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_probes_answer_while_big_batches_compute(tmp_path, mnist_data):
     """One worker; 4 connections keep sending 1024-image MNIST batches to the large network (V2 binary,
     cheap to decode, so the forward pass is most of each). /healthz and /readyz, asked meanwhile, are

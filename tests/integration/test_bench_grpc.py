@@ -10,6 +10,8 @@ pytest.importorskip("tritonclient.grpc")
 from bench import grpc_load
 from tests.integration.test_grpc import wait_grpc
 
+pytestmark = pytest.mark.serial  # the clients' counted window opens 3 s after they start: run alone (Makefile)
+
 
 def test_the_driver_answers_both_contenders(gunicorn_server):
     wait_grpc(gunicorn_server.grpc_target)

@@ -14,8 +14,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import LocalServer
 from tests.integration.test_slow_clients import XOR, host_port, raw_request, read_response
+
+pytestmark = pytest.mark.serial  # a handoff waits 2 ms for the other worker: run alone (Makefile)
 
 EACH = 48  # connections opened while one worker is frozen, and again after
 

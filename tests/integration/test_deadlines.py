@@ -26,6 +26,8 @@ from tritonclient.utils import InferenceServerException
 from tests.integration.conftest import LocalServer
 from tests.integration.test_operations import counter
 
+pytestmark = pytest.mark.serial  # deadlines of tens of ms, a queue held full for one second: run alone (Makefile)
+
 HOLD = {"WORKERS": "1", "MAX_QUEUE_DELAY_MICROSECONDS": "1000000", "PREFERRED_BATCH_SIZE": "64"}
 HALF_THE_HOLD = 0.5  # seconds: a request answered sooner was not kept until its batch ran
 XOR = [[0.0, 1.0]]

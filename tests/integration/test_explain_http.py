@@ -249,6 +249,7 @@ def test_v2_explanation_errors(base_url, http):
 
 
 # -- /predict stays free ------------------------------------------------------------------------------
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_predict_stays_fast_while_clients_loop_on_the_largest_explanations(gunicorn_server, mnist_data):
     """Two clients loop on the largest integrated-gradients explanations the bound allows while a third
     sends /predict: at most WORKERS - 1 run (the others are told to retry), so /predict's p99 stays low."""

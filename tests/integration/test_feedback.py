@@ -214,6 +214,7 @@ def test_feedback_errors_say_what_is_wrong(server, capture_dir, samples):
     assert feedback(server, {"id": rid2, "label": label2}).json()["stored"] == 1
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_unknown_ids_do_not_hold_the_background_thread(server):
     """Feedback for an id not captured (yet) is looked for again for FRESH_WAIT before its 404. That wait
     is the request's own: it must not hold its worker's one background thread, which explanations and

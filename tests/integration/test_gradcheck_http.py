@@ -74,6 +74,7 @@ def test_a_gradcheck_over_its_cost_bound_is_refused(base_url, http, mnist_data):
     assert "GRADCHECK_MAX_COST" in r.json()["error"]["message"]
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_predict_stays_fast_while_clients_loop_on_the_largest_gradchecks(gunicorn_server, mnist_data):
     """Two clients loop on the largest gradchecks the bounds allow while a third sends /predict: at
     most WORKERS - 1 gradchecks run (the others are told to retry), so /predict's p99 stays low."""

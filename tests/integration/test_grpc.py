@@ -370,6 +370,7 @@ def test_grpc_requests_are_in_metrics(server, client, samples):
         "resnet" not in text  # a client's unknown name never becomes a series
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_sigterm_lets_calls_in_flight_finish(tmp_path, mnist_data):
     """Calls the server has taken finish after SIGTERM; later ones are refused (UNAVAILABLE); an idle
     stream is ended within a second or so; exit 0."""

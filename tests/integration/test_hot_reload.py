@@ -23,6 +23,8 @@ from tests.bad_weights import make_bad
 from tests.conftest import ROOT
 from tests.integration.conftest import LocalServer
 
+pytestmark = pytest.mark.serial  # a reload must reach every worker within a few polls: run alone (Makefile)
+
 TOKEN = "test-admin-token"
 XOR = {"model": "xor", "inputs": [[0, 1]]}
 POLL = 1.0  # MODEL_POLL_SECONDS; a change must serve everywhere within POLL + settle + slack

@@ -147,6 +147,7 @@ def test_the_event_loop_answers_while_a_gradcheck_runs(tmp_path, mnist_data):
         assert server.stop() == 0
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_sigterm_while_a_worker_boots_still_stops_the_server(tmp_path):
     """gunicorn lost a SIGTERM that reached a worker before its handlers were installed (the worker
     then served on for good); service.http_server.worker.catch_early_stop honours it."""

@@ -48,6 +48,7 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
     return int(head.split()[1]), rest[:length]
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_slow_and_silent_connections_do_not_stall_others(base_url):
     host, port = host_port(base_url)
     latencies = []

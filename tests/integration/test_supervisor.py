@@ -86,6 +86,7 @@ def test_a_failing_grpc_process_backs_off_and_recovers(tmp_path):
     assert code == 0, srv.read_log()[-3000:]
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_a_stop_during_a_restart_delay_stops_at_once(tmp_path):
     """SIGTERM while a restart waits: no restart follows, and the server exits (0) without waiting
     the delay out (a restart after the stop would have left a child no one stops, and the wait hung)."""

@@ -20,6 +20,7 @@ from tests.integration.test_slow_clients import MNIST_ONE, XOR, host_port, raw_r
 PIPELINED = 400
 
 
+@pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 @pytest.mark.parametrize("batching", ["off", "on"])
 def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path, batching):
     """One worker; client A writes 400 requests at once on one connection, so its next request is
