@@ -557,6 +557,17 @@ BUGS = [
                ("tests/test_queue_policy.py::"
                 "test_a_batch_waiting_for_the_model_thread_lets_its_expired_requests_go_at_their_deadline",),
                "a merged batch starts its requests before the model thread is free: they run late, past deadlines"),
+    PlantedBug("leader_outwaits_its_deadline", "service/batching/gevent_batcher.py",
+               "if ticket is not None and ticket.deadline is not None and self.may_wait(taken, table):",
+               "if False:",
+               ("tests/test_queue_policy.py::"
+                "test_a_leader_whose_batch_waits_for_the_model_thread_is_answered_at_its_own_deadline",),
+               "a leader with a deadline waits for the model thread as long as its batch's latest member"),
+    PlantedBug("handed_batch_loses_its_parent_span", "service/batching/gevent_batcher.py",
+               "gevent.spawn(contextvars.copy_context().run, self.lead, key, queue, taken, table)",
+               "gevent.spawn(self.lead, key, queue, taken, table)",
+               ("tests/test_tracing.py::test_a_batch_its_leader_hands_to_a_greenlet_is_still_the_leader_s_child",),
+               "a batch its leader hands to a greenlet is traced as a root span, not the leader's child"),
     PlantedBug("trainers_share_a_version", "training/recipes.py",
                "                floor = chosen + 1\n                continue",
                "                floor = chosen + 1\n                pass",

@@ -202,6 +202,35 @@ def test_a_batch_waiting_for_the_model_thread_lets_its_expired_requests_go_at_th
     assert slow_a.rows == 5 and slow_b.rows == 1 and policy.waiting == 0
 
 
+@pytest.mark.parametrize("other", [None, 1_000_000])
+@fresh_hub
+def test_a_leader_whose_batch_waits_for_the_model_thread_is_answered_at_its_own_deadline(registry, other):
+    """The same, the roles turned: version B's batch is led by the request with 30 ms, beside one with
+    no deadline (or a later one). The leader is answered at its deadline, uncomputed, not when the
+    thread frees 0.3 s later (it was: the leader waited for the thread as long as its latest member);
+    the other's rows run once the thread is free."""
+    a, b = (dataclasses.replace(registry.snapshot.get("xor")) for _ in range(2))
+    slow_a = a.network = SlowNetwork(a.network, 0.3)
+    slow_b = b.network = SlowNetwork(b.network, 0.0)
+    batcher = GeventBatcher(64)
+    with_table(batcher, a, CostTable((1, 2, 4), (0.05, 0.05, 0.05)))
+    with_table(batcher, b, CostTable((1, 2, 64), (0.01, 0.011, 0.1)))
+    policy, outcomes = QueuePolicy(), {}
+
+    def one(name, entry, rows, timeout_us):
+        ask(outcomes, name, policy, batcher, entry, np.zeros((rows, 2), entry.dtype), timeout_us)
+
+    holder = gevent.spawn(one, "holder", a, 5, None)
+    gevent.sleep(0.01)  # A's pass holds the model thread
+    batch = [gevent.spawn(one, "leader", b, 1, 30_000), gevent.spawn(one, "other", b, 1, other)]
+    gevent.joinall([holder, *batch], timeout=10, raise_error=True)
+    assert isinstance(outcomes["leader"], ServiceError) and outcomes["leader"].status == 504
+    assert 0.025 < outcomes["leader_s"] < 0.15, outcomes["leader_s"]
+    assert isinstance(outcomes["other"], np.ndarray) and outcomes["other_s"] > 0.25
+    assert slow_a.rows == 5 and slow_b.rows == 1 and policy.waiting == 0
+    assert batcher.queues == {}  # the batch handed its queue on
+
+
 @pytest.mark.parametrize("merged", [False, True])
 @fresh_hub
 def test_a_request_taken_into_a_batch_is_answered_by_that_batch(registry, merged):

@@ -9,8 +9,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+import gevent
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,10 +22,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from werkzeug.test import Client
 
 from service.app import create_app
+from service.batching.cost_table import CostTable
+from service.batching.gevent_batcher import GeventBatcher
+from service.batching.queue_policy import QueuePolicy
 from service.batching.thread_batcher import ThreadBatcher
 from service.observability import request_record, tracing
 from service.repository.registry import ModelRegistry
 from tests.integration.conftest import ROOT, free_port
+from tests.test_batcher import fresh_hub
 from tests.test_thread_batcher import gated, queued, with_table
 
 ENDPOINT = "http://127.0.0.1:4318"
@@ -209,6 +216,32 @@ def test_one_batch_span_links_every_request_it_serves(spans, registry):
     assert merged.attributes["batch.rows"] == 2 and merged.attributes["batch.requests"] == 2
     queues = found["queue"]
     assert sorted(q.parent.span_id for q in queues) == sorted([ids[1], ids[2]])
+
+
+@fresh_hub
+def test_a_batch_its_leader_hands_to_a_greenlet_is_still_the_leader_s_child(spans, registry):
+    """The gevent batcher: a leader with a deadline hands a pass that may wait for the model thread to a
+    greenlet of its own (service/batching/gevent_batcher.py); that pass's span is still a child of the
+    leader's span, linked to both requests."""
+    entry = registry.snapshot.get("xor")
+    batcher = GeventBatcher(64)
+    batcher.tables[id(entry)] = (weakref.ref(entry), CostTable((1, 2, 64), (0.01, 0.011, 0.1)))  # off the loop
+    policy, x, ids = QueuePolicy(), np.zeros((1, 2), entry.dtype), {}
+
+    def request(k: int, timeout_us: int | None) -> np.ndarray:
+        with tracing._tracer.start_as_current_span(f"request {k}") as span:
+            ids[k] = span.get_span_context().span_id
+            ticket = policy.admit("xor", timeout_us, time.perf_counter())
+            try:
+                return batcher.run(entry, x, ticket)
+            finally:
+                policy.release(ticket)
+
+    gevent.joinall([gevent.spawn(request, 0, 10_000_000), gevent.spawn(request, 1, None)], timeout=30,
+                   raise_error=True)
+    [batch] = tree(spans)["batch"]
+    assert batch.parent is not None and batch.parent.span_id == ids[0]
+    assert sorted(link.context.span_id for link in batch.links) == sorted(ids.values())
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,9 @@ gevent. How a batch forms:
 * a failure of a pass fails only the requests in it; requests still queued get a new leader;
 * a pass estimated over ``OFF_LOOP_SECONDS`` runs on the worker's model thread (NumPy releases
   the GIL in its products), so the loop keeps answering probes and small requests meanwhile; its
-  requests count as waiting, within their deadlines, until the thread is theirs (:meth:`claim`);
+  requests count as waiting, within their deadlines, until the thread is theirs (:meth:`claim`),
+  the leader's too: a leader with a deadline hands such a batch to a greenlet of its own and waits
+  as the others do (:meth:`lead`);
 * optional, Triton-style: ``MAX_QUEUE_DELAY_MICROSECONDS`` lets a leader wait up to that long for
   the queue to reach a ``PREFERRED_BATCH_SIZE`` (or ``MAX_BATCH``) rows.
 
@@ -31,6 +33,7 @@ greenlets wait and wake.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -105,19 +108,46 @@ class GeventBatcher(Batcher):
             if outcome is DONE:
                 return self.outcome(item)
         queue.busy = True
+        handed = False
         try:
             gevent.idle()  # one turn of the loop: the other ready connections join this batch
             if self.delay and queue.rows < self.target:
                 wait = max(0.0, self.delay - (time.perf_counter() - queue.items[0].enqueued))
                 left = ticket.remaining() if ticket is not None else None
                 queue.enough.wait(wait if left is None else max(0.0, min(wait, left)))
-            self.execute(queue, self.take(queue), table)
+            taken = self.take(queue)
+            if ticket is not None and ticket.deadline is not None and self.may_wait(taken, table):
+                # Its batch may wait for the model thread past this request's deadline (for another
+                # member without one, or with a later one): a greenlet of its own runs the batch, and
+                # this request waits as the others do, answered at its deadline if its pass has not
+                # started. The context copied: the batch span stays the child of this request's span.
+                item.wake = AsyncResult()
+                gevent.spawn(contextvars.copy_context().run, self.lead, key, queue, taken, table)
+                handed = True
+                self.wait(queue, item)
+                return self.outcome(item)
+            self.execute(queue, taken, table)
         finally:
             if item in queue.items:  # interrupted before its batch was taken (a stop): out of the queue
                 queue.items.remove(item)
                 queue.rows -= len(item.rows)
-            self.hand_on(key, queue)
+            if not handed:
+                self.hand_on(key, queue)
         return self.outcome(item)
+
+    @staticmethod
+    def may_wait(taken: list[Pending], table: CostTable) -> bool:
+        """Whether a pass of ``taken`` may run on the model thread, and so wait for it (the merged pass
+        is the largest any of them can be)."""
+        return table.cost(sum(len(i.rows) for i in taken)) > OFF_LOOP_SECONDS
+
+    def lead(self, key: int, queue: VersionQueue, taken: list[Pending], table: CostTable) -> None:
+        """Run a batch whose leader waits as a member (see :meth:`run`), wake it too, hand the queue on."""
+        try:
+            self.execute(queue, taken, table)
+        finally:
+            taken[0].wake.set(DONE)
+            self.hand_on(key, queue)
 
     @staticmethod
     def wait(queue: VersionQueue, item: Pending) -> str:
