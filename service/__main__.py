@@ -10,6 +10,7 @@ signals on and imports only the standard library: the settings are validated her
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -50,6 +51,34 @@ def usable_directory(name: str, value: str) -> Path:
     return path
 
 
+def served_by_another_server(host: str, port: int) -> bool:
+    """Whether a listener that admits ``SO_REUSEPORT`` holds ``host:port`` already: another server's
+    gRPC processes. Ours bind with it so that several share the port, and the kernel grants the same
+    to any process of the same user binding so: a second server given that port would start, and
+    silently take part of the first one's connections. A holder without it makes our gRPC processes
+    fail to bind and restart with back-off until it lets go (``service/supervisor.py``), as before."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except OSError:
+        return False  # the gRPC process reports an address it cannot use
+    with socket.socket(family, kind, proto) as plain:
+        plain.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # an earlier run's TIME_WAIT is no holder
+        try:
+            plain.bind(address)
+            return False  # nobody listens there
+        except OSError:
+            pass
+    with socket.socket(family, kind, proto) as shared:
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            shared.bind(address)
+            return True  # a listener with SO_REUSEPORT let us in beside it
+        except OSError:
+            return False
+
+
 def main() -> None:
     try:
         settings = Settings.from_env()  # fail fast, naming each bad setting
@@ -79,6 +108,9 @@ def main() -> None:
     if settings.grpc_port == 0:
         grpc_readiness.not_expected(Path(os.environ["STATE_DIR"]))  # a kept STATE_DIR's marks: not ready forever
         os.execv(sys.executable, argv)
+    if served_by_another_server(settings.host, settings.grpc_port):
+        raise SystemExit(f"GRPC_PORT={settings.grpc_port}: another server's gRPC processes listen on "
+                         f"{settings.host}:{settings.grpc_port}; give this one a port of its own (0 turns gRPC off)")
     # The supervisor lives as long as the server: it starts afresh (same pid) without what validating the
     # settings imported (pydantic, numpy: 24 MB PSS before, 6 after; docs/operations.md, Footprint).
     os.execv(sys.executable, [sys.executable, "-m", "service.supervisor", str(grpc_processes(settings)),

@@ -568,6 +568,12 @@ BUGS = [
                "gevent.spawn(self.lead, key, queue, taken, table)",
                ("tests/test_tracing.py::test_a_batch_its_leader_hands_to_a_greenlet_is_still_the_leader_s_child",),
                "a batch its leader hands to a greenlet is traced as a root span, not the leader's child"),
+    PlantedBug("second_server_shares_grpc_port", "service/__main__.py",
+               "    if served_by_another_server(settings.host, settings.grpc_port):",
+               "    if False:",
+               ("tests/integration/test_supervisor.py::"
+                "test_a_second_server_given_the_same_grpc_port_refuses_to_start",),
+               "a second server given a running one's GRPC_PORT starts and shares its gRPC connections"),
     PlantedBug("trainers_share_a_version", "training/recipes.py",
                "                floor = chosen + 1\n                continue",
                "                floor = chosen + 1\n                pass",

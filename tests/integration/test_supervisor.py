@@ -86,6 +86,27 @@ def test_a_failing_grpc_process_backs_off_and_recovers(tmp_path):
     assert code == 0, srv.read_log()[-3000:]
 
 
+def test_a_second_server_given_the_same_grpc_port_refuses_to_start(tmp_path):
+    """The gRPC processes bind with SO_REUSEPORT, which the kernel grants to a second server of the same
+    user: it would have served part of the first one's gRPC connections. It stops at its start, saying
+    why, and the first serves on."""
+    grpc = pytest.importorskip("tritonclient.grpc")
+    first = LocalServer(tmp_path / "first", WORKERS="1").start()
+    try:
+        second = LocalServer(tmp_path / "second", WORKERS="1", GRPC_PORT=str(first.grpc_port))
+        try:
+            code = second.proc.wait(60)
+        finally:
+            second.stop()
+        log = second.read_log()
+        assert code == 1 and f"GRPC_PORT={first.grpc_port}: another server's gRPC processes listen on " in log, log
+        assert "Traceback" not in log
+        with grpc.InferenceServerClient(first.grpc_target) as client:
+            assert client.is_server_ready()
+    finally:
+        assert first.stop() == 0, first.read_log()[-3000:]
+
+
 @pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
 def test_a_stop_during_a_restart_delay_stops_at_once(tmp_path):
     """SIGTERM while a restart waits: no restart follows, and the server exits (0) without waiting
