@@ -47,17 +47,22 @@ lint: $(VENV)/.dev
 
 # Every test, in two phases (docs/contributing.md): those that bear a neighbour's load in
 # TEST_PROCESSES processes at once (pytest-xdist, each file whole in one), then those marked `serial`
-# (they bound a latency or a time) by themselves; each phase's exit 5 (nothing selected) is no failure.
-# TEST_PROCESSES=1: one process, one phase.
+# (they bound a latency or a time) by themselves. A phase that selects nothing (exit 5) is no failure,
+# unless neither selects anything; an interrupted first phase (exit 2) ends the run.
+# MARKS="not slow": a marker expression for both phases (PYTEST_ARGS must not hold a -m, which would
+# replace the phase's own). TEST_PROCESSES=1: one process, one phase.
 TEST_PROCESSES ?= 2
 PYTEST_ARGS ?=
+MARKS ?=
 test: lint
 ifeq ($(TEST_PROCESSES),1)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(MARKS),-m "$(MARKS)") $(PYTEST_ARGS)
 else
-	@$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not serial" $(PYTEST_ARGS); shared=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not serial$(if $(MARKS), and ($(MARKS)))" \
+	    $(PYTEST_ARGS); shared=$$?; \
+	if [ $$shared -eq 2 ]; then exit 2; fi; \
 	echo "== the serial tests, alone"; \
-	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS); alone=$$?; \
+	$(BIN)/python -m pytest -m "serial$(if $(MARKS), and ($(MARKS)))" $(PYTEST_ARGS); alone=$$?; \
 	echo "== exit $$shared (in $(TEST_PROCESSES) processes), $$alone (serial)"; \
 	case "$$shared$$alone" in 00|05|50) exit 0;; *) exit 1;; esac
 endif

@@ -239,7 +239,7 @@ def run_wrk(url: str, connections: int, seconds: float, script: Path = LUA, time
         if env.get("MAX_REQUESTS", "0") not in ("", "0"):
             # wrk runs its whole duration even when every thread has stopped; SIGINT ends it at once,
             # with its summary
-            deadline = time.monotonic() + seconds + timeout
+            deadline = time.monotonic() + (seconds if seconds < math.ceil(seconds) else seconds + timeout)
             while proc.poll() is None and len(list(Path(tmp).iterdir())) < threads and time.monotonic() < deadline:
                 time.sleep(0.05)
             if proc.poll() is None:

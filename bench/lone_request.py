@@ -3,7 +3,7 @@
 Issue 17's goal: at concurrency 1, p50 no more than 5 % above the same server with batching off.
 On a shared machine whose speed swings 2x within seconds, two rows measured a minute apart cannot
 show 5 %. Here both servers (the service's gunicorn configuration, ``--workers`` each) are up at
-once and wrk drives one connection at them in bursts of ``--seconds`` (wrk's shortest is 1 s), in
+once and wrk drives one connection at them in bursts of ``--seconds``, in
 pairs: on then off, and off then on in the next pair, so neither always goes first. Each pair
 gives one ratio (on / off) of p50s, and of the workers' CPU time per request (from ``/proc``),
 measured within a few seconds of each other. The answer is the median ratio with a

@@ -558,11 +558,24 @@ BUGS = [
                 "test_a_batch_waiting_for_the_model_thread_lets_its_expired_requests_go_at_their_deadline",),
                "a merged batch starts its requests before the model thread is free: they run late, past deadlines"),
     PlantedBug("leader_outwaits_its_deadline", "service/batching/gevent_batcher.py",
-               "if ticket is not None and ticket.deadline is not None and self.may_wait(taken, table):",
-               "if False:",
+               "            if self.outwaited(ticket, taken, table):",
+               "            if False:",
                ("tests/test_queue_policy.py::"
                 "test_a_leader_whose_batch_waits_for_the_model_thread_is_answered_at_its_own_deadline",),
                "a leader with a deadline waits for the model thread as long as its batch's latest member"),
+    PlantedBug("expired_leader_shed_twice", "service/batching/gevent_batcher.py",
+               "                if item.error is None:  # unless the batch found it expired first (counted once)",
+               "                if True:",
+               ("tests/test_queue_policy.py::"
+                "test_a_leader_whose_batch_waits_for_the_model_thread_is_answered_at_its_own_deadline",),
+               "a leader whose own pass found it expired sheds it again when its wait times out"),
+    PlantedBug("killed_request_still_computed", "service/batching/gevent_batcher.py",
+               "        elif item.error is None and item.result is None and (item.ticket is None or not "
+               "item.ticket.running):",
+               "        elif False:",
+               ("tests/test_queue_policy.py::"
+                "test_a_request_killed_while_its_batch_waits_for_the_model_thread_is_left_out",),
+               "a request killed while its batch waits is still computed, its released ticket started again"),
     PlantedBug("handed_batch_loses_its_parent_span", "service/batching/gevent_batcher.py",
                "gevent.spawn(contextvars.copy_context().run, self.lead, key, queue, taken, table)",
                "gevent.spawn(self.lead, key, queue, taken, table)",

@@ -202,24 +202,33 @@ def test_a_batch_waiting_for_the_model_thread_lets_its_expired_requests_go_at_th
     assert slow_a.rows == 5 and slow_b.rows == 1 and policy.waiting == 0
 
 
-@pytest.mark.parametrize("other", [None, 1_000_000])
-@fresh_hub
-def test_a_leader_whose_batch_waits_for_the_model_thread_is_answered_at_its_own_deadline(registry, other):
-    """The same, the roles turned: version B's batch is led by the request with 30 ms, beside one with
-    no deadline (or a later one). The leader is answered at its deadline, uncomputed, not when the
-    thread frees 0.3 s later (it was: the leader waited for the thread as long as its latest member);
-    the other's rows run once the thread is free."""
+def two_versions(registry, merged: bool = True):
+    """Version A, whose 5-row pass holds the model thread for 0.3 s, and version B, whose passes run on
+    it too (merging its requests pays, or not)."""
     a, b = (dataclasses.replace(registry.snapshot.get("xor")) for _ in range(2))
     slow_a = a.network = SlowNetwork(a.network, 0.3)
     slow_b = b.network = SlowNetwork(b.network, 0.0)
     batcher = GeventBatcher(64)
     with_table(batcher, a, CostTable((1, 2, 4), (0.05, 0.05, 0.05)))
-    with_table(batcher, b, CostTable((1, 2, 64), (0.01, 0.011, 0.1)))
+    with_table(batcher, b, CostTable((1, 2, 64), (0.01, 0.011, 0.1) if merged else (0.01, 0.03, 0.5)))
+    return a, b, slow_a, slow_b, batcher
+
+
+@pytest.mark.parametrize("merged", [True, False])
+@pytest.mark.parametrize("other", [None, 1_000_000])
+@fresh_hub
+def test_a_leader_whose_batch_waits_for_the_model_thread_is_answered_at_its_own_deadline(registry, other, merged):
+    """The same, the roles turned: version B's batch is led by the request with 30 ms, beside one with
+    no deadline (or a later one). The leader is answered at its deadline, uncomputed, not when the
+    thread frees 0.3 s later (it was: the leader waited for the thread as long as its latest member),
+    and shed once; the other's rows run once the thread is free."""
+    a, b, slow_a, slow_b, batcher = two_versions(registry, merged)
     policy, outcomes = QueuePolicy(), {}
 
     def one(name, entry, rows, timeout_us):
         ask(outcomes, name, policy, batcher, entry, np.zeros((rows, 2), entry.dtype), timeout_us)
 
+    before = shed("deadline")
     holder = gevent.spawn(one, "holder", a, 5, None)
     gevent.sleep(0.01)  # A's pass holds the model thread
     batch = [gevent.spawn(one, "leader", b, 1, 30_000), gevent.spawn(one, "other", b, 1, other)]
@@ -228,7 +237,32 @@ def test_a_leader_whose_batch_waits_for_the_model_thread_is_answered_at_its_own_
     assert 0.025 < outcomes["leader_s"] < 0.15, outcomes["leader_s"]
     assert isinstance(outcomes["other"], np.ndarray) and outcomes["other_s"] > 0.25
     assert slow_a.rows == 5 and slow_b.rows == 1 and policy.waiting == 0
+    assert shed("deadline") == before + 1  # the batch and the leader's own wait both saw it expire
     assert batcher.queues == {}  # the batch handed its queue on
+
+
+@pytest.mark.parametrize("killed", ["leader", "member"])
+@fresh_hub
+def test_a_request_killed_while_its_batch_waits_for_the_model_thread_is_left_out(registry, killed):
+    """A stop kills a request whose batch waits for the model thread (a leader with a deadline, which
+    handed its batch on, or a member): the batch leaves it out, the other is answered, and the policy's
+    counts come back to zero (the killed one's ticket was released, then started: waiting went to -1)."""
+    a, b, _, slow_b, batcher = two_versions(registry)
+    policy, outcomes = QueuePolicy(), {}
+
+    def one(name, entry, rows, timeout_us):
+        ask(outcomes, name, policy, batcher, entry, np.zeros((rows, 2), entry.dtype), timeout_us)
+
+    holder = gevent.spawn(one, "holder", a, 5, None)
+    gevent.sleep(0.01)  # A's pass holds the model thread
+    leader = gevent.spawn(one, "leader", b, 1, 1_000_000 if killed == "leader" else None)
+    member = gevent.spawn(one, "member", b, 1, None)
+    gevent.sleep(0.05)  # B's batch taken, waiting for the thread
+    (leader if killed == "leader" else member).kill()
+    survivor = "member" if killed == "leader" else "leader"
+    gevent.joinall([holder, leader, member], timeout=10, raise_error=True)
+    assert isinstance(outcomes[survivor], np.ndarray) and killed not in outcomes
+    assert slow_b.rows == 1 and policy.waiting == 0 and batcher.queues == {}
 
 
 @pytest.mark.parametrize("merged", [False, True])

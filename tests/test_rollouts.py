@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -285,10 +286,15 @@ def test_the_shadow_counts_equal_an_offline_comparison(repo):
 
 
 def test_a_full_queue_drops_and_counts_never_blocks(repo, monkeypatch):
-    # each pass seems to take 0.1 s of CPU, so the rest (39 times that) outlasts any pause of this
-    # test's thread between the drain and the check (a real drain's ~4 ms rest did not, beside load)
-    cpu = iter(np.arange(1000) * 0.1)
-    monkeypatch.setattr(shadow.time, "thread_time", lambda: float(next(cpu)))
+    # the comparer's CPU clock a fake one, 0.1 s a reading, so that its rest (39 times what it spent)
+    # is known and outlasts any pause of this test's thread (a real drain's ~4 ms rest did not, beside load)
+    read: list[float] = []
+
+    def thread_time() -> float:
+        read.append(0.1 * len(read))
+        return read[-1]
+
+    monkeypatch.setattr(shadow, "time", types.SimpleNamespace(thread_time=thread_time, monotonic=time.monotonic))
     plane = plane_on(repo)
     entry = plane.registry.snapshot.serving["mnist"][2]
     mirror = Mirror(capacity=10)
@@ -300,7 +306,8 @@ def test_a_full_queue_drops_and_counts_never_blocks(repo, monkeypatch):
     assert evidence.read("mnist")["comparisons"][(1, 2)]["dropped"] - before == 12
     mirror.drain()
     assert mirror.pending() == 0
-    assert mirror.rest_until > time.monotonic()  # it rests: 39 parts in 40 of its time
+    rest = 39 * (read[-1] - read[0])  # it rests: 39 parts in 40 of its time
+    assert rest > 0 and rest - 1 < mirror.rest_until - time.monotonic() <= rest
 
 
 def test_a_drain_with_a_budget_stops_and_the_rest_waits(repo):

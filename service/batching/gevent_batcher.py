@@ -116,15 +116,19 @@ class GeventBatcher(Batcher):
                 left = ticket.remaining() if ticket is not None else None
                 queue.enough.wait(wait if left is None else max(0.0, min(wait, left)))
             taken = self.take(queue)
-            if ticket is not None and ticket.deadline is not None and self.may_wait(taken, table):
-                # Its batch may wait for the model thread past this request's deadline (for another
-                # member without one, or with a later one): a greenlet of its own runs the batch, and
-                # this request waits as the others do, answered at its deadline if its pass has not
-                # started. The context copied: the batch span stays the child of this request's span.
+            if self.outwaited(ticket, taken, table):
+                # Its batch may wait for the model thread past this request's deadline: a greenlet of
+                # its own runs the batch, and this request waits as the others do, answered at its
+                # deadline if its pass has not started. The context copied: the batch span stays the
+                # child of this request's span.
                 item.wake = AsyncResult()
                 gevent.spawn(contextvars.copy_context().run, self.lead, key, queue, taken, table)
                 handed = True
-                self.wait(queue, item)
+                try:
+                    self.wait(queue, item)
+                except BaseException:  # killed while its batch waits (a stop): the batch leaves it out
+                    self.abandon(key, queue, item)
+                    raise
                 return self.outcome(item)
             self.execute(queue, taken, table)
         finally:
@@ -136,17 +140,27 @@ class GeventBatcher(Batcher):
         return self.outcome(item)
 
     @staticmethod
-    def may_wait(taken: list[Pending], table: CostTable) -> bool:
-        """Whether a pass of ``taken`` may run on the model thread, and so wait for it (the merged pass
-        is the largest any of them can be)."""
-        return table.cost(sum(len(i.rows) for i in taken)) > OFF_LOOP_SECONDS
+    def outwaited(ticket: Ticket | None, taken: list[Pending], table: CostTable) -> bool:
+        """Whether the leader's batch may wait for the model thread past the leader's deadline: a pass of
+        it may run on the thread (the merged pass is the largest any can be), and it waits as long as
+        its latest deadline, which another member's is (later, or none)."""
+        if ticket is None or ticket.deadline is None:
+            return False
+        if table.cost(sum(len(i.rows) for i in taken)) <= OFF_LOOP_SECONDS:
+            return False
+        return any(i.ticket is None or i.ticket.deadline is None or i.ticket.deadline > ticket.deadline
+                   for i in taken[1:])
 
     def lead(self, key: int, queue: VersionQueue, taken: list[Pending], table: CostTable) -> None:
         """Run a batch whose leader waits as a member (see :meth:`run`), wake it too, hand the queue on."""
+        leader = taken[0]
         try:
             self.execute(queue, taken, table)
+        except Exception as exc:  # not a pass's own failure (those are its requests'): the leader's, as before
+            if leader.result is None:
+                leader.error = exc
         finally:
-            taken[0].wake.set(DONE)
+            leader.wake.set(DONE)
             self.hand_on(key, queue)
 
     @staticmethod
@@ -165,7 +179,8 @@ class GeventBatcher(Batcher):
             if item in queue.items:
                 raise item.ticket.error() from None
             if not item.ticket.running:  # taken, its batch waiting for the model thread: it gives up now
-                item.error = item.ticket.error()
+                if item.error is None:  # unless the batch found it expired first (counted once)
+                    item.error = item.ticket.error()
                 return DONE
             return item.wake.get()
 
@@ -221,9 +236,14 @@ class GeventBatcher(Batcher):
                 del self.queues[key]
 
     def abandon(self, key: int, queue: VersionQueue, item: Pending) -> None:
+        """A request killed while it waits (a stop): out of the queue, or, taken into a batch whose pass
+        has not started, left out of it (its ticket is released by its caller: starting it would count
+        it again)."""
         if item in queue.items:
             queue.items.remove(item)
             queue.rows -= len(item.rows)
+        elif item.error is None and item.result is None and (item.ticket is None or not item.ticket.running):
+            item.error = RuntimeError("the request was stopped before its pass")
         if item.wake is not None and item.wake.ready() and item.wake.value is LEAD:  # made leader, never ran
             self.hand_on(key, queue)
 

@@ -62,8 +62,8 @@ def build(tag: str, *extra: str) -> str:
     if ENGINE == "podman":
         flags.append("--format=docker")  # OCI images drop HEALTHCHECK
     start = time.monotonic()
-    # One build at a time on this machine: with two test processes (`make test PYTEST_ARGS="-n 2
-    # --dist loadfile"`), both want the image. The second waits, then builds from the first one's
+    # One build at a time on this machine: with two test processes (`make test` runs two), both may
+    # want the image. The second waits, then builds from the first one's
     # cached layers in seconds, where two builds at once would each do the whole work on two cores.
     with open(Path(tempfile.gettempdir()) / "numpy-nets-image-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
