@@ -15,9 +15,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Runtime: exactly the pinned, hash-checked dependencies of the image, then the project itself.
+# --no-compile: a module is byte-compiled when first imported, not every file at install (a minute
+# of CI's setup, most of it modules no test imports).
 $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-compile --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-compile --no-deps -e .
 	@touch $@
 
 # Development: plus the train and test extras, hash-pinned too, so CI cannot change under us.
@@ -29,12 +31,12 @@ $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 # tests run with exactly the modules it imports (requirements-kserve-client.lock, hash-pinned too).
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock requirements-captum.lock \
 		requirements-kserve-client.lock
-	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
-	$(BIN)/pip install --quiet --no-deps -e .
-	$(BIN)/pip install --quiet --no-deps --require-hashes --upgrade --target $(VENV)/kserve-models \
+	$(BIN)/pip install --quiet --no-compile --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-compile --no-deps -e .
+	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes --upgrade --target $(VENV)/kserve-models \
 		-r requirements-kserve.lock
-	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-captum.lock
-	$(BIN)/pip install --quiet --require-hashes -r requirements-kserve-client.lock
+	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r requirements-captum.lock
+	$(BIN)/pip install --quiet --no-compile --require-hashes -r requirements-kserve-client.lock
 	@touch $@
 
 serve: $(VENV)/.runtime
