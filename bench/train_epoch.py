@@ -23,6 +23,7 @@ The medians, every round and the breakdown go to ``bench/results/train_epoch.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
@@ -142,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         torch = None
         log.warning("PyTorch is not installed (pip install torch==2.13.0, the CPU build): timing NumPy only")
 
-    with threadpool_limits(limits=args.threads):
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=args.threads), contextlib.ExitStack() as restore:
         makers: dict[str, Callable[[int], tuple[Epoch, Predict]]] = {"numpy": numpy_contestant}
         if torch is not None:
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)  # and back after, as threadpool_limits does for BLAS
+            restore.callback(torch.set_num_threads, torch_threads)
             makers["torch-adam"] = lambda s: torch_contestant(torch, s, fused=False, compiled=False)
             makers["torch-fused"] = lambda s: torch_contestant(torch, s, fused=True, compiled=False)
             if not args.no_compile:

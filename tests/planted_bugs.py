@@ -587,6 +587,10 @@ BUGS = [
                ("tests/integration/test_supervisor.py::"
                 "test_a_second_server_given_the_same_grpc_port_refuses_to_start",),
                "a second server given a running one's GRPC_PORT starts and shares its gRPC connections"),
+    PlantedBug("worker_stops_on_its_tick", "service/http_server/serve_loop.py",
+               "        stopping.wait(HEARTBEAT)", "        gevent.sleep(HEARTBEAT)",
+               ("tests/integration/test_lifecycle.py::test_idle_workers_stop_at_once_on_sigterm",),
+               "a worker told to stop serves on until its next one-second tick"),
     PlantedBug("trainers_share_a_version", "training/recipes.py",
                "                floor = chosen + 1\n                continue",
                "                floor = chosen + 1\n                pass",

@@ -22,6 +22,7 @@ a module of its own:
 * gunicorn's settings looked up once each (``worker_config.py``);
 * the model repository rescanned every ``MODEL_POLL_SECONDS`` (``service/repository/watcher.py``);
 * each socket send or receive gives up after ``REQUEST_TIMEOUT`` (a client that stops reading);
+* a stop ends the serving loop at once, not at its next one-second tick (``serve_loop.py``);
 * connections take turns: each yields to the others after every request.
 """
 
@@ -34,6 +35,7 @@ import socket
 import time
 
 import gevent
+from gevent.event import Event
 from gunicorn import util as gunicorn_util
 from gunicorn.workers import ggevent
 from gunicorn.workers.base_async import AsyncWorker
@@ -43,7 +45,14 @@ from service.app.inference_middleware import InferenceMiddleware
 from service.batching.gevent_batcher import GeventBatcher
 from service.capture.budget import CaptureDirError
 from service.config import Settings
-from service.http_server import connection_share, garbage_collection, peer_trust, response_writer, shadow_runner
+from service.http_server import (
+    connection_share,
+    garbage_collection,
+    peer_trust,
+    response_writer,
+    serve_loop,
+    shadow_runner,
+)
 from service.http_server.background import BackgroundThread
 from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections, Wait
@@ -91,6 +100,7 @@ class BufferingGeventWorker(GeventWorker):
         self.middleware: InferenceMiddleware | None = None  # the app's, found after fork (run)
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
         self.share = connection_share.Share(getattr(self, "share_slot", None))  # given by the master (pre_fork)
+        self.stopping: Event | None = None  # set by a stop: the serving loop ends at once (serve_loop.py)
         gunicorn_util.write_error = write_gunicorn_error  # its error pages, in our error shape
         response_writer.install()  # a response's head and small body in one send
         peer_trust.install()  # gunicorn's per-request FORWARDED_ALLOW_IPS check, remembered per peer
@@ -100,6 +110,7 @@ class BufferingGeventWorker(GeventWorker):
         # After fork (the app is preloaded in the master): the batcher's queues and cost tables, the
         # background thread and the repository watcher belong to this process.
         tracing.start()  # OTEL_*: the SDK and its export thread belong to this process (docs/tracing.md)
+        self.stopping = Event()
         app = self.wsgi
         extensions = getattr(app, "extensions", {})
         plane, diagnostics = extensions.get("dataplane"), extensions.get("diagnostics")
@@ -129,7 +140,7 @@ class BufferingGeventWorker(GeventWorker):
         # leave a connection to a worker holding fewer (this process's copy of gunicorn's module)
         ggevent.StreamServer = connection_share.deferring_server(ggevent.StreamServer, self.share)
         try:
-            super().run()
+            serve_loop.serve(self, self.stopping)  # gunicorn's GeventWorker.run, woken at once by a stop
         finally:
             garbage_collection.release_startup_objects()
             if plane is not None and plane.capture is not None:
@@ -148,6 +159,8 @@ class BufferingGeventWorker(GeventWorker):
         gunicorn does for SIGQUIT."""
         super().handle_exit(sig, frame)
         gevent.spawn(self.idle.close_all)
+        if self.stopping is not None:
+            gevent.spawn(self.stopping.set)
 
     def handle(self, listener, client, addr) -> None:
         # each blocking send or receive: a client that stops reading its answers is let go after this
