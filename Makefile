@@ -56,15 +56,16 @@ lint: $(VENV)/.dev
 TEST_PROCESSES ?= 2
 PYTEST_ARGS ?=
 MARKS ?=
+AND_MARKS = $(if $(MARKS), and ($(MARKS)))
 test: lint
 ifeq ($(TEST_PROCESSES),1)
 	$(BIN)/python -m pytest $(if $(MARKS),-m "$(MARKS)") $(PYTEST_ARGS)
 else
-	@$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not serial$(if $(MARKS), and ($(MARKS)))" \
+	@$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not serial$(AND_MARKS)" \
 	    $(PYTEST_ARGS); shared=$$?; \
 	if [ $$shared -eq 2 ]; then exit 2; fi; \
 	echo "== the serial tests, alone"; \
-	$(BIN)/python -m pytest -m "serial$(if $(MARKS), and ($(MARKS)))" $(PYTEST_ARGS); alone=$$?; \
+	$(BIN)/python -m pytest -m "serial$(AND_MARKS)" $(PYTEST_ARGS); alone=$$?; \
 	echo "== exit $$shared (in $(TEST_PROCESSES) processes), $$alone (serial)"; \
 	case "$$shared$$alone" in 00|05|50) exit 0;; *) exit 1;; esac
 endif

@@ -236,15 +236,16 @@ def run_wrk(url: str, connections: int, seconds: float, script: Path = LUA, time
         capped = Path(tmp) / "capped"  # bench/wrk.lua's threads say here when they reached MAX_REQUESTS
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, **env, "CAPPED": str(capped)})
+        fraction = seconds < math.ceil(seconds)  # -d is whole seconds: such a run is ended by SIGINT
         if env.get("MAX_REQUESTS", "0") not in ("", "0"):
             # wrk runs its whole duration even when every thread has stopped; SIGINT ends it at once,
             # with its summary
-            deadline = time.monotonic() + (seconds if seconds < math.ceil(seconds) else seconds + timeout)
+            deadline = time.monotonic() + (seconds if fraction else seconds + timeout)
             while proc.poll() is None and len(list(Path(tmp).iterdir())) < threads and time.monotonic() < deadline:
                 time.sleep(0.05)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
-        elif seconds < math.ceil(seconds):  # -d is whole seconds: a shorter run is ended the same way
+        elif fraction:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(seconds)
             if proc.poll() is None:

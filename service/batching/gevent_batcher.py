@@ -99,14 +99,8 @@ class GeventBatcher(Batcher):
         queue.rows += len(batch)
         if queue.enough is not None and queue.rows >= self.target:
             queue.enough.set()
-        if item.wake is not None:
-            try:
-                outcome = self.wait(queue, item)
-            except BaseException:  # killed while waiting (a stop), or its deadline: never strand the others
-                self.abandon(key, queue, item)
-                raise
-            if outcome is DONE:
-                return self.outcome(item)
+        if item.wake is not None and self.wait_as_member(key, queue, item) is DONE:
+            return self.outcome(item)
         queue.busy = True
         handed = False
         try:
@@ -124,11 +118,7 @@ class GeventBatcher(Batcher):
                 item.wake = AsyncResult()
                 gevent.spawn(contextvars.copy_context().run, self.lead, key, queue, taken, table)
                 handed = True
-                try:
-                    self.wait(queue, item)
-                except BaseException:  # killed while its batch waits (a stop): the batch leaves it out
-                    self.abandon(key, queue, item)
-                    raise
+                self.wait_as_member(key, queue, item)
                 return self.outcome(item)
             self.execute(queue, taken, table)
         finally:
@@ -162,6 +152,15 @@ class GeventBatcher(Batcher):
         finally:
             leader.wake.set(DONE)
             self.hand_on(key, queue)
+
+    def wait_as_member(self, key: int, queue: VersionQueue, item: Pending) -> str:
+        """:meth:`wait`; should the request be killed meanwhile (a stop) or raise its deadline's error,
+        :meth:`abandon` it first, so that it never strands the others."""
+        try:
+            return self.wait(queue, item)
+        except BaseException:
+            self.abandon(key, queue, item)
+            raise
 
     @staticmethod
     def wait(queue: VersionQueue, item: Pending) -> str:
