@@ -198,14 +198,21 @@ def test_the_grid_works_from_the_keyboard(session):
 
 
 @GUNICORN_ONLY
-@pytest.mark.parametrize(("a", "b"), [(0, 0), (0, 1), (1, 0), (1, 1)])
-def test_xor_toggles(session, a, b):
-    for name, on in (("input a", a), ("input b", b)):
-        switch = session.panel("xor").get_by_role("switch", name=name)
-        if on:
-            switch.check()  # by the keyboard-reachable switch, as a click on its label would
-    session.page.wait_for_function("d => document.querySelector('#xor-label').textContent === d", arg=str(a ^ b))
-    assert session.panel("xor").locator(".bars li").count() == 2
+def test_xor_toggles_through_its_truth_table(session):
+    """One switch flipped at a time (a Gray code: 00, 10, 11, 01), on and off: each answer is XOR's, and
+    differs from the one before, so each wait is for the new answer."""
+    state = {"input a": False, "input b": False}
+    for flip in (None, "input a", "input b", "input a"):
+        if flip is not None:
+            state[flip] = not state[flip]
+            switch = session.panel("xor").get_by_role("switch", name=flip)
+            if state[flip]:  # by the keyboard-reachable switch, as a click on its label would
+                switch.check()
+            else:
+                switch.uncheck()
+        expected = str(int(state["input a"]) ^ int(state["input b"]))
+        session.page.wait_for_function("d => document.querySelector('#xor-label').textContent === d", arg=expected)
+        assert session.panel("xor").locator(".bars li").count() == 2
 
 
 @GUNICORN_ONLY

@@ -10,7 +10,7 @@ What is proved, in every protocol (own JSON ``/predict``, TF Serving V1, V2 REST
 * a request naming its version is never rerouted, even by a rollout sending 100 % elsewhere;
 * a shadow's agreement counts equal the ones computed offline on the same inputs with the same two
   weight files (exactly), none dropped, and its largest probability difference to 1e-5;
-* canary -> promote under wrk (16 connections, 60 s) fails no request;
+* canary -> promote under wrk (16 connections, 24 s) fails no request;
 * the guard rolls back a canary answering 500s within min_requests per process, and not a healthy
   canary, even one seeing client errors (4xx);
 * bad API bodies are clear 4xx and change nothing; a bad ``rollout.json`` is reported and ignored;
@@ -629,7 +629,7 @@ def test_canary_then_promote_under_steady_load_fails_no_request(server, digits, 
     put_rollout(server, {"primary": 1})
     (tmp_path / "predict.lua").write_text(WRK_LUA)
     (tmp_path / "body.json").write_bytes(http_call("predict", [int(digits.pool[0])], digits)[1])
-    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d60s", "--timeout=10s", "-s", str(tmp_path / "predict.lua"),
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d24s", "--timeout=10s", "-s", str(tmp_path / "predict.lua"),
                             f"{server.url}/predict"], env={**os.environ, "BODY": str(tmp_path / "body.json")},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start = time.monotonic()
@@ -638,11 +638,11 @@ def test_canary_then_promote_under_steady_load_fails_no_request(server, digits, 
         time.sleep(max(0.0, start + second - time.monotonic()))
 
     try:
-        at(5)
+        at(3)
         canary = put_rollout(server, {"primary": 1, "canary": {"2": 10}}, spread=False)
-        at(5 + SPREAD)
+        at(3 + SPREAD)
         e0 = routed(server)
-        at(25)
+        at(13)
         e1 = routed(server)
         r = requests.post(rollout_url(server, "/promote"), headers=ADMIN, timeout=30)
         assert r.status_code == 200, r.text
@@ -657,7 +657,7 @@ def test_canary_then_promote_under_steady_load_fails_no_request(server, digits, 
     line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("{")), None)
     assert line is not None, f"wrk printed no summary:\n{out}\n{err}"
     summary = json.loads(line)
-    print(f"\nwrk 60 s at 16 connections: {summary}; canary 10 % for 20 s: version 2 served "
+    print(f"\nwrk 24 s at 16 connections: {summary}; canary 10 % for 10 s: version 2 served "
           f"{(e1 - e0)[(2, 'canary')]} of {sum((e1 - e0).values())}; after the promotion "
           f"{(e3 - e2)[(2, 'primary')]} by version 2, {sum((e3 - e2).values()) - (e3 - e2)[(2, 'primary')]} by others")
     assert summary["requests"] > 1000
