@@ -12,14 +12,20 @@ BIN    := $(VENV)/bin
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.12 ...")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# uv installs the lock files: the same hash-checked packages as pip, in a third of the time (CI's
+# setup: 61 s with pip, 29 s with uv from a cold cache; docs/contributing.md). It is pinned and
+# hash-checked too, and installed by the venv's own pip; it writes no bytecode (a module is compiled
+# when first imported, not every file at install).
+$(BIN)/uv: requirements-uv.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-uv.lock
+	@touch $@
+INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python
 
 # Runtime: exactly the pinned, hash-checked dependencies of the image, then the project itself.
-# --no-compile: a module is byte-compiled when first imported, not every file at install (a minute
-# of CI's setup, most of it modules no test imports).
-$(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --no-compile --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet --no-compile --no-deps -e .
+$(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/uv
+	$(INSTALL) --require-hashes -r requirements.lock
+	$(INSTALL) --no-deps -e .
 	@touch $@
 
 # Development: plus the train and test extras, hash-pinned too, so CI cannot change under us.
@@ -31,12 +37,10 @@ $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 # tests run with exactly the modules it imports (requirements-kserve-client.lock, hash-pinned too).
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock requirements-kserve.lock requirements-captum.lock \
 		requirements-kserve-client.lock
-	$(BIN)/pip install --quiet --no-compile --require-hashes -r requirements-dev.lock
-	$(BIN)/pip install --quiet --no-compile --no-deps -e .
-	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes --upgrade --target $(VENV)/kserve-models \
-		-r requirements-kserve.lock
-	$(BIN)/pip install --quiet --no-compile --no-deps --require-hashes -r requirements-captum.lock
-	$(BIN)/pip install --quiet --no-compile --require-hashes -r requirements-kserve-client.lock
+	$(INSTALL) --require-hashes -r requirements-dev.lock
+	$(INSTALL) --no-deps --require-hashes --upgrade --target $(VENV)/kserve-models -r requirements-kserve.lock
+	$(INSTALL) --no-deps --require-hashes -r requirements-captum.lock
+	$(INSTALL) --require-hashes -r requirements-kserve-client.lock
 	@touch $@
 
 serve: $(VENV)/.runtime
@@ -114,6 +118,7 @@ lock: | $(BIN)/python
 	$(LOCK) --extra tracing -o requirements-tracing.lock pyproject.toml
 	$(LOCK) --extra train --extra test -o requirements-dev.lock pyproject.toml
 	echo 'setuptools>=77' | $(LOCK) -o requirements-build.lock -
+	echo 'uv' | $(LOCK) -o requirements-uv.lock -
 	$(LOCK) -o requirements-kserve-client.lock requirements-kserve-client.in
 
 image:
