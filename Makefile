@@ -13,7 +13,7 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.12 ...")'
 	$(PYTHON) -m venv $(VENV)
 
-# uv installs the lock files: the same hash-checked packages as pip, in a third of the time (CI's
+# uv installs the lock files: the same hash-checked packages as pip, in about half the time (CI's
 # setup: 61 s with pip, 29 s with uv from a cold cache; docs/contributing.md). It is pinned and
 # hash-checked too, and installed by the venv's own pip; it writes no bytecode (a module is compiled
 # when first imported, not every file at install).
@@ -65,7 +65,7 @@ test: lint
 ifeq ($(TEST_PROCESSES),1)
 	$(BIN)/python -m pytest $(if $(MARKS),-m "$(MARKS)") $(PYTEST_ARGS)
 else
-	@$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile -m "not serial$(AND_MARKS)" \
+	@$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder -m "not serial$(AND_MARKS)" \
 	    $(PYTEST_ARGS); shared=$$?; \
 	if [ $$shared -eq 2 ]; then exit 2; fi; \
 	echo "== the serial tests, alone"; \

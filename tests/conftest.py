@@ -29,6 +29,27 @@ def pytest_report_header(config) -> list[str]:
             + (f"; set: {forced}" if forced else "")]
 
 
+# The files that take longest under CI's two processes (minutes each, from `--durations=0` runs), longest
+# first after the container's (it builds the image, which other files' container tests then find built).
+# pytest-xdist's `loadfile` hands files out in this order (the Makefile turns off its own reordering by
+# test count), so the long files start early and the short ones fill the end of the phase: with a
+# long file handed out late, the other process sat idle while it finished.
+LONG_FILES = ("tests/container/test_container.py", "tests/test_bench.py", "tests/integration/test_fuzz.py",
+              "tests/integration/test_browser.py", "tests/test_training.py", "tests/integration/test_readme.py",
+              "tests/integration/test_supervisor.py", "tests/integration/test_grpc.py",
+              "tests/integration/test_lifecycle.py", "tests/test_bench_batches.py",
+              "tests/integration/test_walkthrough.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The long files first (:data:`LONG_FILES`); every other file, and the tests within each, in their order."""
+    missing = [path for path in LONG_FILES if not (ROOT / path).exists()]
+    if missing:  # a renamed file would silently lose its place
+        raise pytest.UsageError(f"tests/conftest.py LONG_FILES names no such file: {missing}")
+    rank = {path: i for i, path in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(LONG_FILES)))
+
+
 def served_version(name: str) -> Path:
     """The shipped version directory of ``name`` that the default policy (``latest:1``) serves: the
     newest. (Older shipped versions stay on disk for a rollback, unserved.)"""
