@@ -255,9 +255,9 @@ def test_the_training_epoch_runs_each_contestant(mnist_dir, tmp_path):
     assert "| numpy |" in train_epoch.report(result)
 
 
-def test_the_stress_suite_runs_the_parts_asked_for(mnist_dir, tmp_path):
-    """One of ``make stress``'s parts (the soak and the uploads have tests of their own, and kill -9 under load
-    its twin in tests/integration/test_lifecycle.py)."""
+def test_the_stress_suite_runs_a_part_against_the_real_server(mnist_dir, tmp_path):
+    """One of ``make stress``'s parts for real (the soak and the uploads have tests of their own, and kill -9
+    under load its twin in tests/integration/test_lifecycle.py; ``make stress`` runs them all)."""
     from bench import stress
 
     out = tmp_path / "stress.json"
@@ -266,6 +266,29 @@ def test_the_stress_suite_runs_the_parts_asked_for(mnist_dir, tmp_path):
     envelope_ok(result, "stress")
     assert [r["part"].split(" ")[0] for r in result["rows"]] == ["SIGTERM"]
     assert all(r["ok"] for r in result["rows"]) and "| ok |" in stress.report(result)
+
+
+def test_the_stress_suite_runs_the_parts_asked_for_in_its_order(mnist_dir, tmp_path, monkeypatch):
+    """The parts named (repeatable ``--part``) run in the suite's order, not the command line's; a row
+    without its own verdict is judged by its failures."""
+    from bench import stress
+
+    ran = []
+
+    def part(name: str, failures: int):
+        def run(*args) -> dict:
+            ran.append(name)
+            return {"part": f"{name} part", "cases": 1, "failures": failures, "note": ""}
+        return run
+
+    monkeypatch.setattr(stress, "kill_9", part("kill", 0))
+    monkeypatch.setattr(stress, "sigterm", part("SIGTERM", 1))
+    monkeypatch.setattr(stress, "soak", part("soak", 0))
+    out = tmp_path / "stress.json"
+    assert stress.main(["--part", "sigterm", "--part", "kill-9", "--data-dir", str(mnist_dir), "--out", str(out)]) == 1
+    assert ran == ["kill", "SIGTERM"]  # PARTS lists kill-9 first; the soak was not asked for
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["part"], r["ok"]) for r in rows] == [("kill part", True), ("SIGTERM part", False)]
 
 
 def test_the_uploads_benchmark_records_its_row(tmp_path):
