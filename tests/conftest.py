@@ -32,8 +32,8 @@ def pytest_report_header(config) -> list[str]:
 # The files that take longest under CI's two processes (minutes each, from `--durations=0` runs), longest
 # first after the container's (it builds the image, which other files' container tests then find built).
 # pytest-xdist's `loadfile` hands files out in this order (the Makefile turns off its own reordering by
-# test count), so the long files start early and the short ones fill the end of the phase: with a
-# long file handed out late, the other process sat idle while it finished.
+# test count), so the long files start early and the short ones fill the end of the phase: a long
+# file handed out late can leave the other process idle while it finishes.
 LONG_FILES = ("tests/container/test_container.py", "tests/test_bench.py", "tests/integration/test_fuzz.py",
               "tests/integration/test_browser.py", "tests/test_training.py", "tests/integration/test_readme.py",
               "tests/integration/test_supervisor.py", "tests/integration/test_grpc.py",
