@@ -114,9 +114,17 @@ def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return self.attempt(endpoint, request, fn, self, request, context)
         except ServiceError as exc:
+            if "Retry-After" in exc.headers:
+                context.set_trailing_metadata(pushback(exc.headers["Retry-After"]))
             context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
 
     return rpc
+
+
+def pushback(retry_after: str) -> tuple[tuple[str, str], ...]:
+    """HTTP's ``Retry-After`` (seconds) as gRPC says it: the ``grpc-retry-pushback-ms`` trailer, which a
+    client's retry policy obeys instead of its own backoff (gRFC A6)."""
+    return (("grpc-retry-pushback-ms", str(int(retry_after) * 1000)),)
 
 
 def model_name(text: str) -> str:

@@ -177,7 +177,9 @@ def test_a_full_queue_refuses_at_once_and_the_probes_still_answer(tmp_path):
 def test_grpc_refuses_unavailable_when_its_queue_is_full(tmp_path, mnist_data, batching):
     """gRPC's one slot computes, whether the batcher (GRPC_BATCHING) or the plain runner holds it: 12 calls
     of 1,024 digits at once, one waiting allowed; the others are refused UNAVAILABLE, and none fails
-    otherwise. (Without batching, calls waiting for the slot once went uncounted: all 40 accepted.)"""
+    otherwise. (Without batching, calls waiting for the slot once went uncounted: all 40 accepted.) A refusal
+    says when to come back as gRPC's retry policies read it, in the ``grpc-retry-pushback-ms`` trailer (what
+    REST's Retry-After says), which only a raw stub shows."""
     server = LocalServer(tmp_path, WORKERS="1", GRPC_WORKERS="1", GRPC_THREADS="1", MAX_QUEUE_SIZE="1",
                          GRPC_BATCHING=batching).start()
     x = np.ascontiguousarray(np.asarray(mnist_data.eval_sets["test"][0][:1024]).reshape(1024, 784), dtype=np.float32)
@@ -196,6 +198,23 @@ def test_grpc_refuses_unavailable_when_its_queue_is_full(tmp_path, mnist_data, b
         refused = [o for o in outcomes if o != "ok"]
         assert refused and all("UNAVAILABLE" in o and "MAX_QUEUE_SIZE" in o for o in refused), outcomes
         assert "ok" in outcomes
+
+        from service.grpc.stubs import grpc_service_pb2 as pb
+        from service.grpc.stubs import grpc_service_pb2_grpc as pb_grpc
+        request = pb.ModelInferRequest(model_name="mnist", raw_input_contents=[x.tobytes()], inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(x.shape))])
+
+        def raw_call(_):
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                try:
+                    pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+                    return "OK", {}
+                except grpc.RpcError as exc:
+                    return exc.code().name, dict(exc.trailing_metadata() or ())
+        with ThreadPoolExecutor(12) as pool:
+            raw = list(pool.map(raw_call, range(12)))
+        assert {code for code, _ in raw} == {"OK", "UNAVAILABLE"}, raw
+        assert all(trailer.get("grpc-retry-pushback-ms") == "1000" for code, trailer in raw if code != "OK"), raw
     finally:
         server.stop()
 
