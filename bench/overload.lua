@@ -2,7 +2,11 @@
 -- classified by the client's own clock (sent -> answered, LuaJIT's clock_gettime through its FFI). The send
 -- time travels in X-Request-ID, which the server echoes, so no per-connection state is needed.
 --   BODY=<file>, DEADLINE_US (answers later than it are late; 0: none), SEND_DEADLINE (1: as an
---   X-Timeout-Microseconds header; 0: judge by it without telling the server), PATH_ (default /predict)
+--   X-Timeout-Microseconds header; 0: judge by it without telling the server), PATH_ (default /predict),
+--   HONOUR_RETRY_AFTER (1: after a 503, wait its Retry-After and a random jitter of up to as much again before
+--   the next request, as clients with a retry policy do; 0: send the next at once, a retry storm),
+--   WARMUP_S (answers to requests sent in each thread's first seconds are left out of the counts: the
+--   connections all open at once, a burst no steady load has; counted apart as "warmup")
 local ffi = require("ffi")
 ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } nn_timespec; int clock_gettime(int, nn_timespec *); ]]
 local ts = ffi.new("nn_timespec")
@@ -17,12 +21,31 @@ f:close()
 local deadline = tonumber(os.getenv("DEADLINE_US") or "0")
 local send_deadline = (os.getenv("SEND_DEADLINE") or "1") ~= "0"
 local path = os.getenv("PATH_") or "/predict"
+local honour = (os.getenv("HONOUR_RETRY_AFTER") or "0") ~= "0"
+-- wrk asks delay() before each connection's next request, after that connection's response(), but other
+-- connections' responses can come between the two: so each response queues its wait and each delay()
+-- takes the oldest. Every 503 is followed by exactly one wait of its Retry-After; which of this thread's
+-- connections sits it out can differ, and the connections are alike.
+local warmup_us = math.floor(tonumber(os.getenv("WARMUP_S") or "0") * 1000000)
+local waits, first_wait, last_wait = {}, 1, 0
+if honour then
+  function delay()
+    if first_wait > last_wait then return 0 end
+    local ms = waits[first_wait]
+    waits[first_wait] = nil
+    first_wait = first_wait + 1
+    return ms
+  end
+end
 local BUCKET_US, BUCKETS = 250, 2000  -- latency histograms: 0.25 ms buckets up to 500 ms (the last: beyond)
 
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
 function init(args)
+  math.randomseed(now_us())
+  started_us = now_us()
+  warmup = 0
   counts = {ok_in_time = 0, ok_late = 0, refused = 0, expired = 0, other = 0}
   refused_hist, ok_hist = {}, {}
   worst_over_us = -1000000000  -- the latest any answer came after its deadline
@@ -40,9 +63,15 @@ local function add(hist, us)
 end
 
 function response(status, headers, _)
+  if honour then
+    local after = status == 503 and tonumber(headers["Retry-After"] or headers["retry-after"] or "") or 0
+    last_wait = last_wait + 1
+    waits[last_wait] = math.floor(after * 1000 * (1 + math.random()))
+  end
   local sent = tonumber(headers["X-Request-ID"] or headers["x-request-id"] or "")
   if sent == nil then counts.other = counts.other + 1 return end
   local us = now_us() - sent
+  if sent < started_us + warmup_us then warmup = warmup + 1 return end
   if deadline > 0 and us - deadline > worst_over_us then worst_over_us = us - deadline end
   if status == 200 then
     add(ok_hist, us)
@@ -68,19 +97,20 @@ local function percentile(hist, p)
 end
 
 function done(summary, latency, requests)
-  local all, refused, ok, worst = {}, {}, {}, -1000000000
+  local all, refused, ok, worst, warm = {}, {}, {}, -1000000000, 0
   for _, t in ipairs(threads) do
     merge(all, t:get("counts"))
     merge(refused, t:get("refused_hist"))
     merge(ok, t:get("ok_hist"))
     worst = math.max(worst, t:get("worst_over_us"))
+    warm = warm + t:get("warmup")
   end
   local e = summary.errors
   io.write(string.format(
     '{"requests": %d, "duration_us": %d, "ok_in_time": %d, "ok_late": %d, "refused": %d, "expired": %d, ' ..
     '"other": %d, "socket_errors": %d, "timeouts": %d, "refused_p99_us": %d, "ok_p50_us": %d, "ok_p99_us": %d, ' ..
-    '"worst_after_deadline_us": %d}\n',
+    '"worst_after_deadline_us": %d, "warmup": %d}\n',
     summary.requests, summary.duration, all.ok_in_time or 0, all.ok_late or 0, all.refused or 0, all.expired or 0,
     all.other or 0, e.connect + e.read + e.write, e.timeout, percentile(refused, 99), percentile(ok, 50),
-    percentile(ok, 99), worst))
+    percentile(ok, 99), worst, warm))
 end

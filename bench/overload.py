@@ -9,13 +9,21 @@ refused, 504 expired):
 2. **today**: ``--connections`` (256) connections, each answer judged against a ``--deadline-ms`` (50)
    deadline the server is not told of, no queue bound: what happens without the policy;
 3. **policy**: the same connections, each request carrying its deadline
-   (``X-Timeout-Microseconds``), on a server with ``MAX_QUEUE_SIZE`` at each of ``--queue`` (one row each).
+   (``X-Timeout-Microseconds``), on a server with ``MAX_QUEUE_SIZE`` at each of ``--queue``, twice:
+   refused clients that **retry at once** (a retry storm: each refused connection sends again as soon
+   as it has its 503), and clients that **wait the 503's Retry-After** (1 s) plus a random jitter of up
+   to as much again before they send again, as a client with a retry policy does (urllib3's ``Retry``
+   honours Retry-After by default; randomised backoff is the usual advice against synchronised retries).
 
-The goals: goodput (200s within their deadline) of (3) at least 90 % of (1); no answer later than
-its deadline + 10 ms; refusals answered within 5 ms at p99; ``/healthz`` within 1 s throughout (a
-prober asks it every 100 ms during (2) and (3)).
+Capacity is the most the server answered without deadlines: (1), or (2) counting its late answers
+too, whichever is more (16 connections do not always keep two workers busy on this shared machine).
+The goals, judged for each client behaviour on its row with the most goodput: goodput (200s within
+their deadline) at least 90 % of capacity; no answer later than its deadline + 10 ms; refusals
+answered within 5 ms at p99; ``/healthz`` within 1 s throughout (a prober asks it every 100 ms during
+(2) and (3)). The first ``--warmup`` seconds of each loaded row are not counted: wrk opens every
+connection at once, a burst of 256 requests that no steady load has.
 
-    python -m bench.overload              # about 4 minutes
+    python -m bench.overload              # about 6 minutes
 """
 
 from __future__ import annotations
@@ -65,12 +73,17 @@ def prober(url: str, every: float = 0.1):
         thread.join()
 
 
-def phase(url: str, body: Path, connections: int, seconds: float, deadline_us: int, send: bool) -> dict:
-    got = run_wrk(f"{url}/predict", connections, seconds, SCRIPT, timeout=10, BODY=str(body),
-                  DEADLINE_US=str(deadline_us), SEND_DEADLINE="1" if send else "0")
-    got["seconds"] = got["duration_us"] / 1e6
+def phase(url: str, body: Path, connections: int, seconds: float, deadline_us: int, send: bool,
+          honour: bool = False, warmup: float = 0) -> dict:
+    got = run_wrk(f"{url}/predict", connections, seconds + warmup, SCRIPT, timeout=10, BODY=str(body),
+                  DEADLINE_US=str(deadline_us), SEND_DEADLINE="1" if send else "0",
+                  HONOUR_RETRY_AFTER="1" if honour else "0", WARMUP_S=str(warmup))
+    got["seconds"] = got["duration_us"] / 1e6 - warmup
     got["goodput"] = got["ok_in_time"] / got["seconds"]
     return got
+
+
+CLIENTS = {"storm": "retry at once", "retry_after": "wait Retry-After"}  # how a refused client comes back
 
 
 def run(args) -> dict:
@@ -82,29 +95,42 @@ def run(args) -> dict:
             phase(srv.url, body, args.capacity_connections, 2, 0, False)  # warm
             out["capacity"] = phase(srv.url, body, args.capacity_connections, args.seconds, 0, False)
             with prober(f"{srv.url}/healthz") as seen:
-                out["today"] = phase(srv.url, body, args.connections, args.seconds, deadline_us, False)
+                out["today"] = phase(srv.url, body, args.connections, args.seconds, deadline_us, False,
+                                     warmup=args.warmup)
             out["today"]["healthz"] = seen
-        out["policy"] = {}
+        out["policy"] = {client: {} for client in CLIENTS}
         for queue in args.queue:
             with server(SERVICE_APP, args.workers, Path(tmp), LOG_LEVEL="warning", MAX_QUEUE_SIZE=str(queue)) as srv:
                 phase(srv.url, body, args.capacity_connections, 2, 0, False)  # warm
-                with prober(f"{srv.url}/healthz") as seen:
-                    row = out["policy"][str(queue)] = phase(srv.url, body, args.connections, args.seconds,
-                                                            deadline_us, True)
-                row["healthz"] = seen
-    capacity = out["capacity"]["goodput"]
-    for row in (out["today"], *out["policy"].values()):
+                for client in CLIENTS:
+                    with prober(f"{srv.url}/healthz") as seen:
+                        row = out["policy"][client][str(queue)] = phase(
+                            srv.url, body, args.connections, args.seconds, deadline_us, True,
+                            honour=client == "retry_after", warmup=args.warmup)
+                    row["healthz"] = seen
+    # the most the server answered without deadlines: 16 connections may not keep it busy on a slow
+    # minute, where 256 do (late answers count here: they were computed)
+    out["capacity"]["answers"] = max(out["capacity"]["goodput"],
+                                     (out["today"]["ok_in_time"] + out["today"]["ok_late"]) / out["today"]["seconds"])
+    capacity = out["capacity"]["answers"]
+    rows = [out["today"], *(r for client in out["policy"].values() for r in client.values())]
+    for row in rows:
         row["goodput_share"] = row["goodput"] / capacity
-    best = max(out["policy"].values(), key=lambda r: r["goodput"])
-    out["goals"] = {"goodput_at_least_0.9": best["goodput_share"] >= 0.9,
-                    "no_answer_after_deadline_plus_10ms": best["worst_after_deadline_us"] <= 10_000,
-                    "refused_p99_under_5ms": best["refused"] == 0 or best["refused_p99_us"] <= 5_000,
-                    "healthz_within_1s": all(r["healthz"]["worst_s"] <= 1.0 and not r["healthz"]["failures"]
-                                             for r in out["policy"].values()),
-                    # an answer that is none of the above, a broken connection or a request never answered
-                    # within wrk's timeout would otherwise pass every goal unseen
-                    "no_failed_or_unanswered_request": failed(best) == 0}
+    out["goals"] = {client: goals(out["policy"][client]) for client in CLIENTS}
     return out
+
+
+def goals(rows: dict) -> dict:
+    """Issue 37's goals, judged on the row (one ``MAX_QUEUE_SIZE``) with the most goodput."""
+    best = max(rows.values(), key=lambda r: r["goodput"])
+    return {"goodput_at_least_0.9": best["goodput_share"] >= 0.9,
+            "no_answer_after_deadline_plus_10ms": best["worst_after_deadline_us"] <= 10_000,
+            "refused_p99_under_5ms": best["refused"] == 0 or best["refused_p99_us"] <= 5_000,
+            "healthz_within_1s": all(r["healthz"]["worst_s"] <= 1.0 and not r["healthz"]["failures"]
+                                     for r in rows.values()),
+            # an answer that is none of the above, a broken connection or a request never answered
+            # within wrk's timeout would otherwise pass every goal unseen
+            "no_failed_or_unanswered_request": failed(best) == 0}
 
 
 def failed(row: dict) -> int:
@@ -115,24 +141,30 @@ def failed(row: dict) -> int:
 def report(result: dict) -> str:
     """The Markdown of this benchmark's results file."""
     s = result["summary"]
-    conns = result.get("settings", {}).get("connections", 256)
-    deadline = result.get("settings", {}).get("deadline_ms", 50.0)
-    lines = [f"| one-sample /predict, {conns} connections, {deadline:g} ms deadlines | goodput (req/s in time) | "
-             "share of capacity | 200 late | 503 refused (p99) | 504 expired | failed or unanswered | latest answer "
-             "after its deadline | /healthz worst |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    rows = [("no policy (the deadline not sent)", s["today"], False)]
-    rows += [(f"deadlines sent, MAX_QUEUE_SIZE={q}", r, True) for q, r in s["policy"].items()]
-    for what, r, sent in rows:
+    settings = result.get("settings", {})
+    conns, deadline = settings.get("connections", 256), settings.get("deadline_ms", 50.0)
+    lines = [f"| one-sample /predict, {conns} connections, {deadline:g} ms deadlines | a refused client | "
+             "goodput (req/s in time) | share of capacity | 200 late | 503 refused (p99) | 504 expired | "
+             "failed or unanswered | latest answer after its deadline | /healthz worst |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [("no policy (the deadline not sent)", "(none refused)", s["today"], False)]
+    rows += [(f"deadlines sent, MAX_QUEUE_SIZE={q}", CLIENTS[client], r, True)
+             for client in CLIENTS for q, r in s["policy"][client].items()]
+    for what, client, r, sent in rows:
         refused = f"{r['refused'] / r['seconds']:.0f}/s ({r['refused_p99_us'] / 1000:.1f} ms)" if r["refused"] else "0"
         late = f"{r['worst_after_deadline_us'] / 1000:.0f} ms" if sent else "n/a"
-        lines.append(f"| {what} | {r['goodput']:.0f} | {r['goodput_share']:.2f} | {r['ok_late'] / r['seconds']:.0f}/s "
-                     f"| {refused} | {r['expired'] / r['seconds']:.0f}/s | {failed(r)} | {late} | "
-                     f"{r['healthz']['worst_s'] * 1000:.0f} ms |")
-    capacity_connections = result.get("settings", {}).get("capacity_connections", 16)
-    lines.append(f"\n(capacity: {s['capacity']['goodput']:.0f} req/s at {capacity_connections}"
-                 f" connections without deadlines; goals met: "
-                 f"{', '.join(k for k, v in s['goals'].items() if v) or 'none'}; missed: "
-                 f"{', '.join(k for k, v in s['goals'].items() if not v) or 'none'})")
+        lines.append(f"| {what} | {client} | {r['goodput']:.0f} | {r['goodput_share']:.2f} | "
+                     f"{r['ok_late'] / r['seconds']:.0f}/s | {refused} | {r['expired'] / r['seconds']:.0f}/s | "
+                     f"{failed(r)} | {late} | {r['healthz']['worst_s'] * 1000:.0f} ms |")
+    capacity_connections = settings.get("capacity_connections", 16)
+    lines.append(f"\n(capacity: {s['capacity']['answers']:.0f} req/s, the most answered without deadlines: at "
+                 f"{capacity_connections} connections {s['capacity']['goodput']:.0f}, at {conns} "
+                 f"{(s['today']['ok_in_time'] + s['today']['ok_late']) / s['today']['seconds']:.0f}. "
+                 f"The first {settings.get('warmup', 0):g} s of each loaded row are not counted.)")
+    for client, met in s["goals"].items():
+        lines.append(f"\nGoals, clients that {CLIENTS[client]}: met "
+                     f"{', '.join(k for k, v in met.items() if v) or 'none'}; missed "
+                     f"{', '.join(k for k, v in met.items() if not v) or 'none'}.")
     return "\n".join(lines)
 
 
@@ -145,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--deadline-ms", type=float, default=50.0)
-    parser.add_argument("--queue", type=int, nargs="+", default=[16, 64, 128],
-                        help="MAX_QUEUE_SIZE of the policy's servers, one row each")
+    parser.add_argument("--queue", type=int, nargs="+", default=[2, 4, 128],
+                        help="MAX_QUEUE_SIZE of the policy's servers, a row each for each client behaviour")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds at the start of each loaded row not counted: every connection opens at once")
     parser.add_argument("--out", type=Path, default=results.default_path("overload"))
     args = parser.parse_args(argv)
     if not have_wrk():
