@@ -105,9 +105,10 @@ class GRPCServer:
             raise SystemExit(f"cannot listen on {address} (in use by another program, or not allowed)")
         self.server.start()
         self.set_health()
+        plane.registry.on_refresh.append(self.set_health)  # at once, whichever scan changed readiness
         grpc_readiness.mark(settings.state_dir)  # HTTP's /readyz counts this process as serving
         self.watcher = threading.Thread(target=watch, name="repository", daemon=True, args=(
-            plane.registry, settings.model_poll_seconds, self.stopping.wait, self.set_health, plane.tick))
+            plane.registry, settings.model_poll_seconds, self.stopping.wait, plane.tick))
         self.watcher.start()
         plane.rollouts.start_thread()  # rollouts' comparisons (shadow / primary), off the calls' threads
 

@@ -59,6 +59,9 @@ class ModelRegistry:
         # Scans from more than one thread (a gRPC process: its watcher, a repository call, the rollout
         # guard) take turns; a native lock, as under gevent only the event loop's thread scans anyway.
         self._scanning = _thread.RLock()
+        # run after every scan, whoever scanned (the watcher, a repository call, a rollout change): what
+        # mirrors the snapshot elsewhere, as a gRPC process's health service does, changes with it
+        self.on_refresh: list[Callable[[], None]] = []
 
     def load_all(self) -> ModelRegistry:
         """The first scan, at start: every file present is read, settled or not (a copy still
@@ -74,6 +77,8 @@ class ModelRegistry:
             changed = self.scan(settle, eager)
             if before - serving_entries(self.snapshot):  # versions gone: their memory freed by now
                 release_freed_memory()
+            for hook in self.on_refresh:
+                hook()
             return changed
 
     def scan(self, settle: bool, eager: str | None = None) -> bool:

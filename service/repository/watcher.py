@@ -13,19 +13,18 @@ log = logging.getLogger("service.repository.watcher")
 
 
 def watch(registry: ModelRegistry, poll_seconds: float, wait: Callable[[float], bool],
-          refreshed: Callable[[], None] = lambda: None, every_tick: Callable[[], None] = lambda: None) -> None:
+          every_tick: Callable[[], None] = lambda: None) -> None:
     """Rescan the repository every ``poll_seconds`` (0: never), and at once when another process changed
     the repository API's state (it is looked at every second); returns when the process stops.
 
     ``wait(seconds)`` sleeps and says whether the process is stopping: a gevent sleep in an HTTP worker,
     an ``Event.wait`` in a gRPC process. A scan loads on the caller's greenlet or thread, so scans never
-    overlap, and requests keep the snapshot they started with. ``refreshed`` runs after each scan (the
-    gRPC process updates its health service), ``every_tick`` at each look (at most a second apart: the
-    data plane's periodic work, such as publishing the drift gauges)."""
+    overlap, and requests keep the snapshot they started with (``registry.on_refresh`` runs after each
+    scan). ``every_tick`` runs at each look (at most a second apart: the data plane's periodic work,
+    such as publishing the drift gauges)."""
     if registry.state_changed():  # a worker forked after the repository API changed things: catch up now
         try:
             registry.refresh()
-            refreshed()
         except Exception:
             log.exception("model repository scan failed")
     tick = min(1.0, poll_seconds) if poll_seconds > 0 else 1.0
@@ -37,6 +36,5 @@ def watch(registry: ModelRegistry, poll_seconds: float, wait: Callable[[float], 
             last = time.monotonic()
             try:
                 registry.refresh()
-                refreshed()
             except Exception:  # a bug must not end the watching; the log has it
                 log.exception("model repository scan failed")

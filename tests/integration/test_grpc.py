@@ -512,12 +512,15 @@ def grpc_index(client, admin: dict) -> list[dict]:
 
 def test_the_liveness_service_serves_while_the_server_is_not_ready(tmp_path):
     """A probe on "" restarted a pod whose repository holds a model that fails to load (NOT_SERVING:
-    not ready); the "liveness" service the manifests' liveness and startup probes ask is SERVING."""
+    not ready); the "liveness" service the manifests' liveness and startup probes ask is SERVING. Once
+    the broken model is unloaded over gRPC, "" says SERVING with the RPC's answer, as ServerReady does
+    (it waited for the repository watcher's next look, up to a second)."""
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "model_repository" / "xor" / "1", repo / "xor" / "1")
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "model.npz").write_bytes(b"not a weights file")
-    srv = LocalServer(tmp_path, MODEL_DIR=str(repo)).start(path="/healthz")
+    token = "grpc-admin-token"
+    srv = LocalServer(tmp_path, MODEL_DIR=str(repo), ADMIN_TOKEN=token, GRPC_WORKERS="1").start(path="/healthz")
     try:
         with grpc.insecure_channel(srv.grpc_target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -531,7 +534,13 @@ def test_the_liveness_service_serves_while_the_server_is_not_ready(tmp_path):
                 time.sleep(0.2)
             assert status("liveness") == health_pb2.HealthCheckResponse.SERVING
             assert status("") == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert requests.get(f"{srv.url}/readyz", timeout=10).status_code == 503
+            assert requests.get(f"{srv.url}/readyz", timeout=10).status_code == 503
+
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)  # the same channel: the same process
+            stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="broken"),
+                                       metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+            assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+            assert status("") == health_pb2.HealthCheckResponse.SERVING
     finally:
         assert srv.stop() == 0, srv.read_log()[-3000:]
 
