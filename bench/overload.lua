@@ -25,7 +25,9 @@ local honour = (os.getenv("HONOUR_RETRY_AFTER") or "0") ~= "0"
 -- wrk asks delay() before each connection's next request, after that connection's response(), but other
 -- connections' responses can come between the two: so each response queues its wait and each delay()
 -- takes the oldest. Every 503 is followed by exactly one wait of its Retry-After; which of this thread's
--- connections sits it out can differ, and the connections are alike.
+-- connections sits it out can differ, and the connections are alike. This holds while no connection
+-- breaks: one reconnected during its wait is asked delay() again (bench/overload.py keeps the server's
+-- KEEPALIVE above the longest wait, and counts any socket error as a failed request).
 local warmup_us = math.floor(tonumber(os.getenv("WARMUP_S") or "0") * 1000000)
 local waits, first_wait, last_wait = {}, 1, 0
 if honour then

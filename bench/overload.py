@@ -11,19 +11,21 @@ refused, 504 expired):
 3. **policy**: the same connections, each request carrying its deadline
    (``X-Timeout-Microseconds``), on a server with ``MAX_QUEUE_SIZE`` at each of ``--queue``, twice:
    refused clients that **retry at once** (a retry storm: each refused connection sends again as soon
-   as it has its 503), and clients that **wait the 503's Retry-After** (1 s) plus a random jitter of up
-   to as much again before they send again, as a client with a retry policy does (urllib3's ``Retry``
-   honours Retry-After by default; randomised backoff is the usual advice against synchronised retries).
+   as it has its 503), and clients that **wait the 503's Retry-After** (1 s) before they send again, as
+   a client with a retry policy does (urllib3's ``Retry`` honours Retry-After, for POST when its
+   ``allowed_methods`` include it; gRPC's retry policy obeys the pushback trailer), plus a random jitter
+   of up to as much again, this benchmark's own, so that refused clients do not come back in step.
+   A waiting client sends nothing else meanwhile: the best case for cooperative clients.
 
 Capacity is the most the server answered without deadlines: (1), or (2) counting its late answers
-too, whichever is more (16 connections do not always keep two workers busy on this shared machine).
+too, whichever is more (256 connections make bigger batches than 16).
 The goals, judged for each client behaviour on its row with the most goodput: goodput (200s within
 their deadline) at least 90 % of capacity; no answer later than its deadline + 10 ms; refusals
 answered within 5 ms at p99; ``/healthz`` within 1 s throughout (a prober asks it every 100 ms during
 (2) and (3)). The first ``--warmup`` seconds of each loaded row are not counted: wrk opens every
 connection at once, a burst of 256 requests that no steady load has.
 
-    python -m bench.overload              # about 6 minutes
+    python -m bench.overload              # about 5 minutes
 """
 
 from __future__ import annotations
@@ -100,7 +102,10 @@ def run(args) -> dict:
             out["today"]["healthz"] = seen
         out["policy"] = {client: {} for client in CLIENTS}
         for queue in args.queue:
-            with server(SERVICE_APP, args.workers, Path(tmp), LOG_LEVEL="warning", MAX_QUEUE_SIZE=str(queue)) as srv:
+            # KEEPALIVE above the longest wait (2 x Retry-After): a connection the server closed while its
+            # client waited would make wrk ask overload.lua's delay() twice, and its waits go astray
+            with server(SERVICE_APP, args.workers, Path(tmp), LOG_LEVEL="warning", MAX_QUEUE_SIZE=str(queue),
+                        KEEPALIVE="5") as srv:
                 phase(srv.url, body, args.capacity_connections, 2, 0, False)  # warm
                 for client in CLIENTS:
                     with prober(f"{srv.url}/healthz") as seen:
@@ -108,8 +113,8 @@ def run(args) -> dict:
                             srv.url, body, args.connections, args.seconds, deadline_us, True,
                             honour=client == "retry_after", warmup=args.warmup)
                     row["healthz"] = seen
-    # the most the server answered without deadlines: 16 connections may not keep it busy on a slow
-    # minute, where 256 do (late answers count here: they were computed)
+    # the most the server answered without deadlines: 256 connections make bigger batches than 16 (late
+    # answers count here: they were computed)
     out["capacity"]["answers"] = max(out["capacity"]["goodput"],
                                      (out["today"]["ok_in_time"] + out["today"]["ok_late"]) / out["today"]["seconds"])
     capacity = out["capacity"]["answers"]
@@ -121,11 +126,12 @@ def run(args) -> dict:
 
 
 def goals(rows: dict) -> dict:
-    """Issue 37's goals, judged on the row (one ``MAX_QUEUE_SIZE``) with the most goodput."""
+    """Issue 37's goals, judged on the row (one ``MAX_QUEUE_SIZE``) with the most goodput. A row that
+    refused nothing misses the refusal goal: past capacity, a policy that sheds nothing has not met it."""
     best = max(rows.values(), key=lambda r: r["goodput"])
     return {"goodput_at_least_0.9": best["goodput_share"] >= 0.9,
             "no_answer_after_deadline_plus_10ms": best["worst_after_deadline_us"] <= 10_000,
-            "refused_p99_under_5ms": best["refused"] == 0 or best["refused_p99_us"] <= 5_000,
+            "refused_p99_under_5ms": best["refused"] > 0 and best["refused_p99_us"] <= 5_000,
             "healthz_within_1s": all(r["healthz"]["worst_s"] <= 1.0 and not r["healthz"]["failures"]
                                      for r in rows.values()),
             # an answer that is none of the above, a broken connection or a request never answered

@@ -56,6 +56,17 @@ def test_grpc_settings():
         Settings.from_env({"PORT": "9000", "GRPC_PORT": "9000"})
 
 
+def test_a_retry_after_becomes_grpcs_pushback_in_milliseconds():
+    """gRFC A6's trailer for REST's Retry-After; a value that is not whole seconds (an HTTP date) gives
+    none, rather than an error inside the error handler (the call would end UNKNOWN, not UNAVAILABLE)."""
+    from service.grpc.calls import pushback
+
+    assert pushback("1") == (("grpc-retry-pushback-ms", "1000"),)
+    assert pushback("60") == (("grpc-retry-pushback-ms", "60000"),)
+    for other in ("Wed, 21 Oct 2015 07:28:00 GMT", "0.5", "", "\u00b2", "1" * 7):
+        assert pushback(other) == (), other
+
+
 def test_bad_settings_stop_the_server_with_one_line_each_and_no_traceback():
     """``python -m service`` as an operator starts it: each bad variable named with what is wrong, exit 1;
     never a traceback, never a value (a token may be among them)."""

@@ -24,6 +24,7 @@ from service.observability import metrics, tracing
 SERVICE = "inference.GRPCInferenceService"
 METHOD_PREFIX = f"/{SERVICE}/"
 VERSION_TEXT = re.compile(r"[0-9]{1,9}")
+SECONDS = re.compile(r"[0-9]{1,6}")  # a Retry-After in seconds
 NAME = re.compile(NAME_PATTERN)  # what REST routes take as a model name
 # Status -> gRPC code, as Triton maps its errors.
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
@@ -123,7 +124,10 @@ def answers(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def pushback(retry_after: str) -> tuple[tuple[str, str], ...]:
     """HTTP's ``Retry-After`` (seconds) as gRPC says it: the ``grpc-retry-pushback-ms`` trailer, which a
-    client's retry policy obeys instead of its own backoff (gRFC A6)."""
+    client's retry policy (one that retries UNAVAILABLE) obeys instead of its own backoff (gRFC A6).
+    None for a value that is not whole seconds (an HTTP date)."""
+    if not SECONDS.fullmatch(retry_after):
+        return ()
     return (("grpc-retry-pushback-ms", str(int(retry_after) * 1000)),)
 
 
