@@ -123,6 +123,27 @@ def test_routing_sends_the_percent_and_never_reroutes_a_named_version(repo):
     assert plane.infer("mnist", None, x).version == 2  # the newest again
 
 
+def test_processes_forked_from_one_plane_draw_their_canaries_apart(repo):
+    """gunicorn builds the data plane in its master and forks the workers from it: each worker's key-less
+    canary draws must be its own. A generator seeded before the fork drew the same sequence in every
+    worker, so two workers always chose alike: a 10 % canary's share over N requests varied as if
+    there were N / 2."""
+    plane = DataPlane(ModelRegistry(repo).load_all())  # the default generator, as the server has it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its draws to the parent, then gone at once (no pytest teardown in a fork)
+        try:
+            os.write(write, json.dumps([plane.rollouts.rng.random() for _ in range(8)]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = json.loads(pipe.read())
+    assert os.waitpid(pid, 0)[1] == 0
+    parent = [plane.rollouts.rng.random() for _ in range(8)]
+    assert len(child) == 8 and child != parent
+
+
 def test_a_rollout_loads_the_versions_it_names_whatever_the_policy(repo):
     plane = plane_on(repo)  # latest:1: only 2 serves
     assert sorted(plane.registry.snapshot.serving["mnist"]) == [2]

@@ -83,7 +83,10 @@ class Rollouts:
 
     def __init__(self, registry: ModelRegistry, queue_rows: int = 4096, rng: random.Random | None = None) -> None:
         self.registry = registry
-        self.rng = rng or random.Random()
+        # The operating system's generator: it holds no state, so each gunicorn worker draws its own.
+        # A Random() made here, in the master before it forks the workers (preload_app), drew the same
+        # sequence in every worker. A draw costs a getrandom call, on key-less canary routing only.
+        self.rng = rng or random.SystemRandom()
         self.mirror = Mirror(queue_rows, judge=self.judge_comparison)
         self.tallies: dict[tuple[str, float, int], Tally] = {}
         self.lock = _thread.RLock()  # tallies: from request threads and from the comparing thread
