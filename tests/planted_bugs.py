@@ -689,7 +689,7 @@ BUGS = [
     PlantedBug("grpc_health_waits_for_the_watcher", "service/grpc/server.py",
                "plane.registry.on_refresh.append(self.set_health)", "pass",
                ("tests/integration/test_grpc.py::test_the_liveness_service_serves_while_the_server_is_not_ready",),
-               "the gRPC health service follows a repository RPC's change only at the watcher's next look"),
+               "the gRPC health service never follows a change of readiness after start-up"),
     PlantedBug("workers_draw_canaries_alike", "service/dataplane/rollouts.py",
                "self.rng = rng or random.SystemRandom()", "self.rng = rng or random.Random()",
                ("tests/test_rollouts.py::test_processes_forked_from_one_plane_draw_their_canaries_apart",),

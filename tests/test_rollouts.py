@@ -132,14 +132,20 @@ def test_processes_forked_from_one_plane_draw_their_canaries_apart(repo):
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its draws to the parent, then gone at once (no pytest teardown in a fork)
+        code = 1
         try:
             os.write(write, json.dumps([plane.rollouts.rng.random() for _ in range(8)]).encode())
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
     os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        child = json.loads(pipe.read())
-    assert os.waitpid(pid, 0)[1] == 0
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            text = pipe.read()
+    finally:
+        status = os.waitpid(pid, 0)[1]
+    assert status == 0, status
+    child = json.loads(text)
     parent = [plane.rollouts.rng.random() for _ in range(8)]
     assert len(child) == 8 and child != parent
 

@@ -103,9 +103,10 @@ class GRPCServer:
             bound = 0
         if bound == 0:
             raise SystemExit(f"cannot listen on {address} (in use by another program, or not allowed)")
-        self.server.start()
-        self.set_health()
+        self.health_status: int | None = None
+        self.set_health()  # before the first call: grpc_health says SERVING for a service until told
         plane.registry.on_refresh.append(self.set_health)  # at once, whichever scan changed readiness
+        self.server.start()
         grpc_readiness.mark(settings.state_dir)  # HTTP's /readyz counts this process as serving
         self.watcher = threading.Thread(target=watch, name="repository", daemon=True, args=(
             plane.registry, settings.model_poll_seconds, self.stopping.wait, plane.tick))
@@ -113,8 +114,13 @@ class GRPCServer:
         plane.rollouts.start_thread()  # rollouts' comparisons (shadow / primary), off the calls' threads
 
     def set_health(self) -> None:
+        """The readiness services' status, as the snapshot's readiness says; told only when it changes
+        (grpc_health sends every change to each Watch stream, and waits for the send)."""
         status = health_pb2.HealthCheckResponse.SERVING if self.plane.readiness()[0] else \
             health_pb2.HealthCheckResponse.NOT_SERVING
+        if status == self.health_status:
+            return
+        self.health_status = status
         for service in ("", SERVICE):
             self.health.set(service, status)
 

@@ -78,7 +78,10 @@ class ModelRegistry:
             if before - serving_entries(self.snapshot):  # versions gone: their memory freed by now
                 release_freed_memory()
             for hook in self.on_refresh:
-                hook()
+                try:
+                    hook()
+                except Exception:  # the scan's change stands: a hook's failure must not undo or hide it
+                    log.exception("a hook after the model repository scan failed")
             return changed
 
     def scan(self, settle: bool, eager: str | None = None) -> bool:
