@@ -129,23 +129,13 @@ def test_processes_forked_from_one_plane_draw_their_canaries_apart(repo):
     worker, so two workers always chose alike: a 10 % canary's share over N requests varied as if
     there were N / 2."""
     plane = DataPlane(ModelRegistry(repo).load_all())  # the default generator, as the server has it
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its draws to the parent, then gone at once (no pytest teardown in a fork)
-        code = 1
-        try:
-            os.write(write, json.dumps([plane.rollouts.rng.random() for _ in range(8)]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    try:
-        with os.fdopen(read, "rb") as pipe:
-            text = pipe.read()
-    finally:
-        status = os.waitpid(pid, 0)[1]
-    assert status == 0, status
-    child = json.loads(text)
+    ctx = multiprocessing.get_context("fork")  # as the file's other fork test: gunicorn forks, so must this
+    draws = ctx.SimpleQueue()
+    child = ctx.Process(target=lambda: draws.put([plane.rollouts.rng.random() for _ in range(8)]))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    child = draws.get()
     parent = [plane.rollouts.rng.random() for _ in range(8)]
     assert len(child) == 8 and child != parent
 
