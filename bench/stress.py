@@ -5,7 +5,8 @@ Every part runs the real ``python -m service`` on loopback, is bounded in time, 
 * fuzz: schemathesis from the OpenAPI document, every route (the repository API on), at least 5,000
   generated cases, positive and negative: no 5xx, every status and body as documented;
 * soak: ``--soak-seconds`` of every kind of request in turn at a steady pace (wrk, ``bench/soak.lua``):
-  no failed request, worker RSS growing less than 5 % after warm-up, open file descriptors flat;
+  no failed request, worker RSS growing less than 5 % after warm-up (3 s of the biggest request
+  first, then the plan), open file descriptors flat;
 * kill -9: one worker killed under load: at most its requests in flight fail, the master replaces
   it, the load is answered again;
 * SIGTERM under load: in-flight requests finish and the server exits 0;
