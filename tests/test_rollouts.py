@@ -57,6 +57,11 @@ def digits(n: int, seed: int = 0) -> np.ndarray:
     ({"primary": 1, "canary": {"1": 10}}, "is the primary"),
     ({"primary": 1, "shadow": 1}, "is the primary"),
     ({"primary": 1, "canary": {"0": 10}}, "not a version number"),
+    # an admin's "<300 digits>" reached a file name (path.is_file(): "File name too long", a 500)
+    ({"primary": 1, "canary": {"1" * 300: 10}}, "not a version number"),
+    ({"primary": 1, "canary": {"1000000000": 10}}, "not a version number"),
+    ({"primary": 1000000000}, "less than or equal to 999999999"),
+    ({"primary": 1, "shadow": 10**300}, "less than or equal to 999999999"),
     ({"primary": 0}, "greater than or equal to 1"),
     ({"primary": "2"}, "valid integer"),
     ({"primary": 1, "weights": {}}, "Extra inputs"),
@@ -92,9 +97,44 @@ def test_a_key_lands_on_one_version_in_every_process_and_keys_split_by_the_perce
     assert chosen == again  # the hash, not the draw
     share = chosen.count(2) / len(chosen)
     assert abs(share - 0.10) < 3.29 * (0.1 * 0.9 / len(chosen)) ** 0.5
-    # blake2b of the key: fixed across processes and restarts (no PYTHONHASHSEED)
-    assert key_point("user-1") == pytest.approx(int.from_bytes(__import__("hashlib").blake2b(
-        b"user-1", digest_size=8).digest(), "big") / 2**64 * 100)
+    # blake2b of the key, salted with the canary's version: fixed across processes and restarts (no
+    # PYTHONHASHSEED)
+    assert key_point("user-1", 2) == pytest.approx(int.from_bytes(__import__("hashlib").blake2b(
+        b"user-1", digest_size=8, salt=(2).to_bytes(8, "big")).digest(), "big") / 2**64 * 100)
+
+
+def keyed(canary: dict[int, float], n: int = 100_000) -> list[int]:
+    rollout = Rollout(RolloutSpec(primary=2, canary=canary), "api", 0.0)
+    return [rollout.choose(f"user-{i}", random.Random(0))[0] for i in range(n)]
+
+
+def test_keys_split_by_every_canary_s_percent():
+    n = 100_000
+    chosen = keyed({3: 10, 4: 5, 5: 60}, n)
+    for version, share in ((2, 0.25), (3, 0.10), (4, 0.05), (5, 0.60)):
+        sd = (share * (1 - share) / n) ** 0.5
+        assert abs(chosen.count(version) / n - share) < 3.29 * sd, (version, chosen.count(version))
+    assert set(keyed({3: 30, 4: 70}, 2000)) == {3, 4}  # 100 % in all: the last canary takes every key left
+
+
+def test_a_change_to_one_canary_moves_the_others_keys_only_in_proportion():
+    """A key stays with its canary when another canary is removed (the guard does it), resized or added:
+    slices laid end to end moved every key of the canaries after the one changed (0 of 9,966 stayed)."""
+    before = keyed({3: 10, 4: 10})
+    on_4 = [i for i, v in enumerate(before) if v == 4]
+
+    def stayed(after: list[int], version: int, keys: list[int]) -> float:
+        return sum(after[i] == version for i in keys) / len(keys)
+
+    removed = keyed({4: 10})
+    assert 0.88 < stayed(removed, 4, on_4) < 0.92  # 90/100: what the canary before it left grew from 90 to 100
+    on_3 = [i for i, v in enumerate(before) if v == 3]
+    assert stayed(removed, 2, on_3) > 0.88  # the failed canary's keys go back to the primary, 10 % of them to 4
+    raised = keyed({3: 20, 4: 10})
+    assert stayed(raised, 3, on_3) == 1.0  # a canary raised keeps every key it had
+    assert 0.87 < stayed(raised, 4, on_4) < 0.91  # 1 - 10/90 of the other's
+    added = keyed({3: 10, 4: 10, 5: 10})
+    assert stayed(added, 3, on_3) == stayed(added, 4, on_4) == 1.0  # a newer canary takes from the primary only
 
 
 def test_the_key_is_the_parameter_else_the_header():
@@ -422,5 +462,6 @@ def test_a_state_change_within_one_clock_tick_is_still_seen(tmp_path):
 def test_any_text_is_a_key():
     """A lone surrogate (a JSON "\\ud800", through the fallback parser) is a key like any other: encoding
     it for the hash raised, a 500 while a canary was in force."""
-    assert 0 <= key_point("\ud800") < 100 and key_point("\ud800") == key_point("\ud800") != key_point("\udc80")
-    assert key_point("\udc80") == key_point("\udc80")
+    assert 0 <= key_point("\ud800", 2) < 100
+    assert key_point("\ud800", 2) == key_point("\ud800", 2) != key_point("\udc80", 2)
+    assert key_point("\udc80", 2) == key_point("\udc80", 2)

@@ -27,6 +27,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from model.repository import MAX_VERSION
+
 log = logging.getLogger("service.repository.registry")
 
 ROLLOUT_FILE = "rollout.json"
@@ -54,11 +56,12 @@ class RolloutSpec(BaseModel):
         "examples": [{"primary": 2, "canary": {"3": 10}, "shadow": 3,
                       "auto_rollback": {"max_error_rate": 0.01, "min_requests": 200}}]})
 
-    primary: int = Field(..., ge=1, strict=True, description="The version that takes the traffic not sent to a canary")
+    primary: int = Field(..., ge=1, le=MAX_VERSION, strict=True,
+                         description="The version that takes the traffic not sent to a canary")
     canary: dict[int, Annotated[float, Field(strict=True)]] = Field(
         default_factory=dict, description="Version -> percent of the traffic (0 < percent, at most 100 in all)")
-    shadow: int | None = Field(None, ge=1, strict=True, description="A version sent a copy of the primary's "
-                               "requests, whose answers are compared and never returned")
+    shadow: int | None = Field(None, ge=1, le=MAX_VERSION, strict=True, description="A version sent a copy of "
+                               "the primary's requests, whose answers are compared and never returned")
     auto_rollback: AutoRollback | None = Field(None, description="Off unless set")
 
     @model_validator(mode="after")
@@ -66,8 +69,8 @@ class RolloutSpec(BaseModel):
         if len(self.canary) > MAX_CANARIES:
             raise ValueError(f"at most {MAX_CANARIES} canary versions")
         for version, percent in self.canary.items():
-            if version < 1:
-                raise ValueError(f"canary version {version} is not a version number (1 or more)")
+            if not 1 <= version <= MAX_VERSION:
+                raise ValueError(f"canary version {version} is not a version number (1 to {MAX_VERSION})")
             if version == self.primary:
                 raise ValueError(f"version {version} is the primary; a canary is another version")
             if not 0 < percent <= 100:
@@ -97,14 +100,29 @@ class Rollout:
 
     def choose(self, key: str | None, rng: random.Random) -> tuple[int, bool]:
         """(version, whether it is a canary) for one request: by ``key`` when the client sent one
-        (the same key always lands on the same version, in any process), else by a random draw."""
+        (the same key always lands on the same version, in any process), else by a random draw.
+
+        A key is judged by each canary in turn (by version), with a hash of its own: canary ``v`` takes
+        the key when ``key_point(key, v)`` falls below its percent of what the canaries before it left.
+        The shares are exact (the product telescopes to each percent), and a change to one canary moves
+        the keys of the others only in proportion: with canaries ``{3: 10, 4: 10}``, the guard removing 3
+        keeps 90 % of 4's keys on 4, raising 3 to 20 keeps 89 %, and a new canary after them moves
+        none. Slices of one hash laid end to end (as before 2026-12-08) moved all of them.
+        """
         if not self.spec.canary:
             return self.spec.primary, False
-        point = key_point(key) if key is not None else rng.random() * 100
+        if key is None:  # a draw needs no stickiness: one point, the canaries' slices end to end
+            point = rng.random() * 100
+            for version, percent in sorted(self.spec.canary.items()):
+                if point < percent:
+                    return version, True
+                point -= percent
+            return self.spec.primary, False
+        left = 100.0  # percent of the keys no canary before this one took
         for version, percent in sorted(self.spec.canary.items()):
-            if point < percent:
+            if left <= percent or key_point(key, version) < percent / left * 100:
                 return version, True
-            point -= percent
+            left -= percent
         return self.spec.primary, False
 
     def describe(self) -> dict[str, Any]:
@@ -112,13 +130,15 @@ class Rollout:
                 **({"note": self.note} if self.note else {})}
 
 
-def key_point(key: str) -> float:
-    """A client's key -> a point in [0, 100): a hash, the same in every process and across restarts."""
+def key_point(key: str, version: int) -> float:
+    """A client's key, as canary ``version`` sees it -> a point in [0, 100): a hash salted with the
+    version (each canary's points independent of the others'), the same in every process and across
+    restarts."""
     try:
         data = key.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate beyond surrogateescape's (a JSON "\ud800"): any stable bytes
         data = key.encode("utf-8", "surrogatepass")
-    digest = hashlib.blake2b(data, digest_size=8).digest()
+    digest = hashlib.blake2b(data, digest_size=8, salt=version.to_bytes(8, "big")).digest()
     return int.from_bytes(digest, "big") / 2**64 * 100
 
 
