@@ -161,9 +161,12 @@ class Rollouts:
         def loop() -> None:
             while True:
                 time.sleep(max(interval, self.mirror.rest_until - time.monotonic()))
-                if self.mirror.due():
-                    self.mirror.drain()
-                    self.settle()
+                try:
+                    if self.mirror.due():
+                        self.mirror.drain()
+                        self.settle()
+                except Exception:  # a bug here must not end this process's comparisons and guard for good
+                    log.exception("comparing for rollouts failed; going on")
 
         threading.Thread(target=loop, name="shadow", daemon=True).start()
 

@@ -23,7 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,6 +52,14 @@ class Copy:
     classes: np.ndarray  # (rows,) the served answer's labels (indices into ``labels``)
     probabilities: np.ndarray  # (rows, classes) the served answer
     generation: float  # the rollout's ``changed_at`` when it was served (the guard judges per rollout)
+
+    def split(self, rows: int) -> tuple[Copy, Copy]:
+        """(the first ``rows`` rows, the rest): views, nothing copied."""
+        head = replace(self, batch=self.batch[:rows], classes=self.classes[:rows],
+                       probabilities=self.probabilities[:rows])
+        rest = replace(self, batch=self.batch[rows:], classes=self.classes[rows:],
+                       probabilities=self.probabilities[rows:])
+        return head, rest
 
 
 # (model, served version, generation, rows compared, rows disagreeing): the guard, after each pass
@@ -117,13 +125,18 @@ class Mirror:
         self.rest_until = time.monotonic() + spent * (1 - MAX_SHARE) / MAX_SHARE
 
     def take(self) -> list[Copy]:
-        """The queue's head: copies of one version pair and generation, as many rows as one pass takes."""
+        """The queue's head: copies of one version pair and generation, as many rows as one pass takes.
+        A copy larger than that is split, its rest left at the head: a 1,024-row copy compared whole
+        held an HTTP worker's event loop for 60-140 ms, against a slice of SLICE_SECONDS."""
         with self._lock:
             if not self._queue:
                 return []
             first = self._queue.popleft()
-            taken, rows = [first], len(first.batch)
             limit = self.pass_rows.get(id(first.other), 16)
+            if len(first.batch) > limit:
+                first, rest = first.split(limit)
+                self._queue.appendleft(rest)
+            taken, rows = [first], len(first.batch)
             while self._queue and rows < limit:
                 nxt = self._queue[0]
                 if (nxt.other is not first.other or nxt.served != first.served or nxt.generation != first.generation
@@ -135,15 +148,20 @@ class Mirror:
         return taken
 
     def compare(self, copies: list[Copy]) -> None:
-        """One forward pass of the other version on the copies' rows, one comparison, one count."""
+        """One forward pass of the other version on the copies' rows, one comparison, one count. A
+        comparison that fails (a broken version, a version whose classes changed while its copies
+        waited) is logged and its copies dropped: the comparer goes on with the next."""
+        other = copies[0].other
+        try:
+            self._compare(copies)
+        except Exception:
+            log.exception("comparison on %s/%s failed", other.name, other.version)
+
+    def _compare(self, copies: list[Copy]) -> None:
         other, first = copies[0].other, copies[0]
         started = time.thread_time()
-        try:
-            batch = np.concatenate([c.batch for c in copies]) if len(copies) > 1 else first.batch
-            theirs = other.network.predict_proba(batch.astype(other.dtype, copy=False))
-        except Exception:  # a broken version must not end the comparisons; the log has it
-            log.exception("comparison on %s/%s failed", other.name, other.version)
-            return
+        batch = np.concatenate([c.batch for c in copies]) if len(copies) > 1 else first.batch
+        theirs = other.network.predict_proba(batch.astype(other.dtype, copy=False))
         self.learn(other, len(batch), time.thread_time() - started)
         mine = np.concatenate([c.classes for c in copies]) if len(copies) > 1 else first.classes
         if other.labels == first.labels:
