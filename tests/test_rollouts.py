@@ -4,6 +4,7 @@ comparison queue and the guard. The real server, every protocol and the walk-thr
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -477,6 +478,35 @@ def test_state_survives_in_the_file_for_new_processes(repo, tmp_path):
     assert again.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=1, canary={2: 10})
     assert json.loads(state.read_text())["rollouts"]["mnist"]["source"] == "api"
     assert os.path.exists(state)
+
+
+def test_a_state_file_that_cannot_be_written_stops_no_scan_and_no_start(repo, tmp_path, monkeypatch, caplog):
+    """A rollout file is recorded in the shared state at a scan; a failure to write it (a full disk)
+    escaped the scan: no new version loaded in any model, and a new process could not start."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    state = state_dir / "state.json"
+    shutil.rmtree(repo / "mnist" / "2")
+    registry = ModelRegistry(repo, state_file=state).load_all()
+    real = Path.write_text
+
+    def full(self: Path, *args, **kwargs):
+        if self.parent == state_dir:
+            real(self, "{")  # the first bytes made it to disk, the rest did not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    (repo / "mnist" / ROLLOUT_FILE).write_text(json.dumps({"primary": 1}))
+    shutil.copytree(ROOT / "model_repository" / "mnist" / "2", repo / "mnist" / "2")
+    for _ in range(3):
+        registry.refresh(settle=False)
+    assert sorted(registry.snapshot.serving["mnist"]) == [1, 2]  # the new version loaded
+    assert registry.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=1)  # the file in force here
+    assert sum("could not record" in r.getMessage() for r in caplog.records) == 1  # once while it lasts
+    started = ModelRegistry(repo, state_file=state).load_all()  # a process starting now
+    assert started.snapshot.rollouts["mnist"].spec == RolloutSpec(primary=1)
+    assert [p.name for p in state_dir.iterdir()] == [".state.json.lock"]  # no half-written file left
 
 
 def test_a_state_change_within_one_clock_tick_is_still_seen(tmp_path):

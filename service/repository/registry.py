@@ -62,6 +62,7 @@ class ModelRegistry:
         # run after every scan, whoever scanned (the watcher, a repository call, a rollout change): what
         # mirrors the snapshot elsewhere, as a gRPC process's health service does, changes with it
         self.on_refresh: list[Callable[[], None]] = []
+        self._record_error: str | None = None  # why the last record for the others failed (logged once)
 
     def load_all(self) -> ModelRegistry:
         """The first scan, at start: every file present is read, settled or not (a copy still
@@ -136,7 +137,7 @@ class ModelRegistry:
         ``write`` changes the shared state (default: under its lock; inside :meth:`change_rollout`,
         which holds it already, the state being changed)."""
         file = self.agreed_file_rollout(name, self.rollout_files.read(name, model_dir), kept,
-                                        write or self.shared.update)
+                                        write or self.record_for_others)
         api, api_changed_at = None, None
         if record is not None:
             try:
@@ -172,6 +173,20 @@ class ModelRegistry:
                                                                     "(keeping the rollout before it)")
                 return agreed
         return file
+
+    def record_for_others(self, change: Callable[[dict], Any]) -> None:
+        """``shared.update(change)`` for a scan, whose failure (a full disk, a read-only ``STATE_DIR``) is
+        logged, once while it lasts, and not raised: the file's rollout is in force in this process
+        anyway, and a scan that raised loaded nothing new, in any model, and stopped a process's start."""
+        try:
+            self.shared.update(change)
+        except OSError as exc:
+            if self._record_error != str(exc):
+                log.error("could not record a rollout file's rollout in the repository state (%s); this "
+                          "process follows the file, another may not until it can be written", exc)
+            self._record_error = str(exc)
+        else:
+            self._record_error = None
 
     def settled_versions(self, model_dir: Path, settle_seconds: float,
                          known: dict[int, Signature] | None = None) -> dict[int, Signature]:

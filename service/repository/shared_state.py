@@ -11,6 +11,7 @@ every process, a restarted one too, on the same rollout. Without a state file (i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import json
@@ -69,8 +70,13 @@ class SharedState:
             state = self.read()
             result = change(state)
             tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(state, sort_keys=True))
-            os.replace(tmp, self.state_file)  # whole or not at all, for the other workers
+            try:
+                tmp.write_text(json.dumps(state, sort_keys=True))
+                os.replace(tmp, self.state_file)  # whole or not at all, for the other workers
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()  # a full disk: no half-written file left beside it
+                raise
             return result
 
     def unloaded(self) -> set[str]:
