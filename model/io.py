@@ -98,12 +98,19 @@ def save_model(path: str | os.PathLike[str], network: Sequential, metadata: dict
     arrays = {f"params.{k}": v for k, v in network.named_params().items()}
     arrays.update({f"buffers.{k}": v for k, v in network.named_buffers().items()})
     for key, value in arrays.items():
+        if value.dtype != network.dtype:  # a layer of another dtype: the file says one for all
+            raise WeightsFileError(f"{path}: {key} is {value.dtype}, the network {np.dtype(network.dtype).name}: "
+                                   "not written")
         if not np.all(np.isfinite(value)):
             raise WeightsFileError(f"{path}: {key} holds NaN or infinite values (a diverged run?): not written")
+        arrays[key] = np.ascontiguousarray(value)  # transposed: saved in Fortran order, which load refuses
     try:
         arrays[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True, allow_nan=False))
     except ValueError as exc:  # NaN or infinity: not JSON
         raise WeightsFileError(f"{path}: metadata is not strict JSON ({exc}): not written") from None
+    if arrays[METADATA_KEY].dtype.itemsize > MAX_METADATA_BYTES:
+        raise WeightsFileError(f"{path}: metadata takes {arrays[METADATA_KEY].dtype.itemsize:,} bytes as stored, "
+                               f"over {MAX_METADATA_BYTES:,}: not written")
     with atomic_writer(path, overwrite=overwrite) as fh:
         np.savez(fh, **arrays)
     return Path(path)
@@ -149,7 +156,8 @@ def _read(path: Path, fh: IO[bytes]) -> tuple[Sequential, dict[str, Any]]:
     try:
         archive = zipfile.ZipFile(fh)
         members = {info.filename: info for info in archive.infolist()}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        # NotImplementedError: a "version needed to extract" above zipfile's (6.3)
         raise WeightsFileError(f"{path}: not a readable .npz archive ({exc})") from None
     with archive:
         headers = {name[:-len(".npy")]: _header(path, archive, info) for name, info in members.items()}

@@ -78,8 +78,11 @@ class SoftmaxCrossEntropy(Loss):
                                  f"{targets[:8].tolist()}...")
             onehot = np.zeros_like(logits)
             onehot[np.arange(batch), index] = 1.0
-        else:
+        elif targets.shape == logits.shape:
             onehot = targets.astype(logits.dtype, copy=False)
+        else:  # (batch, 1) indices broadcast silently against the logits: a wrong loss, no error
+            raise ValueError(f"targets must be class indices of shape ({batch},) or distributions of shape "
+                             f"{logits.shape}, got shape {targets.shape}")
         rows = np.arange(batch)
         top = logits.argmax(axis=1)
         shifted = logits - logits[rows, top][:, None]

@@ -79,6 +79,17 @@ def encrypted(data: bytes) -> bytes:
     return bytes(out)
 
 
+def zip_version(data: bytes, version: int) -> bytes:
+    """The archive with every central directory record's "version needed to extract" set to ``version``
+    (10 = 1.0; zipfile raises NotImplementedError above its 63)."""
+    out = bytearray(data)
+    at = out.find(b"PK\x01\x02")
+    while at >= 0:
+        out[at + 6:at + 8] = version.to_bytes(2, "little")
+        at = out.find(b"PK\x01\x02", at + 4)
+    return bytes(out)
+
+
 def huge_architecture(arrays: dict[str, np.ndarray]) -> None:
     """A tiny file whose architecture is one 8000 x 8000 layer (512 MB of float64 once built)."""
     meta = json.loads(str(arrays["__metadata__"]))
@@ -128,6 +139,7 @@ FILE_KINDS: dict[str, Callable[[Path], None]] = {
     "a header that lies about its size": replace_member("params.0.W.npy", npy_header((2**40,))),
     "a layer setting no float can hold": in_place(set_layer(2, type="leaky_relu", negative_slope=10**400)),
     "an encrypted member": lambda p: p.write_bytes(encrypted(p.read_bytes())),
+    "a zip version above zipfile's": lambda p: p.write_bytes(zip_version(p.read_bytes(), 64)),  # NotImplementedError
     "a compressed member": add_member("extra.npy", npy_header((10_000_000,)) + bytes(40_000_000), zipfile.ZIP_DEFLATED),
 }
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from model.input_summary import summarize
-from model.io import file_sha256, load_model
+from model.io import LoadedModel, file_sha256, load_model
 from training import recipes
 from training.cli import main
 from training.datasets import digit_glyphs, digits, glyph_variants
@@ -508,3 +508,13 @@ def test_a_retry_captured_twice_is_one_request(tmp_path):
     write(tmp_path / "feedback-1.jsonl", [labelled("retried", ["3"])])
     fb = load(tmp_path)
     assert fb.ids == ["retried/0"] and fb.rejected == {}
+
+
+@pytest.mark.parametrize("training", [None, [1, 2], "mlp"])
+def test_a_parent_whose_training_record_is_not_an_object_is_read_as_one_without_it(training):
+    """A parent file from elsewhere may hold anything in its metadata: ``"training": null`` ended the run
+    in a TypeError's traceback."""
+    parent = LoadedModel(network=None, metadata={"training": training}, sha256="")
+    recipe = recipes.feedback_recipe("digits", parent, None)
+    assert recipe.hidden == recipes.RECIPES["digits"].hidden
+    assert recipe.epochs == recipes.RECIPES["digits"].fine_tune["epochs"]

@@ -122,3 +122,19 @@ def test_what_the_loader_would_refuse_is_never_written(tmp_path, net):
     with pytest.raises(WeightsFileError, match="NaN or infinite"):
         save_model(path, net)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def test_save_writes_only_what_load_reads(tmp_path, net):
+    """save_model wrote three files load_model refused: a transposed weight (saved in Fortran order), a
+    layer of another dtype than the network's, and metadata over the loader's bound."""
+    net.layers[0].params["W"] = np.asfortranarray(net.layers[0].params["W"])  # e.g. torch's weight.numpy().T
+    path = save_model(tmp_path / "model.npz", net)
+    assert np.array_equal(load_model(path).network.layers[0].params["W"], net.layers[0].params["W"])
+    before = path.read_bytes()
+    mixed = Sequential([Dense(6, 5, dtype=np.float64), BatchNorm1d(5)])
+    assert mixed.layers[1].params["gamma"].dtype == np.float32
+    with pytest.raises(WeightsFileError, match=r"params\.1\.gamma is float32, the network float64: not written"):
+        save_model(path, mixed)
+    with pytest.raises(WeightsFileError, match=r"metadata takes .* bytes as stored, over .*: not written"):
+        save_model(path, net, {"notes": "x" * (model_io.MAX_METADATA_BYTES // 4)})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]

@@ -179,3 +179,11 @@ def test_class_indices_are_whole_numbers_in_range(bad):
     with pytest.raises(ValueError, match="class indices"):
         SoftmaxCrossEntropy().forward(np.zeros((2, 3)), np.array(bad))
     SoftmaxCrossEntropy().forward(np.zeros((2, 3)), np.array([0.0, 2.0]))  # whole floats are indices still
+
+
+def test_targets_of_another_shape_are_refused():
+    """Indices shaped (batch, 1) broadcast against the logits as if distributions: the loss was 2.985
+    for labels whose loss is 0.890, with no error (PyTorch refuses them)."""
+    logits = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match=r"targets must be class indices of shape \(4,\) or distributions"):
+        SoftmaxCrossEntropy().forward(logits, np.array([[0], [2], [1], [2]]))

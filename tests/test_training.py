@@ -94,7 +94,8 @@ def test_a_model_that_misses_its_targets_is_not_written(tmp_path, caplog):
     assert not load_model(tmp_path / "xor" / "1" / "model.npz").metadata["targets"]["met"]
     assert main(["xor", "--out", str(tmp_path), "--lr", "1e300", "--quiet", "--no-plot", "--keep-missed"]) == 2
     assert sorted(p.name for p in (tmp_path / "xor").iterdir()) == ["1"]  # nothing of the diverged run
-    for bad in (["--seed", "-1"], ["--lr", "inf"], ["--lr", "nan"], ["--version", "1000000000"]):
+    for bad in (["--seed", "-1"], ["--lr", "inf"], ["--lr", "nan"], ["--version", "1000000000"],
+                ["--hidden", "1000000000000"]):  # a width no machine holds: a MemoryError's traceback
         with pytest.raises(SystemExit) as info:
             main(["xor", "--out", str(tmp_path), *bad])
         assert info.value.code == 2, bad

@@ -67,12 +67,18 @@ def open_unit_float(text: str) -> float:
     return value
 
 
+MAX_WIDTH = 100_000  # units in one hidden layer: 784 x 100,000 float32 weights are 314 MB; 10**12 was a traceback
+
+
 def layer_sizes(text: str) -> list[int]:
     try:
-        return [positive_int(part) for part in text.split(",")]
+        widths = [positive_int(part) for part in text.split(",")]
     except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"must be comma-separated positive widths, e.g. 800 or 512,512; "
                                          f"got {text}") from None
+    if max(widths) > MAX_WIDTH:
+        raise argparse.ArgumentTypeError(f"a hidden layer of at most {MAX_WIDTH:,} units, got {max(widths):,}")
+    return widths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         return train(args)
     except (DatasetError, WeightsFileError, FeedbackError, OSError) as exc:  # OSError: FileExistsError, a
         log.error("%s", exc)  # repository that cannot be written, a full disk
+        return 2
+    except MemoryError as exc:  # numpy's names the array it could not allocate
+        log.error("out of memory: %s", exc)
         return 2
 
 

@@ -429,7 +429,8 @@ def feedback_recipe(name: str, parent: LoadedModel | None, overrides: dict[str, 
     base = RECIPES[name]
     recipe = base
     if parent is not None:
-        trained = parent.metadata.get("training", {})
+        trained = parent.metadata.get("training")
+        trained = trained if isinstance(trained, dict) else {}  # as absent: a file from elsewhere may hold anything
         architecture = {k: trained[k] for k in ("hidden", "activation", "init", "dropout") if k in trained}
         recipe = replace(base, **{**architecture, **base.fine_tune})
     recipe = replace(recipe, **{k: v for k, v in (overrides or {}).items() if v is not None})
