@@ -231,6 +231,25 @@ def test_a_feedback_line_cut_away_is_forgotten_by_the_index(tmp_path):
     assert index.labels_of("cut") is None and index.labels_of("kept") == ("1",)
 
 
+def test_a_feedback_file_removed_after_it_was_read_is_forgotten_by_the_index(tmp_path):
+    """A failed fsync of a new segment's first line removes the file rather than cut it back to nothing
+    (``Segment.abandon``): the index kept the label it had read from it, so a retry was answered
+    "duplicate" with nothing on disk. The labels are now those the files hold."""
+    (tmp_path / "feedback").mkdir()
+    index = CaptureIndex(tmp_path, tmp_path / "feedback")
+    kept = events.feedback_event(event_id=events.new_event_id(), time_ns=time.time_ns(), model="xor",
+                                 labels=["1"], request_id="kept", version=1, predicted=["1"])
+    failed = events.feedback_event(event_id=events.new_event_id(), time_ns=time.time_ns(), model="xor",
+                                   labels=["0"], request_id="failed", version=1, predicted=["1"])
+    write_lines(tmp_path / "feedback" / "feedback-a.jsonl", kept)
+    write_lines(tmp_path / "feedback" / "feedback-b.jsonl", failed)
+    index.refresh()
+    assert index.labels_of("failed") == ("0",)
+    (tmp_path / "feedback" / "feedback-b.jsonl").unlink()
+    index.refresh()
+    assert index.labels_of("failed") is None and index.labels_of("kept") == ("1",)
+
+
 def test_the_index_is_bounded_by_ids_and_by_rows_whatever_clients_send(tmp_path):
     """Captures were kept by id with a string per row: 1,024-row requests took 60 kB each, so the 500,000
     ids the index keeps could take 30 GB. Now rows count too, and a one-sample capture costs ~140 bytes."""
