@@ -462,6 +462,29 @@ def test_the_guard_rolls_a_failing_canary_back_and_leaves_a_healthy_one(repo, ca
     assert plane.registry.snapshot.rollouts["mnist"].spec.canary == {1: 50}
 
 
+def test_a_rollback_by_the_guard_keeps_the_other_canaries_evidence(repo):
+    """The guard's rollback of one canary re-stamped the rollout, and the counts were kept per stamp: every
+    other canary's evidence started again at zero, in every process, and a process's verdict reached at the
+    same moment was dropped. Two failing canaries now take 20 failures each, as the guard says."""
+    broken_copy(repo, 3)
+    broken_copy(repo, 4)
+    plane = plane_on(repo)
+    guard = AutoRollback(max_error_rate=0.05, min_requests=20)
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=2, canary={3: 40, 4: 40}, auto_rollback=guard))
+    generation = plane.registry.snapshot.rollouts["mnist"].generation
+    failures = 0
+    for _ in range(400):
+        try:
+            assert plane.infer("mnist", None, digits(1)).version == 2
+        except ServiceError:
+            failures += 1
+    rollout = plane.registry.snapshot.rollouts["mnist"]
+    assert (rollout.source, rollout.spec.canary, failures) == ("guard", {}, 40)
+    assert rollout.generation == generation < rollout.changed_at
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=2, canary={3: 40}, auto_rollback=guard))
+    assert plane.registry.snapshot.rollouts["mnist"].generation > generation  # an operator's change: counted anew
+
+
 class _nothing:
     def __enter__(self) -> None:
         return None

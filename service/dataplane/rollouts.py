@@ -114,7 +114,7 @@ class Rollouts:
             return
         # the rows are copied: a request's buffer may be reused once it is answered
         self.mirror.offer(Copy(entry.version, other_entry, batch.copy(), entry.labels, classes, probabilities,
-                               rollout.changed_at))
+                               rollout.generation))
 
     def failed(self, rollout: Rollout, entry: ModelVersion, canary: bool, exc: BaseException) -> None:
         """A routed request failed: a canary's server-side failure counts against it (a client's
@@ -129,32 +129,32 @@ class Rollouts:
         if guard is None:
             return
         with self.lock:
-            tally = self.tallies.setdefault((name, rollout.changed_at, version), Tally())
+            tally = self.tallies.setdefault((name, rollout.generation, version), Tally())
             tally.requests += 1
             tally.errors += failed
             found = None if tally.done else verdict(guard, tally)
             if found:
                 tally.done = True
         if found:
-            self.roll_back(name, rollout.changed_at, version, *found)
+            self.roll_back(name, rollout.generation, version, *found)
 
     def judge_comparison(self, name: str, served: int, generation: float, rows: int, disagreed: int) -> None:
         """After a comparison pass (off the request path): a canary's disagreement with the primary. A
         verdict found here is carried out by :meth:`settle`, on the front end's own thread."""
         rollout = self.registry.snapshot.rollouts.get(name)
-        if rollout is None or rollout.changed_at != generation or served not in rollout.spec.canary:
+        if rollout is None or rollout.generation != generation or served not in rollout.spec.canary:
             return
         guard = rollout.spec.auto_rollback
         if guard is None or guard.max_disagreement is None:
             return
         with self.lock:
-            tally = self.tallies.setdefault((name, rollout.changed_at, served), Tally())
+            tally = self.tallies.setdefault((name, rollout.generation, served), Tally())
             tally.compared += rows
             tally.disagreed += disagreed
             found = None if tally.done else verdict(guard, tally)
             if found:
                 tally.done = True
-                self.verdicts.append((name, rollout.changed_at, served, *found))
+                self.verdicts.append((name, rollout.generation, served, *found))
 
     def start_thread(self, interval: float = 0.02) -> None:
         """Compare on a daemon thread of this process (one without an event loop: the gRPC process's)."""
@@ -182,12 +182,12 @@ class Rollouts:
         made = []  # whether this call made the change (another process's identical note is not this one's)
 
         def change(current: Rollout | None) -> Rollout | None:
-            if current is None or current.changed_at != generation or version not in current.spec.canary:
+            if current is None or current.generation != generation or version not in current.spec.canary:
                 return current
             spec = current.spec.model_copy(update={"canary": {v: p for v, p in current.spec.canary.items()
                                                               if v != version}})
             made.append(True)
-            return Rollout(spec, "guard", current.changed_at, note)
+            return Rollout(spec, "guard", current.changed_at, note, since=current.generation)
 
         try:
             self.registry.change_rollout(name, change)

@@ -51,7 +51,7 @@ class Copy:
     labels: list[str]  # the served version's class names
     classes: np.ndarray  # (rows,) the served answer's labels (indices into ``labels``)
     probabilities: np.ndarray  # (rows, classes) the served answer
-    generation: float  # the rollout's ``changed_at`` when it was served (the guard judges per rollout)
+    generation: float  # the rollout's ``generation`` when it was served (the guard judges per generation)
 
     def split(self, rows: int) -> tuple[Copy, Copy]:
         """(the first ``rows`` rows, the rest): views, nothing copied."""

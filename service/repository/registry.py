@@ -240,7 +240,7 @@ class ModelRegistry:
             # strictly after both the record and the file it replaces, even on a coarse clock
             stamp = max(time.time(), (current.changed_at if current else 0.0) + 1e-6)
             if new is not None:
-                new = Rollout(new.spec, new.source, stamp, new.note)
+                new = Rollout(new.spec, new.source, stamp, new.note, new.since if new.source == "guard" else None)
             state["rollouts"][name] = rollouts.to_record(new, stamp)
             return new
 

@@ -97,6 +97,14 @@ class Rollout:
     source: str  # one of SOURCES
     changed_at: float
     note: str = ""  # what the last change did, e.g. "promoted 3" or why the guard rolled back
+    since: float | None = None  # the last change by a person (API, file); a guard's rollback keeps it
+
+    @property
+    def generation(self) -> float:
+        """What the guard's evidence is counted under: set by the last change an operator made, and kept
+        by the guard's own rollbacks, so removing one canary leaves the others' evidence counting (it
+        started again at zero, in every process, after each rollback)."""
+        return self.changed_at if self.since is None else self.since
 
     def choose(self, key: str | None, rng: random.Random) -> tuple[int, bool]:
         """(version, whether it is a canary) for one request: by ``key`` when the client sent one
@@ -152,15 +160,16 @@ def from_record(record: Any) -> Rollout | None:
     source = record.get("source")
     if source not in SOURCES:
         raise ValueError(f"unknown rollout source {source!r}")
+    since = record.get("since")
     return Rollout(RolloutSpec.model_validate(record["spec"]), source, float(record["changed_at"]),
-                   str(record.get("note", "")))
+                   str(record.get("note", "")), float(since) if isinstance(since, int | float) else None)
 
 
 def to_record(rollout: Rollout | None, changed_at: float) -> dict[str, Any]:
     if rollout is None:
         return {"spec": None, "changed_at": changed_at}
     return {"spec": rollout.spec.as_json(), "source": rollout.source, "changed_at": rollout.changed_at,
-            "note": rollout.note}
+            "note": rollout.note, "since": rollout.generation}
 
 
 def describe_errors(exc: ValidationError) -> str:
