@@ -83,7 +83,8 @@ class Feedback:
         return self.plane.capture
 
     def label(self, items: list[tuple[str, list[str], str]]) -> list[Labelled]:
-        """Labels for captured requests: ``(request id, labels, field)`` each; all stored, or none.
+        """Labels for captured requests: ``(request id, labels, field)`` each; all stored, or none (a
+        process killed inside the one write may leave its first lines, each whole: a retry completes it).
 
         ``field`` names the item in the client's body for errors (``0.labels``)."""
         if self.capture is None:
