@@ -10,17 +10,25 @@ dotted form (``inputs.3.0``); limit errors add ``limit`` and ``got``.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 from pydantic import ValidationError
 
 QUOTE_LIMIT = 80  # characters of a client's value that an error message repeats
+# A container is quoted a few levels and items deep: ``repr`` of a list nested 1,000 deep (JSON's parser
+# takes 1,024) raised RecursionError inside the error path, a 500; and of a large one built it whole.
+_CONTAINER = reprlib.Repr()  # Python 3.11's takes no arguments
+_CONTAINER.maxlevel = 3
+for _kind in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_CONTAINER, _kind, 8)
+_CONTAINER.maxstring = _CONTAINER.maxlong = _CONTAINER.maxother = QUOTE_LIMIT
 
 
 def quote(value: Any) -> str:
     """A client's value for an error message: ``repr`` (quotes; newlines, control characters and lone
     surrogates escaped, so it can forge no log line and breaks no encoder), cut to ``QUOTE_LIMIT``."""
-    text = repr(value)
+    text = repr(value) if isinstance(value, str | int | float | bool | None) else _CONTAINER.repr(value)
     return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}...({len(text)} characters)"
 
 

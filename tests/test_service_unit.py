@@ -742,3 +742,55 @@ def test_a_request_id_ending_in_a_newline_is_not_the_client_s():
     from service.observability.request_record import request_id
     assert request_id("abc") == "abc"
     assert request_id("abc\n") != "abc\n" and len(request_id("abc\n")) == 32
+
+
+@pytest.mark.parametrize("where", ["input", "request", "output"])
+def test_a_parameter_nested_a_thousand_deep_is_a_400(client, where):
+    """The error quoted the client's value with repr(), which raised RecursionError at this depth
+    (orjson parses up to 1,024): a 500, with a traceback in the log."""
+    nest = "[" * 1000 + "0" + "]" * 1000
+    params = {"input": ('{"binary_data_size": %s}', "{}", "{}"), "request": ("{}", '{"binary_data_output": %s}', "{}"),
+              "output": ("{}", "{}", '{"binary_data": %s}')}[where]
+    inp, req, out = (p.replace("%s", nest) for p in params)
+    body = ('{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [0, 1], "parameters": '
+            f'{inp}}}], "parameters": {req}, "outputs": [{{"name": "label", "parameters": {out}}}]}}')
+    r = client.post("/v2/models/xor/infer", data=body, content_type="application/json")
+    assert r.status_code == 400, r.data[:300]
+    assert "[[[[...]]]]" in r.get_json()["error"]
+
+
+def test_an_integer_baseline_beyond_a_float_is_a_422(client):
+    """A scalar baseline of 10**400 reached np.asarray(float64): an OverflowError, a 500 on every
+    explanation protocol (inside a list it was already a 422)."""
+    huge = "1" + "0" * 400
+    for path, body, status in (("/explain", '{"model": "xor", "inputs": [[0, 1]], "baseline": %s}', 422),
+                               ("/v1/models/xor:explain", '{"instances": [[0, 1]], "parameters": {"baseline": %s}}',
+                                400)):  # V1 answers every client error 400, as TF Serving
+        r = client.post(path, data=body % huge, content_type="application/json")
+        assert r.status_code == status and "beyond the range of a float" in r.get_data(as_text=True), path
+
+
+def test_an_explanation_within_its_own_limit_is_not_refused_by_the_value_count(client):
+    """The count of a large body's values allowed MAX_BATCH samples (8 here) of the largest model,
+    though an explanation may take EXPLAIN_MAX_BATCH (64): 40 MNIST samples (373 kB) were a 413 that
+    blamed MAX_BATCH, and 16 (under the count's 256 kB) were answered."""
+    x = np.random.default_rng(0).random((40, 784)).round(6).tolist()
+    body = json.dumps({"model": "mnist", "inputs": x, "method": "saliency"})
+    assert len(body) > json_codec.SMALL_JSON
+    r = client.post("/explain", data=body, content_type="application/json")
+    assert r.status_code == 200, r.data[:300]
+    assert np.asarray(r.get_json()["attributions"]).shape == (40, 784)
+
+
+def test_grpc_checks_the_rollout_key_when_a_version_is_named(registry):
+    """REST refused a rollout_key that is no string whether or not a version was named; gRPC only without one."""
+    from service.dataplane.dataplane import DataPlane
+    from service.grpc.servicer import InferenceServicer
+    from service.grpc.stubs import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="xor", model_version="1")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([0, 1])
+    request.parameters["rollout_key"].int64_param = 5
+    with pytest.raises(ServiceError) as err:
+        InferenceServicer(DataPlane(registry)).infer(request)
+    assert err.value.status == 400 and "rollout_key" in err.value.message

@@ -250,11 +250,14 @@ class DataPlane:
         return True
 
     def max_values(self) -> int:
-        """The most numbers any valid request may carry: MAX_BATCH samples of the largest model, plus
-        room for the other fields (labels, parameters)."""
+        """The most numbers any valid request may carry: the largest batch any route takes (MAX_BATCH,
+        GRADCHECK_MAX_BATCH, EXPLAIN_MAX_BATCH and an explanation's baseline) of the largest model's
+        samples, plus room for the other fields (labels, parameters)."""
         features = max((e.network.input_features for vs in self.registry.snapshot.models.values() for e in vs.values()),
                        default=0)
-        return self.limits.max_batch * max(features, 1) + 4096
+        limits = self.limits
+        rows = max(limits.max_batch, limits.gradcheck_max_batch, limits.explain_max_batch + 1)
+        return rows * max(features, 1) + 4096
 
     def ready_versions(self, name: str) -> list[int]:
         return [v["version"] for v in self.registry.snapshot.describe(name)["versions"] if v["status"] == "ready"]

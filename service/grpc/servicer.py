@@ -138,7 +138,7 @@ class InferenceServicer(ExtensionRPCs, RepositoryRPCs, NotServedRPCs, Calls, pb_
         # none, one is made) and the answer carries that id, for POST /feedback
         rid = request_id(request.id) if self.plane.capture is not None else None
         result = self.plane.infer(name, version, tensor, field=INPUT, request_id=rid,
-                                  route_key=route_key(request, context) if version is None else None,
+                                  route_key=route_key(request, context),  # checked as REST does, used without a version
                                   timeout_us=timeout_us, received=received)
         encoding = time.time_ns() if tracing.ENABLED else 0
         response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version),

@@ -44,7 +44,8 @@ def check_value_count(body: bytes, max_values: Callable[[], int]) -> None:
     limit = max_values()
     if len(body) > limit and (commas := json_numbers.count_byte(body, b",")) > limit:
         raise too_large(413, "batch_too_large", "", f"the body holds {commas + 1:,} values or more; no request here "
-                        f"may send more than {limit:,} (MAX_BATCH samples of the largest model)", limit, commas + 1)
+                        f"may send more than {limit:,} (the largest batch any route takes, of the largest model's "
+                        "samples)", limit, commas + 1)
 
 
 def loads(data: str | bytes) -> Any:

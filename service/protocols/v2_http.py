@@ -196,7 +196,7 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool,
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise bad_request(f"input {quote(inp.name)}: binary_data_size must be a byte count, got {size!r}")
+            raise bad_request(f"input {quote(inp.name)}: binary_data_size must be a byte count, got {quote(size)}")
         if inp.data is not None:
             raise bad_request(f"input {quote(inp.name)} has both data and binary_data_size; send one")
         if size != len(binary):

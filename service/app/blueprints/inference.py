@@ -82,6 +82,11 @@ def explain_options(params: ExplainParameters, raw: bytes, field: str = "baselin
         if not isinstance(baseline, list) or not baseline:
             raise invalid(field, "Input should be a number or a list of numbers (one sample)")
         baseline = json_codec.samples(baseline, raw, field)
+    elif isinstance(baseline, int):  # JSON's integers have no bound: 1e400 written out is one
+        try:
+            float(baseline)
+        except OverflowError:
+            raise invalid(field, "value is beyond the range of a float") from None
     return ExplainOptions(method=params.method, output=params.output, baseline=baseline, steps=params.steps,
                           noise=params.noise, samples=params.samples, seed=params.seed, given=frozenset(given))
 
