@@ -110,7 +110,8 @@ def main() -> None:
         os.execv(sys.executable, argv)
     if served_by_another_server(settings.host, settings.grpc_port):
         raise SystemExit(f"GRPC_PORT={settings.grpc_port}: another server's gRPC processes listen on "
-                         f"{settings.host}:{settings.grpc_port}; give this one a port of its own (0 turns gRPC off)")
+                         f"{settings.bind_address(settings.grpc_port)}; give this one a port of its own "
+                         "(0 turns gRPC off)")
     # The supervisor lives as long as the server: it starts afresh (same pid) without what validating the
     # settings imported (pydantic, numpy: 24 MB PSS before, 6 after; docs/operations.md, Footprint).
     os.execv(sys.executable, [sys.executable, "-m", "service.supervisor", str(grpc_processes(settings)),

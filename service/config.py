@@ -25,7 +25,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = "0.0.0.0"
+    host: str = Field("0.0.0.0", min_length=1, description="an address or name; IPv6 with or without brackets")
     port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="the Open Inference Protocol over gRPC; 0: off")
     grpc_workers: int | None = Field(None, ge=1, le=64, description="gRPC server processes; default 1 while "
@@ -36,7 +36,7 @@ class Settings(BaseModel):
     workers: int = Field(default_factory=usable_cores, ge=1, le=64)
     model_dir: Path = DEFAULT_ROOT
     max_batch: int = Field(1024, ge=1, le=65536)
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=2**31 - 1)  # gRPC's message limit is a C int
     body_buffer_bytes: int | None = Field(None, ge=1024, description="large request bodies a worker reads at once, "
                                           "in bytes (service/http_server/request_body.py); default 2 x MAX_BODY_BYTES")
     log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")
@@ -87,6 +87,15 @@ class Settings(BaseModel):
 
     def preferred_batch_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({int(v) for v in self.preferred_batch_size.split(",") if v.strip() and int(v)}))
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return value.removeprefix("[").removesuffix("]")  # as getaddrinfo takes it: bind_address adds them
+
+    def bind_address(self, port: int) -> str:
+        """``host:port`` for a listener, an IPv6 address in brackets (``HOST=::`` made ``:::8000``)."""
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
 
     @field_validator("version_policy")
     @classmethod

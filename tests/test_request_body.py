@@ -125,3 +125,18 @@ def test_a_handed_over_body_is_bytes_for_flask():
     body = whole.read(len(data))
     flask_input = io.BytesIO(body)  # what the middleware puts back in wsgi.input when it hands over
     assert flask_input.read() == data
+
+
+def test_a_chunked_body_fits_beside_a_stalled_upload_of_max_body_bytes():
+    """A chunked body reserved MAX_BODY_BYTES + 1 of the budget (it is read to one byte more, to tell one
+    too large): beside a stalled upload of MAX_BODY_BYTES, the default budget of twice that had no room,
+    and a 30-byte chunked request waited REQUEST_TIMEOUT / 2, then got a 503."""
+    import types
+
+    from service.http_server.request_body import BodyReader
+
+    reader = BodyReader(max_body=1 << 20, request_timeout=2.0, budget=2 << 20)
+    chunked = types.SimpleNamespace(body=io.BytesIO(b'{"model": "xor", "inputs": [[0, 1]]}'))
+    with reader.budget.reserve(reader.max_body, 0):  # the stalled upload, holding its room
+        # sock None: a refusal would have to write to it, and fail the test
+        assert reader.read(chunked, None, reader.max_body + 1, continues=False) == chunked.body.getvalue()

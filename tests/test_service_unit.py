@@ -794,3 +794,15 @@ def test_grpc_checks_the_rollout_key_when_a_version_is_named(registry):
     with pytest.raises(ServiceError) as err:
         InferenceServicer(DataPlane(registry)).infer(request)
     assert err.value.status == 400 and "rollout_key" in err.value.message
+
+
+def test_an_ipv6_host_is_bound_in_brackets_and_the_body_limit_fits_grpc():
+    """HOST=:: made gunicorn's bind ':::8000' ("'' is not a valid port number"); a MAX_BODY_BYTES of 2 GiB
+    or more made every gRPC process die at start (its message limit is a C int), restarted forever."""
+    assert Settings.from_env({"HOST": "::"}).bind_address(8000) == "[::]:8000"
+    assert Settings.from_env({"HOST": "[::1]"}).host == "::1"  # as getaddrinfo takes it
+    assert Settings.from_env({"HOST": "[::1]"}).bind_address(8001) == "[::1]:8001"
+    assert Settings.from_env({}).bind_address(8000) == "0.0.0.0:8000"
+    assert Settings.from_env({"MAX_BODY_BYTES": str(2**31 - 1)}).max_body_bytes == 2**31 - 1
+    with pytest.raises(ValidationError, match="less than or equal to 2147483647"):
+        Settings.from_env({"MAX_BODY_BYTES": str(2**31)})

@@ -96,7 +96,7 @@ class GRPCServer:
         # or failed, and the restart's fresh STATE_DIR undoes an operator's unload
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        address = f"{settings.host}:{settings.grpc_port}"
+        address = settings.bind_address(settings.grpc_port)
         try:
             bound = self.server.add_insecure_port(address)
         except RuntimeError:  # grpcio raises where it once returned 0 (port taken without SO_REUSEPORT, say)
@@ -153,7 +153,7 @@ def main() -> None:
         signal.signal(sig, lambda signum, _: stops.append(signum))
     tracing.start()  # OTEL_*: this process's tracer provider and export thread (docs/tracing.md)
     server = GRPCServer(settings, build_plane(settings))
-    log.info("gRPC serving on %s:%d (pid %d)", settings.host, settings.grpc_port, os.getpid())
+    log.info("gRPC serving on %s (pid %d)", settings.bind_address(settings.grpc_port), os.getpid())
     # Polled: a process-directed signal may be taken by one of grpcio's threads, and Python runs its
     # handler only when the main thread next runs bytecode (an untimed wait hung for good, 1 stop in 5).
     while not stops:

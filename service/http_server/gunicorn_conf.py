@@ -11,7 +11,7 @@ from service.config import Settings
 
 _settings = Settings.from_env()
 
-bind = f"{_settings.host}:{_settings.port}"
+bind = _settings.bind_address(_settings.port)
 workers = _settings.workers
 worker_class = _settings.worker_class  # service.http_server.worker.BufferingGeventWorker; docs/architecture.md
 threads = _settings.threads

@@ -122,7 +122,10 @@ class BodyReader:
         ``size`` bytes of the budget are free. It waits for room at most half that time, so a body
         that gets room has the other half to arrive; else a 503 (no room) or a 408 (too slow)."""
         started = time.monotonic()
-        with self.budget.reserve(size, self.request_timeout / 2) as room:
+        # a chunked body is read to MAX_BODY_BYTES + 1 (to tell one too large) but holds at most
+        # MAX_BODY_BYTES: reserving the extra byte made two chunked bodies, or one beside a stalled upload
+        # of MAX_BODY_BYTES, overflow the default budget (2 x MAX_BODY_BYTES), a 503 after a 2 s wait
+        with self.budget.reserve(min(size, self.max_body), self.request_timeout / 2) as room:
             if not room:
                 metrics.BODIES_REFUSED.inc()
                 refuse(req, sock, ServiceError(503, "server_busy", "the server is reading as many large request "
