@@ -61,3 +61,35 @@ def test_a_request_arriving_as_its_wait_is_ended_is_not_interrupted():
 
     gevent.spawn(connection).join(timeout=2)
     assert log == ["request read", "answered"] and idle.waits == {}
+
+
+def test_a_connection_stalled_mid_body_counts_and_the_longest_waiting_goes():
+    """A body that stops arriving is a wait too: past the bound the longest-waiting connection is let go
+    (Evicted, which the body's reader answers 408), whether it waits for a head or for a body."""
+    from service.http_server.idle_connections import Evicted
+
+    idle = IdleConnections(4)  # room for 3 waits
+    outcome = {}
+
+    def uploading(i: int) -> None:
+        try:
+            with idle.stalling():
+                gevent.sleep(5)  # the body's next bytes never come
+            outcome[i] = "read"
+        except Evicted:
+            outcome[i] = "evicted"
+
+    def waiting(i: int) -> None:
+        with idle.waiting(5):
+            gevent.sleep(5)
+        outcome[i] = "closed"
+
+    greenlets = [gevent.spawn(uploading, 0), gevent.spawn(waiting, 1), gevent.spawn(uploading, 2)]
+    gevent.sleep(0.01)
+    greenlets.append(gevent.spawn(waiting, 3))
+    gevent.sleep(0.01)
+    assert outcome == {0: "evicted"} and len(idle.waits) == 3
+    idle.close_all()  # a stop ends the waits for a head; a body being received goes on
+    gevent.sleep(0.01)
+    assert outcome == {0: "evicted", 1: "closed", 3: "closed"} and len(idle.waits) == 1
+    gevent.killall(greenlets, timeout=2)

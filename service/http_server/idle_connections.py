@@ -1,10 +1,13 @@
-"""Connections waiting for a request head (a first one, or the next on a kept-alive connection).
+"""Connections waiting on their client: for a request head (a first one, or the next on a kept-alive
+connection), or for the rest of a request's body.
 
-Each wait is bounded by ``KEEPALIVE`` (gunicorn's own rule; the connection is then closed quietly).
-Waiting connections may hold at most 90% of ``WORKER_CONNECTIONS``: past that the one waiting
-longest is closed (as nginx does with keep-alive connections), so idle and silent clients can never
-fill the worker and leave a new client queued for ``KEEPALIVE`` seconds. On a graceful stop every
-wait ends at once instead of holding the stop for its keep-alive time.
+Each wait for a head is bounded by ``KEEPALIVE`` (gunicorn's own rule; the connection is then closed
+quietly), each for a body by ``REQUEST_TIMEOUT`` (``request_body.py``: a 408). Waiting connections may
+hold at most 90% of ``WORKER_CONNECTIONS``: past that the one waiting longest is let go (as nginx
+does with keep-alive connections) -- one waiting for a head is closed, one stalled mid-body answered
+408 and closed at once -- so idle, silent or stalling clients can never fill the worker and leave a
+new client (a health probe) queued behind them. On a graceful stop every wait for a head ends at once
+instead of holding the stop for its keep-alive time.
 """
 
 from __future__ import annotations
@@ -29,11 +32,26 @@ class IdleConnections:
         when it came)."""
         return Wait(self, seconds)
 
+    def stalling(self) -> BodyWait:
+        """A context for the current greenlet's connection while it waits for the rest of a request body
+        (registered only while it waits: a body already read with its head costs a dict entry, briefly)."""
+        return BodyWait(self)
+
     def close_all(self) -> None:
-        """End each wait as if KEEPALIVE had run out: gunicorn then closes the connection quietly
-        (closing the socket under the waiting greenlet logged a traceback each)."""
-        for wait in list(self.waits.values()):
+        """End each wait for a head as if KEEPALIVE had run out: gunicorn then closes the connection
+        quietly (closing the socket under the waiting greenlet logged a traceback each). A body being
+        received goes on: its request is answered, as any in flight on a stop."""
+        for wait in [w for w in self.waits.values() if isinstance(w, Wait)]:
             wait.expire()
+
+    def make_room(self) -> None:
+        """Past the bound, let the longest waiting go (called as a wait begins)."""
+        if len(self.waits) >= self.limit:
+            self.waits.pop(next(iter(self.waits))).expire()
+
+
+class Evicted(gevent.Timeout):
+    """Thrown into a connection stalled mid-body when the worker needs its place (``BodyWait``)."""
 
 
 class Wait:
@@ -46,12 +64,10 @@ class Wait:
         self.idle, self.me, self.timeout, self.active = idle, None, gevent.Timeout(seconds, False), False
 
     def __enter__(self) -> None:
-        waits = self.idle.waits
-        if len(waits) >= self.idle.limit:  # near worker_connections: the longest-waiting one goes
-            waits.pop(next(iter(waits))).expire()
+        self.idle.make_room()  # near worker_connections: the longest-waiting one goes
         self.timeout.start()  # nothing switches greenlets between here and the registration
         self.me, self.active = gevent.getcurrent(), True
-        waits[self.me] = self
+        self.idle.waits[self.me] = self
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool | None:
         self.active = False
@@ -69,3 +85,29 @@ class Wait:
     def _throw(self) -> None:
         if self.active:
             self.me.throw(self.timeout)
+
+
+class BodyWait:
+    """One connection's wait for the rest of its request body: let go past the bound (:class:`Evicted`
+    thrown into it at the loop's next turn, unless the body arrived first)."""
+
+    __slots__ = ("active", "idle", "me")
+
+    def __init__(self, idle: IdleConnections) -> None:
+        self.idle, self.me, self.active = idle, None, False
+
+    def __enter__(self) -> None:
+        self.idle.make_room()
+        self.me, self.active = gevent.getcurrent(), True
+        self.idle.waits[self.me] = self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        self.active = False
+        self.idle.waits.pop(self.me, None)
+
+    def expire(self) -> None:
+        gevent.get_hub().loop.run_callback(self._throw)
+
+    def _throw(self) -> None:
+        if self.active:
+            self.me.throw(Evicted())

@@ -37,6 +37,7 @@ import gevent.event
 from gunicorn.http.errors import ParseException
 
 from service.errors import ServiceError
+from service.http_server.idle_connections import Evicted, IdleConnections
 from service.http_server.refusals import write_error
 from service.observability import metrics
 
@@ -78,9 +79,10 @@ class BodyBudget:
 class BodyReader:
     """One worker's reading of request bodies: whole, within ``REQUEST_TIMEOUT``, within its budget."""
 
-    def __init__(self, max_body: int, request_timeout: float, budget: int) -> None:
+    def __init__(self, max_body: int, request_timeout: float, budget: int, idle: IdleConnections | None = None) -> None:
         self.max_body, self.request_timeout = max_body, request_timeout
         self.budget = BodyBudget(budget)
+        self.idle = idle or IdleConnections(1 << 30)  # the worker's: a stalled body counts among its waits
 
     def buffer(self, req: Any, sock: socket.socket) -> None:
         """Read ``req``'s body into memory (``req.body`` becomes a ``BytesIO``), or mark a body over
@@ -134,10 +136,17 @@ class BodyReader:
             if continues:  # now, before reading, not after the body the client is holding back
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
-                with gevent.Timeout(max(0.0, self.request_timeout - (time.monotonic() - started))):
+                with gevent.Timeout(max(0.0, self.request_timeout - (time.monotonic() - started))), \
+                        self.idle.stalling():
                     if SMALL_BODY < size <= self.max_body:  # a large body with a Content-Length: one buffer
                         return receive(req, sock, size)
                     return req.body.read(self.max_body + 1)  # small (one sample: as before) or chunked
+            except Evicted:  # the worker needs the place of the connection that waited longest: this one
+                metrics.REQUEST_TIMEOUTS.inc()
+                write_error(sock, ServiceError(408, "request_timeout", "the request body stopped arriving, and the "
+                                               "server needed the connection"), req.path, req.method,
+                            time.monotonic() - started)
+                raise StopIteration() from None  # closed at once: a stalled client gets no lingering drain
             except gevent.Timeout:
                 metrics.REQUEST_TIMEOUTS.inc()
                 refuse(req, sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "

@@ -95,8 +95,8 @@ class BufferingGeventWorker(GeventWorker):
         settings = Settings.from_env()
         self.settings = settings
         self.request_timeout = float(settings.request_timeout)
-        self.bodies = BodyReader(settings.max_body_bytes, self.request_timeout, settings.body_budget)
         self.idle = IdleConnections(settings.worker_connections)
+        self.bodies = BodyReader(settings.max_body_bytes, self.request_timeout, settings.body_budget, self.idle)
         self.middleware: InferenceMiddleware | None = None  # the app's, found after fork (run)
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
         self.share = connection_share.Share(getattr(self, "share_slot", None))  # given by the master (pre_fork)
