@@ -129,11 +129,11 @@ BUGS = [
                "if max(widths) > MAX_WIDTH:", "if False:",
                ("tests/test_training.py::test_a_model_that_misses_its_targets_is_not_written",),
                "--hidden 1000000000000 reaches NumPy: a MemoryError's traceback"),
-    PlantedBug("index_keeps_labels_of_removed_feedback", "service/capture/index.py",
-               'self.shrunk = self.shrunk or (gone.name.startswith("feedback-") and self.offsets[gone] > 0)',
-               "pass",
-               ("tests/test_feedback_unit.py::test_a_feedback_file_removed_after_it_was_read_is_forgotten_by_the_index",),
-               "the index keeps a label read from a feedback segment removed after its fsync failed"),
+    PlantedBug("abandoned_segment_removed_after_it_was_read", "service/capture/segment.py",
+               'if size == 0 or b"\\n" not in os.pread(self.fd, size, 0):', "if True:",
+               ("tests/test_feedback_unit.py::"
+                "test_a_new_segment_whose_first_line_failed_is_kept_empty_and_forgotten_by_the_index",),
+               "a new segment whose first line's fsync failed is removed: another index keeps the label it read"),
     PlantedBug("metadata_not_an_object", "model/io.py",
                'raise WeightsFileError(f"{path}: metadata must be a JSON object")', "pass",
                ("tests/test_io.py", "tests/test_service_unit.py::test_bad_weights_files_do_not_stop_the_others"),
@@ -719,9 +719,9 @@ BUGS = [
                "feedback written after its segment was moved away is fsynced into the moved file, answered as stored"),
     PlantedBug("empty_segments_left", "service/capture/segment.py",
                "        if self.written == 0:\n            with contextlib.suppress(OSError):\n"
-               "                os.unlink(self.directory / self.name)",
+               "                size = os.fstat(self.fd).st_size",
                "        if False:\n            with contextlib.suppress(OSError):\n"
-               "                os.unlink(self.directory / self.name)",
+               "                size = os.fstat(self.fd).st_size",
                ("tests/test_capture.py::test_a_disk_refusing_every_write_leaves_no_empty_files",),
                "a disk refusing every write leaves one empty segment file per retry, for good"),
     PlantedBug("oversized_feedback_507", "service/dataplane/feedback.py",

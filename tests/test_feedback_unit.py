@@ -231,23 +231,39 @@ def test_a_feedback_line_cut_away_is_forgotten_by_the_index(tmp_path):
     assert index.labels_of("cut") is None and index.labels_of("kept") == ("1",)
 
 
-def test_a_feedback_file_removed_after_it_was_read_is_forgotten_by_the_index(tmp_path):
-    """A failed fsync of a new segment's first line removes the file rather than cut it back to nothing
-    (``Segment.abandon``): the index kept the label it had read from it, so a retry was answered
-    "duplicate" with nothing on disk. The labels are now those the files hold."""
-    (tmp_path / "feedback").mkdir()
-    index = CaptureIndex(tmp_path, tmp_path / "feedback")
+def test_a_new_segment_whose_first_line_failed_is_kept_empty_and_forgotten_by_the_index(tmp_path):
+    """A failed fsync of a new segment's first line removed the file rather than cut it back to nothing
+    (``Segment.abandon``), and another worker's index took it for a file an operator moved away, keeping
+    the label it had read: a retry was answered "duplicate" with nothing on disk. Now such a segment is
+    kept, empty, and the index forgets the label; a segment that never held a whole line is still
+    removed, and a file moved away still keeps its labels known."""
+    from service.capture.segment import Segment
+
+    directory = tmp_path / "feedback"
+    directory.mkdir()
+    index = CaptureIndex(tmp_path, directory)
     kept = events.feedback_event(event_id=events.new_event_id(), time_ns=time.time_ns(), model="xor",
                                  labels=["1"], request_id="kept", version=1, predicted=["1"])
     failed = events.feedback_event(event_id=events.new_event_id(), time_ns=time.time_ns(), model="xor",
                                    labels=["0"], request_id="failed", version=1, predicted=["1"])
-    write_lines(tmp_path / "feedback" / "feedback-a.jsonl", kept)
-    write_lines(tmp_path / "feedback" / "feedback-b.jsonl", failed)
-    index.refresh()
+    write_lines(directory / "feedback-a.jsonl", kept)
+    segment = Segment(directory, "feedback-b.jsonl", 1 << 20)
+    segment.write(failed)
+    index.refresh()  # another worker reads the line before its fsync fails
     assert index.labels_of("failed") == ("0",)
-    (tmp_path / "feedback" / "feedback-b.jsonl").unlink()
+    segment.written -= len(failed)  # what the journal does when the fsync fails
+    segment.abandon()
+    assert (directory / "feedback-b.jsonl").stat().st_size == 0
     index.refresh()
     assert index.labels_of("failed") is None and index.labels_of("kept") == ("1",)
+    torn = Segment(directory, "feedback-c.jsonl", 1 << 20)
+    torn.write(failed[:10])  # a short write: no whole line, which no index reads
+    torn.written = 0
+    torn.abandon()
+    assert not (directory / "feedback-c.jsonl").exists()
+    (directory / "feedback-a.jsonl").rename(tmp_path / "archived.jsonl")  # an operator moves a file away
+    index.refresh()
+    assert index.labels_of("kept") == ("1",)  # the first feedback still stands
 
 
 def test_the_index_is_bounded_by_ids_and_by_rows_whatever_clients_send(tmp_path):

@@ -117,10 +117,7 @@ class CaptureIndex:
                 if name.endswith(".jsonl") and name.startswith(("capture-", "feedback-")):
                     present.add(directory / name)
                     self._read_new(directory / name)
-        for gone in set(self.offsets) - present:  # moved away by an operator: its entries stay known,
-            # except a feedback file read from: a new segment whose first write's fsync failed is removed,
-            # not cut back (``Segment.abandon``), and the label this index read from it is no label
-            self.shrunk = self.shrunk or (gone.name.startswith("feedback-") and self.offsets[gone] > 0)
+        for gone in set(self.offsets) - present:  # moved away by an operator: its entries stay known
             del self.offsets[gone]
         if self.shrunk:
             # A feedback file cut back: a line this index read may be gone (a write whose fsync failed is

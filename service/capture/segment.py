@@ -34,7 +34,8 @@ class Segment:
         self.written = 0
         self._dirty = False
         self._entry_synced = False  # a new file's name must reach the disk as well as its bytes
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        # read and write: abandon() reads back what a failed write left
+        fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o666)
         try:
             # A new file, but someone's usage() may be looking at it this very moment (it takes no
             # budget lock): wait for that, it lasts a few system calls.
@@ -90,10 +91,15 @@ class Segment:
 
     def abandon(self) -> None:
         """Cut back to ``written`` (whole lines: a failed write's part goes) and closed, errors ignored;
-        an empty one is removed (a disk refusing every write left one empty file a second, for good)."""
+        one that never held a byte is removed (a disk refusing every write left one empty file a second,
+        for good). One whose bytes were on it -- written, then their fsync failed -- is cut back to
+        nothing but kept: another process may have read them, and its index forgets them only when it
+        finds the file shorter (a file gone is one an operator moved away, whose entries stay known)."""
         if self.written == 0:
             with contextlib.suppress(OSError):
-                os.unlink(self.directory / self.name)  # still under its lock: no one counts it meanwhile
+                size = os.fstat(self.fd).st_size
+                if size == 0 or b"\n" not in os.pread(self.fd, size, 0):  # no whole line: none was read
+                    os.unlink(self.directory / self.name)  # still under its lock: no one counts it meanwhile
         with contextlib.suppress(OSError):
             os.ftruncate(self.fd, self.written)
         with contextlib.suppress(OSError):
