@@ -93,3 +93,32 @@ def test_a_connection_stalled_mid_body_counts_and_the_longest_waiting_goes():
     gevent.sleep(0.01)
     assert outcome == {0: "evicted", 1: "closed", 3: "closed"} and len(idle.waits) == 1
     gevent.killall(greenlets, timeout=2)
+
+
+def test_an_upload_under_way_is_not_the_longest_waiting():
+    """Each arrival of bytes makes a body's wait the newest: at the bound the connection let go is the
+    one longest without progress, not the oldest upload (which a 408 would cut off mid-way)."""
+    idle = IdleConnections(4)  # room for 3 waits
+    outcome = {}
+
+    def uploading() -> None:
+        with idle.stalling() as wait:
+            for _ in range(10):
+                gevent.sleep(0.01)
+                wait.progress()  # bytes came
+        outcome["upload"] = "read"
+
+    def waiting(i: int) -> None:
+        with idle.waiting(5):
+            gevent.sleep(5)
+        outcome[i] = "closed"
+
+    greenlets = [gevent.spawn(uploading)]
+    gevent.sleep(0.001)
+    greenlets += [gevent.spawn(waiting, 1), gevent.spawn(waiting, 2)]
+    gevent.sleep(0.03)  # the upload has made progress since the two began to wait
+    greenlets.append(gevent.spawn(waiting, 3))
+    gevent.sleep(0.15)
+    assert outcome == {1: "closed", "upload": "read"}
+    idle.close_all()
+    gevent.joinall(greenlets, timeout=2)

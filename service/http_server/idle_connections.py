@@ -1,13 +1,13 @@
 """Connections waiting on their client: for a request head (a first one, or the next on a kept-alive
-connection), or for the rest of a request's body.
+connection), or for a request's body (and for room to read it in, and while a refused one is drained).
 
 Each wait for a head is bounded by ``KEEPALIVE`` (gunicorn's own rule; the connection is then closed
 quietly), each for a body by ``REQUEST_TIMEOUT`` (``request_body.py``: a 408). Waiting connections may
-hold at most 90% of ``WORKER_CONNECTIONS``: past that the one waiting longest is let go (as nginx
-does with keep-alive connections) -- one waiting for a head is closed, one stalled mid-body answered
-408 and closed at once -- so idle, silent or stalling clients can never fill the worker and leave a
-new client (a health probe) queued behind them. On a graceful stop every wait for a head ends at once
-instead of holding the stop for its keep-alive time.
+hold at most 90% of ``WORKER_CONNECTIONS``: past that the one waiting longest (for a body: since
+its last bytes) is let go, as nginx does with keep-alive connections -- one waiting for a head is
+closed, one waiting for its body answered 408 and closed at once -- so idle, silent or stalling
+clients can never fill the worker and leave a new client (a health probe) queued behind them. On a
+graceful stop every wait for a head ends at once instead of holding the stop for its keep-alive time.
 """
 
 from __future__ import annotations
@@ -96,14 +96,22 @@ class BodyWait:
     def __init__(self, idle: IdleConnections) -> None:
         self.idle, self.me, self.active = idle, None, False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> BodyWait:
         self.idle.make_room()
         self.me, self.active = gevent.getcurrent(), True
         self.idle.waits[self.me] = self
+        return self
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         self.active = False
         self.idle.waits.pop(self.me, None)
+
+    def progress(self) -> None:
+        """Bytes arrived: the newest wait again, so the one let go is the longest without progress, not
+        the oldest upload."""
+        waits = self.idle.waits
+        if waits.pop(self.me, None) is not None:
+            waits[self.me] = self
 
     def expire(self) -> None:
         gevent.get_hub().loop.run_callback(self._throw)

@@ -29,7 +29,7 @@ import ctypes
 import io
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import gevent
@@ -124,6 +124,20 @@ class BodyReader:
         ``size`` bytes of the budget are free. It waits for room at most half that time, so a body
         that gets room has the other half to arrive; else a 503 (no room) or a 408 (too slow)."""
         started = time.monotonic()
+        try:
+            # Waiting for room, then for the body, the connection waits on its client: among the worker's
+            # waits, the longest of which is let go past WORKER_CONNECTIONS' bound (idle_connections.py).
+            with self.idle.stalling() as wait:
+                return self._read(req, sock, size, continues, started, wait.progress)
+        except Evicted:  # the worker needs the place of the connection that waited longest: this one
+            metrics.REQUEST_TIMEOUTS.inc()
+            write_error(sock, ServiceError(408, "request_timeout", "the request body did not arrive, and the "
+                                           "server needed the connection"), req.path, req.method,
+                        time.monotonic() - started)
+            raise StopIteration() from None  # closed at once: a stalled client gets no lingering drain
+
+    def _read(self, req: Any, sock: socket.socket, size: int, continues: bool, started: float,
+              progress: Callable[[], None]) -> bytes | bytearray:
         # a chunked body is read to MAX_BODY_BYTES + 1 (to tell one too large) but holds at most
         # MAX_BODY_BYTES: reserving the extra byte made two chunked bodies, or one beside a stalled upload
         # of MAX_BODY_BYTES, overflow the default budget (2 x MAX_BODY_BYTES), a 503 after a 2 s wait
@@ -136,17 +150,12 @@ class BodyReader:
             if continues:  # now, before reading, not after the body the client is holding back
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
-                with gevent.Timeout(max(0.0, self.request_timeout - (time.monotonic() - started))), \
-                        self.idle.stalling():
+                with gevent.Timeout(max(0.0, self.request_timeout - (time.monotonic() - started))):
                     if SMALL_BODY < size <= self.max_body:  # a large body with a Content-Length: one buffer
-                        return receive(req, sock, size)
+                        return receive(req, sock, size, progress)
                     return req.body.read(self.max_body + 1)  # small (one sample: as before) or chunked
-            except Evicted:  # the worker needs the place of the connection that waited longest: this one
-                metrics.REQUEST_TIMEOUTS.inc()
-                write_error(sock, ServiceError(408, "request_timeout", "the request body stopped arriving, and the "
-                                               "server needed the connection"), req.path, req.method,
-                            time.monotonic() - started)
-                raise StopIteration() from None  # closed at once: a stalled client gets no lingering drain
+            except Evicted:
+                raise
             except gevent.Timeout:
                 metrics.REQUEST_TIMEOUTS.inc()
                 refuse(req, sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
@@ -163,7 +172,9 @@ class BodyReader:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
         budget = 4 * self.max_body
-        with gevent.Timeout(LINGER_SECONDS, False), contextlib.suppress(OSError):
+        # a wait on the client too: let go at once past the worker's bound (Evicted)
+        with contextlib.suppress(Evicted), self.idle.stalling(), gevent.Timeout(LINGER_SECONDS, False), \
+                contextlib.suppress(OSError):
             while budget > 0 and (chunk := sock.recv(1 << 16)):
                 budget -= len(chunk)
 
@@ -177,7 +188,7 @@ def refuse(req: Any, sock: socket.socket, error: ServiceError, started: float | 
     raise StopIteration()
 
 
-def receive(req: Any, sock: socket.socket, length: int) -> bytearray:
+def receive(req: Any, sock: socket.socket, length: int, progress: Callable[[], None] | None = None) -> bytearray:
     """A body of ``length`` bytes (its Content-Length) in one buffer: the part gunicorn read with the head,
     then ``recv_into`` the rest of the buffer, straight from the socket. Shorter if the client hung up.
 
@@ -199,6 +210,8 @@ def receive(req: Any, sock: socket.socket, length: int) -> bytearray:
             del data[got:]
             break
         got += received
+        if progress is not None:  # bytes came: an upload under way is not the longest-waiting connection
+            progress()
     return data
 
 

@@ -103,25 +103,29 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_closed(impatient_serve
     assert 1.5 < lines[0]["latency_ms"] / 1000 < 6
 
 
-def test_clients_stalled_mid_body_cannot_fill_the_worker(tmp_path):
+@pytest.mark.parametrize("declared", [len(XOR), 8 * 1024 * 1024], ids=["small body", "MAX_BODY_BYTES"])
+def test_clients_stalled_mid_body_cannot_fill_the_worker(tmp_path, declared):
     """Connections that sent a request head and then none of its body held their place for
     REQUEST_TIMEOUT (and a 2 s drain after their 408), and only connections waiting for a head were
     let go past 90 % of WORKER_CONNECTIONS: 12 of them on a worker of 10 kept /healthz waiting 7.5 s.
-    Now they count among the waits: past the bound the longest stalled is answered 408 and closed."""
+    Now they count among the waits, also while waiting for room in the body budget (heads declaring
+    MAX_BODY_BYTES: two fit the budget, the others wait for room): past the bound the longest stalled
+    is answered 408 and closed."""
     server = LocalServer(tmp_path, WORKERS="1", WORKER_CONNECTIONS="10", REQUEST_TIMEOUT="6").start()
     try:
         host, port = host_port(server.url)
         stalled = []
         for _ in range(12):
             sock = socket.create_connection((host, port), timeout=10)
-            sock.sendall(raw_request("/predict", XOR)[:-len(XOR)])  # the head, then nothing of the body
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {declared}\r\n\r\n".encode())  # the head, then nothing of the body
             stalled.append(sock)
             time.sleep(0.02)  # accepted in turn: the first is the longest waiting
         start = time.monotonic()
         assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
         assert time.monotonic() - start < 1.5
         status, body = read_response(stalled[0])  # the longest stalled was let go
-        assert status == 408 and b"the server needed the connection" in body
+        assert status == 408 and b"the server needed the connection" in body, body
         assert stalled[0].recv(1) == b""
         for sock in stalled:
             sock.close()
