@@ -806,3 +806,25 @@ def test_an_ipv6_host_is_bound_in_brackets_and_the_body_limit_fits_grpc():
     assert Settings.from_env({"MAX_BODY_BYTES": str(2**31 - 1)}).max_body_bytes == 2**31 - 1
     with pytest.raises(ValidationError, match="less than or equal to 2147483647"):
         Settings.from_env({"MAX_BODY_BYTES": str(2**31)})
+
+
+@pytest.mark.parametrize("data, expected", [
+    ([0, 2**64 - 1], [[0, 2**64 - 1]]),
+    ([[2**63, 1]], [[2**63, 1]]),
+    ([0, 2**64], "outside the range of UINT64"),
+    ([0.5, 2**64 - 1], "non-integer values"),
+    ([-1, 2**64 - 1], "outside the range of UINT64"),
+])
+def test_uint64_json_data_is_read_exactly(data, expected):
+    """NumPy reads a list mixing integers under and over 2**63 as float64, which rounded 2**64 - 1 up to
+    2**64: V2 JSON refused a UINT64 value that binary tensors, gRPC and /predict took."""
+    from service.protocols.v2_http import decode_input
+    from service.protocols.v2_schemas import RequestInput
+
+    inp = RequestInput(name="input", shape=[1, 2], datatype="UINT64", data=data)
+    if isinstance(expected, str):
+        with pytest.raises(ServiceError, match=expected):
+            decode_input(inp, memoryview(b""), False)
+    else:
+        arr = decode_input(inp, memoryview(b""), False)
+        assert arr.dtype == np.uint64 and arr.tolist() == expected

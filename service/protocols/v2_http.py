@@ -185,6 +185,18 @@ def flag(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
     return value
 
 
+def whole_uint64(data: list[Any], arr: np.ndarray) -> np.ndarray:
+    """UINT64 data as sent: NumPy reads a list mixing integers under and over 2**63 as float64, which
+    rounds 2**64 - 1 up to 2**64, outside UINT64 (binary tensors, gRPC and /predict took it). Whole
+    numbers in range are read again, exactly; anything else is left for ``check_integers`` to refuse."""
+    if not arr.size or arr.min() < 0 or not np.array_equal(arr, np.trunc(arr)):
+        return arr
+    try:
+        return np.array(data, dtype=np.uint64)
+    except (OverflowError, ValueError, TypeError):  # 2**64 or more: out of range, as check_integers says
+        return arr
+
+
 def decode_input(inp: RequestInput, binary: memoryview, booleans: bool,
                  numbers: np.ndarray | None = None) -> np.ndarray:
     """The input tensor in its declared shape and datatype, from JSON data or the binary tail
@@ -212,6 +224,8 @@ def decode_input(inp: RequestInput, binary: memoryview, booleans: bool,
     else:
         fast = json_codec.floats(inp.data) if not booleans and inp.datatype.startswith("FP") else None  # floats
     arr = fast if fast is not None else json_codec.to_array(inp.data, inp.name, booleans)
+    if inp.datatype == "UINT64" and arr.dtype.kind == "f":
+        arr = whole_uint64(inp.data, arr)
     if arr.size != count:
         raise bad_request(f"input {quote(inp.name)}: shape {inp.shape} holds {count} values, but data has {arr.size}")
     v2_tensors.check_integers(inp.name, inp.datatype, arr)
