@@ -102,3 +102,18 @@ def test_lock_files_agree(repo_root):
         for package, version in pinned.items():
             for other, other_pins in locks.items():
                 assert other_pins.get(package, version) == version, f"{package}: {name} vs {other}"
+
+
+def test_the_kserve_runtimes_probe_over_http_and_the_grpc_one_uses_both_cores(repo_root):
+    """A gRPC health check takes one of GRPC_MAX_CALLS like any call: under full load (or 64 open
+    streams) a readiness probe over gRPC is refused and the pod leaves its endpoints when busiest. And
+    one gRPC process (the default while WORKERS <= 2) cannot use two CPUs, so a runtime all of whose
+    traffic is gRPC would never reach its 70 % CPU target."""
+    for name in ("servingruntime.yaml", "servingruntime-grpc.yaml"):
+        [container] = yaml.safe_load((repo_root / "deploy" / "kserve" / name).read_text())["spec"]["containers"]
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] == 8000, (name, probe)
+        if name == "servingruntime-grpc.yaml":
+            assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"  # gRPC's readiness too
+            env = {e["name"]: e["value"] for e in container["env"]}
+            assert int(env["GRPC_WORKERS"]) == int(container["resources"]["requests"]["cpu"]) == 2

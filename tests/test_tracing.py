@@ -247,3 +247,17 @@ def test_a_batch_its_leader_hands_to_a_greenlet_is_still_the_leader_s_child(span
 @pytest.fixture(scope="module")
 def registry(model_repository):
     return ModelRegistry(model_repository).load_all()
+
+
+def test_a_grpc_call_s_span_names_only_a_model_name_that_can_be_one(spans):
+    """The gRPC server span is made before the call's model name is checked: a 4 MB name was kept as the
+    span's attribute (the SDK does not cut attributes, and holds up to 2,048 spans between exports)."""
+    from service.grpc.calls import server_span
+    from service.grpc.stubs import grpc_service_pb2 as pb
+
+    for name, kept in (("mnist", True), ("x" * 4_000_000, False), ("bad name\n", False)):
+        server_span("/inference.GRPCInferenceService/ModelInfer", pb.ModelInferRequest(model_name=name),
+                    None).finish(False, {})
+        [span] = spans.get_finished_spans()
+        assert span.attributes.get("model.name") == (name if kept else None)
+        spans.clear()

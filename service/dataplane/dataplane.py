@@ -184,8 +184,12 @@ class DataPlane:
         runner.warm([entry for versions in self.registry.snapshot.serving.values() for entry in versions.values()])
         runner.observe = self.observe_pass if self.drift is not None else None
         self.runner = runner
-        # the autoscaling signal exists from the start, at 0: an HPA that cannot read a metric of its
-        # rule does not scale down, and a labelled gauge appears only once first set
+        self.publish_signal()
+
+    def publish_signal(self) -> None:
+        """The autoscaling signal at 0 for every model serving, from a serving process's start: an HPA
+        that cannot read a metric of its rule does not scale down, and a labelled gauge appears only once
+        first set (a worker without batching showed none until its first request)."""
         for name in self.registry.snapshot.serving:
             for state in ("waiting", "running"):
                 metrics.queue_gauge(name, state)

@@ -100,7 +100,7 @@ def server_span(endpoint: str, request: Any, context: Any) -> tracing.ServerSpan
     service, _, method = endpoint[1:].rpartition("/")
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
     name = getattr(request, "name", None) or getattr(request, "model_name", None)
-    if name:
+    if name and NAME.fullmatch(name):  # the span is made before the name is checked: a 4 MB one was kept
         attributes["model.name"] = name
     metadata = context.invocation_metadata() if hasattr(context, "invocation_metadata") else None
     return tracing.ServerSpan(endpoint[1:], tracing.metadata_header(metadata), attributes)

@@ -119,6 +119,8 @@ class BufferingGeventWorker(GeventWorker):
             if settings.batching:  # BATCHING: concurrent requests share forward passes
                 plane.serve_with(GeventBatcher(settings.max_batch, settings.max_queue_delay_microseconds,
                                                settings.preferred_batch_sizes(), lambda: self.connections <= 1))
+            else:
+                plane.publish_signal()
             gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep, every_tick=plane.tick)
             if plane.capture is not None:  # CAPTURE_DIR: records written from a native thread
                 capture_writer = CaptureWriter()

@@ -247,10 +247,12 @@ def test_grpc_without_batching_counts_a_deadline_from_the_calls_arrival(tmp_path
         server.stop()
 
 
-def test_the_autoscaling_gauge_is_there_at_zero_before_any_request(tmp_path):
+@pytest.mark.parametrize("env", [{}, {"BATCHING": "off", "GRPC_PORT": "0"}], ids=["as shipped", "no batching, no gRPC"])
+def test_the_autoscaling_gauge_is_there_at_zero_before_any_request(tmp_path, env):
     """The HPA's metric appeared only with the first inference, and an HPA that cannot read a metric
-    of its rule does not scale down: every served model's two series now exist from the start."""
-    server = LocalServer(tmp_path).start()
+    of its rule does not scale down: every served model's two series now exist from the start (with
+    batching off and no gRPC process too: there the workers made none)."""
+    server = LocalServer(tmp_path, **env).start()
     try:
         lines = [line for line in requests.get(f"{server.url}/metrics", timeout=10).text.splitlines()
                  if line.startswith("nn_requests_in_progress{")]
