@@ -126,8 +126,9 @@ def test_grpc_runtime_matches_the_image_and_its_service(repo_root):
     assert container["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}]
     assert "EXPOSE 8000 8001" in (repo_root / "Dockerfile").read_text()
     assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
-    assert container["readinessProbe"]["grpc"]["port"] == 8001
-    # liveness over HTTP: a gRPC health check takes a call slot, refused when GRPC_MAX_CALLS are busy
+    # both probes over HTTP: a gRPC health check takes a call slot, refused when GRPC_MAX_CALLS are busy
+    # (/v2/health/ready says whether the gRPC processes serve too; tests/test_deploy.py)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
     assert container["securityContext"] == rest["spec"]["containers"][0]["securityContext"]
     assert container["image"] == rest["spec"]["containers"][0]["image"]
