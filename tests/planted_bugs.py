@@ -353,11 +353,15 @@ BUGS = [
                ("tests/integration/test_rollouts.py::test_a_request_naming_its_version_is_never_rerouted",),
                "a request naming its version is routed by the rollout like one naming none"),
     PlantedBug("sticky_key_ignored", "service/repository/rollout.py",
-               "key_point(key, version) < percent / left * 100", "rng.random() * 100 < percent / left * 100",
+               "point = key_point(key, version) if key is not None else rng.random() * 100",
+               "point = rng.random() * 100",
                ("tests/integration/test_rollouts.py::test_a_sticky_key_always_gets_the_same_version_in_every_protocol",),
                "a client's rollout key is ignored: each of its requests is a fresh random draw"),
     PlantedBug("keys_on_slices_end_to_end", "service/repository/rollout.py",
-               "key_point(key, version) < percent / left * 100", "key_point(key, 0) < 100 - left + percent",
+               "key_point(key, version) if key is not None else rng.random() * 100\n"
+               "            if left <= percent or point < percent / left * 100:",
+               "key_point(key, 0) if key is not None else rng.random() * 100\n"
+               "            if left <= percent or point < 100 - left + percent:",
                ("tests/test_rollouts.py::test_a_change_to_one_canary_moves_the_others_keys_only_in_proportion",),
                "one hash per key and the canaries' slices end to end: removing one canary moves every key of "
                "the canaries after it"),

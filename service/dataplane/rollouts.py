@@ -85,7 +85,7 @@ class Rollouts:
         self.registry = registry
         # The operating system's generator: it holds no state, so each gunicorn worker draws its own.
         # A Random() made here, in the master before it forks the workers (preload_app), drew the same
-        # sequence in every worker. A draw costs a getrandom call, on key-less canary routing only.
+        # sequence in every worker. A draw costs a getrandom call per canary it passes, on key-less routing only.
         self.rng = rng or random.SystemRandom()
         self.mirror = Mirror(queue_rows, judge=self.judge_comparison)
         self.tallies: dict[tuple[str, float, int], Tally] = {}
@@ -161,14 +161,20 @@ class Rollouts:
         def loop() -> None:
             while True:
                 time.sleep(max(interval, self.mirror.rest_until - time.monotonic()))
-                try:
-                    if self.mirror.due():
-                        self.mirror.drain()
-                        self.settle()
-                except Exception:  # a bug here must not end this process's comparisons and guard for good
-                    log.exception("comparing for rollouts failed; going on")
+                if self.mirror.due():
+                    self.compare()
 
         threading.Thread(target=loop, name="shadow", daemon=True).start()
+
+    def compare(self, budget: float | None = None) -> None:
+        """Compare the queued copies (for ``budget`` seconds of CPU: ``Mirror.drain``), then carry out the
+        verdicts found. Both comparer loops call this; a bug here is logged, not raised, so that it
+        cannot end this process's comparisons, and its guard, for good."""
+        try:
+            self.mirror.drain(budget)
+            self.settle()
+        except Exception:
+            log.exception("comparing for rollouts failed; going on")
 
     def settle(self) -> None:
         """Carry out the verdicts the comparisons found (the front end calls this after each drain)."""

@@ -10,7 +10,6 @@ verdict found by a comparison is carried out here too (``Rollouts.settle``).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
@@ -19,7 +18,6 @@ import gevent
 from service.dataplane.rollouts import Rollouts
 from service.dataplane.shadow import SLICE_SECONDS
 
-log = logging.getLogger(__name__)
 INTERVAL = 0.02  # seconds between looks at the queue
 IDLE_SLICE_SECONDS = 0.005  # of CPU, when the worker holds no connection: no rest then (nobody to slow down)
 
@@ -35,13 +33,8 @@ def loop(rollouts: Rollouts, is_alive: Callable[[], bool], idle: Callable[[], bo
     while is_alive():
         waiting = mirror.pending() and idle()
         gevent.sleep(0.001 if waiting else max(INTERVAL, mirror.rest_until - time.monotonic()))
-        try:
-            if mirror.pending() and idle():
-                mirror.drain(IDLE_SLICE_SECONDS)
-                mirror.rest_until = 0.0
-                rollouts.settle()
-            elif mirror.due():
-                mirror.drain(SLICE_SECONDS)
-                rollouts.settle()
-        except Exception:  # a bug here must not end this worker's comparisons and guard for good
-            log.exception("comparing for rollouts failed; going on")
+        if mirror.pending() and idle():
+            rollouts.compare(IDLE_SLICE_SECONDS)
+            mirror.rest_until = 0.0
+        elif mirror.due():
+            rollouts.compare(SLICE_SECONDS)

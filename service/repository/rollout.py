@@ -110,25 +110,18 @@ class Rollout:
         """(version, whether it is a canary) for one request: by ``key`` when the client sent one
         (the same key always lands on the same version, in any process), else by a random draw.
 
-        A key is judged by each canary in turn (by version), with a hash of its own: canary ``v`` takes
-        the key when ``key_point(key, v)`` falls below its percent of what the canaries before it left.
+        A request is judged by each canary in turn (by version), with a point of its own (the key's hash
+        salted with the version, or a draw): canary ``v`` takes it when that point falls below its
+        percent of what the canaries before it left.
         The shares are exact (the product telescopes to each percent), and a change to one canary moves
         the keys of the others only in proportion: with canaries ``{3: 10, 4: 10}``, the guard removing 3
         keeps 90 % of 4's keys on 4, raising 3 to 20 keeps 89 %, and a new canary after them moves
         none. Slices of one hash laid end to end (as before 2026-12-08) moved all of them.
         """
-        if not self.spec.canary:
-            return self.spec.primary, False
-        if key is None:  # a draw needs no stickiness: one point, the canaries' slices end to end
-            point = rng.random() * 100
-            for version, percent in sorted(self.spec.canary.items()):
-                if point < percent:
-                    return version, True
-                point -= percent
-            return self.spec.primary, False
-        left = 100.0  # percent of the keys no canary before this one took
+        left = 100.0  # percent of the requests no canary before this one took
         for version, percent in sorted(self.spec.canary.items()):
-            if left <= percent or key_point(key, version) < percent / left * 100:
+            point = key_point(key, version) if key is not None else rng.random() * 100
+            if left <= percent or point < percent / left * 100:
                 return version, True
             left -= percent
         return self.spec.primary, False
