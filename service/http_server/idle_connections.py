@@ -50,8 +50,9 @@ class IdleConnections:
             self.waits.pop(next(iter(self.waits))).expire()
 
 
-class Evicted(gevent.Timeout):
-    """Thrown into a connection stalled mid-body when the worker needs its place (``BodyWait``)."""
+class Evicted(BaseException):
+    """Thrown into a connection stalled mid-body when the worker needs its place (``BodyWait``). A
+    BaseException, as gevent's Timeout is: no ``except Exception`` (nor Timeout) on the way takes it."""
 
 
 class Wait:

@@ -154,8 +154,6 @@ class BodyReader:
                     if SMALL_BODY < size <= self.max_body:  # a large body with a Content-Length: one buffer
                         return receive(req, sock, size, progress)
                     return req.body.read(self.max_body + 1)  # small (one sample: as before) or chunked
-            except Evicted:
-                raise
             except gevent.Timeout:
                 metrics.REQUEST_TIMEOUTS.inc()
                 refuse(req, sock, ServiceError(408, "request_timeout", f"the request body did not arrive within "
