@@ -62,8 +62,12 @@ def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path, batching):
         assert len(answers) == PIPELINED, len(answers)
         a_run = answers[-1] - answers[0]
         print(f"\nA's {PIPELINED} pipelined requests took {a_run * 1000:.0f} ms; B sent {len(latencies)}, "
-              f"worst {max(latencies) * 1000:.1f} ms")
-        assert latencies and max(latencies) < 0.25 * a_run
+              f"first {latencies[0] * 1000:.1f} ms, worst {max(latencies) * 1000:.1f} ms")
+        # A starved B answers it once, after A's run. One slow answer among many is a stall of this
+        # test's own process on a shared machine, not starvation: a CI run saw B's first request wait
+        # 280 ms of A's 326, then 13 more answered 3.5 ms apart while A still ran.
+        assert len(latencies) >= 5, "B was answered only once A's run was over"
+        assert sorted(latencies)[-2] < 0.25 * a_run
     finally:
         assert server.stop() == 0
 
