@@ -143,6 +143,28 @@ def test_rows_are_capped_at_max_batch_and_large_requests_run_alone(registry):
     assert np.subtract(executed("digits"), before).tolist() == [3, 15]
 
 
+
+@fresh_hub
+def test_the_members_of_a_batch_yield_once_more_before_they_answer(registry):
+    """The leader answers at once; each member woken by the pass yields first (``answer_turn``: in the
+    worker one answer per turn of the loop, so a request arriving meanwhile is read between two)."""
+    digits = registry.snapshot.get("digits")
+    yielded = []
+
+    def answer_turn() -> None:
+        yielded.append(gevent.getcurrent())
+        gevent.idle()
+
+    batcher = GeventBatcher(max_batch=64, answer_turn=answer_turn)
+    with_table(batcher, digits, MERGING_PAYS)
+    rows = [np.full((1, 25), i % 2, dtype=np.float32) for i in range(4)]
+    before = executed("digits")
+    results = run_together(batcher, [(digits, x) for x in rows])
+    assert np.subtract(executed("digits"), before).tolist() == [1, 4]  # one pass for all four
+    assert len(yielded) == 3 and len(set(yielded)) == 3  # each member once, the leader not
+    for x, r in zip(rows, results, strict=True):
+        assert_probabilities_close(r, digits.network.predict_proba(x))
+
 @fresh_hub
 def test_two_loads_of_one_version_never_share_a_pass(registry):
     """A reload makes a new entry for the same name and version: requests that resolved each keep to it."""
@@ -190,20 +212,23 @@ def test_a_request_killed_while_it_waits_strands_nobody(registry):
 
 
 @fresh_hub
-def test_a_request_alone_in_its_worker_runs_at_once(registry, monkeypatch):
+def test_a_request_alone_in_its_worker_runs_at_once(registry):
     """With no other connection in the worker nothing could join, so no turn of the loop and no queue;
     with others it takes its turn (where the connections that are ready would join)."""
     xor = registry.snapshot.get("xor")
     turns = []
-    idle = gevent.idle
-    monkeypatch.setattr(gevent, "idle", lambda *args: (turns.append(1), idle(*args)))
+
+    def turn() -> None:
+        turns.append(1)
+        gevent.idle()
+
     x = np.array([[0, 1], [1, 1]], dtype=np.float32)
-    alone = GeventBatcher(max_batch=64, alone=lambda: True)
+    alone = GeventBatcher(max_batch=64, alone=lambda: True, turn=turn)
     with_table(alone, xor)
     before = executed("xor")
     np.testing.assert_array_equal(alone.run(xor, x), xor.network.predict_proba(x))  # the same pass: exact
     assert turns == [] and alone.queues == {} and np.subtract(executed("xor"), before).tolist() == [1, 2]
-    crowded = GeventBatcher(max_batch=64, alone=lambda: False)
+    crowded = GeventBatcher(max_batch=64, alone=lambda: False, turn=turn)
     with_table(crowded, xor)
     np.testing.assert_array_equal(crowded.run(xor, x), xor.network.predict_proba(x))
     assert turns == [1] and crowded.queues == {}

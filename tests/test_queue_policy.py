@@ -97,6 +97,24 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
     assert (gauge("full", "waiting"), gauge("full", "running")) == (0, 0) and policy.waiting == 0
 
 
+
+def test_a_request_held_for_its_turn_counts_against_the_bound_but_not_in_the_gauge():
+    """The HTTP worker holds a place for a request read and waiting for its turn to be parsed: the bound
+    counts it (one more is refused before it waits), the model's gauge does not (no model yet)."""
+    policy = QueuePolicy(max_queue_size=2)
+    ticket = policy.admit("held", None, None)
+    policy.hold()
+    assert policy.full() and gauge("held", "waiting") == 1
+    with pytest.raises(ServiceError) as err:
+        policy.admit("held", None, None)
+    assert err.value.status == 503
+    policy.unhold()  # its turn came: the place it held is the one it is admitted to
+    second = policy.admit("held", None, None)
+    assert policy.full() and gauge("held", "waiting") == 2
+    for t in (ticket, second):
+        policy.release(t)
+    assert policy.waiting == 0 and gauge("held", "waiting") == 0
+
 class Race:
     """A leader whose pass holds ``batcher`` for 200 ms, and requests that queue behind it: each
     call's answer (or error) and seconds are kept in ``outcomes``."""

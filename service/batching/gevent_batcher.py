@@ -7,8 +7,9 @@ gevent. How a batch forms:
 
 * a request joins the queue of its model *version* (the snapshot it resolved: a reload during
   traffic never mixes versions, nor two loads of one version number);
-* the first request of an empty queue leads: it yields to the event loop once (``gevent.idle``),
-  so the other connections that are ready parse, validate and join; then it takes the queue (up to
+* the first request of an empty queue leads: it yields to the event loop once (``turn``: the
+  worker's turns, ``service/http_server/turns.py``; ``gevent.idle`` elsewhere), so the other
+  connections that are ready parse, validate and join; then it takes the queue (up to
   ``MAX_BATCH`` rows) and runs it. A lone request therefore waits one turn of the loop, not a
   window (MLServer's ``max_batch_time`` makes every lone request pay it); and when the worker holds
   no other connection (``alone``), nothing could join, so it runs at once, without the turn or the
@@ -16,6 +17,8 @@ gevent. How a batch forms:
 * the measured cost table (``service/batching/cost_table.py``) decides whether one merged pass is cheaper than
   one pass per request (with OpenBLAS, two rows cost more than two single rows here); a request
   over the table's largest size runs alone, at once;
+* the members a pass woke answer one per turn of the loop (``answer_turn``), so that a request
+  arriving meanwhile is read between two of them, not after all;
 * a failure of a pass fails only the requests in it; requests still queued get a new leader;
 * a pass estimated over ``OFF_LOOP_SECONDS`` runs on the worker's model thread (NumPy releases
   the GIL in its products), so the loop keeps answering probes and small requests meanwhile; its
@@ -70,9 +73,12 @@ class GeventBatcher(Batcher):
     of a batch (cost tables, taking, merging, describing) are ``service/batching/rules.py``'s."""
 
     def __init__(self, max_batch: int, max_queue_delay_us: int = 0, preferred: tuple[int, ...] = (),
-                 alone: Callable[[], bool] = lambda: False) -> None:
+                 alone: Callable[[], bool] = lambda: False, turn: Callable[[], None] = gevent.idle,
+                 answer_turn: Callable[[], None] = lambda: None) -> None:
         super().__init__(max_batch)
         self.alone = alone  # True when no other request can be in this worker (its only connection)
+        self.turn = turn  # yield to the connections that are ready (the worker's turns: turns.py)
+        self.answer_turn = answer_turn  # a woken member's yield before it answers (ahead of new requests)
         self.delay = max_queue_delay_us / 1e6
         self.preferred = tuple(sorted(p for p in preferred if p <= max_batch))
         self.target = self.preferred[0] if self.preferred else max_batch
@@ -100,11 +106,12 @@ class GeventBatcher(Batcher):
         if queue.enough is not None and queue.rows >= self.target:
             queue.enough.set()
         if item.wake is not None and self.wait_as_member(key, queue, item) is DONE:
+            self.answer_turn()  # woken with the batch's others: one answer per turn of the loop
             return self.outcome(item)
         queue.busy = True
         handed = False
         try:
-            gevent.idle()  # one turn of the loop: the other ready connections join this batch
+            self.turn()  # one turn of the loop: the other ready connections join this batch
             if self.delay and queue.rows < self.target:
                 wait = max(0.0, self.delay - (time.perf_counter() - queue.items[0].enqueued))
                 left = ticket.remaining() if ticket is not None else None

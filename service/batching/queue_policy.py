@@ -90,6 +90,17 @@ class QueuePolicy:
         """Whether a new request would be refused now (the inference middleware asks before parsing a body)."""
         return 0 < self.max_queue_size <= self.waiting
 
+    def hold(self) -> None:
+        """Count a request that was read and waits for its turn to be parsed (the HTTP worker's turns)
+        among the waiting until :meth:`unhold`: MAX_QUEUE_SIZE bounds it too, and one that finds the
+        queue full is refused before it waits."""
+        with self.lock:
+            self.waiting += 1  # held, not admitted: the model's gauge counts it once it is
+
+    def unhold(self) -> None:
+        with self.lock:
+            self.waiting -= 1
+
     def admit(self, model: str, timeout_us: int | None, received: float | None) -> Ticket:
         """A ticket for a request to ``model`` (a name on record), or the refusal: queue full, or its
         deadline already past (then nothing is computed)."""

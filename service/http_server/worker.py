@@ -43,6 +43,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from service.app.inference_middleware import InferenceMiddleware
 from service.batching.gevent_batcher import GeventBatcher
+from service.batching.queue_policy import QueuePolicy
 from service.capture.budget import CaptureDirError
 from service.config import Settings
 from service.http_server import (
@@ -58,6 +59,7 @@ from service.http_server.capture_writer import CaptureWriter
 from service.http_server.idle_connections import IdleConnections, Wait
 from service.http_server.refusals import write_gunicorn_error
 from service.http_server.request_body import BodyReader
+from service.http_server.turns import Turns
 from service.http_server.worker_config import WorkerConfig
 from service.observability import tracing
 from service.repository.watcher import watch
@@ -98,6 +100,8 @@ class BufferingGeventWorker(GeventWorker):
         self.idle = IdleConnections(settings.worker_connections)
         self.bodies = BodyReader(settings.max_body_bytes, self.request_timeout, settings.body_budget, self.idle)
         self.middleware: InferenceMiddleware | None = None  # the app's, found after fork (run)
+        self.turns = Turns()
+        self.queue = QueuePolicy()  # the data plane's, once the app is known (run): MAX_QUEUE_SIZE
         self.connections = 0  # open client connections (the batcher's lone request needs no turn)
         self.share = connection_share.Share(getattr(self, "share_slot", None))  # given by the master (pre_fork)
         self.stopping: Event | None = None  # set by a stop: the serving loop ends at once (serve_loop.py)
@@ -116,9 +120,11 @@ class BufferingGeventWorker(GeventWorker):
         plane, diagnostics = extensions.get("dataplane"), extensions.get("diagnostics")
         settings = self.settings
         if plane is not None:
+            self.queue = plane.queue
             if settings.batching:  # BATCHING: concurrent requests share forward passes
                 plane.serve_with(GeventBatcher(settings.max_batch, settings.max_queue_delay_microseconds,
-                                               settings.preferred_batch_sizes(), lambda: self.connections <= 1))
+                                               settings.preferred_batch_sizes(), lambda: self.connections <= 1,
+                                               self.turns.take, self.turns.answer))
             else:
                 plane.publish_signal()
             gevent.spawn(watch, plane.registry, settings.model_poll_seconds, self.sleep, every_tick=plane.tick)
@@ -179,6 +185,14 @@ class BufferingGeventWorker(GeventWorker):
         return self.idle.waiting(self.cfg.keepalive if self.alive else 0)
 
     def handle_request(self, listener_name, req, sock, addr) -> bool:
+        # Take turns: a client that sends its next request at once would otherwise find it already in
+        # the socket, never yield, and starve this worker's other connections (measured at 16
+        # connections: p50 0.7 ms but p90 260 ms). Each request takes one turn (turns.py): an
+        # inference request after its body is read and before it is parsed, counted meanwhile among
+        # the waiting (MAX_QUEUE_SIZE), so that one the queue has no room for is refused at once
+        # rather than after a turn (p99 16 ms -> 3 ms at MAX_QUEUE_SIZE=16, bench.overload); any
+        # other request after its answer.
+        turned = False
         try:
             if tracing.ENABLED:  # the body's reading, a child of the request's span once the app names it
                 started = time.time_ns()
@@ -187,27 +201,28 @@ class BufferingGeventWorker(GeventWorker):
                 tracing.body_read(started, time.time_ns() if read else None)
             else:
                 self.bodies.buffer(req, sock)
-            keep_alive = self.answer_directly(req, sock)
+            env = response_writer.middleware_environ(req) if self.middleware is not None else None
+            if env is not None and not self.queue.full() and self.middleware.takes(env) is not None:
+                turned = True
+                self.queue.hold()
+                try:
+                    self.turns.take()
+                finally:
+                    self.queue.unhold()
+            keep_alive = self.answer_directly(req, sock, env) if env is not None else None
             if keep_alive is None:
                 keep_alive = super().handle_request(listener_name, req, sock, addr)
         except StopIteration:  # gunicorn's way to say the connection closes now
             if req.must_close:  # answered before its body was read to the end: drain it first
                 self.bodies.linger(sock)
             raise
-        # Take turns: a client that sends its next request at once would otherwise find it already in
-        # the socket, never yield, and starve this worker's other connections (measured at 16
-        # connections: p50 0.7 ms but p90 260 ms). sleep(0) is not enough: it resumes among the
-        # callbacks, ahead of connections waiting for I/O (p99 1.4 s at 64 connections); idle()
-        # waits for the next poll, so every ready connection gets one request per turn (p99 61 ms).
-        gevent.idle()
+        if not turned:
+            self.turns.take()
         return keep_alive
 
-    def answer_directly(self, req, sock: socket.socket) -> bool | None:
+    def answer_directly(self, req, sock: socket.socket, env: dict) -> bool | None:
         """What gunicorn's ``handle_request`` does, for a request the inference middleware answers: True (keep the
         connection), StopIteration (close it); None if the middleware leaves it to the app, body put back."""
-        env = response_writer.middleware_environ(req) if self.middleware is not None else None
-        if env is None:
-            return None
         answer = self.middleware.respond(env)
         if answer is None:
             req.body = env["wsgi.input"]

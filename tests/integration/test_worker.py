@@ -5,12 +5,14 @@ Both are judged by ratios and wide margins, not by a clock: they hold on a slow 
 
 from __future__ import annotations
 
+import selectors
 import signal
 import socket
 import subprocess
 import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 
@@ -71,6 +73,68 @@ def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path, batching):
     finally:
         assert server.stop() == 0
 
+
+
+CROWD, EACH = 32, 200
+
+
+@pytest.mark.serial  # compares latencies: run alone (Makefile)
+def test_a_request_the_queue_has_no_room_for_is_refused_before_its_turn(tmp_path):
+    """One worker, MAX_QUEUE_SIZE=2, and 32 connections that each pipeline 200 requests, so each always has
+    its next one read and waiting for its turn: a round of turns takes as long as the 32 requests it
+    serves. A probe sent meanwhile (every 30 ms, so its connection is back waiting for it) that finds
+    the queue full is refused in a small part of a round, because a request waiting for its turn
+    holds its place in the queue: a later one is refused when it is read, not after a turn of its
+    own (answered then in about a round; without the held places the probe is never refused)."""
+    server = LocalServer(tmp_path, WORKERS="1", MAX_QUEUE_SIZE="2").start()
+    socks = [socket.create_connection(host_port(server.url), timeout=60) for _ in range(CROWD)]
+    try:
+        spans: list[float] = []  # each crowd connection's time from its first answer to its last
+
+        def crowd() -> None:  # one thread reads them all: the probe's timing shares the process with little
+            with selectors.DefaultSelector() as selector:
+                for sock in socks:
+                    sock.sendall(raw_request("/predict", MNIST_ONE) * EACH)
+                    selector.register(sock, selectors.EVENT_READ, [b"", None])
+                while selector.get_map():
+                    for key, _ in selector.select(timeout=60):
+                        chunk = key.fileobj.recv(1 << 16)
+                        seen = key.data
+                        seen[0] += chunk
+                        seen[1] = seen[1] or time.perf_counter()
+                        if not chunk or seen[0].count(b"HTTP/1.1 ") >= EACH:
+                            selector.unregister(key.fileobj)
+                            if chunk:
+                                spans.append(time.perf_counter() - seen[1])
+
+        threads = [threading.Thread(target=crowd)]
+        for thread in threads:
+            thread.start()
+        refused, admitted = [], 0
+        with socket.create_connection(host_port(server.url), timeout=60) as probe:
+            time.sleep(0.05)  # the crowd's requests arrived
+            while any(thread.is_alive() for thread in threads) and len(refused) < 30:
+                start = time.perf_counter()
+                probe.sendall(raw_request("/predict", XOR))
+                status, _ = read_response(probe)
+                if status == 503:
+                    refused.append(time.perf_counter() - start)
+                else:
+                    assert status == 200
+                    admitted += 1
+                time.sleep(0.03)
+        for thread in threads:
+            thread.join(60)
+        assert len(spans) == CROWD
+        round_s = float(np.median(spans)) / (EACH - 1)  # a connection gets one request a round
+        print(f"\na round of {CROWD} connections: {round_s * 1000:.1f} ms; probes refused {len(refused)} "
+              f"(median {np.median(refused) * 1000:.2f} ms), admitted {admitted}")
+        assert len(refused) >= 10, (len(refused), admitted)
+        assert np.median(refused) < 0.25 * round_s
+    finally:
+        for sock in socks:
+            sock.close()
+        assert server.stop() == 0
 
 def test_sigterm_closes_idle_keep_alive_connections_at_once(tmp_path):
     """Connections idle between requests (KEEPALIVE=60 s), one of them answered just before the signal:
