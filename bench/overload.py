@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--deadline-ms", type=float, default=50.0)
-    parser.add_argument("--queue", type=int, nargs="+", default=[2, 4, 128],
+    parser.add_argument("--queue", type=int, nargs="+", default=[8, 16, 32],
                         help="MAX_QUEUE_SIZE of the policy's servers, a row each for each client behaviour")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds at the start of each loaded row not counted: every connection opens at once")

@@ -187,11 +187,13 @@ class BufferingGeventWorker(GeventWorker):
     def handle_request(self, listener_name, req, sock, addr) -> bool:
         # Take turns: a client that sends its next request at once would otherwise find it already in
         # the socket, never yield, and starve this worker's other connections (measured at 16
-        # connections: p50 0.7 ms but p90 260 ms). Each request takes one turn (turns.py): an
-        # inference request after its body is read and before it is parsed, counted meanwhile among
-        # the waiting (MAX_QUEUE_SIZE), so that one the queue has no room for is refused at once
-        # rather than after a turn (p99 16 ms -> 3 ms at MAX_QUEUE_SIZE=16, bench.overload); any
-        # other request after its answer.
+        # connections: p50 0.7 ms but p90 260 ms). Each request takes one turn (turns.py), after its
+        # answer: by then the client's next request has mostly arrived. With MAX_QUEUE_SIZE, an
+        # inference request takes it after its body is read and before it is parsed, counted
+        # meanwhile among the waiting, so that one the queue has no room for is refused when it is
+        # read rather than a turn later (refusals' p99 16 ms -> 3 ms at MAX_QUEUE_SIZE=16,
+        # bench.overload). That order costs 7-9 % more CPU a request (the next request is read before
+        # the client sent it: one more wait on the socket), so only a bounded queue pays it.
         turned = False
         try:
             if tracing.ENABLED:  # the body's reading, a child of the request's span once the app names it
@@ -202,7 +204,8 @@ class BufferingGeventWorker(GeventWorker):
             else:
                 self.bodies.buffer(req, sock)
             env = response_writer.middleware_environ(req) if self.middleware is not None else None
-            if env is not None and not self.queue.full() and self.middleware.takes(env) is not None:
+            if (env is not None and self.queue.max_queue_size and not self.queue.full()
+                    and self.middleware.takes(env) is not None):
                 turned = True
                 self.queue.hold()
                 try:

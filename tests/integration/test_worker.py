@@ -23,13 +23,14 @@ PIPELINED = 400
 
 
 @pytest.mark.serial  # bounds a latency or a time: run alone (Makefile)
-@pytest.mark.parametrize("batching", ["off", "on"])
-def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path, batching):
+@pytest.mark.parametrize(("batching", "queue"), [("off", "0"), ("on", "0"), ("off", "1000")])
+def test_a_pipelining_client_does_not_starve_its_neighbour(tmp_path, batching, queue):
     """One worker; client A writes 400 requests at once on one connection, so its next request is
     always already in the socket. Client B, on another connection meanwhile, is answered within a
     small part of A's run (each ready connection gets one request per turn), not after all of A's.
-    With batching off this is the worker's own turn-taking; with it on, the batcher's turn too."""
-    server = LocalServer(tmp_path, WORKERS="1", BATCHING=batching).start()
+    With batching off this is the worker's own turn-taking; with it on, the batcher's turn too; with
+    a bounded queue (never full here), the turn an inference request takes before it is parsed."""
+    server = LocalServer(tmp_path, WORKERS="1", BATCHING=batching, MAX_QUEUE_SIZE=queue).start()
     try:
         answers: list[float] = []  # when each of A's responses arrived
         sock = socket.create_connection(host_port(server.url), timeout=60)
