@@ -10,15 +10,17 @@ to never reach Flask, and the others to reach it once.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
 from werkzeug.test import Client
 
 from service.app import create_app
-from service.app.inference_middleware import InferenceMiddleware
+from service.app.inference_middleware import RECEIVED, InferenceMiddleware
 from service.dataplane.dataplane import DataPlane
 from service.observability import request_record
 from service.protocols import v1_http
@@ -231,3 +233,23 @@ def test_a_utf8_rollout_key_header_is_one_key_in_every_protocol(app, monkeypatch
     for wsgi in (app.wsgi_app, app.wsgi_app.inner):  # the middleware, and Flask alone
         assert send(wsgi, json.dumps(body).encode(), headers, path)[0] == 200
     assert seen == ["müller-ключ", "müller-ключ"]
+
+
+def test_a_deadline_counts_from_when_the_server_had_the_request(app):
+    """The HTTP worker reads a request, then (with MAX_QUEUE_SIZE) waits for its turn before the middleware
+    parses it: it says when it had the request (``RECEIVED``), and the deadline counts from there. One
+    that waited past its 5 ms is answered 504 uncomputed; the same request just received is served."""
+    body = json.dumps({"model": "xor", "inputs": [[0, 1]]}).encode()
+
+    def environ(received: float | None) -> dict:
+        env = {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "CONTENT_TYPE": JSON["Content-Type"],
+               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+               "HTTP_X_TIMEOUT_MICROSECONDS": "5000"}
+        if received is not None:
+            env[RECEIVED] = received
+        return env
+
+    assert app.wsgi_app.respond(environ(None))[0] == 200
+    assert app.wsgi_app.respond(environ(time.perf_counter()))[0] == 200
+    status, _, out = app.wsgi_app.respond(environ(time.perf_counter() - 0.05))  # waited 50 ms for its turn
+    assert status == 504 and b"deadline_exceeded" in out

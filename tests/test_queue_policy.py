@@ -346,3 +346,33 @@ def test_a_refused_canary_request_is_the_load_not_the_version(model_repository, 
         with pytest.raises(ServiceError):
             plane.infer("mnist", None, np.zeros((1, 784)), timeout_us=1, received=time.perf_counter() - 1)
     assert plane.registry.snapshot.rollouts["mnist"].spec.canary == {2: 100}
+
+
+@pytest.mark.parametrize(("raised", "rolled_back"), [(gevent.GreenletExit, False), (RuntimeError, True)])
+def test_a_canary_request_stopped_midway_is_not_the_versions_failure(model_repository, tmp_path, raised,
+                                                                    rolled_back):
+    """A graceful stop kills the greenlets of requests in flight (GreenletExit: a BaseException, no
+    Exception): nothing the canary did, so the guard does not count it; a real failure it does."""
+    import shutil
+
+    from service.protocols import rollouts as rollout_ops
+    from service.repository.rollout import AutoRollback, RolloutSpec
+
+    class Failing:  # the runner: every pass ends with ``raised``
+        observe = None
+
+        def warm(self, entries) -> None:
+            pass
+
+        def run(self, entry, batch, ticket=None):
+            raise raised()
+
+    shutil.copytree(model_repository / "mnist", tmp_path / "mnist")
+    plane = DataPlane(ModelRegistry(tmp_path).load_all())
+    rollout_ops.set_rollout(plane, "mnist", RolloutSpec(primary=1, canary={2: 100},
+                                                        auto_rollback=AutoRollback(min_requests=5)))
+    plane.serve_with(Failing())
+    for _ in range(20):
+        with pytest.raises(raised):
+            plane.infer("mnist", None, np.zeros((1, 784)))
+    assert (plane.registry.snapshot.rollouts["mnist"].spec.canary == {}) is rolled_back

@@ -51,6 +51,9 @@ log = logging.getLogger("service.errors")  # where Flask's handler logs an unexp
 JSON = "application/json"
 # werkzeug's wording, as Flask's answers say it: the same status line whichever layer answers
 STATUS_LINES = {code: f"{code} {phrase.upper()}" for code, phrase in HTTP_STATUS_CODES.items()}
+# The environ key a server sets to when it had the request, where that is earlier than the middleware's
+# call (the HTTP worker's turn before parsing): its deadline and its duration count from there.
+RECEIVED = "service.received"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Headers = list[tuple[str, str]]
@@ -168,7 +171,7 @@ class InferenceMiddleware:
         if taken is None:
             return None
         route, match, length = taken
-        start = time.perf_counter()
+        start = environ.get(RECEIVED) or time.perf_counter()  # deadlines and durations count from here
         decoding = time.time_ns() if tracing.ENABLED else 0
         body = environ["wsgi.input"].read(length)
         name, version = match.groupdict().get("name"), match.groupdict().get("version")

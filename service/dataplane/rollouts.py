@@ -118,8 +118,12 @@ class Rollouts:
 
     def failed(self, rollout: Rollout, entry: ModelVersion, canary: bool, exc: BaseException) -> None:
         """A routed request failed: a canary's server-side failure counts against it (a client's
-        mistake, a 4xx, does not, nor a refusal of the queue policy: that is the load, not the version)."""
+        mistake, a 4xx, does not, nor a refusal of the queue policy: that is the load, not the version;
+        nor a request stopped in its greenlet or thread -- a BaseException that is no Exception, as a
+        graceful stop's GreenletExit: nothing the version did)."""
         evidence.routed(entry.name, entry.version, canary)
+        if not isinstance(exc, Exception):
+            return
         if canary and not (isinstance(exc, ServiceError) and (exc.status < 500 or exc.code in LOAD_ERRORS)):
             self.judge_request(entry.name, rollout, entry.version, failed=True)
 

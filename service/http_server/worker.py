@@ -41,7 +41,7 @@ from gunicorn.workers import ggevent
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
-from service.app.inference_middleware import InferenceMiddleware
+from service.app.inference_middleware import RECEIVED, InferenceMiddleware
 from service.batching.gevent_batcher import GeventBatcher
 from service.batching.queue_policy import QueuePolicy
 from service.capture.budget import CaptureDirError
@@ -207,6 +207,7 @@ class BufferingGeventWorker(GeventWorker):
             if (env is not None and self.queue.max_queue_size and not self.queue.full()
                     and self.middleware.takes(env) is not None):
                 turned = True
+                env[RECEIVED] = time.perf_counter()  # its deadline runs while it waits for its turn
                 self.queue.hold()
                 try:
                     self.turns.take()
