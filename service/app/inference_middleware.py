@@ -163,11 +163,13 @@ class InferenceMiddleware:
         start_response(STATUS_LINES[status], headers)
         return [out]
 
-    def respond(self, environ: dict[str, Any]) -> tuple[int, Headers, bytes] | None:
+    def respond(self, environ: dict[str, Any], taken: tuple[Route, re.Match[str], int] | None = None
+                ) -> tuple[int, Headers, bytes] | None:
         """(status, headers, body) for a request the middleware answers, counted and logged; None for one it
         leaves to ``inner`` (with the body it read put back in ``wsgi.input``). The WSGI call above and
-        the HTTP worker (``service/http_server/worker.py``), which writes the answer itself, both ask this."""
-        taken = self.takes(environ)
+        the HTTP worker (``service/http_server/worker.py``), which writes the answer itself, both ask this;
+        ``taken``: what :meth:`takes` already said of this environ (the worker asks before a request's turn)."""
+        taken = taken or self.takes(environ)
         if taken is None:
             return None
         route, match, length = taken

@@ -204,8 +204,10 @@ class BufferingGeventWorker(GeventWorker):
             else:
                 self.bodies.buffer(req, sock)
             env = response_writer.middleware_environ(req) if self.middleware is not None else None
-            if (env is not None and self.queue.max_queue_size and not self.queue.full()
-                    and self.middleware.takes(env) is not None):
+            taken = None
+            if env is not None and self.queue.max_queue_size and not self.queue.full():
+                taken = self.middleware.takes(env)  # an inference request: it waits for its turn counted
+            if taken is not None:
                 turned = True
                 env[RECEIVED] = time.perf_counter()  # its deadline runs while it waits for its turn
                 self.queue.hold()
@@ -213,7 +215,7 @@ class BufferingGeventWorker(GeventWorker):
                     self.turns.take()
                 finally:
                     self.queue.unhold()
-            keep_alive = self.answer_directly(req, sock, env) if env is not None else None
+            keep_alive = self.answer_directly(req, sock, env, taken) if env is not None else None
             if keep_alive is None:
                 keep_alive = super().handle_request(listener_name, req, sock, addr)
         except StopIteration:  # gunicorn's way to say the connection closes now
@@ -224,10 +226,11 @@ class BufferingGeventWorker(GeventWorker):
             self.turns.take()
         return keep_alive
 
-    def answer_directly(self, req, sock: socket.socket, env: dict) -> bool | None:
+    def answer_directly(self, req, sock: socket.socket, env: dict, taken: tuple | None) -> bool | None:
         """What gunicorn's ``handle_request`` does, for a request the inference middleware answers: True (keep the
-        connection), StopIteration (close it); None if the middleware leaves it to the app, body put back."""
-        answer = self.middleware.respond(env)
+        connection), StopIteration (close it); None if the middleware leaves it to the app, body put back
+        (``taken``: the middleware's ``takes``, when already asked)."""
+        answer = self.middleware.respond(env, taken)
         if answer is None:
             req.body = env["wsgi.input"]
             return None
